@@ -1,0 +1,116 @@
+"""Named errors that carry a one-line message and an exit code.
+
+Errors cross each boundary once: code inside raises these, the CLI prints
+``cryophile: <message>`` and exits with ``exit_code``; the filesystem maps
+them to an errno in one place.
+"""
+
+import errno as _errno
+
+
+class Error(Exception):
+    """Base class: a failure the user can act on."""
+
+    exit_code = 1
+    errno = _errno.EIO
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(Error):
+    """Bad arguments: a vault that is not a UUID, a bad prefix, -t with -u…"""
+
+    exit_code = 2
+    errno = _errno.EINVAL
+
+
+class ConfigError(Error):
+    exit_code = 3
+    errno = _errno.EINVAL
+
+
+class KeyringError(Error):
+    """A certificate or key file that cannot be used."""
+
+    exit_code = 4
+    errno = _errno.ENOKEY
+
+
+class NoMatchingKeyError(KeyringError):
+    """No loaded secret key matches any recipient of the archive."""
+
+    exit_code = 5
+
+
+class BadPassphraseError(KeyringError):
+    exit_code = 6
+    errno = _errno.EACCES
+
+
+class NotFoundError(Error):
+    """Unknown archive (ULID) or vault."""
+
+    exit_code = 7
+    errno = _errno.ENOENT
+
+
+class MissingFragmentError(Error):
+    """A fragment is missing or shorter than the manifest says."""
+
+    exit_code = 8
+
+
+class IntegrityError(Error):
+    """Ciphertext failed verification (SHA-256 or MDC): output not to be trusted."""
+
+    exit_code = 9
+
+
+class FormatError(IntegrityError):
+    """Bytes that do not parse as the archive format."""
+
+
+class StoreError(Error):
+    """The vault's storage failed (permissions, missing bucket, network)."""
+
+    exit_code = 10
+
+
+class TransientStoreError(StoreError):
+    """A failure worth retrying (5xx, SlowDown, reset, timeout)."""
+
+
+class NotRestoredError(StoreError):
+    """The object is in an archived storage class and not restored yet."""
+
+    errno = _errno.EAGAIN
+
+
+class SpoolError(Error):
+    """The spool or output cannot be written (permissions, disk full)."""
+
+    exit_code = 11
+
+
+class DiskFullError(SpoolError):
+    exit_code = 12
+    errno = _errno.ENOSPC
+
+
+class Interrupted(Error):
+    exit_code = 130
+    errno = _errno.EINTR
+
+
+def from_oserror(exc: OSError, what: str) -> Error:
+    """Turn an OSError on ``what`` (a path and a verb) into a named error."""
+    if exc.errno in (_errno.ENOSPC, _errno.EDQUOT):
+        return DiskFullError(f"{what}: no space left on device")
+    if exc.errno in (_errno.EACCES, _errno.EPERM, _errno.EROFS):
+        return SpoolError(f"{what}: {exc.strerror} (check ownership and permissions)")
+    return SpoolError(f"{what}: {exc.strerror or exc}")

@@ -1,0 +1,102 @@
+"""chunk.0: the completion mark, clear metadata and the encrypted manifest.
+
+Layout (docs/FORMAT.md)::
+
+    cryophile-archive 1\\n
+    {clear JSON: what listing and thawing need, no names}\\n
+    <OpenPGP message: the manifest JSON, encrypted to the recipients>
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+
+from .errors import FormatError, IntegrityError
+from .pipeline import openpgp
+
+MAGIC = b"cryophile-archive "
+FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass
+class Fragment:
+    size: int
+    sha256: str
+
+
+@dataclasses.dataclass
+class ClearInfo:
+    """What anyone with read access to the vault may see."""
+
+    vault: str
+    prefix: str
+    ulid: str
+    created: str
+    size: int                     # plaintext bytes
+    stored: int                   # ciphertext bytes, all fragments
+    fragment_size: int
+    fragments: list[Fragment]
+    format: int = FORMAT_VERSION
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["fragments"] = [[f.size, f.sha256] for f in self.fragments]
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "ClearInfo":
+        try:
+            d = dict(d)
+            d["fragments"] = [Fragment(int(s), str(h)) for s, h in d["fragments"]]
+            fields = {f.name for f in dataclasses.fields(cls)}
+            return cls(**{k: v for k, v in d.items() if k in fields})
+        except (KeyError, TypeError, ValueError) as exc:
+            raise FormatError(f"chunk.0 metadata is malformed ({exc})") from None
+
+
+def encode(clear: ClearInfo, manifest: dict, pkesks: bytes, session_key: bytes,
+           timestamp: int) -> bytes:
+    out = io.BytesIO()
+    out.write(MAGIC + str(FORMAT_VERSION).encode() + b"\n")
+    out.write(json.dumps(clear.to_json(), separators=(",", ":")).encode() + b"\n")
+    enc = openpgp.Encryptor(session_key, timestamp)
+    out.write(pkesks)
+    out.write(enc.write(json.dumps(manifest, separators=(",", ":")).encode()))
+    out.write(enc.close())
+    return out.getvalue()
+
+
+def read_clear(data: bytes) -> tuple[ClearInfo, bytes]:
+    """The clear metadata and the encrypted manifest of a chunk.0."""
+    first, _, rest = data.partition(b"\n")
+    if not first.startswith(MAGIC):
+        raise FormatError("chunk.0 is not a cryophile archive mark")
+    version = first[len(MAGIC):]
+    if version != str(FORMAT_VERSION).encode():
+        raise FormatError(f"archive format {version.decode(errors='replace')} is not "
+                          f"supported by this version (which reads format {FORMAT_VERSION})")
+    line, _, encrypted = rest.partition(b"\n")
+    try:
+        return ClearInfo.from_json(json.loads(line)), encrypted
+    except json.JSONDecodeError as exc:
+        raise FormatError(f"chunk.0 metadata is not JSON ({exc})") from None
+
+
+def read_manifest(encrypted: bytes, clear: ClearInfo, unlock) -> dict:
+    src = openpgp.ByteSource([encrypted])
+    data = b"".join(bytes(b) for b in openpgp.decrypt(src, unlock))
+    manifest = json.loads(data)
+    if manifest.get("format") != FORMAT_VERSION:
+        raise FormatError(f"manifest format {manifest.get('format')} is not supported")
+    mine = [[f.size, f.sha256] for f in clear.fragments]
+    if manifest["fragments"] != mine or manifest["ulid"] != clear.ulid:
+        raise IntegrityError("chunk.0's clear metadata disagrees with its encrypted manifest")
+    return manifest
+
+
+def load(path: str) -> tuple[ClearInfo, bytes]:
+    with open(path, "rb") as f:
+        return read_clear(f.read())

@@ -1,0 +1,1 @@
+"""The archive pipeline: compress, encrypt (OpenPGP), split; and back."""

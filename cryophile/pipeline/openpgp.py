@@ -1,0 +1,400 @@
+"""Streaming OpenPGP: SEIPD v1 (AES-256, MDC) around one literal data packet.
+
+pgpy holds whole messages in memory, so it only makes and opens the session
+key packets (see keys.py); the bulk data is framed and encrypted here.
+
+Both the SEIPD packet and the literal packet use partial body lengths of
+exactly ``CHUNK`` bytes (the last one a definite length), so every header
+sits at a computable place: ``Layout`` holds that arithmetic for the writer
+and the random-access reader alike.  docs/FORMAT.md describes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import warnings
+from typing import Callable, Iterable, Iterator
+
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    try:
+        from cryptography.hazmat.decrepit.ciphers.modes import CFB
+    except ImportError:  # cryptography < 43
+        from cryptography.hazmat.primitives.ciphers.modes import CFB
+
+from ..errors import FormatError, IntegrityError
+
+AES256 = 9
+BLOCK = 16
+CHUNK_EXP = 20
+CHUNK = 1 << CHUNK_EXP          # partial body chunk of both packets
+TAG_PKESK = 1
+TAG_SKESK = 3
+TAG_SEIPD = 18
+TAG_LITERAL = 11
+MDC_HEADER = b"\xd3\x14"
+MDC_LEN = 22
+PREFIX_LEN = BLOCK + 2
+LITERAL_HEADER_LEN = 6          # b'b', name length 0, 4-octet date
+READ_SIZE = 1 << 20
+
+
+def definite_length(n: int) -> bytes:
+    if n < 192:
+        return bytes([n])
+    if n < 8384:
+        n -= 192
+        return bytes([(n >> 8) + 192, n & 0xFF])
+    return b"\xff" + struct.pack(">I", n)
+
+
+def packet(tag: int, body: bytes) -> bytes:
+    return bytes([0xC0 | tag]) + definite_length(len(body)) + body
+
+
+def partial_packet_len(body: int) -> int:
+    """Length of a packet of ``body`` bytes framed like PartialWriter does."""
+    return 1 + body + body // CHUNK + len(definite_length(body % CHUNK))
+
+
+class Layout:
+    """Where things sit in the message.
+
+    Coordinates: *stream* offset k (the literal data, i.e. the compressed
+    stream); *ciphertext* offset c, equal to the offset in the decrypted
+    SEIPD plaintext (prefix, literal packet, MDC); SEIPD *body* offset
+    b = c + 1 (the version octet comes first); *message* offset m in the
+    concatenation of the fragments.
+    """
+
+    def __init__(self, seipd_start: int, stream_size: int):
+        self.seipd_start = seipd_start
+        self.stream_size = stream_size
+        self.literal_body = stream_size + LITERAL_HEADER_LEN
+        self.ciphertext_size = PREFIX_LEN + partial_packet_len(self.literal_body) + MDC_LEN
+        self.seipd_body = self.ciphertext_size + 1
+        self.message_size = seipd_start + partial_packet_len(self.seipd_body)
+
+    @staticmethod
+    def in_packet(b: int) -> int:
+        """Offset of body byte b from its packet's tag octet."""
+        return 2 + b + b // CHUNK
+
+    @staticmethod
+    def stream_to_ciphertext(k: int) -> int:
+        return PREFIX_LEN + Layout.in_packet(k + LITERAL_HEADER_LEN)
+
+    def ciphertext_to_message(self, c: int) -> int:
+        return self.seipd_start + self.in_packet(c + 1)
+
+    @staticmethod
+    def chunk_state(b: int, body_size: int) -> tuple[int, bool]:
+        """(bytes left in the chunk holding body byte b, is that chunk partial)."""
+        if b < body_size // CHUNK * CHUNK:
+            return CHUNK - b % CHUNK, True
+        return body_size - b, False
+
+
+class PartialWriter:
+    """Frames a packet body with partial lengths of CHUNK bytes."""
+
+    def __init__(self, tag: int):
+        self.head = bytes([0xC0 | tag])
+        self.pending = bytearray()
+
+    def write(self, data: bytes) -> bytes:
+        self.pending += data
+        out = bytearray(self.head)
+        self.head = b""
+        whole = len(self.pending) // CHUNK * CHUNK
+        if whole:
+            view = memoryview(self.pending)
+            for i in range(0, whole, CHUNK):
+                out.append(0xE0 + CHUNK_EXP)
+                out += view[i:i + CHUNK]
+            view.release()
+            del self.pending[:whole]
+        return bytes(out)
+
+    def close(self) -> bytes:
+        out = self.head + definite_length(len(self.pending)) + bytes(self.pending)
+        self.pending.clear()
+        return out
+
+
+class Encryptor:
+    """Turns literal data into the bytes of a SEIPD packet.
+
+    ``write`` and ``close`` return message bytes.  ``want_iv(c0, fn)`` asks
+    for ``fn(iv)`` to be called with the 16 ciphertext bytes before the
+    aligned offset c0 as soon as they exist (the seek index needs them).
+    """
+
+    def __init__(self, session_key: bytes, timestamp: int):
+        self.cipher = Cipher(algorithms.AES(session_key), CFB(bytes(BLOCK))).encryptor()
+        self.mdc = hashlib.sha1()
+        self.literal = PartialWriter(TAG_LITERAL)
+        self.seipd = PartialWriter(TAG_SEIPD)
+        self.produced = 0
+        self.prev_tail = b""
+        self.last = b""
+        self.waiting: list[tuple[int, Callable[[bytes], None]]] = []
+        prefix = os.urandom(BLOCK)
+        self.out = self.seipd.write(b"\x01") + self._encrypt(prefix + prefix[-2:])
+        self.out += self._encrypt(self.literal.write(b"b\x00" + struct.pack(">I", timestamp)))
+
+    def _encrypt(self, data: bytes, final: bool = False) -> bytes:
+        if not final:
+            self.mdc.update(data)
+        ct = self.cipher.update(data)
+        if final:
+            ct += self.cipher.finalize()
+        self.prev_tail = (self.prev_tail + self.last[-32:])[-32:]
+        self.last = ct
+        self.produced += len(ct)
+        self._resolve()
+        return self.seipd.write(ct)
+
+    def _resolve(self) -> None:
+        still = []
+        for c0, fn in self.waiting:
+            if c0 <= self.produced:
+                fn(self._before(c0))
+            else:
+                still.append((c0, fn))
+        self.waiting = still
+
+    def _before(self, c0: int) -> bytes:
+        if c0 == 0:
+            return bytes(BLOCK)
+        last_start = self.produced - len(self.last)
+        lo = c0 - BLOCK - last_start
+        if lo >= 0:
+            return self.last[lo:lo + BLOCK]
+        window = self.prev_tail + self.last[:BLOCK]
+        lo += len(self.prev_tail)
+        if lo < 0:
+            raise AssertionError("seek index asked for ciphertext already gone")
+        return window[lo:lo + BLOCK]
+
+    def want_iv(self, c0: int, fn: Callable[[bytes], None]) -> None:
+        self.waiting.append((c0, fn))
+        self._resolve()
+
+    def write(self, data: bytes) -> bytes:
+        out = self.out + self._encrypt(self.literal.write(data))
+        self.out = b""
+        return out
+
+    def close(self) -> bytes:
+        out = self.out + self._encrypt(self.literal.close())
+        self.mdc.update(MDC_HEADER)
+        out += self._encrypt(MDC_HEADER + self.mdc.digest(), final=True)
+        return out + self.seipd.close()
+
+
+# --- reading -----------------------------------------------------------------
+
+class ByteSource:
+    """Reads from an iterator of byte blocks without copying large blocks."""
+
+    def __init__(self, blocks: Iterable[bytes]):
+        self.blocks = iter(blocks)
+        self.buf = memoryview(b"")
+
+    def read(self, n: int) -> memoryview:
+        """Up to n bytes; empty only at the end."""
+        while not self.buf:
+            block = next(self.blocks, None)
+            if block is None:
+                return memoryview(b"")
+            self.buf = memoryview(block)
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def read_exact(self, n: int, what: str) -> bytes:
+        parts = bytearray()
+        while len(parts) < n:
+            part = self.read(n - len(parts))
+            if not part:
+                raise FormatError(f"archive ends inside the {what}: fragments missing or truncated")
+            parts += part
+        return bytes(parts)
+
+    def at_end(self) -> bool:
+        return not self._fill()
+
+    def _fill(self) -> bool:
+        while not self.buf:
+            block = next(self.blocks, None)
+            if block is None:
+                return False
+            self.buf = memoryview(block)
+        return True
+
+
+def read_length(src) -> tuple[int, bool]:
+    """A new-format length: (length, is partial)."""
+    first = src.read_exact(1, "packet header")[0]
+    if first < 192:
+        return first, False
+    if first < 224:
+        return ((first - 192) << 8) + src.read_exact(1, "packet header")[0] + 192, False
+    if first == 255:
+        return struct.unpack(">I", src.read_exact(4, "packet header"))[0], False
+    return 1 << (first & 0x1F), True
+
+
+def read_header(src) -> tuple[int, bytes, int, bool]:
+    """(tag, raw header bytes, first length, partial) of the next packet."""
+    tag_octet = src.read_exact(1, "packet header")[0]
+    if not tag_octet & 0x80:
+        raise FormatError("not an OpenPGP message (bad packet tag)")
+    if tag_octet & 0x40:
+        raw = bytearray([tag_octet])
+        recorder = _Recorder(src, raw)
+        length, partial = read_length(recorder)
+        return tag_octet & 0x3F, bytes(raw), length, partial
+    tag, kind = (tag_octet >> 2) & 0x0F, tag_octet & 3
+    if kind == 3:
+        raise FormatError("OpenPGP packets of indeterminate length are not supported")
+    size = src.read_exact(1 << kind, "packet header")
+    return tag, bytes([tag_octet]) + size, int.from_bytes(size, "big"), False
+
+
+class _Recorder:
+    def __init__(self, src, raw: bytearray):
+        self.src, self.raw = src, raw
+
+    def read_exact(self, n: int, what: str) -> bytes:
+        data = self.src.read_exact(n, what)
+        self.raw += data
+        return data
+
+
+class BodyReader:
+    """Reads one packet body across its partial-length chunks."""
+
+    def __init__(self, src, left: int, partial: bool, what: str):
+        self.src, self.left, self.partial, self.what = src, left, partial, what
+
+    def read(self, n: int) -> memoryview:
+        while self.left == 0:
+            if not self.partial:
+                return memoryview(b"")
+            self.left, self.partial = read_length(self.src)
+        data = self.src.read(min(n, self.left))
+        if not data:
+            raise FormatError(f"archive ends inside the {self.what}: "
+                              "fragments missing or truncated")
+        self.left -= len(data)
+        return data
+
+    def read_exact(self, n: int, what: str) -> bytes:
+        return ByteSource.read_exact(self, n, what)
+
+    def rest(self) -> Iterator[memoryview]:
+        while data := self.read(READ_SIZE):
+            yield data
+
+
+class Decrypted:
+    """The SEIPD plaintext, decrypted as read; tracks the MDC hash."""
+
+    def __init__(self, body: BodyReader, key: bytes, iv: bytes = bytes(BLOCK),
+                 check_mdc: bool = True):
+        self.body = body
+        self.cipher = Cipher(algorithms.AES(key), CFB(iv)).decryptor()
+        self.mdc = hashlib.sha1() if check_mdc else None
+        self.held = b""           # the last 20 bytes: maybe the MDC value
+        self.buf = memoryview(b"")
+
+    def read(self, n: int) -> memoryview:
+        if not self.buf:
+            ct = self.body.read(READ_SIZE)
+            if not ct:
+                return memoryview(b"")
+            pt = self.cipher.update(ct)
+            if self.mdc is not None:
+                joined = self.held + pt
+                self.mdc.update(memoryview(joined)[:-20])
+                self.held = joined[-20:]
+            self.buf = memoryview(pt)
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def read_exact(self, n: int, what: str) -> bytes:
+        return ByteSource.read_exact(self, n, what)
+
+
+def read_session_packets(src: ByteSource) -> tuple[list[bytes], BodyReader]:
+    """Collect the PKESK packets; return them and the SEIPD body reader."""
+    pkesks = []
+    while True:
+        tag, raw, length, partial = read_header(src)
+        if tag == TAG_SEIPD:
+            return pkesks, BodyReader(src, length, partial, "encrypted data")
+        if partial:
+            raise FormatError("unexpected partial length before the encrypted data")
+        body = src.read_exact(length, "session key packet")
+        if tag == TAG_PKESK:
+            pkesks.append(raw + body)
+        elif tag != TAG_SKESK:
+            raise FormatError(f"unexpected OpenPGP packet (tag {tag}) before the encrypted data")
+
+
+def decrypt(src: ByteSource, unlock: Callable[[list[bytes]], tuple[int, bytes]]
+            ) -> Iterator[memoryview]:
+    """Yield the literal data of an encrypted message; verify the MDC at the end.
+
+    ``unlock(pkesks)`` returns (symmetric algorithm, session key).
+    """
+    pkesks, body = read_session_packets(src)
+    algo, key = unlock(pkesks)
+    if algo != AES256:
+        raise FormatError(f"symmetric algorithm {algo} is not AES-256")
+    if body.read_exact(1, "encrypted data")[0] != 1:
+        raise FormatError("encrypted data packet is not version 1")
+    plain = Decrypted(body, key)
+    prefix = plain.read_exact(PREFIX_LEN, "encrypted data")
+    if prefix[14:16] != prefix[16:18]:
+        raise IntegrityError("session key does not decrypt the archive (quick check failed)")
+    tag, _, length, partial = read_header(plain)
+    if tag != TAG_LITERAL:
+        raise FormatError(f"expected a literal data packet, found tag {tag}")
+    literal = BodyReader(plain, length, partial, "literal data")
+    header = literal.read_exact(2, "literal data header")
+    literal.read_exact(header[1] + 4, "literal data header")
+    yield from literal.rest()
+    trailer = plain.read_exact(MDC_LEN, "modification detection code")
+    if trailer[:2] != MDC_HEADER or plain.read(1):
+        raise IntegrityError("unexpected data after the literal packet: archive damaged")
+    if plain.mdc.digest() != trailer[2:]:
+        raise IntegrityError("modification detection code mismatch: archive damaged")
+    if not src.at_end():
+        raise FormatError("data after the end of the OpenPGP message")
+
+
+def decrypt_from(src: ByteSource, layout: Layout, key: bytes, stream_offset: int,
+                 iv: bytes) -> Iterator[memoryview]:
+    """Literal data from an aligned ciphertext block, without earlier fragments.
+
+    ``src`` starts at message offset ``layout.ciphertext_to_message(c0)`` where
+    c0 is the 16-aligned ciphertext offset at or before the stream offset;
+    ``iv`` is the ciphertext block before c0 (from the seek index).  No MDC
+    check is possible from the middle: callers verify fragment SHA-256s.
+    """
+    c = layout.stream_to_ciphertext(stream_offset)
+    c0 = c - c % BLOCK
+    left, partial = Layout.chunk_state(c0 + 1, layout.seipd_body)
+    body = BodyReader(src, left, partial, "encrypted data")
+    plain = Decrypted(body, key, iv, check_mdc=False)
+    plain.read_exact(c - c0, "encrypted data")
+    lbody = stream_offset + LITERAL_HEADER_LEN
+    left, partial = Layout.chunk_state(lbody, layout.literal_body)
+    literal = BodyReader(plain, left, partial, "literal data")
+    yield from literal.rest()

@@ -1,0 +1,93 @@
+"""Cut the message into fragments in the spool, each whole before it is queued."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Callable
+
+from .. import errors
+from ..manifest import Fragment
+from ..spool import fsync_dir
+
+
+class Splitter:
+    """Writes message bytes as backup/…/chunk.N, then moves each whole one to freeze/.
+
+    ``before_fragment()`` runs before a fragment is started (backpressure).
+    """
+
+    def __init__(self, work_dir: str, queue_dir: str, fragment_size: int,
+                 before_fragment: Callable[[], None] = lambda: None):
+        self.work_dir, self.queue_dir = work_dir, queue_dir
+        self.fragment_size = fragment_size
+        self.before_fragment = before_fragment
+        self.fragments: list[Fragment] = []
+        self.file = None
+        self.hash = None
+        self.used = 0
+        self.total = 0
+
+    def _open(self) -> None:
+        self.before_fragment()
+        path = os.path.join(self.work_dir, f"chunk.{len(self.fragments) + 1}")
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise errors.from_oserror(exc, f"cannot write {path}") from None
+        self.file = os.fdopen(fd, "wb", buffering=0)
+        self.hash = hashlib.sha256()
+        self.used = 0
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            if self.file is None:
+                self._open()
+            part = view[:self.fragment_size - self.used]
+            self._write(part)
+            view = view[len(part):]
+            if self.used == self.fragment_size:
+                self._finish()
+
+    def _write(self, part) -> None:
+        try:
+            self.file.write(part)
+        except OSError as exc:
+            raise errors.from_oserror(exc, f"cannot write to the spool {self.work_dir}") from None
+        self.hash.update(part)
+        self.used += len(part)
+        self.total += len(part)
+
+    def _finish(self) -> None:
+        n = len(self.fragments) + 1
+        try:
+            os.fsync(self.file.fileno())
+            self.file.close()
+            self.file = None
+            publish(self.work_dir, self.queue_dir, f"chunk.{n}")
+        except OSError as exc:
+            raise errors.from_oserror(exc, f"cannot queue fragment {n}") from None
+        self.fragments.append(Fragment(self.used, self.hash.hexdigest()))
+
+    def close(self) -> list[Fragment]:
+        if self.file is not None and self.used:
+            self._finish()
+        return self.fragments
+
+    def abort(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+def publish(work_dir: str, queue_dir: str, name: str) -> None:
+    """Link a whole, fsynced file from work_dir into queue_dir, then unlink it."""
+    src, dst = os.path.join(work_dir, name), os.path.join(queue_dir, name)
+    try:
+        os.link(src, dst)
+    except FileExistsError:
+        os.unlink(dst)             # left by an earlier attempt at the same ULID
+        os.link(src, dst)
+    fsync_dir(queue_dir)
+    os.unlink(src)

@@ -1,0 +1,197 @@
+"""ArchiveWriter: bytes in, an archive in the spool out.
+
+Threads: the caller compresses frames (lz4, zstd and hashlib release the
+GIL on large buffers); one worker thread encrypts, hashes and writes the
+fragments.  A bounded queue between them keeps memory flat.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import queue
+import threading
+from typing import Callable
+
+from .. import __version__, errors, keys, manifest
+from ..ids import BackupId
+from ..spool import BackupLock, Spool, makedirs
+from . import compress, openpgp
+from .split import Splitter, publish
+
+log = logging.getLogger("cryophile.backup")
+
+INDEX_INTERVAL = 16 << 20          # a seek point at least every 16 MiB of input
+QUEUE_DEPTH = 4
+_DONE = object()
+
+
+class ArchiveWriter:
+    def __init__(self, spool: Spool, bid: BackupId, recipients: list,
+                 compression: str = "lz4", fragment_size: int = 64 << 20,
+                 name: str | None = None, created: datetime.datetime | None = None,
+                 before_fragment: Callable[[], None] = lambda: None):
+        self.spool, self.bid, self.name = spool, bid, name
+        self.compression = compress.check_codec(compression)
+        self.compress = compress.compressor(compression)
+        self.created = created or datetime.datetime.now(datetime.timezone.utc)
+        self.recipients = recipients
+        if spool.exists(bid):
+            raise errors.UsageError(f"archive {bid} already exists in the spool")
+        self.lock = BackupLock(spool, bid)
+        self.lock.create()
+        self.work_dir = spool.dir("backup", bid)
+        self.queue_dir = spool.dir("freeze", bid)
+        makedirs(self.queue_dir)
+        self.session_key = os.urandom(32)
+        self.pkesks = keys.make_pkesks(recipients, self.session_key)
+        self.stamp = int(self.created.timestamp())
+        self.enc = openpgp.Encryptor(self.session_key, self.stamp)
+        self.split = Splitter(self.work_dir, self.queue_dir, fragment_size, before_fragment)
+        self.layout = openpgp.Layout(len(self.pkesks), 0)
+        self.split.write(self.pkesks)
+        self.frame = bytearray()
+        self.plain_size = 0           # input bytes taken (caller's thread)
+        self.stream_size = 0          # compressed bytes (worker's thread)
+        self.plain_done = 0
+        self.index: list[list] = []
+        self.next_index = 0
+        self.indexed_fragment = 0
+        self.error: BaseException | None = None
+        self.frames: queue.Queue = queue.Queue(QUEUE_DEPTH)
+        self.worker = threading.Thread(target=self._work, name="cryophile-encrypt", daemon=True)
+        self.worker.start()
+        self.closed = False
+
+    # --- caller's side ------------------------------------------------------
+
+    def write(self, data) -> None:
+        self._check()
+        self.frame += data
+        self.plain_size += len(data)
+        while len(self.frame) >= compress.FRAME_SIZE:
+            chunk = bytes(self.frame[:compress.FRAME_SIZE])
+            del self.frame[:compress.FRAME_SIZE]
+            self._put((len(chunk), self.compress(chunk)))
+
+    def _put(self, item) -> None:
+        while True:
+            self._check()
+            try:
+                self.frames.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def _check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def close(self) -> str:
+        """Seal the archive (chunk.0); return the backup id."""
+        if self.frame or self.plain_size == 0 and self.compression != "none":
+            # an empty input still gets one frame, so that `lz4 -d` accepts it
+            self._put((len(self.frame), self.compress(bytes(self.frame))))
+            self.frame.clear()
+        self._put(_DONE)
+        self.worker.join()
+        self._check()
+        self.closed = True
+        tail = self.enc.close()
+        self.split.write(tail)
+        fragments = self.split.close()
+        self._seal(fragments)
+        return str(self.bid)
+
+    def abort(self) -> None:
+        """Stop and remove everything this backup queued."""
+        if self.closed:
+            return
+        self.error = self.error or errors.Interrupted("backup aborted")
+        try:
+            self.frames.put_nowait(_DONE)
+        except queue.Full:
+            pass
+        self.worker.join(timeout=10)
+        self.split.abort()
+        self.spool.remove_dir("freeze", self.bid)
+        self.spool.remove_dir("backup", self.bid)
+        self.lock.release()
+
+    # --- worker -------------------------------------------------------------
+
+    def _work(self) -> None:
+        try:
+            while True:
+                item = self.frames.get()
+                if item is _DONE:
+                    return
+                plain_len, data = item
+                self._index_point()
+                self.split.write(self.enc.write(data))
+                self.stream_size += len(data)
+                self.plain_done += plain_len
+        except BaseException as exc:      # handed to the caller's thread
+            self.error = exc
+            while True:                   # unblock a caller waiting on put
+                try:
+                    self.frames.get_nowait()
+                except queue.Empty:
+                    break
+
+    def _index_point(self) -> None:
+        """Record a seek point at this frame if one is due."""
+        c = self.layout.stream_to_ciphertext(self.stream_size)
+        c0 = c - c % openpgp.BLOCK
+        fragment = self.layout.ciphertext_to_message(c0) // self.split.fragment_size
+        frame_fragment = self.layout.ciphertext_to_message(c) // self.split.fragment_size
+        if fragment != frame_fragment:
+            return              # the block straddles fragments: take the next frame
+        if self.plain_done < self.next_index and fragment <= self.indexed_fragment and self.index:
+            return
+        entry = [self.plain_done, self.stream_size, None]
+        self.index.append(entry)
+        self.next_index = self.plain_done + INDEX_INTERVAL
+        self.indexed_fragment = fragment
+        self.enc.want_iv(c0, lambda iv: entry.__setitem__(2, iv.hex()))
+
+    # --- sealing ------------------------------------------------------------
+
+    def _seal(self, fragments) -> None:
+        layout = openpgp.Layout(len(self.pkesks), self.stream_size)
+        if layout.message_size != self.split.total:
+            raise AssertionError("message size does not match its layout")
+        clear = manifest.ClearInfo(
+            vault=self.bid.vault, prefix=self.bid.prefix, ulid=self.bid.ulid,
+            created=self.created.isoformat().replace("+00:00", "Z"),
+            size=self.plain_size, stored=self.split.total,
+            fragment_size=self.split.fragment_size, fragments=fragments)
+        body = {
+            "format": manifest.FORMAT_VERSION, "software": f"cryophile {__version__}",
+            "backup_id": str(self.bid), "vault": self.bid.vault, "prefix": self.bid.prefix,
+            "ulid": self.bid.ulid, "name": self.name, "created": clear.created,
+            "size": self.plain_size, "compression": self.compression,
+            "frame_size": compress.FRAME_SIZE, "cipher": "AES-256",
+            "recipients": [r.fingerprint for r in self.recipients],
+            "fragment_size": self.split.fragment_size,
+            "fragments": [[f.size, f.sha256] for f in fragments],
+            "stream_size": self.stream_size, "seipd_start": len(self.pkesks),
+            "partial_chunk": openpgp.CHUNK, "index": self.index,
+        }
+        session_key = os.urandom(32)
+        data = manifest.encode(clear, body, keys.make_pkesks(self.recipients, session_key),
+                               session_key, self.stamp)
+        path = os.path.join(self.work_dir, "chunk.0")
+        try:
+            with open(path, "wb") as f:
+                os.fchmod(f.fileno(), 0o600)
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            publish(self.work_dir, self.queue_dir, "chunk.0")
+        except OSError as exc:
+            raise errors.from_oserror(exc, "cannot write chunk.0 to the spool") from None
+        self.spool.remove_dir("backup", self.bid)
+        self.lock.release()
+        log.info("sealed %s: %d bytes in %d fragments", self.bid, self.plain_size, len(fragments))

@@ -1,0 +1,187 @@
+"""The local queues: SPOOL/{backup,freeze,thaw,restore}/VAULT/PREFIX/ULID/chunk.N.
+
+A fragment is written in backup/, fsynced, hard-linked into freeze/ and
+unlinked from backup/: a fragment in freeze/ is always whole.  chunk.0 comes
+last.  A backup holds an flock on backup/…/ULID/.lock while it runs; a
+backup/ directory whose lock is free belongs to a backup that died, and is
+removed (with what it queued) by the next run.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import re
+import shutil
+from typing import Iterator
+
+from . import errors
+from .ids import BackupId, ULID_RE
+
+log = logging.getLogger("cryophile.spool")
+
+QUEUES = ("backup", "freeze", "thaw", "restore")
+DEFAULT = "/var/spool/cryophile"
+CHUNK_RE = re.compile(r"^chunk\.(\d+)$")
+ABANDONED = "ABANDONED"      # in freeze/…/ULID: delete what the vault has of it
+
+
+def chunk_name(n: int) -> str:
+    return f"chunk.{n}"
+
+
+def chunk_number(name: str) -> int | None:
+    m = CHUNK_RE.match(name)
+    return int(m.group(1)) if m else None
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def makedirs(path: str) -> None:
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise errors.from_oserror(exc, f"cannot create {path}") from None
+
+
+class Spool:
+    def __init__(self, root: str):
+        self.root = os.path.abspath(root)
+
+    def queue(self, name: str) -> str:
+        return os.path.join(self.root, name)
+
+    def dir(self, queue: str, bid: BackupId) -> str:
+        return os.path.join(self.root, queue, bid.vault, bid.key)
+
+    def path(self, queue: str, bid: BackupId, n: int) -> str:
+        return os.path.join(self.dir(queue, bid), chunk_name(n))
+
+    def ensure(self) -> None:
+        for q in QUEUES:
+            makedirs(self.queue(q))
+        if not os.access(self.queue("backup"), os.W_OK):
+            raise errors.SpoolError(f"spool {self.root} is not writable (use -S DIR or fix permissions)")
+
+    def archives(self, queue: str) -> Iterator[BackupId]:
+        """Every VAULT/PREFIX/ULID directory in a queue."""
+        top = self.queue(queue)
+        if not os.path.isdir(top):
+            return
+        for vault in sorted(os.listdir(top)):
+            vdir = os.path.join(top, vault)
+            if not os.path.isdir(vdir):
+                continue
+            for dirpath, dirnames, filenames in os.walk(vdir):
+                dirnames.sort()
+                name = os.path.basename(dirpath)
+                if dirpath != vdir and ULID_RE.match(name) and (
+                        filenames or not dirnames):
+                    rel = os.path.relpath(os.path.dirname(dirpath), vdir)
+                    yield BackupId(vault, "" if rel == "." else rel, name)
+                    dirnames.clear()
+
+    def fragments(self, queue: str, bid: BackupId) -> list[int]:
+        try:
+            names = os.listdir(self.dir(queue, bid))
+        except FileNotFoundError:
+            return []
+        return sorted(n for n in map(chunk_number, names) if n is not None)
+
+    def exists(self, bid: BackupId) -> bool:
+        return any(os.path.exists(self.dir(q, bid)) for q in ("backup", "freeze"))
+
+    def remove_dir(self, queue: str, bid: BackupId) -> None:
+        """Remove an archive's directory and the prefix directories it leaves empty."""
+        path = self.dir(queue, bid)
+        shutil.rmtree(path, ignore_errors=True)
+        self.prune(queue, bid)
+
+    def prune(self, queue: str, bid: BackupId) -> None:
+        top = self.queue(queue)
+        path = os.path.dirname(self.dir(queue, bid))
+        while len(path) > len(top):
+            try:
+                os.rmdir(path)
+            except OSError:
+                return
+            path = os.path.dirname(path)
+
+    def unfrozen_bytes(self) -> int:
+        """Bytes waiting in backup/ and freeze/ (the spool_max bound)."""
+        total = 0
+        for q in ("backup", "freeze"):
+            for dirpath, _, filenames in os.walk(self.queue(q)):
+                for name in filenames:
+                    try:
+                        total += os.lstat(os.path.join(dirpath, name)).st_size
+                    except FileNotFoundError:
+                        pass
+        return total
+
+    # --- crash recovery ---------------------------------------------------
+
+    def clean_dead_backups(self) -> list[BackupId]:
+        """Remove backups that died before chunk.0; return their ids."""
+        dead = []
+        for bid in list(self.archives("backup")):
+            lock = BackupLock(self, bid)
+            if not lock.try_acquire():
+                continue                    # still running
+            try:
+                log.warning("removing incomplete backup %s: it stopped before completion "
+                            "and is not restorable", bid)
+                fdir = self.dir("freeze", bid)
+                if os.path.isdir(fdir):
+                    for n in self.fragments("freeze", bid):
+                        os.unlink(os.path.join(fdir, chunk_name(n)))
+                else:
+                    makedirs(fdir)
+                # freeze deletes whatever the vault already has of it
+                open(os.path.join(fdir, ABANDONED), "w").close()
+                self.remove_dir("backup", bid)
+                dead.append(bid)
+            finally:
+                lock.release()
+        return dead
+
+
+class BackupLock:
+    """An flock on backup/…/ULID/.lock, held while a backup writes."""
+
+    def __init__(self, spool: Spool, bid: BackupId):
+        self.path = os.path.join(spool.dir("backup", bid), ".lock")
+        self.fd: int | None = None
+
+    def create(self) -> None:
+        makedirs(os.path.dirname(self.path))
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def try_acquire(self) -> bool:
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            # a directory without a lock file is a backup that died while starting
+            return True
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+            self.release()
+            return False
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None

@@ -1,0 +1,1 @@
+"""Vault storage behind one small interface; see base.py."""

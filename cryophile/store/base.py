@@ -1,0 +1,70 @@
+"""The storage interface every vault backend implements.
+
+Keys are the archive layout relative to the vault root:
+``PREFIX/ULID/chunk.N`` (``ULID/chunk.N`` without a prefix).
+
+Backends are synchronous and thread-safe: callers in trio run them through
+``trio.to_thread.run_sync`` with a capacity limiter.  Methods raise
+``cryophile.errors.StoreError`` (``TransientStoreError`` for retryable
+failures, ``NotRestoredError`` when an archived object must be thawed first,
+``NotFoundError`` for a missing key).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import enum
+from typing import BinaryIO, Iterator
+
+
+class State(enum.Enum):
+    AVAILABLE = "available"      # readable now (STANDARD class, local, or restored)
+    ARCHIVED = "archived"        # in an archived class, no restore requested
+    RESTORING = "restoring"      # restore requested and still ongoing
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    state: State = State.AVAILABLE
+    storage_class: str = "STANDARD"
+
+
+class Store(abc.ABC):
+    """A vault: a flat namespace of immutable objects."""
+
+    url: str = ""
+
+    @abc.abstractmethod
+    def put(self, key: str, path: str, *, size: int, sha256: bytes | None = None,
+            storage_class: str | None = None) -> None:
+        """Store the file at ``path`` under ``key``, atomically: afterwards the
+        object is whole or absent.  Putting the same bytes again is harmless."""
+
+    @abc.abstractmethod
+    def get(self, key: str, out: BinaryIO, *, start: int = 0, end: int | None = None) -> int:
+        """Copy bytes [start, end) of ``key`` into ``out``; return the count.
+        Raises NotRestoredError for an archived object that is not restored."""
+
+    @abc.abstractmethod
+    def head(self, key: str) -> ObjectInfo:
+        """Size, storage class and thaw state of ``key`` (NotFoundError if absent)."""
+
+    @abc.abstractmethod
+    def request_restore(self, key: str, *, tier: str, days: int) -> None:
+        """Ask for an archived object to be made readable.  A restore already
+        in progress, or an object that needs none, is not an error."""
+
+    @abc.abstractmethod
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object whose key starts with ``prefix``; state may be
+        AVAILABLE for archived objects (listing does not call head)."""
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove ``key``; removing an absent key is not an error."""
+
+    def close(self) -> None:
+        """Release connections."""
