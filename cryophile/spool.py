@@ -139,19 +139,22 @@ class Spool:
             try:
                 log.warning("removing incomplete backup %s: it stopped before completion "
                             "and is not restorable", bid)
-                fdir = self.dir("freeze", bid)
-                if os.path.isdir(fdir):
-                    for n in self.fragments("freeze", bid):
-                        os.unlink(os.path.join(fdir, chunk_name(n)))
-                else:
-                    makedirs(fdir)
-                # freeze deletes whatever the vault already has of it
-                open(os.path.join(fdir, ABANDONED), "w").close()
-                self.remove_dir("backup", bid)
+                self.abandon(bid)
                 dead.append(bid)
             finally:
                 lock.release()
         return dead
+
+
+    def abandon(self, bid: BackupId) -> None:
+        """Drop a backup that will never complete; freeze then deletes what
+        the vault already has of it (see ABANDONED)."""
+        fdir = self.dir("freeze", bid)
+        for n in self.fragments("freeze", bid):
+            os.unlink(os.path.join(fdir, chunk_name(n)))
+        makedirs(fdir)
+        open(os.path.join(fdir, ABANDONED), "w").close()
+        self.remove_dir("backup", bid)
 
 
 class BackupLock:

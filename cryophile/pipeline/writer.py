@@ -115,8 +115,7 @@ class ArchiveWriter:
             pass
         self.worker.join(timeout=10)
         self.split.abort()
-        self.spool.remove_dir("freeze", self.bid)
-        self.spool.remove_dir("backup", self.bid)
+        self.spool.abandon(self.bid)
         self.lock.release()
 
     # --- worker -------------------------------------------------------------
@@ -164,7 +163,7 @@ class ArchiveWriter:
             raise AssertionError("message size does not match its layout")
         clear = manifest.ClearInfo(
             vault=self.bid.vault, prefix=self.bid.prefix, ulid=self.bid.ulid,
-            created=self.created.isoformat().replace("+00:00", "Z"),
+            created=self.created.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             size=self.plain_size, stored=self.split.total,
             fragment_size=self.split.fragment_size, fragments=fragments)
         body = {
@@ -194,4 +193,4 @@ class ArchiveWriter:
             raise errors.from_oserror(exc, "cannot write chunk.0 to the spool") from None
         self.spool.remove_dir("backup", self.bid)
         self.lock.release()
-        log.info("sealed %s: %d bytes in %d fragments", self.bid, self.plain_size, len(fragments))
+        log.debug("sealed %s: %d bytes in %d fragments", self.bid, self.plain_size, len(fragments))

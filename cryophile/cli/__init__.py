@@ -1,0 +1,1 @@
+"""The `cryophile` command: one module per subcommand."""

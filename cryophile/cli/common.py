@@ -1,0 +1,113 @@
+"""Helpers the subcommands share: keys, passphrases, stores, output, progress."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+
+from .. import config, errors, ids, keys
+from ..spool import Spool
+
+log = logging.getLogger("cryophile")
+
+
+class Context:
+    """What every command gets: configuration, spool, options."""
+
+    def __init__(self, args):
+        self.args = args
+        self.config = config.load(args.config)
+        self.spool = Spool(args.spool or self.config.spool)
+        self._stores: dict[str, object] = {}
+
+    def vault(self, text: str) -> config.VaultConfig:
+        return self.config.vault(text)
+
+    def store(self, vault: str):
+        if vault not in self._stores:
+            self._stores[vault] = config.open_store(self.config.vault(vault))
+        return self._stores[vault]
+
+    def close(self) -> None:
+        for store in self._stores.values():
+            store.close()
+
+
+def backup_id(ctx: Context, args) -> ids.BackupId:
+    vault = ctx.vault(args.vault).uuid
+    return ids.BackupId(vault, ids.parse_prefix(args.prefix), ids.parse_ulid(args.ulid))
+
+
+def passphrase_reader(fd: int | None):
+    """A callback reading the passphrase from ``fd`` once, else from the terminal."""
+    cache: dict[str, str] = {}
+
+    def read(description: str) -> str:
+        if fd is not None:
+            if "fd" not in cache:
+                try:
+                    with os.fdopen(fd, "rb", closefd=False) as f:
+                        cache["fd"] = f.readline().decode().rstrip("\r\n")
+                except OSError as exc:
+                    raise errors.UsageError(f"cannot read the passphrase from fd {fd}: "
+                                            f"{exc.strerror}") from None
+            return cache["fd"]
+        return _prompt(description)
+    return read
+
+
+def _prompt(description: str) -> str:
+    import getpass
+    try:
+        tty = open("/dev/tty", "r+")
+    except OSError:
+        raise errors.BadPassphraseError(
+            f"{description} is protected by a passphrase: give it with --pass-fd FD "
+            "(no terminal to ask on)") from None
+    with tty:
+        return getpass.getpass(f"Passphrase for {description}: ", stream=tty)
+
+
+def secret_keys(paths: list[str], pass_fd: int | None) -> keys.SecretKeyring:
+    if not paths:
+        raise errors.UsageError("restore needs the secret key: give it with -k KEYFILE")
+    return keys.load_secret_keys(paths, passphrase_reader(pass_fd))
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+class Progress:
+    """A one-line progress report on stderr, only when it is a terminal."""
+
+    def __init__(self, what: str, total: int | None = None, enabled: bool | None = None):
+        self.what, self.total = what, total
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.start = self.last = time.monotonic()
+        self.done = 0
+
+    def add(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if self.enabled and now - self.last >= 0.5:
+            self.last = now
+            self._show(now)
+
+    def _show(self, now: float) -> None:
+        rate = self.done / max(now - self.start, 1e-6)
+        total = f" of {human(self.total)}" if self.total else ""
+        sys.stderr.write(f"\r{self.what}: {human(self.done)}{total}, {human(rate)}/s   ")
+        sys.stderr.flush()
+
+    def finish(self) -> None:
+        if self.enabled:
+            self._show(time.monotonic())
+            sys.stderr.write("\n")
+            sys.stderr.flush()

@@ -1,0 +1,45 @@
+"""cryophile freeze: upload the freeze queue into the vaults."""
+
+from __future__ import annotations
+
+import trio
+
+from .. import ids
+from ..freeze import Freezer
+from .common import Context
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "freeze", help="upload queued fragments into their vaults",
+        description="Upload whole fragments from the spool's freeze queue into their vaults "
+                    "(S3 with the vault's storage class, or a local directory) and remove "
+                    "each local copy once stored.  Keeps watching the queue unless --once.")
+    p.add_argument("--once", action="store_true",
+                   help="drain the queue once and exit (default: keep watching)")
+    p.add_argument("-v", "--vault", metavar="VAULT", help="only this vault")
+    p.add_argument("-p", "--prefix", metavar="PREFIX", help="only this prefix (with -v)")
+    p.add_argument("-u", "--ulid", metavar="ULID", help="only this archive (with -v and -p)")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    ctx = Context(args)
+    select = selector(ctx, args)
+    ctx.spool.ensure()
+    freezer = Freezer(ctx.spool, ctx.store, lambda v: ctx.vault(v).storage_class, select)
+    try:
+        trio.run(freezer.run, args.once)
+    finally:
+        ctx.close()
+    return 0
+
+
+def selector(ctx: Context, args):
+    """A filter on backup ids from -v/-p/-u."""
+    vault = ctx.vault(args.vault).uuid if args.vault else None
+    prefix = ids.parse_prefix(args.prefix) if args.prefix else None
+    ulid = ids.parse_ulid(args.ulid) if args.ulid else None
+    return lambda bid: ((vault is None or bid.vault == vault)
+                        and (prefix is None or bid.prefix == prefix)
+                        and (ulid is None or bid.ulid == ulid))

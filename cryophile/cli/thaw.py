@@ -1,0 +1,41 @@
+"""cryophile thaw: serve thaw requests (restore from Glacier, download)."""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from .. import errors
+from ..thaw import DaemonLock, Thawer
+from .common import Context
+
+log = logging.getLogger("cryophile.thaw")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "thaw", help="restore requested fragments from cold storage into the restore queue",
+        description="Serve the spool's thaw queue: ask the vault to restore archived "
+                    "fragments (the vault's restore_tier and restore_days), wait for them, "
+                    "download and verify them into the restore queue.  Keeps watching "
+                    "unless --once.  Needs no secret key.")
+    p.add_argument("--once", action="store_true",
+                   help="serve the requests queued now, then exit")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    ctx = Context(args)
+    ctx.spool.ensure()
+    lock = DaemonLock(ctx.spool)
+    if not args.once and not lock.acquire():
+        raise errors.SpoolError(f"another `cryophile thaw` is already serving {ctx.spool.root}")
+    thawer = Thawer(ctx.spool, ctx.store, lambda v: (ctx.vault(v).restore_tier,
+                                                     ctx.vault(v).restore_days))
+    try:
+        trio.run(thawer.run, args.once)
+    finally:
+        lock.release()
+        ctx.close()
+    return 0

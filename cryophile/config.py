@@ -1,0 +1,136 @@
+"""Configuration: cryophile.toml (design.md, "Configuration")."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import urllib.parse
+
+from . import ids
+from .errors import ConfigError, UsageError
+from .pipeline.compress import CODECS
+
+SEARCH = ("~/.config/cryophile/cryophile.toml", "/etc/cryophile/cryophile.toml")
+STORAGE_CLASSES = ("STANDARD", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING",
+                   "GLACIER", "GLACIER_IR", "DEEP_ARCHIVE", "REDUCED_REDUNDANCY")
+TIERS = ("Expedited", "Standard", "Bulk")
+
+
+@dataclasses.dataclass
+class VaultConfig:
+    uuid: str
+    name: str | None = None
+    url: str | None = None
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    storage_class: str = "GLACIER"
+    restore_tier: str = "Standard"
+    restore_days: int = 1
+    keyring: list[str] = dataclasses.field(default_factory=list)
+    compression: str = "lz4"
+    fragment_size: int = 64 << 20
+
+    @property
+    def location(self) -> str:
+        return self.url or f"s3://{self.uuid}"
+
+
+@dataclasses.dataclass
+class Config:
+    path: str | None = None
+    spool: str = "/var/spool/cryophile"
+    spool_max: int | None = None
+    vaults: dict[str, VaultConfig] = dataclasses.field(default_factory=dict)
+
+    def vault(self, text: str) -> VaultConfig:
+        """A vault by UUID or by its alias; an unconfigured UUID gets defaults."""
+        for v in self.vaults.values():
+            if v.name is not None and v.name == text:
+                return v
+        uuid = ids.parse_vault(text)
+        return self.vaults.get(uuid) or VaultConfig(uuid)
+
+
+def load(path: str | None) -> Config:
+    if path is not None:
+        if not os.path.isfile(path):
+            raise ConfigError(f"configuration file {path} does not exist")
+        return parse_file(path)
+    for candidate in SEARCH:
+        candidate = os.path.expanduser(candidate)
+        if os.path.isfile(candidate):
+            return parse_file(candidate)
+    return Config()
+
+
+def parse_file(path: str) -> Config:
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    try:
+        return parse(data, path)
+    except UsageError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def parse(data: dict, path: str | None = None) -> Config:
+    where = path or "configuration"
+    cfg = Config(path=path)
+    unknown = set(data) - {"spool", "spool_max", "vault"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting {sorted(unknown)[0]!r}")
+    cfg.spool = str(data.get("spool", cfg.spool))
+    if "spool_max" in data:
+        cfg.spool_max = ids.parse_size(data["spool_max"], "spool_max")
+    vaults = data.get("vault", {})
+    if not isinstance(vaults, dict):
+        raise ConfigError(f"{where}: [vault.UUID] must be tables")
+    for key, table in vaults.items():
+        v = _vault(key, table, where)
+        cfg.vaults[v.uuid] = v
+    return cfg
+
+
+def _vault(key: str, table: dict, where: str) -> VaultConfig:
+    v = VaultConfig(ids.parse_vault(key))
+    fields = {f.name for f in dataclasses.fields(VaultConfig)} - {"uuid"}
+    for name, value in table.items():
+        if name not in fields:
+            raise ConfigError(f"{where}: [vault.{key}] has unknown setting {name!r}")
+        setattr(v, name, value)
+    if isinstance(v.keyring, str):
+        v.keyring = [v.keyring]
+    v.fragment_size = ids.parse_size(v.fragment_size, "fragment_size")
+    if v.compression not in CODECS:
+        raise ConfigError(f"{where}: [vault.{key}] compression must be one of {', '.join(CODECS)}")
+    if v.storage_class not in STORAGE_CLASSES:
+        raise ConfigError(f"{where}: [vault.{key}] unknown storage_class {v.storage_class!r}")
+    if v.restore_tier not in TIERS:
+        raise ConfigError(f"{where}: [vault.{key}] restore_tier must be one of {', '.join(TIERS)}")
+    if not isinstance(v.restore_days, int) or v.restore_days < 1:
+        raise ConfigError(f"{where}: [vault.{key}] restore_days must be a positive integer")
+    if v.url is not None:
+        scheme = urllib.parse.urlsplit(v.url).scheme
+        if scheme not in ("file", "s3"):
+            raise ConfigError(f"{where}: [vault.{key}] url must start with file:// or s3://")
+    return v
+
+
+def open_store(v: VaultConfig, *, retry_attempts: int | None = None):
+    """The Store for a vault (local directory or S3), wrapped for retries."""
+    parts = urllib.parse.urlsplit(v.location)
+    if parts.scheme == "file":
+        from .store.local import LocalStore
+        return LocalStore(os.path.join(urllib.parse.unquote(parts.path), v.uuid))
+    from .store.retry import RetryingStore
+    from .store.s3 import S3Store
+    store = S3Store(parts.netloc, prefix=parts.path.strip("/"), endpoint_url=v.endpoint_url,
+                    region=v.region, profile=v.profile, storage_class=v.storage_class)
+    kwargs = {} if retry_attempts is None else {"attempts": retry_attempts}
+    return RetryingStore(store, **kwargs)

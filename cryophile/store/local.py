@@ -1,0 +1,135 @@
+"""A vault in a local directory (``file:///srv/vaults`` → /srv/vaults/VAULT/…).
+
+Objects are written to a temporary name, fsynced and renamed, so an object
+is whole or absent; a file on the same filesystem as the spool is
+hard-linked instead of copied.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import uuid
+from typing import BinaryIO, Iterator
+
+from .. import errors
+from .base import ObjectInfo, State, Store
+
+COPY_BLOCK = 1 << 20
+
+
+class LocalStore(Store):
+    storage_class = "LOCAL"
+
+    def __init__(self, root: str):
+        self.root = os.path.abspath(root)
+        self.url = "file://" + self.root
+
+    def _path(self, key: str) -> str:
+        return os.path.join(self.root, key)
+
+    def put(self, key, path, *, size, sha256=None, storage_class=None) -> None:
+        dst = self._path(key)
+        tmp = f"{dst}.tmp-{uuid.uuid4().hex}"
+        try:
+            os.makedirs(os.path.dirname(dst), mode=0o750, exist_ok=True)
+            try:
+                os.link(path, tmp)
+            except OSError:
+                self._copy(path, tmp)
+            os.rename(tmp, dst)
+            _fsync_dir(os.path.dirname(dst))
+        except OSError as exc:
+            _unlink(tmp)
+            raise _error(exc, f"cannot store {key} in {self.url}") from None
+
+    @staticmethod
+    def _copy(src: str, dst: str) -> None:
+        with open(src, "rb") as fin, open(dst, "wb") as fout:
+            os.fchmod(fout.fileno(), 0o640)
+            shutil.copyfileobj(fin, fout, COPY_BLOCK)
+            fout.flush()
+            os.fsync(fout.fileno())
+
+    def get(self, key, out: BinaryIO, *, start=0, end=None) -> int:
+        try:
+            with open(self._path(key), "rb") as f:
+                f.seek(start)
+                left = None if end is None else end - start
+                done = 0
+                while left is None or left > 0:
+                    block = f.read(COPY_BLOCK if left is None else min(COPY_BLOCK, left))
+                    if not block:
+                        break
+                    out.write(block)
+                    done += len(block)
+                    if left is not None:
+                        left -= len(block)
+                return done
+        except FileNotFoundError:
+            raise errors.NotFoundError(f"{key} is not in {self.url}") from None
+        except OSError as exc:
+            raise _error(exc, f"cannot read {key} from {self.url}") from None
+
+    def head(self, key) -> ObjectInfo:
+        try:
+            st = os.stat(self._path(key))
+        except FileNotFoundError:
+            raise errors.NotFoundError(f"{key} is not in {self.url}") from None
+        except OSError as exc:
+            raise _error(exc, f"cannot read {key} from {self.url}") from None
+        return ObjectInfo(key, st.st_size, State.AVAILABLE, self.storage_class)
+
+    def request_restore(self, key, *, tier, days) -> None:
+        self.head(key)
+
+    def list(self, prefix="") -> Iterator[ObjectInfo]:
+        if not os.path.isdir(self.root):
+            return
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames.sort()
+            for name in sorted(filenames):
+                if ".tmp-" in name:
+                    continue
+                full = os.path.join(dirpath, name)
+                key = os.path.relpath(full, self.root)
+                if key.startswith(prefix):
+                    try:
+                        size = os.stat(full).st_size
+                    except FileNotFoundError:
+                        continue
+                    yield ObjectInfo(key, size, State.AVAILABLE, self.storage_class)
+
+    def delete(self, key) -> None:
+        path = self._path(key)
+        _unlink(path)
+        # drop directories the delete left empty, up to the vault root
+        parent = os.path.dirname(path)
+        while len(parent) > len(self.root):
+            try:
+                os.rmdir(parent)
+            except OSError:
+                break
+            parent = os.path.dirname(parent)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _error(exc: OSError, what: str) -> errors.Error:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return errors.StoreError(f"{what}: no space left on device")
+    return errors.StoreError(f"{what}: {exc.strerror or exc}")

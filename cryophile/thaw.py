@@ -1,0 +1,201 @@
+"""thaw: bring requested fragments back from the vault into the restore queue.
+
+A request is an empty file SPOOL/thaw/VAULT/PREFIX/ULID/chunk.N.  For each,
+the fragment is restored from an archived storage class if need be (the
+vault's tier and days), polled with exponential backoff while the restore
+is ongoing, downloaded to a temporary name, checked against the size and
+SHA-256 in chunk.0, and renamed into SPOOL/restore/…/chunk.N.  Neither the
+secret key nor plaintext is needed or produced here.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import uuid
+from typing import Callable
+
+import trio
+
+from . import errors, manifest
+from .ids import BackupId
+from .pipeline.reader import verify_fragment
+from .spool import Spool, chunk_name, makedirs
+from .store.base import State
+
+log = logging.getLogger("cryophile.thaw")
+
+POLL_MIN = 1.0
+POLL_MAX = 300.0        # a Glacier restore takes hours: don't hammer HeadObject
+DOWNLOADS = 4
+VERIFY_TRIES = 3
+
+
+def fetch(store, key: str, dest: str, check: Callable[[str], None] | None = None) -> None:
+    """Download ``key`` to ``dest`` via a temporary file; ``check(tmp)`` before rename."""
+    makedirs(os.path.dirname(dest))
+    tmp = f"{dest}.part-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(tmp, "wb") as f:
+            os.fchmod(f.fileno(), 0o600)
+            store.get(key, f)
+            f.flush()
+            os.fsync(f.fileno())
+        if check is not None:
+            check(tmp)
+        os.rename(tmp, dest)
+    except OSError as exc:
+        raise errors.from_oserror(exc, f"cannot write {dest}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def fetch_mark(spool: Spool, store, bid: BackupId) -> manifest.ClearInfo:
+    """chunk.0 into the restore queue (it is never archived); its clear part."""
+    path = spool.path("restore", bid, 0)
+    if not os.path.exists(path):
+        try:
+            fetch(store, bid.fragment_key(0), path, lambda tmp: manifest.load(tmp))
+        except errors.NotFoundError:
+            raise errors.NotFoundError(_why_missing(store, bid)) from None
+    return manifest.load(path)[0]
+
+
+def _why_missing(store, bid: BackupId) -> str:
+    try:
+        partial = next(iter(store.list(bid.key + "/")), None)
+    except errors.StoreError:
+        partial = None
+    if partial is not None:
+        return (f"archive {bid} is incomplete in {store.url}: its backup stopped before "
+                "completion (no chunk.0), so it cannot be restored")
+    return f"no archive {bid} in {store.url}"
+
+
+class DaemonLock:
+    """Held by a running `cryophile thaw` so that restore leaves the work to it."""
+
+    def __init__(self, spool: Spool):
+        self.path = os.path.join(spool.queue("thaw"), ".daemon")
+        self.fd: int | None = None
+
+    def acquire(self) -> bool:
+        makedirs(os.path.dirname(self.path))
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            self.release()
+            return False
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+class Thawer:
+    def __init__(self, spool: Spool, stores: Callable[[str], object],
+                 settings: Callable[[str], tuple[str, int]],
+                 select: Callable[[BackupId], bool] = lambda bid: True,
+                 limiter: trio.CapacityLimiter | None = None,
+                 poll_min: float = POLL_MIN, poll_max: float = POLL_MAX):
+        self.spool, self.stores, self.settings = spool, stores, settings
+        self.select = select
+        self.limiter = limiter or trio.CapacityLimiter(DOWNLOADS * 2)
+        self.downloads = trio.Semaphore(DOWNLOADS)
+        self.poll_min, self.poll_max = poll_min, poll_max
+        self.downloaded = 0
+        self.failure: BaseException | None = None
+
+    async def run(self, once: bool = False) -> None:
+        while True:
+            pending = await trio.to_thread.run_sync(self._pending)
+            if once and not pending:
+                return
+            for bid in pending:
+                try:
+                    await self.thaw_archive(bid)
+                except errors.Error as exc:
+                    if once:
+                        self.failure = exc
+                        raise
+                    log.error("thaw of %s failed, will retry: %s", bid, exc)
+            await trio.sleep(self.poll_min)
+
+    def _pending(self) -> list[BackupId]:
+        return [bid for bid in self.spool.archives("thaw")
+                if self.select(bid) and self.spool.fragments("thaw", bid)]
+
+    async def thaw_archive(self, bid: BackupId) -> None:
+        store = self.stores(bid.vault)
+        clear = await trio.to_thread.run_sync(fetch_mark, self.spool, store, bid,
+                                              limiter=self.limiter)
+        wanted = self.spool.fragments("thaw", bid)
+        async with trio.open_nursery() as nursery:
+            for n in wanted:
+                nursery.start_soon(self.thaw_fragment, store, bid, n, clear)
+        self.spool.remove_dir("thaw", bid)
+
+    async def thaw_fragment(self, store, bid: BackupId, n: int,
+                            clear: manifest.ClearInfo) -> None:
+        marker = self.spool.path("thaw", bid, n)
+        dest = self.spool.path("restore", bid, n)
+        if n < 1 or n > len(clear.fragments):
+            log.warning("ignoring thaw request for %s chunk.%d: no such fragment", bid, n)
+        elif not os.path.exists(dest):
+            await self._wait_restored(store, bid, n)
+            async with self.downloads:
+                await self._download(store, bid, n, clear.fragments[n - 1], dest)
+        try:
+            os.unlink(marker)
+        except FileNotFoundError:
+            pass
+
+    async def _wait_restored(self, store, bid: BackupId, n: int) -> None:
+        key = bid.fragment_key(n)
+        tier, days = self.settings(bid.vault)
+        delay = self.poll_min
+        while True:
+            info = await trio.to_thread.run_sync(store.head, key, limiter=self.limiter)
+            if info.state is State.AVAILABLE:
+                return
+            if info.state is State.ARCHIVED:
+                log.info("requesting restore of %s (%s, %s tier, %d days)",
+                         key, info.storage_class, tier, days)
+                await trio.to_thread.run_sync(
+                    lambda: store.request_restore(key, tier=tier, days=days),
+                    limiter=self.limiter)
+            else:
+                log.debug("%s is still being restored; next look in %.0f s", key, delay)
+            await trio.sleep(delay)
+            delay = min(delay * 2, self.poll_max)
+
+    async def _download(self, store, bid, n, frag, dest) -> None:
+        key = bid.fragment_key(n)
+        for attempt in range(1, VERIFY_TRIES + 1):
+            try:
+                await trio.to_thread.run_sync(
+                    lambda: fetch(store, key, dest, lambda tmp: verify_fragment(tmp, frag, n)),
+                    limiter=self.limiter)
+                self.downloaded += 1
+                return
+            except (errors.IntegrityError, errors.MissingFragmentError) as exc:
+                if attempt == VERIFY_TRIES:
+                    raise errors.IntegrityError(
+                        f"{key} from {store.url} fails verification after "
+                        f"{VERIFY_TRIES} downloads: {exc}") from None
+                log.warning("%s: %s; downloading again", key, exc)
+
+
+def request(spool: Spool, bid: BackupId, fragments: list[int]) -> None:
+    """Queue thaw requests for fragments not yet in the restore queue."""
+    qdir = spool.dir("thaw", bid)
+    makedirs(qdir)
+    have = set(spool.fragments("restore", bid))
+    for n in fragments:
+        if n not in have:
+            open(os.path.join(qdir, chunk_name(n)), "a").close()
