@@ -55,7 +55,7 @@ class Config:
 
 def load(path: str | None) -> Config:
     if path is not None:
-        if not os.path.isfile(path):
+        if not os.path.exists(path):
             raise ConfigError(f"configuration file {path} does not exist")
         return parse_file(path)
     for candidate in SEARCH:

@@ -42,13 +42,13 @@ def run(args) -> int:
         from .. import keys
         keyring = keys.load_secret_keys(args.keyring, passphrase_reader(args.pass_fd))
     out = sys.stdout
-    out.write(f"{'ARCHIVE':<40} {'CREATED':<24} {'SIZE':>10} {'FRAGS':>5} {'STATE':<10} NAME\n")
+    out.write(f"{'ARCHIVE':<40} {'CREATED':<21} {'SIZE':>10} {'FRAGS':>5} {'STATE':<10} NAME\n")
     try:
         for vault in vaults:
             for entry in catalog.list_archives(ctx.spool, ctx.store(vault), vault, prefix,
                                                keyring):
                 out.write(f"{entry.bid.key if args.target else str(entry.bid):<40} "
-                          f"{entry.created:<24} {_size(entry.size):>10} "
+                          f"{entry.created[:19] + 'Z':<21} {_size(entry.size):>10} "
                           f"{entry.fragments if entry.fragments is not None else '-':>5} "
                           f"{entry.state:<10} {entry.name or ''}\n")
     finally:

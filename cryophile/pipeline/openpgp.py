@@ -320,9 +320,14 @@ class Decrypted:
                 return memoryview(b"")
             pt = self.cipher.update(ct)
             if self.mdc is not None:
-                joined = self.held + pt
-                self.mdc.update(memoryview(joined)[:-20])
-                self.held = joined[-20:]
+                if len(pt) >= 20:       # hash all but the last 20 bytes seen
+                    self.mdc.update(self.held)
+                    self.mdc.update(memoryview(pt)[:-20])
+                    self.held = pt[-20:]
+                else:
+                    joined = self.held + pt
+                    self.mdc.update(joined[:-20])
+                    self.held = joined[-20:]
             self.buf = memoryview(pt)
         out, self.buf = self.buf[:n], self.buf[n:]
         return out
