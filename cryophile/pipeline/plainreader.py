@@ -1,0 +1,122 @@
+"""Random access to an archive's plaintext, through the seek index.
+
+Blocking: call it from a thread.  Reading on from where the last read
+ended continues the current stream; a read elsewhere restarts at the last
+index entry at or before it (docs/FORMAT.md, "Resuming decryption").  From
+offset 0 the whole message is parsed, so the MDC is checked when the end
+is reached; elsewhere each fragment's SHA-256 is checked before use.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from typing import Callable, Iterator
+
+from .. import errors
+from ..manifest import ClearInfo
+from . import compress, openpgp
+from .reader import verify_fragment
+
+BLOCK_SIZE = 1 << 20
+SKIP_LIMIT = 32 << 20      # farther than this ahead: seek through the index
+
+
+class PlainReader:
+    def __init__(self, clear: ClearInfo, manifest: dict, unlock,
+                 fragment_path: Callable[[int], str]):
+        self.clear, self.manifest = clear, manifest
+        self.fragment_path = fragment_path
+        self.size = manifest["size"]
+        self.layout = openpgp.Layout(manifest["seipd_start"], manifest["stream_size"])
+        self.index = [(p, s, bytes.fromhex(iv)) for p, s, iv in manifest["index"]]
+        self.starts = [p for p, _, _ in self.index]
+        self.verified: set[int] = set()
+        self.lock = threading.Lock()
+        self.unlock = unlock
+        self.key: bytes | None = None
+        self.stream: Iterator[bytes] | None = None
+        self.pos = 0
+        self.buf = memoryview(b"")
+
+    def read(self, offset: int, size: int) -> bytes:
+        with self.lock:
+            if offset >= self.size or size <= 0:
+                return b""
+            size = min(size, self.size - offset)
+            if self.stream is None or offset < self.pos or offset - self.pos > SKIP_LIMIT \
+                    and self._entry(offset)[0] > self.pos:
+                self._seek(offset)
+            self._skip(offset - self.pos)
+            out = bytearray()
+            while len(out) < size:
+                out += self._take(size - len(out))
+            return bytes(out)
+
+    def _take(self, n: int) -> memoryview:
+        if not self.buf:
+            block = next(self.stream, None)
+            if block is None:
+                raise errors.IntegrityError("archive ends before its stated size")
+            self.buf = memoryview(block)
+        part, self.buf = self.buf[:n], self.buf[n:]
+        self.pos += len(part)
+        return part
+
+    def _skip(self, n: int) -> None:
+        while n > 0:
+            n -= len(self._take(n))
+
+    def _entry(self, offset: int) -> tuple[int, int, bytes]:
+        i = bisect.bisect_right(self.starts, offset) - 1
+        return self.index[i] if i >= 0 else (0, -1, b"")
+
+    def _seek(self, offset: int) -> None:
+        plain, stream_offset, iv = self._entry(offset)
+        codec = self.manifest["compression"]
+        self.buf = memoryview(b"")
+        if stream_offset <= 0 or plain == 0:
+            src = openpgp.ByteSource(self._blocks(0))
+            literal = openpgp.decrypt(src, self._unlock_and_remember)
+            self.stream, self.pos = compress.decompress(codec, literal), 0
+            return
+        if self.key is None:
+            src = openpgp.ByteSource(self._blocks(0))
+            pkesks, _ = openpgp.read_session_packets(src)
+            self._unlock_and_remember(pkesks)
+        c = self.layout.stream_to_ciphertext(stream_offset)
+        start = self.layout.ciphertext_to_message(c - c % openpgp.BLOCK)
+        src = openpgp.ByteSource(self._blocks(start))
+        literal = openpgp.decrypt_from(src, self.layout, self.key, stream_offset, iv)
+        self.stream, self.pos = compress.decompress(codec, _until(literal, self.manifest[
+            "stream_size"] - stream_offset)), plain
+
+    def _unlock_and_remember(self, pkesks):
+        algo, key = self.unlock(pkesks)
+        self.key = key
+        return algo, key
+
+    def _blocks(self, start: int) -> Iterator[bytes]:
+        """Message bytes from offset ``start`` on, fragment by fragment."""
+        fsize = self.clear.fragment_size
+        n, skip = start // fsize + 1, start % fsize
+        for n in range(n, len(self.clear.fragments) + 1):
+            path = self.fragment_path(n)
+            if n not in self.verified:
+                verify_fragment(path, self.clear.fragments[n - 1], n)
+                self.verified.add(n)
+            with open(path, "rb") as f:
+                f.seek(skip)
+                skip = 0
+                while block := f.read(BLOCK_SIZE):
+                    yield block
+
+
+def _until(chunks: Iterator[bytes], limit: int) -> Iterator[bytes]:
+    """The literal data stops at stream_size; what follows is the MDC."""
+    for chunk in chunks:
+        if limit <= 0:
+            return
+        chunk = chunk[:limit]
+        limit -= len(chunk)
+        yield chunk
