@@ -64,8 +64,8 @@ def encode(clear: ClearInfo, manifest: dict, pkesks: bytes, session_key: bytes,
     out.write(json.dumps(clear.to_json(), separators=(",", ":")).encode() + b"\n")
     enc = openpgp.Encryptor(session_key, timestamp)
     out.write(pkesks)
-    out.write(enc.write(json.dumps(manifest, separators=(",", ":")).encode()))
-    out.write(enc.close())
+    for part in enc.write(json.dumps(manifest, separators=(",", ":")).encode()) + enc.close():
+        out.write(part)
     return out.getvalue()
 
 

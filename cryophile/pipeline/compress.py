@@ -50,8 +50,7 @@ def decompress(name: str, chunks: Iterable[bytes]) -> Iterator[bytes]:
 
 def _frames(chunks: Iterable[bytes], new) -> Iterator[bytes]:
     dec, started = new(), False
-    for chunk in chunks:
-        data = bytes(chunk)
+    for data in chunks:
         while data:
             try:
                 out = dec.decompress(data)

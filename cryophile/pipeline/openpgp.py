@@ -11,6 +11,7 @@ and the random-access reader alike.  docs/FORMAT.md describes it.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import os
 import struct
@@ -100,38 +101,61 @@ class Layout:
 
 
 class PartialWriter:
-    """Frames a packet body with partial lengths of CHUNK bytes."""
+    """Frames a packet body with partial lengths of CHUNK bytes.
+
+    Zero-copy: ``write`` and ``close`` return lists of buffers (views of the
+    bytes written, which must not change afterwards) with the length octets
+    between them.
+    """
 
     def __init__(self, tag: int):
         self.head = bytes([0xC0 | tag])
-        self.pending = bytearray()
+        self.parts: collections.deque = collections.deque()
+        self.size = 0
 
-    def write(self, data: bytes) -> bytes:
-        self.pending += data
-        out = bytearray(self.head)
-        self.head = b""
-        whole = len(self.pending) // CHUNK * CHUNK
-        if whole:
-            view = memoryview(self.pending)
-            for i in range(0, whole, CHUNK):
-                out.append(0xE0 + CHUNK_EXP)
-                out += view[i:i + CHUNK]
-            view.release()
-            del self.pending[:whole]
-        return bytes(out)
-
-    def close(self) -> bytes:
-        out = self.head + definite_length(len(self.pending)) + bytes(self.pending)
-        self.pending.clear()
+    def _start(self) -> list:
+        out, self.head = ([self.head] if self.head else []), b""
         return out
+
+    def write(self, data) -> list:
+        out = self._start()
+        if data:
+            self.parts.append(memoryview(data))
+            self.size += len(data)
+        while self.size >= CHUNK:
+            out.append(PARTIAL_OCTET)
+            need = CHUNK
+            while need:
+                part = self.parts[0]
+                if len(part) <= need:
+                    out.append(self.parts.popleft())
+                    need -= len(part)
+                else:
+                    out.append(part[:need])
+                    self.parts[0] = part[need:]
+                    need = 0
+            self.size -= CHUNK
+        return out
+
+    def close(self) -> list:
+        out = self._start()
+        out.append(definite_length(self.size))
+        out.extend(self.parts)
+        self.parts.clear()
+        self.size = 0
+        return out
+
+
+PARTIAL_OCTET = bytes([0xE0 + CHUNK_EXP])
 
 
 class Encryptor:
     """Turns literal data into the bytes of a SEIPD packet.
 
-    ``write`` and ``close`` return message bytes.  ``want_iv(c0, fn)`` asks
-    for ``fn(iv)`` to be called with the 16 ciphertext bytes before the
-    aligned offset c0 as soon as they exist (the seek index needs them).
+    ``write`` and ``close`` return lists of buffers: message bytes.
+    ``want_iv(c0, fn)`` asks for ``fn(iv)`` to be called with the 16
+    ciphertext bytes before the aligned offset c0 as soon as they exist
+    (the seek index needs them).
     """
 
     def __init__(self, session_key: bytes, timestamp: int):
@@ -140,60 +164,61 @@ class Encryptor:
         self.literal = PartialWriter(TAG_LITERAL)
         self.seipd = PartialWriter(TAG_SEIPD)
         self.produced = 0
-        self.prev_tail = b""
-        self.last = b""
+        self.tail = b""                   # the last 32 ciphertext bytes
         self.waiting: list[tuple[int, Callable[[bytes], None]]] = []
         prefix = os.urandom(BLOCK)
-        self.out = self.seipd.write(b"\x01") + self._encrypt(prefix + prefix[-2:])
+        self.out = self.seipd.write(b"\x01") + self._encrypt([prefix + prefix[-2:]])
         self.out += self._encrypt(self.literal.write(b"b\x00" + struct.pack(">I", timestamp)))
 
-    def _encrypt(self, data: bytes, final: bool = False) -> bytes:
-        if not final:
-            self.mdc.update(data)
-        ct = self.cipher.update(data)
-        if final:
-            ct += self.cipher.finalize()
-        self.prev_tail = (self.prev_tail + self.last[-32:])[-32:]
-        self.last = ct
-        self.produced += len(ct)
-        self._resolve()
-        return self.seipd.write(ct)
-
-    def _resolve(self) -> None:
-        still = []
-        for c0, fn in self.waiting:
-            if c0 <= self.produced:
-                fn(self._before(c0))
-            else:
-                still.append((c0, fn))
-        self.waiting = still
-
-    def _before(self, c0: int) -> bytes:
-        if c0 == 0:
-            return bytes(BLOCK)
-        last_start = self.produced - len(self.last)
-        lo = c0 - BLOCK - last_start
-        if lo >= 0:
-            return self.last[lo:lo + BLOCK]
-        window = self.prev_tail + self.last[:BLOCK]
-        lo += len(self.prev_tail)
-        if lo < 0:
-            raise AssertionError("seek index asked for ciphertext already gone")
-        return window[lo:lo + BLOCK]
-
-    def want_iv(self, c0: int, fn: Callable[[bytes], None]) -> None:
-        self.waiting.append((c0, fn))
-        self._resolve()
-
-    def write(self, data: bytes) -> bytes:
-        out = self.out + self._encrypt(self.literal.write(data))
-        self.out = b""
+    def _encrypt(self, parts: list, hashed: bool = True) -> list:
+        out = []
+        for part in parts:
+            if hashed:
+                self.mdc.update(part)
+            ct = self.cipher.update(part)
+            self._resolve(ct)
+            out += self.seipd.write(ct)
         return out
 
-    def close(self) -> bytes:
+    def _resolve(self, ct: bytes) -> None:
+        start = self.produced
+        self.produced += len(ct)
+        if self.waiting:
+            still = []
+            for c0, fn in self.waiting:
+                if c0 > self.produced:
+                    still.append((c0, fn))
+                elif c0 == 0:
+                    fn(bytes(BLOCK))
+                else:
+                    fn((self.tail + ct[:c0 - start])[-BLOCK:])
+            self.waiting = still
+        self.tail = (self.tail + ct[-32:])[-32:]
+
+    def want_iv(self, c0: int, fn: Callable[[bytes], None]) -> None:
+        if c0 > self.produced:
+            self.waiting.append((c0, fn))
+        elif c0 == 0:
+            fn(bytes(BLOCK))
+        else:                   # already produced: it is in the 32-byte tail
+            end = len(self.tail) - (self.produced - c0)
+            if end < BLOCK:
+                raise AssertionError("seek index asked for ciphertext already gone")
+            fn(self.tail[end - BLOCK:end])
+
+    def write(self, data) -> list:
+        out = self.out + self._encrypt(self.literal.write(data))
+        self.out = []
+        return out
+
+    def close(self) -> list:
         out = self.out + self._encrypt(self.literal.close())
         self.mdc.update(MDC_HEADER)
-        out += self._encrypt(MDC_HEADER + self.mdc.digest(), final=True)
+        out += self._encrypt([MDC_HEADER + self.mdc.digest()], hashed=False)
+        final = self.cipher.finalize()
+        if final:
+            self._resolve(final)
+            out += self.seipd.write(final)
         return out + self.seipd.close()
 
 

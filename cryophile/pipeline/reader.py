@@ -76,7 +76,7 @@ def restore(clear: ClearInfo, manifest: dict, unlock, fragment_path: Callable[[i
         for data in literal:
             if "error" in result:
                 break
-            chunks.put(bytes(data))     # the sink drains even after an error
+            chunks.put(data)     # a view of immutable bytes; the sink drains even after an error
     finally:
         chunks.put(_DONE)
         sink.join()

@@ -67,13 +67,23 @@ class ArchiveWriter:
     # --- caller's side ------------------------------------------------------
 
     def write(self, data) -> None:
+        """Take input; ``data`` may be reused by the caller afterwards."""
         self._check()
-        self.frame += data
-        self.plain_size += len(data)
-        while len(self.frame) >= compress.FRAME_SIZE:
-            chunk = bytes(self.frame[:compress.FRAME_SIZE])
-            del self.frame[:compress.FRAME_SIZE]
-            self._put((len(chunk), self.compress(chunk)))
+        view = memoryview(data)
+        self.plain_size += len(view)
+        fs = compress.FRAME_SIZE
+        if self.frame:
+            take = view[:fs - len(self.frame)]
+            self.frame += take
+            view = view[len(take):]
+            if len(self.frame) < fs:
+                return
+            self._put((fs, self.compress(self.frame)))
+            self.frame = bytearray()
+        while len(view) >= fs:          # whole frames straight from the caller's buffer
+            self._put((fs, self.compress(view[:fs])))
+            view = view[fs:]
+        self.frame += view
 
     def _put(self, item) -> None:
         while True:
@@ -98,8 +108,8 @@ class ArchiveWriter:
         self.worker.join()
         self._check()
         self.closed = True
-        tail = self.enc.close()
-        self.split.write(tail)
+        for part in self.enc.close():
+            self.split.write(part)
         fragments = self.split.close()
         self._seal(fragments)
         return str(self.bid)
@@ -128,7 +138,8 @@ class ArchiveWriter:
                     return
                 plain_len, data = item
                 self._index_point()
-                self.split.write(self.enc.write(data))
+                for part in self.enc.write(data):
+                    self.split.write(part)
                 self.stream_size += len(data)
                 self.plain_done += plain_len
         except BaseException as exc:      # handed to the caller's thread
