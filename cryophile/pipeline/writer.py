@@ -1,8 +1,10 @@
 """ArchiveWriter: bytes in, an archive in the spool out.
 
-Threads: the caller compresses frames (lz4, zstd and hashlib release the
-GIL on large buffers); one worker thread encrypts, hashes and writes the
-fragments.  A bounded queue between them keeps memory flat.
+Three stages in threads, with bounded queues between them so that memory
+stays flat: the caller compresses frames; a worker frames and encrypts
+them (AES-CFB and the SHA-1 MDC); a writer hashes (SHA-256) and writes the
+fragments.  lz4, zstd, cryptography and hashlib release the GIL on large
+buffers, so the stages overlap on several cores.
 """
 
 from __future__ import annotations
@@ -25,6 +27,15 @@ log = logging.getLogger("cryophile.backup")
 INDEX_INTERVAL = 16 << 20          # a seek point at least every 16 MiB of input
 QUEUE_DEPTH = 4
 _DONE = object()
+
+
+def _drain(q: queue.Queue) -> None:
+    """Empty a queue so that a producer blocked on put wakes up."""
+    while True:
+        try:
+            q.get_nowait()
+        except queue.Empty:
+            return
 
 
 class ArchiveWriter:
@@ -60,8 +71,11 @@ class ArchiveWriter:
         self.indexed_fragment = 0
         self.error: BaseException | None = None
         self.frames: queue.Queue = queue.Queue(QUEUE_DEPTH)
+        self.parts: queue.Queue = queue.Queue(QUEUE_DEPTH)
         self.worker = threading.Thread(target=self._work, name="cryophile-encrypt", daemon=True)
+        self.writer = threading.Thread(target=self._write, name="cryophile-write", daemon=True)
         self.worker.start()
+        self.writer.start()
         self.closed = False
 
     # --- caller's side ------------------------------------------------------
@@ -106,10 +120,9 @@ class ArchiveWriter:
             self.frame.clear()
         self._put(_DONE)
         self.worker.join()
+        self.writer.join()
         self._check()
         self.closed = True
-        for part in self.enc.close():
-            self.split.write(part)
         fragments = self.split.close()
         self._seal(fragments)
         return str(self.bid)
@@ -119,11 +132,10 @@ class ArchiveWriter:
         if self.closed:
             return
         self.error = self.error or errors.Interrupted("backup aborted")
-        try:
-            self.frames.put_nowait(_DONE)
-        except queue.Full:
-            pass
+        _drain(self.frames)               # only this thread puts: room is left
+        self.frames.put(_DONE)
         self.worker.join(timeout=10)
+        self.writer.join(timeout=10)
         self.split.abort()
         self.spool.abandon(self.bid)
         self.lock.release()
@@ -134,21 +146,39 @@ class ArchiveWriter:
         try:
             while True:
                 item = self.frames.get()
+                if self.error is not None:
+                    return
                 if item is _DONE:
+                    self._forward(self.enc.close())
                     return
                 plain_len, data = item
                 self._index_point()
-                for part in self.enc.write(data):
-                    self.split.write(part)
+                self._forward(self.enc.write(data))
                 self.stream_size += len(data)
                 self.plain_done += plain_len
         except BaseException as exc:      # handed to the caller's thread
-            self.error = exc
-            while True:                   # unblock a caller waiting on put
-                try:
-                    self.frames.get_nowait()
-                except queue.Empty:
-                    break
+            self.error = self.error or exc
+            _drain(self.frames)
+        finally:
+            self._forward(_DONE)
+
+    def _forward(self, item) -> None:
+        while self.error is None or item is _DONE:
+            try:
+                self.parts.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def _write(self) -> None:
+        try:
+            while (parts := self.parts.get()) is not _DONE:
+                for part in parts:
+                    self.split.write(part)
+        except BaseException as exc:
+            self.error = self.error or exc
+            while self.parts.get() is not _DONE:
+                pass
 
     def _index_point(self) -> None:
         """Record a seek point at this frame if one is due."""
