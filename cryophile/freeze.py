@@ -38,6 +38,7 @@ class Freezer:
         self.limiter = limiter or trio.CapacityLimiter(CONCURRENCY)
         self.uploaded = 0
         self.wake = trio.Event()
+        self.swept: set[BackupId] = set()
 
     async def run(self, once: bool = False) -> None:
         while True:
@@ -65,6 +66,8 @@ class Freezer:
             await self._forget(bid)
             return
         store = self.stores(bid.vault)
+        if bid not in self.swept:
+            await self._sweep(store, bid)
         async with trio.open_nursery() as nursery:
             for n in self.spool.fragments("freeze", bid):
                 if n:
@@ -93,6 +96,18 @@ class Freezer:
         except FileNotFoundError:
             pass
         self.uploaded += 1
+
+    async def _sweep(self, store, bid: BackupId) -> None:
+        """Abort multipart uploads an earlier, killed freeze left for this archive."""
+        try:
+            n = await trio.to_thread.run_sync(store.abort_uploads, bid.key + "/",
+                                              limiter=self.limiter)
+            if n:
+                log.info("aborted %d unfinished upload(s) of %s left by an earlier freeze", n, bid)
+        except errors.StoreError as exc:
+            log.warning("could not look for unfinished uploads of %s in %s: %s",
+                        bid, store.url, exc)
+        self.swept.add(bid)
 
     async def _forget(self, bid: BackupId) -> None:
         """Delete what the vault has of a backup that died before completion."""

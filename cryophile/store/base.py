@@ -66,5 +66,10 @@ class Store(abc.ABC):
     def delete(self, key: str) -> None:
         """Remove ``key``; removing an absent key is not an error."""
 
+    def abort_uploads(self, prefix: str) -> int:
+        """Abort unfinished multipart uploads under ``prefix`` (left by a killed
+        freeze); return how many.  Stores without them have nothing to do."""
+        return 0
+
     def close(self) -> None:
         """Release connections."""
