@@ -31,6 +31,7 @@ class VaultConfig:
     keyring: list[str] = dataclasses.field(default_factory=list)
     compression: str = "lz4"
     fragment_size: int = 64 << 20
+    part_size: int = 16 << 20
 
     @property
     def location(self) -> str:
@@ -107,6 +108,9 @@ def _vault(key: str, table: dict, where: str) -> VaultConfig:
     if isinstance(v.keyring, str):
         v.keyring = [v.keyring]
     v.fragment_size = ids.parse_size(v.fragment_size, "fragment_size")
+    v.part_size = ids.parse_size(v.part_size, "part_size")
+    if v.part_size < 5 << 20:
+        raise ConfigError(f"{where}: [vault.{key}] part_size must be at least 5MiB (S3's minimum)")
     if v.compression not in CODECS:
         raise ConfigError(f"{where}: [vault.{key}] compression must be one of {', '.join(CODECS)}")
     if v.storage_class not in STORAGE_CLASSES:
@@ -131,6 +135,9 @@ def open_store(v: VaultConfig, *, retry_attempts: int | None = None):
     from .store.retry import RetryingStore
     from .store.s3 import S3Store
     store = S3Store(parts.netloc, prefix=parts.path.strip("/"), endpoint_url=v.endpoint_url,
-                    region=v.region, profile=v.profile, storage_class=v.storage_class)
+                    region=v.region, profile=v.profile, storage_class=v.storage_class,
+                    part_size=v.part_size, multipart_threshold=v.part_size + 1)
+    if retry_attempts is None and os.environ.get("CRYOPHILE_S3_ATTEMPTS"):
+        retry_attempts = int(os.environ["CRYOPHILE_S3_ATTEMPTS"])
     kwargs = {} if retry_attempts is None else {"attempts": retry_attempts}
     return RetryingStore(store, **kwargs)

@@ -114,3 +114,22 @@ def from_oserror(exc: OSError, what: str) -> Error:
     if exc.errno in (_errno.EACCES, _errno.EPERM, _errno.EROFS):
         return SpoolError(f"{what}: {exc.strerror} (check ownership and permissions)")
     return SpoolError(f"{what}: {exc.strerror or exc}")
+
+
+def unwrap(group: BaseExceptionGroup) -> BaseException:
+    """The one exception to report from a group: the first named Error (an
+    interruption first), else the group itself."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+    walk(group)
+    for kind in (KeyboardInterrupt, Error):
+        for exc in leaves:
+            if isinstance(exc, kind):
+                return exc
+    return group

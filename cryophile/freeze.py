@@ -41,9 +41,16 @@ class Freezer:
         self.swept: set[BackupId] = set()
 
     async def run(self, once: bool = False) -> None:
+        """Drain the queue; unless ``once``, keep watching it, and log and
+        retry failures rather than stop."""
         while True:
             await trio.to_thread.run_sync(self.spool.clean_dead_backups)
-            await self.drain()
+            try:
+                await self.drain()
+            except errors.Error as exc:
+                if once:
+                    raise
+                log.error("%s (will try again)", exc)
             if once:
                 return
             with trio.move_on_after(POLL):

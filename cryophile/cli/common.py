@@ -35,6 +35,27 @@ class Context:
             store.close()
 
 
+def run_service(main, *args) -> None:
+    """Run a trio service until it returns or SIGTERM/SIGINT asks it to stop;
+    a stop asked for is a clean exit."""
+    import signal
+
+    import trio
+
+    async def wrapper():
+        async with trio.open_nursery() as nursery:
+            async def stop_on_signal():
+                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    async for signum in signals:
+                        log.info("stopping on %s", signal.Signals(signum).name)
+                        nursery.cancel_scope.cancel()
+                        return
+            nursery.start_soon(stop_on_signal)
+            await main(*args)
+            nursery.cancel_scope.cancel()
+    trio.run(wrapper)
+
+
 def backup_id(ctx: Context, args) -> ids.BackupId:
     vault = ctx.vault(args.vault).uuid
     return ids.BackupId(vault, ids.parse_prefix(args.prefix), ids.parse_ulid(args.ulid))

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import trio
-
 from .. import ids
 from ..freeze import Freezer
-from .common import Context
+from .common import Context, run_service
 
 
 def add_parser(sub) -> None:
@@ -29,7 +27,7 @@ def run(args) -> int:
     ctx.spool.ensure()
     freezer = Freezer(ctx.spool, ctx.store, lambda v: ctx.vault(v).storage_class, select)
     try:
-        trio.run(freezer.run, args.once)
+        run_service(freezer.run, args.once)
     finally:
         ctx.close()
     return 0

@@ -55,7 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     log.setup(PROG, args.debug - args.quiet)
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        return args.run(args) or 0
+        try:
+            return args.run(args) or 0
+        except BaseExceptionGroup as group:    # from trio nurseries
+            raise errors.unwrap(group) from None
     except errors.Error as exc:
         _report(args, exc)
         return exc.exit_code

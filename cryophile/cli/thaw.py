@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import logging
 
-import trio
-
 from .. import errors
 from ..thaw import DaemonLock, Thawer
-from .common import Context
+from .common import Context, run_service
 
 log = logging.getLogger("cryophile.thaw")
 
@@ -34,7 +32,7 @@ def run(args) -> int:
     thawer = Thawer(ctx.spool, ctx.store, lambda v: (ctx.vault(v).restore_tier,
                                                      ctx.vault(v).restore_days))
     try:
-        trio.run(thawer.run, args.once)
+        run_service(thawer.run, args.once)
     finally:
         lock.release()
         ctx.close()

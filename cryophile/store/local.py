@@ -38,11 +38,17 @@ class LocalStore(Store):
                 os.link(path, tmp)
             except OSError:
                 self._copy(path, tmp)
-            os.rename(tmp, dst)
+            try:
+                os.rename(tmp, dst)
+            except FileNotFoundError:
+                if not os.path.exists(dst):
+                    raise
+                # a concurrent put of the same key stored it and swept our tmp
             _fsync_dir(os.path.dirname(dst))
         except OSError as exc:
             _unlink(tmp)
             raise _error(exc, f"cannot store {key} in {self.url}") from None
+        _sweep(dst)
 
     @staticmethod
     def _copy(src: str, dst: str) -> None:
@@ -112,6 +118,18 @@ class LocalStore(Store):
             except OSError:
                 break
             parent = os.path.dirname(parent)
+
+
+def _sweep(dst: str) -> None:
+    """Remove temporaries of ``dst`` left by a put that was killed before its rename."""
+    directory, name = os.path.split(dst)
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for other in names:
+        if other.startswith(name + ".tmp-"):
+            _unlink(os.path.join(directory, other))
 
 
 def _unlink(path: str) -> None:

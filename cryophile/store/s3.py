@@ -1,0 +1,389 @@
+"""A vault in an S3 bucket (Amazon S3 Glacier, or any S3-compatible store).
+
+Concurrency rules: one boto3 session and one client are made in the
+constructor and shared.  botocore clients are thread-safe; sessions are not,
+so nothing here creates a session after ``__init__``.  Callers run every
+method in a worker thread (``trio.to_thread.run_sync``); a multipart ``put``
+adds up to ``max_concurrency`` threads of its own, so the connection pool is
+sized for several such callers at once.
+
+Retries: botocore's own ``standard`` retry mode smooths over single hiccups;
+``RetryingStore`` (retry.py) retries the whole operation with backoff when an
+error is still transient after that.  Credentials come only from boto3's
+chain (environment, shared files, ``profile``, instance roles) and are never
+logged or put into messages.
+"""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import hashlib
+import logging
+import threading
+from typing import BinaryIO, Iterator
+
+import boto3
+import botocore.config
+import botocore.exceptions
+import urllib3.exceptions
+
+from cryophile.errors import (
+    IntegrityError, NotFoundError, NotRestoredError, StoreError, TransientStoreError,
+)
+from cryophile.store.base import ObjectInfo, State, Store
+
+log = logging.getLogger("cryophile.store")
+
+MiB = 1024 * 1024
+ARCHIVED_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
+MIN_PART_SIZE = 5 * MiB              # S3 rejects smaller parts (except the last)
+MAX_PARTS = 10_000
+CHUNK = 1 * MiB                      # GET streaming unit: memory stays flat
+
+_DENIED = frozenset({
+    "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403",
+    "ExpiredToken", "InvalidToken", "AllAccessDisabled", "AccountProblem",
+})
+_TRANSIENT = frozenset({
+    "500", "502", "503", "504", "429", "InternalError", "ServiceUnavailable",
+    "SlowDown", "RequestTimeout", "Throttling", "ThrottlingException",
+})
+_NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
+_BAD_DIGEST = frozenset({"BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch"})
+_NETWORK = (
+    botocore.exceptions.EndpointConnectionError,    # includes ConnectTimeoutError
+    botocore.exceptions.ConnectionClosedError,
+    botocore.exceptions.ReadTimeoutError,
+    botocore.exceptions.ResponseStreamingError,
+    botocore.exceptions.IncompleteReadError,
+    botocore.exceptions.HTTPClientError,
+    urllib3.exceptions.ProtocolError,
+    urllib3.exceptions.ReadTimeoutError,
+    ConnectionError,
+    TimeoutError,
+)
+_FAILURES = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, *_NETWORK)
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode("ascii")
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+class S3Store(Store):
+    """Objects ``PREFIX/KEY`` in ``bucket``; see the module docstring for threads."""
+
+    def __init__(self, bucket: str, *, prefix: str = "", endpoint_url: str | None = None,
+                 region: str | None = None, profile: str | None = None,
+                 storage_class: str = "GLACIER", multipart_threshold: int = 64 * MiB,
+                 part_size: int = 16 * MiB, max_concurrency: int = 4,
+                 sdk_attempts: int = 3, connect_timeout: float = 10.0,
+                 read_timeout: float = 60.0):
+        """``prefix`` is a folder inside the bucket ("a/b" and "a/b/" are the
+        same).  ``sdk_attempts``, ``connect_timeout`` and ``read_timeout`` tune
+        botocore underneath our own retries (tests make them small)."""
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.storage_class = storage_class
+        self.multipart_threshold = max(multipart_threshold, 1)
+        self.part_size = max(part_size, MIN_PART_SIZE)
+        self.max_concurrency = max(max_concurrency, 1)
+        self.endpoint = endpoint_url or "AWS S3"
+        self.url = f"s3://{bucket}/{self.prefix}"
+        config = botocore.config.Config(
+            # Every concurrent caller may run a multipart upload of its own.
+            max_pool_connections=max(10, 4 * self.max_concurrency),
+            retries={"mode": "standard", "total_max_attempts": max(sdk_attempts, 1)},
+            connect_timeout=connect_timeout, read_timeout=read_timeout,
+        )
+        try:
+            session = boto3.session.Session(profile_name=profile, region_name=region)
+            self._client = session.client("s3", endpoint_url=endpoint_url, config=config)
+        except botocore.exceptions.BotoCoreError as exc:
+            raise self._error(exc, "open") from exc
+        self.endpoint = endpoint_url or self._client.meta.endpoint_url
+
+    # -- the Store interface ----------------------------------------------
+
+    def put(self, key: str, path: str, *, size: int, sha256: bytes | None = None,
+            storage_class: str | None = None) -> None:
+        storage_class = storage_class or self.storage_class
+        try:
+            if size < self.multipart_threshold:
+                self._put_single(key, path, sha256, storage_class)
+            else:
+                _MultipartUpload(self, key, storage_class).run(path, size, sha256)
+        except _FAILURES as exc:
+            raise self._error(exc, "upload", key) from exc
+
+    def get(self, key: str, out: BinaryIO, *, start: int = 0, end: int | None = None) -> int:
+        if end is not None and end <= start:
+            return 0
+        args = {"Bucket": self.bucket, "Key": self.prefix + key}
+        if start or end is not None:
+            args["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
+        written = 0
+        try:
+            body = self._client.get_object(**args)["Body"]
+            try:
+                for chunk in body.iter_chunks(CHUNK):
+                    out.write(chunk)
+                    written += len(chunk)
+            finally:
+                body.close()
+        except botocore.exceptions.ClientError as exc:
+            if _code(exc) == "InvalidRange":     # start at or past the end
+                return 0
+            raise self._error(exc, "download", key) from exc
+        except _FAILURES as exc:
+            raise self._error(exc, "download", key) from exc
+        return written
+
+    def head(self, key: str) -> ObjectInfo:
+        try:
+            resp = self._client.head_object(Bucket=self.bucket, Key=self.prefix + key)
+        except botocore.exceptions.ClientError as exc:
+            if _code(exc) in _NOT_FOUND:
+                self._check_bucket()    # a HEAD 404 does not say which is missing
+            raise self._error(exc, "head", key) from exc
+        except _FAILURES as exc:
+            raise self._error(exc, "head", key) from exc
+        storage_class = resp.get("StorageClass") or "STANDARD"
+        return ObjectInfo(key=key, size=resp["ContentLength"], storage_class=storage_class,
+                          state=_state(storage_class, resp.get("Restore")))
+
+    def request_restore(self, key: str, *, tier: str, days: int) -> None:
+        """Start a restore; tolerate one already running or one not needed.
+
+        S3 Glacier Deep Archive has no Expedited tier, and Expedited capacity
+        can run out (GlacierExpeditedRetrievalNotAvailable): in both cases we
+        fall back to the Standard tier and log a warning, because a slower
+        thaw beats none.
+        """
+        if tier == "Expedited" and self.head(key).storage_class == "DEEP_ARCHIVE":
+            log.warning("%s: DEEP_ARCHIVE has no Expedited restores; using Standard", key)
+            tier = "Standard"
+        try:
+            self._restore(key, tier, days)
+        except botocore.exceptions.ClientError as exc:
+            code = _code(exc)
+            if code == "GlacierExpeditedRetrievalNotAvailable" and tier == "Expedited":
+                log.warning("%s: no Expedited capacity now; using Standard", key)
+                return self.request_restore(key, tier="Standard", days=days)
+            if code in ("RestoreAlreadyInProgress", "InvalidObjectState",
+                        "ObjectAlreadyInActiveTierError"):
+                return None     # running already, or readable without a restore
+            raise self._error(exc, "restore", key) from exc
+        except _FAILURES as exc:
+            raise self._error(exc, "restore", key) from exc
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        pages = self._client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=self.prefix + prefix)
+        try:
+            for page in pages:
+                for obj in page.get("Contents", ()):
+                    yield ObjectInfo(key=obj["Key"][len(self.prefix):], size=obj["Size"],
+                                     storage_class=obj.get("StorageClass") or "STANDARD")
+        except _FAILURES as exc:
+            raise self._error(exc, "list", prefix) from exc
+
+    def delete(self, key: str) -> None:
+        try:
+            self._client.delete_object(Bucket=self.bucket, Key=self.prefix + key)
+        except botocore.exceptions.ClientError as exc:
+            if _code(exc) not in _NOT_FOUND:
+                raise self._error(exc, "delete", key) from exc
+        except _FAILURES as exc:
+            raise self._error(exc, "delete", key) from exc
+
+    def abort_uploads(self, prefix: str) -> int:
+        aborted = 0
+        try:
+            pages = self._client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=self.prefix + prefix)
+            for page in pages:
+                for upload in page.get("Uploads", ()):
+                    self._client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+                    aborted += 1
+        except _FAILURES as exc:
+            raise self._error(exc, "abort unfinished uploads of", prefix) from exc
+        return aborted
+
+    def close(self) -> None:
+        self._client.close()
+
+    # -- helpers ----------------------------------------------------------
+
+    def _put_single(self, key: str, path: str, sha256: bytes | None,
+                    storage_class: str) -> None:
+        args = {"ChecksumAlgorithm": "SHA256"}
+        if sha256 is not None:
+            args["ChecksumSHA256"] = _b64(sha256)   # S3 checks it: BadDigest if not
+        with open(path, "rb") as body:
+            self._client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=body,
+                                    StorageClass=storage_class, **args)
+
+    def _restore(self, key: str, tier: str, days: int) -> None:
+        self._client.restore_object(
+            Bucket=self.bucket, Key=self.prefix + key,
+            RestoreRequest={"Days": days, "GlacierJobParameters": {"Tier": tier}})
+
+    def _check_bucket(self) -> None:
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+        except botocore.exceptions.ClientError as exc:
+            if _code(exc) in _NOT_FOUND | {"NoSuchBucket"}:
+                raise self._error(exc, "head", None, code="NoSuchBucket") from exc
+        except _FAILURES:
+            pass    # the caller reports its own error
+
+    def _error(self, exc: BaseException, verb: str, key: str | None = None, *,
+               code: str | None = None) -> Exception:
+        """The one place that turns boto3/botocore/urllib3 failures into ours."""
+        where = f"bucket {self.bucket} at {self.endpoint}"
+        what = f"{key} in {where}" if key is not None else where
+        if isinstance(exc, botocore.exceptions.ClientError):
+            code = code or _code(exc)
+            message = _one_line(exc.response.get("Error", {}).get("Message") or code)
+            if code == "NoSuchBucket":
+                return StoreError(f"bucket {self.bucket} does not exist at {self.endpoint}")
+            if code in _DENIED:
+                return StoreError(f"access denied to {where} ({code}): "
+                                  "check the credentials and the bucket policy")
+            if code in _NOT_FOUND:
+                return NotFoundError(f"{key} not found in {where}")
+            if code == "InvalidObjectState":
+                return NotRestoredError(f"{key} in {where} is archived and not restored")
+            if code in _BAD_DIGEST:
+                return IntegrityError(f"{verb} of {what} failed: content does not "
+                                      f"match its checksum ({code})")
+            if code in _TRANSIENT:
+                return TransientStoreError(f"{verb} of {what} failed: {code}: {message}")
+            return StoreError(f"{verb} of {what} failed: {code}: {message}")
+        if isinstance(exc, botocore.exceptions.FlexibleChecksumError):
+            return IntegrityError(f"{verb} of {what}: checksum mismatch in transit")
+        if isinstance(exc, (botocore.exceptions.NoCredentialsError,
+                            botocore.exceptions.PartialCredentialsError,
+                            botocore.exceptions.ProfileNotFound)):
+            return StoreError(f"no usable AWS credentials for {where}: {_one_line(exc)}")
+        if isinstance(exc, _NETWORK):
+            return TransientStoreError(f"{verb} of {what} failed: "
+                                       f"{type(exc).__name__}: {_one_line(exc)}")
+        return StoreError(f"{verb} of {what} failed: {_one_line(exc)}")
+
+
+def _code(exc: botocore.exceptions.ClientError) -> str:
+    error = exc.response.get("Error", {})
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return str(error.get("Code") or status or "")
+
+
+def _first_failure_or_results(futures: list[concurrent.futures.Future]) -> list:
+    """Results in order, or the first real error (not a cancellation it caused)."""
+    concurrent.futures.wait(futures)
+    for fut in futures:
+        if not fut.cancelled() and fut.exception() is not None:
+            raise fut.exception()
+    return [fut.result() for fut in futures]
+
+
+def _state(storage_class: str, restore: str | None) -> State:
+    """Thaw state from ``StorageClass`` and the ``x-amz-restore`` header."""
+    if restore and 'ongoing-request="true"' in restore:
+        return State.RESTORING
+    if restore and 'ongoing-request="false"' in restore:
+        return State.AVAILABLE
+    return State.ARCHIVED if storage_class in ARCHIVED_CLASSES else State.AVAILABLE
+
+
+class _MultipartUpload:
+    """One multipart upload: read parts in order, upload them in parallel.
+
+    The file is read once, by the calling thread, which hashes the whole file
+    (to check ``sha256``) and each part (S3 verifies per-part SHA-256).  At
+    most ``max_concurrency`` parts are in memory; any failure aborts the
+    upload so no invisible, billed parts stay behind.
+    """
+
+    def __init__(self, store: S3Store, key: str, storage_class: str):
+        self.store, self.client = store, store._client
+        self.key = store.prefix + key
+        self.display_key = key
+        self.storage_class = storage_class
+        self.upload_id: str | None = None
+
+    def run(self, path: str, size: int, sha256: bytes | None) -> None:
+        # S3 allows at most 10,000 parts: grow the part size for huge files.
+        part_size = max(self.store.part_size, -(-size // MAX_PARTS))
+        self.upload_id = self.client.create_multipart_upload(
+            Bucket=self.store.bucket, Key=self.key, StorageClass=self.storage_class,
+            ChecksumAlgorithm="SHA256")["UploadId"]
+        try:
+            parts = self._upload_parts(path, part_size, sha256)
+            self.client.complete_multipart_upload(
+                Bucket=self.store.bucket, Key=self.key, UploadId=self.upload_id,
+                MultipartUpload={"Parts": parts})
+        except BaseException:
+            self._abort()
+            raise
+
+    def _upload_parts(self, path: str, part_size: int, sha256: bytes | None) -> list[dict]:
+        whole = hashlib.sha256()
+        slots = threading.BoundedSemaphore(self.store.max_concurrency)
+        failed = threading.Event()
+        futures: list[concurrent.futures.Future] = []
+
+        def done(fut: concurrent.futures.Future) -> None:
+            if not fut.cancelled() and fut.exception() is not None:
+                failed.set()
+            slots.release()
+
+        with concurrent.futures.ThreadPoolExecutor(self.store.max_concurrency) as pool, \
+                open(path, "rb") as f:
+            try:
+                for number in range(1, MAX_PARTS + 1):
+                    slots.acquire()     # bounds the parts held in memory
+                    data = f.read(part_size)
+                    if failed.is_set() or (not data and number > 1):
+                        slots.release()
+                        break           # a part failed: the upload is lost anyway
+                    whole.update(data)
+                    fut = pool.submit(self._upload_part, number, data)
+                    fut.add_done_callback(done)
+                    futures.append(fut)
+                    if len(data) < part_size:
+                        break
+            except BaseException:
+                failed.set()
+                raise
+            finally:
+                if failed.is_set():
+                    for fut in futures:
+                        fut.cancel()    # parts not started yet: the upload is lost
+            parts = _first_failure_or_results(futures)
+        if sha256 is not None and whole.digest() != sha256:
+            raise IntegrityError(f"{path} does not match its SHA-256: not uploaded")
+        return parts
+
+    def _upload_part(self, number: int, data: bytes) -> dict:
+        checksum = _b64(hashlib.sha256(data).digest())
+        resp = self.client.upload_part(
+            Bucket=self.store.bucket, Key=self.key, UploadId=self.upload_id,
+            PartNumber=number, Body=data, ChecksumAlgorithm="SHA256",
+            ChecksumSHA256=checksum)
+        return {"PartNumber": number, "ETag": resp["ETag"], "ChecksumSHA256": checksum}
+
+    def _abort(self) -> None:
+        try:
+            self.client.abort_multipart_upload(
+                Bucket=self.store.bucket, Key=self.key, UploadId=self.upload_id)
+        except Exception as exc:    # keep the original error; say what is left
+            log.warning("could not abort multipart upload of %s (%s); a lifecycle rule "
+                        "for incomplete uploads will remove its parts",
+                        self.display_key, _one_line(exc))

@@ -1,0 +1,101 @@
+"""The contract every vault backend keeps (see cryophile/store/base.py).
+
+Use it by subclassing in a test module that provides a ``store`` fixture
+(any ``Store`` whose objects are readable at once, e.g. STANDARD class):
+
+    class TestLocalStoreContract(StoreContract):
+        pass
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+
+import pytest
+
+from cryophile.errors import NotFoundError
+from cryophile.store.base import State
+
+
+def write_file(tmp_path, data: bytes, name: str = "fragment") -> tuple[str, int, bytes]:
+    """A file to put: (path, size, sha256)."""
+    path = tmp_path / name
+    path.write_bytes(data)
+    return str(path), len(data), hashlib.sha256(data).digest()
+
+
+def put_bytes(store, tmp_path, key: str, data: bytes, **kwargs) -> None:
+    path, size, sha256 = write_file(tmp_path, data, name=key.replace("/", "_"))
+    store.put(key, path, size=size, sha256=sha256, **kwargs)
+
+
+def get_bytes(store, key: str, **kwargs) -> bytes:
+    out = io.BytesIO()
+    count = store.get(key, out, **kwargs)
+    assert count == len(out.getvalue())
+    return out.getvalue()
+
+
+class StoreContract:
+    DATA = os.urandom(100_000)
+
+    def test_put_then_get_whole(self, store, tmp_path):
+        put_bytes(store, tmp_path, "p/01ULID/chunk.1", self.DATA)
+        assert get_bytes(store, "p/01ULID/chunk.1") == self.DATA
+
+    @pytest.mark.parametrize("start,end", [(0, 1), (10, 20), (99_999, 100_000),
+                                           (50_000, None), (0, 100_000)])
+    def test_get_range(self, store, tmp_path, start, end):
+        put_bytes(store, tmp_path, "k", self.DATA)
+        assert get_bytes(store, "k", start=start, end=end) == self.DATA[start:end]
+
+    def test_get_range_past_the_end_is_clipped(self, store, tmp_path):
+        put_bytes(store, tmp_path, "k", self.DATA)
+        assert get_bytes(store, "k", start=99_990, end=200_000) == self.DATA[99_990:]
+        assert get_bytes(store, "k", start=100_000) == b""
+        assert get_bytes(store, "k", start=5, end=5) == b""
+
+    def test_empty_object(self, store, tmp_path):
+        put_bytes(store, tmp_path, "empty", b"")
+        assert get_bytes(store, "empty") == b""
+        assert store.head("empty").size == 0
+
+    def test_head(self, store, tmp_path):
+        put_bytes(store, tmp_path, "k", self.DATA)
+        info = store.head("k")
+        assert (info.key, info.size, info.state) == ("k", len(self.DATA), State.AVAILABLE)
+
+    def test_missing_key(self, store):
+        with pytest.raises(NotFoundError):
+            store.head("nope")
+        with pytest.raises(NotFoundError):
+            store.get("nope", io.BytesIO())
+
+    def test_put_again_is_harmless(self, store, tmp_path):
+        put_bytes(store, tmp_path, "k", self.DATA)
+        put_bytes(store, tmp_path, "k", self.DATA)
+        assert get_bytes(store, "k") == self.DATA
+
+    def test_list_by_prefix(self, store, tmp_path):
+        keys = ["a/01X/chunk.0", "a/01X/chunk.1", "a/01Y/chunk.1", "b/01Z/chunk.1"]
+        for key in keys:
+            put_bytes(store, tmp_path, key, key.encode())
+        assert sorted(i.key for i in store.list()) == keys
+        found = {i.key: i.size for i in store.list("a/01X/")}
+        assert found == {"a/01X/chunk.0": 13, "a/01X/chunk.1": 13}
+        assert list(store.list("c/")) == []
+
+    def test_delete(self, store, tmp_path):
+        put_bytes(store, tmp_path, "k", self.DATA)
+        store.delete("k")
+        with pytest.raises(NotFoundError):
+            store.head("k")
+        store.delete("k")       # absent: not an error
+
+    def test_restore_of_available_object_is_a_no_op(self, store, tmp_path):
+        put_bytes(store, tmp_path, "k", self.DATA)
+        store.request_restore("k", tier="Standard", days=1)
+        assert store.head("k").state == State.AVAILABLE
+        assert get_bytes(store, "k") == self.DATA
