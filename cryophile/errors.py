@@ -85,6 +85,12 @@ class TransientStoreError(StoreError):
     """A failure worth retrying (5xx, SlowDown, reset, timeout)."""
 
 
+class AccessDeniedError(StoreError):
+    """The credentials may not do this (e.g. a write-only backup identity)."""
+
+    errno = _errno.EACCES
+
+
 class NotRestoredError(StoreError):
     """The object is in an archived storage class and not restored yet."""
 

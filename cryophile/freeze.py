@@ -111,8 +111,8 @@ class Freezer:
                                               limiter=self.limiter)
             if n:
                 log.info("aborted %d unfinished upload(s) of %s left by an earlier freeze", n, bid)
-        except errors.StoreError as exc:
-            log.warning("could not look for unfinished uploads of %s in %s: %s",
+        except errors.AccessDeniedError as exc:   # the upload itself will say
+            log.debug("could not look for unfinished uploads of %s in %s: %s",
                         bid, store.url, exc)
         self.swept.add(bid)
 
@@ -125,7 +125,7 @@ class Freezer:
                 store.delete(info.key)
         try:
             await trio.to_thread.run_sync(delete_all, limiter=self.limiter)
-        except errors.StoreError as exc:
+        except errors.AccessDeniedError as exc:
             log.warning("could not delete the fragments of incomplete backup %s from %s (%s); "
                         "they are never listed as an archive", bid, store.url, exc)
         self.spool.remove_dir("freeze", bid)

@@ -16,6 +16,7 @@ ULID_RE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
 MAX_KEY = 1024
 # "ULID/chunk." and room for the separators: see design.md (997 - digits).
 PREFIX_BUDGET = 997
+MAX_SEGMENT = 255          # NAME_MAX: the spool keeps prefix segments as directories
 
 
 def parse_vault(text: str) -> str:
@@ -40,6 +41,10 @@ def parse_prefix(text: str | None, last_fragment: int = 1) -> str:
     segments = text.rstrip("/").split("/")
     if any(seg in ("", ".", "..") for seg in segments):
         raise UsageError(f"prefix {text!r} has an empty, '.' or '..' segment")
+    longest = max(len(seg.encode()) for seg in segments)
+    if longest > MAX_SEGMENT:
+        raise UsageError(f"prefix has a {longest}-byte segment; at most {MAX_SEGMENT} fit in "
+                         "a directory name in the spool")
     limit = PREFIX_BUDGET - len(str(last_fragment))
     if len(text.encode()) > limit:
         raise UsageError(f"prefix is {len(text)} bytes long; at most {limit} fit in an S3 key")

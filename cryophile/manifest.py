@@ -92,7 +92,9 @@ def read_manifest(encrypted: bytes, clear: ClearInfo, unlock) -> dict:
     if manifest.get("format") != FORMAT_VERSION:
         raise FormatError(f"manifest format {manifest.get('format')} is not supported")
     mine = [[f.size, f.sha256] for f in clear.fragments]
-    if manifest["fragments"] != mine or manifest["ulid"] != clear.ulid:
+    if (manifest["fragments"] != mine or manifest["ulid"] != clear.ulid
+            or manifest.get("size") != clear.size or manifest.get("created") != clear.created
+            or manifest.get("vault") != clear.vault or manifest.get("prefix") != clear.prefix):
         raise IntegrityError("chunk.0's clear metadata disagrees with its encrypted manifest")
     return manifest
 

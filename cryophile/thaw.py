@@ -135,9 +135,18 @@ class Thawer:
         clear = await trio.to_thread.run_sync(fetch_mark, self.spool, store, bid,
                                               limiter=self.limiter)
         wanted = self.spool.fragments("thaw", bid)
-        async with trio.open_nursery() as nursery:
-            for n in wanted:
-                nursery.start_soon(self.thaw_fragment, store, bid, n, clear)
+        try:
+            async with trio.open_nursery() as nursery:
+                for n in wanted:
+                    nursery.start_soon(self.thaw_fragment, store, bid, n, clear)
+        except BaseExceptionGroup as group:
+            # one named error for the caller (run's retry, restore's message)
+            match, _ = group.split(errors.Error)
+            if match is None:
+                raise
+            while isinstance(match, BaseExceptionGroup):
+                match = match.exceptions[0]
+            raise match from None
         self.spool.remove_dir("thaw", bid)
 
     async def thaw_fragment(self, store, bid: BackupId, n: int,
@@ -147,9 +156,13 @@ class Thawer:
         if n < 1 or n > len(clear.fragments):
             log.warning("ignoring thaw request for %s chunk.%d: no such fragment", bid, n)
         elif not os.path.exists(dest):
-            await self._wait_restored(store, bid, n)
-            async with self.downloads:
-                await self._download(store, bid, n, clear.fragments[n - 1], dest)
+            try:
+                await self._wait_restored(store, bid, n)
+                async with self.downloads:
+                    await self._download(store, bid, n, clear.fragments[n - 1], dest)
+            except errors.NotFoundError:
+                raise errors.MissingFragmentError(
+                    f"fragment chunk.{n} of {bid} is missing from {store.url}") from None
         try:
             os.unlink(marker)
         except FileNotFoundError:
@@ -185,10 +198,11 @@ class Thawer:
                 return
             except (errors.IntegrityError, errors.MissingFragmentError) as exc:
                 if attempt == VERIFY_TRIES:
-                    raise errors.IntegrityError(
+                    # keep the kind: truncated (8) or damaged (9)
+                    raise type(exc)(
                         f"{key} from {store.url} fails verification after "
                         f"{VERIFY_TRIES} downloads: {exc}") from None
-                log.warning("%s: %s; downloading again", key, exc)
+                log.debug("%s: %s; downloading again", key, exc)
 
 
 def request(spool: Spool, bid: BackupId, fragments: list[int]) -> None:

@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 
-from .. import errors, ids, keys
+from .. import config, errors, ids, keys
 from ..pipeline.compress import CODECS
 from ..pipeline.writer import ArchiveWriter
 from ..backpressure import Backpressure
@@ -61,6 +61,8 @@ def run(args) -> int:
                                 "keyring in the vault's configuration")
     recipients = keys.load_certificates(certs)
     bid = ids.BackupId(vault.uuid, prefix, ulid)
+    if args.ulid:
+        _refuse_existing(vault, bid)
     source = _open_input(args.input)
     ctx.spool.ensure()
     ctx.spool.clean_dead_backups()
@@ -79,6 +81,26 @@ def run(args) -> int:
             source.close()
     print(ulid, flush=True)
     return 0
+
+
+def _refuse_existing(vault, bid: ids.BackupId) -> None:
+    """-u ULID must not name an archive the vault already holds: freeze would
+    overwrite it.  A vault that cannot be asked now is left to freeze."""
+    try:
+        store = config.open_store(vault, retry_attempts=1)
+    except errors.Error as exc:
+        log.debug("cannot check %s for an existing %s: %s", vault.uuid, bid, exc)
+        return
+    try:
+        store.head(bid.fragment_key(0))
+    except errors.NotFoundError:
+        return
+    except errors.Error as exc:
+        log.debug("cannot check %s for an existing %s: %s", vault.uuid, bid, exc)
+        return
+    finally:
+        store.close()
+    raise errors.UsageError(f"archive {bid} already exists in its vault")
 
 
 def _open_input(path: str):

@@ -97,21 +97,37 @@ class Restore:
         self.thawer: thaw.Thawer | None = None
         self.thaw_finished = False
         self.daemon = False
+        self.decrypt_error: errors.Error | None = None
 
     async def run(self, out) -> int:
-        clear = await trio.to_thread.run_sync(self.mark)
+        try:
+            clear = await trio.to_thread.run_sync(self.mark)
+        except errors.Error:
+            self._drop_empty()
+            raise
         encrypted = manifest.load(self.spool.path("restore", self.bid, 0))[1]
         body = await trio.to_thread.run_sync(manifest.read_manifest, encrypted, clear,
                                              self.keyring.decrypt_session_key)
         await trio.to_thread.run_sync(self.queue, clear)
-        async with trio.open_nursery() as nursery:
-            if self.spool.fragments("thaw", self.bid):
-                self.start_thaw(nursery)
-            size = await trio.to_thread.run_sync(self.decrypt, clear, body, out)
-            nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                if self.spool.fragments("thaw", self.bid):
+                    self.start_thaw(nursery)
+                size = await trio.to_thread.run_sync(self.decrypt, clear, body, out)
+                nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            raise self.decrypt_error or _cause(group) from None
         self.spool.remove_dir("restore", self.bid)
         self.spool.remove_dir("thaw", self.bid)
         return size
+
+    def _drop_empty(self) -> None:
+        """No restore directory left behind by a restore that found nothing."""
+        try:
+            os.rmdir(self.spool.dir("restore", self.bid))
+        except OSError:
+            return
+        self.spool.prune("restore", self.bid)
 
     def mark(self) -> manifest.ClearInfo:
         """chunk.0 into the restore queue: from the spool if not yet frozen, else the vault."""
@@ -172,6 +188,9 @@ class Restore:
         path = self.spool.path("restore", self.bid, n)
         while not os.path.exists(path):
             if self.thawer is not None and self.thawer.failure is not None:
+                failure = self.thawer.failure
+                if isinstance(failure, errors.Error):
+                    raise type(failure)(failure.message)
                 raise errors.Interrupted("thaw failed")
             if (self.thawer is None or self.thaw_finished) and not self.daemon:
                 if os.path.exists(path):
@@ -187,8 +206,9 @@ class Restore:
                                   self.wait_for, Counting(out, progress))
         except (errors.IntegrityError, errors.MissingFragmentError) as exc:
             self._drop_damaged()
-            raise type(exc)(f"{exc}; restore of {self.bid} failed and the output is not "
-                            "to be trusted") from None
+            self.decrypt_error = type(exc)(f"{exc}; restore of {self.bid} failed and the "
+                                           "output is not to be trusted")
+            raise self.decrypt_error from None
         finally:
             progress.finish()
 
@@ -204,6 +224,26 @@ class Restore:
 
     def clear_fragment(self, n: int):
         return manifest.load(self.spool.path("restore", self.bid, 0))[0].fragments[n - 1]
+
+
+def _cause(group: BaseExceptionGroup) -> BaseException:
+    """The one error to report from a group (restore's decrypt and its thaw task
+    fail together): the decrypt side's, which says the output is not to be trusted."""
+    leaves = []
+
+    def walk(exc):
+        if isinstance(exc, BaseExceptionGroup):
+            for e in exc.exceptions:
+                walk(e)
+        else:
+            leaves.append(exc)
+    walk(group)
+    for kind in (errors.IntegrityError, errors.MissingFragmentError, errors.Error,
+                 KeyboardInterrupt):
+        for exc in leaves:
+            if isinstance(exc, kind) and not isinstance(exc, errors.Interrupted):
+                return exc
+    return leaves[0] if len(leaves) == 1 else group
 
 
 class Counting:

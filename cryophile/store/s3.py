@@ -29,6 +29,7 @@ import botocore.exceptions
 import urllib3.exceptions
 
 from cryophile.errors import (
+    AccessDeniedError,
     IntegrityError, NotFoundError, NotRestoredError, StoreError, TransientStoreError,
 )
 from cryophile.store.base import ObjectInfo, State, Store
@@ -254,7 +255,7 @@ class S3Store(Store):
             if code == "NoSuchBucket":
                 return StoreError(f"bucket {self.bucket} does not exist at {self.endpoint}")
             if code in _DENIED:
-                return StoreError(f"access denied to {where} ({code}): "
+                return AccessDeniedError(f"access denied to {where} ({code}): "
                                   "check the credentials and the bucket policy")
             if code in _NOT_FOUND:
                 return NotFoundError(f"{key} not found in {where}")
