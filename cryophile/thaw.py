@@ -11,6 +11,7 @@ secret key nor plaintext is needed or produced here.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import logging
 import os
 import uuid
@@ -20,7 +21,6 @@ import trio
 
 from . import errors, manifest
 from .ids import BackupId
-from .pipeline.reader import verify_fragment
 from .spool import Spool, chunk_name, makedirs
 from .store.base import State
 
@@ -32,16 +32,21 @@ DOWNLOADS = 4
 VERIFY_TRIES = 3
 
 
-def fetch(store, key: str, dest: str, check: Callable[[str], None] | None = None) -> None:
-    """Download ``key`` to ``dest`` via a temporary file; ``check(tmp)`` before rename."""
+def fetch(store, key: str, dest: str, check: Callable[[str], None] | None = None,
+          expect: manifest.Fragment | None = None, n: int = 0) -> None:
+    """Download ``key`` to ``dest`` via a temporary file, renamed once checked:
+    against ``expect`` (size and SHA-256, hashed as the bytes arrive) and/or by
+    ``check(tmp)``.  No fsync: the restore queue is a cache that restore
+    verifies again before use."""
     makedirs(os.path.dirname(dest))
     tmp = f"{dest}.part-{uuid.uuid4().hex[:8]}"
     try:
         with open(tmp, "wb") as f:
             os.fchmod(f.fileno(), 0o600)
-            store.get(key, f)
-            f.flush()
-            os.fsync(f.fileno())
+            sink = _Hashing(f)
+            store.get(key, sink)
+        if expect is not None:
+            sink.verify(expect, n)
         if check is not None:
             check(tmp)
         os.rename(tmp, dest)
@@ -50,6 +55,28 @@ def fetch(store, key: str, dest: str, check: Callable[[str], None] | None = None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+class _Hashing:
+    """A file wrapper that hashes what is written."""
+
+    def __init__(self, f):
+        self.f, self.hash, self.size = f, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        self.hash.update(data)
+        self.size += len(data)
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def verify(self, frag: manifest.Fragment, n: int) -> None:
+        if self.size != frag.size:
+            raise errors.MissingFragmentError(
+                f"fragment chunk.{n} has {self.size} bytes, expected {frag.size}")
+        if self.hash.hexdigest() != frag.sha256:
+            raise errors.IntegrityError(f"fragment chunk.{n} fails its SHA-256 check")
 
 
 def fetch_mark(spool: Spool, store, bid: BackupId) -> manifest.ClearInfo:
@@ -172,27 +199,31 @@ class Thawer:
         key = bid.fragment_key(n)
         tier, days = self.settings(bid.vault)
         delay = self.poll_min
+        requested = False
         while True:
             info = await trio.to_thread.run_sync(store.head, key, limiter=self.limiter)
             if info.state is State.AVAILABLE:
                 return
-            if info.state is State.ARCHIVED:
-                log.info("requesting restore of %s (%s, %s tier, %d days)",
+            if info.state is State.ARCHIVED and not requested:
+                log.debug("requesting restore of %s (%s, %s tier, %d days)",
                          key, info.storage_class, tier, days)
                 await trio.to_thread.run_sync(
                     lambda: store.request_restore(key, tier=tier, days=days),
                     limiter=self.limiter)
+                requested = True
+                continue            # some stores restore at once: look again now
             else:
                 log.debug("%s is still being restored; next look in %.0f s", key, delay)
             await trio.sleep(delay)
             delay = min(delay * 2, self.poll_max)
+            requested = False       # still archived after a wait: ask again
 
     async def _download(self, store, bid, n, frag, dest) -> None:
         key = bid.fragment_key(n)
         for attempt in range(1, VERIFY_TRIES + 1):
             try:
                 await trio.to_thread.run_sync(
-                    lambda: fetch(store, key, dest, lambda tmp: verify_fragment(tmp, frag, n)),
+                    lambda: fetch(store, key, dest, expect=frag, n=n),
                     limiter=self.limiter)
                 self.downloaded += 1
                 return

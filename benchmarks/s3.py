@@ -1,0 +1,84 @@
+"""freeze and restore through a moto S3 server, against `aws s3 cp --recursive`.
+
+    .venv/bin/python benchmarks/s3.py [--size-gib 1]
+
+Both sides talk to the same moto server over HTTP in the same run; the
+figure is the ratio of their times (see BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import uuid
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import CRYOPHILE, GIB, WORK, gpg_key, mixed_data, rate, run  # noqa: E402
+from tests.s3rig import MotoServer, aws_test_env  # noqa: E402
+
+AWS = "/usr/bin/aws" if os.path.exists("/usr/bin/aws") else "aws"
+ULID = "01J00000000000000000000000"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--size-gib", type=float, default=1.0)
+    args = ap.parse_args()
+    size = int(args.size_gib * GIB)
+    data = mixed_data(size)
+    fpr, cert, key = gpg_key(WORK / "gnupg")
+    env = {**os.environ, **aws_test_env(tempfile.mkdtemp())}
+    os.environ.update(env)
+    server = MotoServer().start()
+    try:
+        bench(server.endpoint, env, data, size, fpr, cert, key)
+    finally:
+        server.stop()
+
+
+def bench(endpoint, env, data, size, fpr, cert, key) -> None:
+    import boto3
+    bucket = str(uuid.uuid4())
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
+    spool, copy = WORK / "s3-spool", WORK / "s3-fragments"
+    shutil.rmtree(spool, ignore_errors=True)
+    shutil.rmtree(copy, ignore_errors=True)
+    config = WORK / "s3.toml"
+    config.write_text(f'[vault.{bucket}]\nendpoint_url = "{endpoint}"\n'
+                      f'storage_class = "GLACIER"\n')
+    cryo = CRYOPHILE + ["-S", str(spool), "-c", str(config)]
+    run(cryo + ["backup", "-v", bucket, "-k", str(cert), "-u", ULID, "-i", str(data)], env=env)
+    frozen = spool / "freeze" / bucket / ULID
+    shutil.copytree(frozen, copy)
+    stored = sum(f.stat().st_size for f in copy.iterdir())
+
+    aws_up, _ = run([AWS, "--endpoint-url", endpoint, "s3", "cp", "--recursive", "--quiet",
+                     str(copy), f"s3://{bucket}/baseline/"], env=env)
+    ours_up, _ = run(cryo + ["freeze", "--once"], env=env)
+
+    down = WORK / "s3-down"
+    shutil.rmtree(down, ignore_errors=True)
+    genv = {**env, "GNUPGHOME": str(WORK / "gnupg")}
+    aws_down, _ = run(f"{AWS} --endpoint-url {endpoint} s3 cp --recursive --quiet "
+                      f"s3://{bucket}/baseline/ {down} && "
+                      f"ls {down} | grep -v 'chunk.0$' | sort -t. -k2 -n | "
+                      f"(cd {down} && xargs cat) | gpg --batch --quiet --decrypt | "
+                      f"lz4 -d -q -c > /dev/null", shell=True, env=genv)
+    ours_down, rss = run(cryo + ["restore", "-v", bucket, "-u", ULID, "-k", str(key)],
+                         env={**env, "CRYOPHILE_LOG": "warn"})
+    print(f"{stored / GIB:.2f} GiB of fragments ({size / GIB:.2f} GiB of input) to moto S3")
+    print(f"freeze   aws s3 cp    {rate(stored, aws_up)}   cryophile {rate(stored, ours_up)}"
+          f"   ratio {aws_up / ours_up:.2f}x")
+    print(f"restore  aws+gpg+lz4  {rate(size, aws_down)}   cryophile {rate(size, ours_down)}"
+          f"   ratio {aws_down / ours_down:.2f}x   (peak RSS {rss / 1024:.0f} MiB)")
+    shutil.rmtree(spool, ignore_errors=True)
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.rmtree(down, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
