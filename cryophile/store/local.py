@@ -135,7 +135,7 @@ def _sweep(dst: str) -> None:
 def _unlink(path: str) -> None:
     try:
         os.unlink(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):   # nothing there to remove
         pass
 
 
