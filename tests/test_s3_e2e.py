@@ -188,3 +188,59 @@ def test_killed_multipart_freeze_leaves_no_orphans(tmp_path, recipes, s3client, 
     head = s3client.head_object(Bucket=bucket, Key=f"{ulid}/chunk.1")
     assert head["ContentLength"] > 12 << 20 and head["StorageClass"] == "GLACIER"
     assert rig.restore(ulid, recipes["gpg"].key, check=True).stdout == data
+
+
+def test_restore_streams_before_later_fragments_arrive(rig, recipes, s3proxy):
+    data = os.urandom(5 * FRAG)
+    ulid = rig.backup(data, recipes["gpg"].cert, "-s", "64KiB", "-C", "none")
+    rig.run("freeze", "--once", check=True)
+    s3proxy.slow_next(1, 8.0, methods=["GET"], path_contains="chunk.4")
+    proc = rig.popen("restore", "-v", rig.vault, "-u", ulid, "-k", str(recipes["gpg"].key),
+                     bufsize=0)       # unbuffered: communicate() reads the fd itself
+    first = b""
+    while len(first) < 2 * FRAG:
+        block = proc.stdout.read(2 * FRAG - len(first))
+        assert block, "restore ended early"
+        first += block
+    assert first == data[:2 * FRAG]
+    assert not s3proxy.requests("GET", "chunk.4"), "output came only after fragment 4"
+    rest, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert first + rest == data
+
+
+def lock_held(path: Path) -> bool:
+    import fcntl
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def test_restore_leaves_thawing_to_a_running_daemon(rig, recipes, s3proxy):
+    data = os.urandom(3 * FRAG)
+    ulid = rig.backup(data, recipes["gpg"].cert, "-s", "64KiB")
+    rig.run("freeze", "--once", check=True)
+    s3proxy.restore_delay = 2.0
+    daemon = rig.popen("thaw")
+    try:
+        deadline = time.monotonic() + 30
+        while not lock_held(rig.spool / "thaw" / ".daemon"):
+            assert time.monotonic() < deadline and daemon.poll() is None, "thaw did not start"
+            time.sleep(0.05)
+        out = rig.restore(ulid, recipes["gpg"].key, check=True)
+        assert out.stdout == data
+        assert b"waiting for the running `cryophile thaw`" in out.stderr
+    finally:
+        daemon.terminate()
+        _, err = daemon.communicate(timeout=30)
+    assert daemon.returncode == 0, err
+    assert b"Traceback" not in err
+    assert len(s3proxy.requests("POST", "restore")) >= 3
