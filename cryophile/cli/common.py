@@ -81,14 +81,16 @@ def passphrase_reader(fd: int | None):
 
 def _prompt(description: str) -> str:
     import getpass
-    try:
-        tty = open("/dev/tty", "r+")
+    try:                        # getpass asks on /dev/tty: is there one?
+        os.close(os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY))
     except OSError:
         raise errors.BadPassphraseError(
             f"{description} is protected by a passphrase: give it with --pass-fd FD "
             "(no terminal to ask on)") from None
-    with tty:
-        return getpass.getpass(f"Passphrase for {description}: ", stream=tty)
+    try:
+        return getpass.getpass(f"Passphrase for {description}: ")
+    except EOFError:
+        raise errors.BadPassphraseError(f"no passphrase given for {description}") from None
 
 
 def secret_keys(paths: list[str], pass_fd: int | None) -> keys.SecretKeyring:

@@ -1,0 +1,55 @@
+"""Behaviour on a terminal: progress on stderr, a passphrase prompt, and no
+binary output to a terminal.  `script` gives the command a pseudo-terminal."""
+
+import os
+import shlex
+import subprocess
+
+from tests.clirig import make_rig
+from tests.keyrecipes import PASSWORD
+
+
+def on_tty(cmd: list[str], answer: bytes = b"", after: bytes = b"") -> tuple[int, str]:
+    """Run ``cmd`` on a terminal; type ``answer`` once the screen shows ``after``
+    (typing earlier would be flushed by the password prompt)."""
+    line = " ".join(shlex.quote(c) for c in cmd)
+    proc = subprocess.Popen(["script", "-qec", line, "/dev/null"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, bufsize=0,
+                            env={**os.environ, "CRYOPHILE_LOG_STYLE": "never"})
+    screen = b""
+    if answer:
+        while after not in screen:
+            block = proc.stdout.read(4096)
+            assert block, f"the prompt never came: {screen!r}"
+            screen += block
+        proc.stdin.write(answer)
+    rest, _ = proc.communicate(timeout=120)
+    return proc.returncode, (screen + rest).decode(errors="replace")
+
+
+def test_progress_shows_on_a_terminal_only(tmp_path, recipes):
+    rig = make_rig(tmp_path)
+    data = tmp_path / "data"
+    data.write_bytes(os.urandom(3 << 20))
+    code, screen = on_tty(rig.command("backup", "-v", rig.vault, "-k", str(recipes["gpg"].cert),
+                                      "-i", str(data)))
+    assert code == 0, screen
+    assert "backup: 3.0 MiB" in screen
+    piped = rig.run("backup", "-v", rig.vault, "-k", str(recipes["gpg"].cert), "-i", str(data))
+    assert piped.returncode == 0 and piped.stderr == b""
+
+
+def test_restore_refuses_a_terminal_and_asks_for_the_passphrase(tmp_path, recipes):
+    rig = make_rig(tmp_path)
+    recipe = recipes["gpg_pw"]
+    ulid = rig.backup(b"secret data", recipe.cert)
+    code, screen = on_tty(rig.command("restore", "-v", rig.vault, "-u", ulid, "-k",
+                                      str(recipe.key)))
+    assert code == 2 and "refusing to write an archive to a terminal" in screen
+    out = tmp_path / "out"
+    code, screen = on_tty(rig.command("restore", "-v", rig.vault, "-u", ulid, "-k",
+                                      str(recipe.key), "-o", str(out)),
+                          answer=f"{PASSWORD}\n".encode(), after=b"Passphrase for")
+    assert code == 0, screen
+    assert "Passphrase for" in screen
+    assert out.read_bytes() == b"secret data"
