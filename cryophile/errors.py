@@ -123,8 +123,9 @@ def from_oserror(exc: OSError, what: str) -> Error:
 
 
 def unwrap(group: BaseExceptionGroup) -> BaseException:
-    """The one exception to report from a group: the first named Error (an
-    interruption first), else the group itself."""
+    """The one exception to report from a group (tasks that failed together):
+    damage first, since it says the output is not to be trusted; then any
+    other named error; an interruption only when nothing else explains it."""
     leaves: list[BaseException] = []
 
     def walk(exc: BaseException) -> None:
@@ -134,8 +135,8 @@ def unwrap(group: BaseExceptionGroup) -> BaseException:
         else:
             leaves.append(exc)
     walk(group)
-    for kind in (KeyboardInterrupt, Error):
+    for kind in (IntegrityError, MissingFragmentError, Error, KeyboardInterrupt, Interrupted):
         for exc in leaves:
-            if isinstance(exc, kind):
+            if isinstance(exc, kind) and (kind is Interrupted or not isinstance(exc, Interrupted)):
                 return exc
     return group

@@ -9,7 +9,6 @@ removed (with what it queued) by the next run.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import logging
 import os
@@ -35,14 +34,6 @@ def chunk_name(n: int) -> str:
 def chunk_number(name: str) -> int | None:
     m = CHUNK_RE.match(name)
     return int(m.group(1)) if m else None
-
-
-def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def makedirs(path: str) -> None:
@@ -157,30 +148,29 @@ class Spool:
         self.remove_dir("backup", bid)
 
 
-class BackupLock:
-    """An flock on backup/…/ULID/.lock, held while a backup writes."""
+class FileLock:
+    """An exclusive flock on a file, never waited for: it tells whether the
+    process that holds it (a backup, a thaw daemon) is alive."""
 
-    def __init__(self, spool: Spool, bid: BackupId):
-        self.path = os.path.join(spool.dir("backup", bid), ".lock")
+    def __init__(self, path: str):
+        self.path = path
         self.fd: int | None = None
 
-    def create(self) -> None:
-        makedirs(os.path.dirname(self.path))
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-
-    def try_acquire(self) -> bool:
+    def acquire(self, create: bool = True) -> bool:
+        """True if now held, False if another process holds it.  Without
+        ``create``, a missing file counts as free (its owner never got going)."""
+        flags = os.O_RDWR | os.O_CLOEXEC
+        if create:
+            makedirs(os.path.dirname(self.path))
+            flags |= os.O_CREAT
         try:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+            self.fd = os.open(self.path, flags, 0o600)
         except FileNotFoundError:
-            # a directory without a lock file is a backup that died while starting
             return True
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return True
-        except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise
+        except BlockingIOError:
             self.release()
             return False
 
@@ -188,3 +178,18 @@ class BackupLock:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+class BackupLock(FileLock):
+    """backup/…/ULID/.lock, held while a backup writes."""
+
+    def __init__(self, spool: Spool, bid: BackupId):
+        super().__init__(os.path.join(spool.dir("backup", bid), ".lock"))
+        self.bid = bid
+
+    def create(self) -> None:
+        if not self.acquire():
+            raise errors.UsageError(f"archive {self.bid} is being written by another backup")
+
+    def try_acquire(self) -> bool:
+        return self.acquire(create=False)

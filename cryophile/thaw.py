@@ -10,7 +10,6 @@ secret key nor plaintext is needed or produced here.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
 import os
@@ -21,7 +20,7 @@ import trio
 
 from . import errors, manifest
 from .ids import BackupId
-from .spool import Spool, chunk_name, makedirs
+from .spool import FileLock, Spool, chunk_name, makedirs
 from .store.base import State
 
 log = logging.getLogger("cryophile.thaw")
@@ -101,27 +100,11 @@ def _why_missing(store, bid: BackupId) -> str:
     return f"no archive {bid} in {store.url}"
 
 
-class DaemonLock:
+class DaemonLock(FileLock):
     """Held by a running `cryophile thaw` so that restore leaves the work to it."""
 
     def __init__(self, spool: Spool):
-        self.path = os.path.join(spool.queue("thaw"), ".daemon")
-        self.fd: int | None = None
-
-    def acquire(self) -> bool:
-        makedirs(os.path.dirname(self.path))
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            self.release()
-            return False
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+        super().__init__(os.path.join(spool.queue("thaw"), ".daemon"))
 
 
 class Thawer:

@@ -116,7 +116,7 @@ class Restore:
                 size = await trio.to_thread.run_sync(self.decrypt, clear, body, out)
                 nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
-            raise self.decrypt_error or _cause(group) from None
+            raise self.decrypt_error or errors.unwrap(group) from None
         self.spool.remove_dir("restore", self.bid)
         self.spool.remove_dir("thaw", self.bid)
         return size
@@ -224,26 +224,6 @@ class Restore:
 
     def clear_fragment(self, n: int):
         return manifest.load(self.spool.path("restore", self.bid, 0))[0].fragments[n - 1]
-
-
-def _cause(group: BaseExceptionGroup) -> BaseException:
-    """The one error to report from a group (restore's decrypt and its thaw task
-    fail together): the decrypt side's, which says the output is not to be trusted."""
-    leaves = []
-
-    def walk(exc):
-        if isinstance(exc, BaseExceptionGroup):
-            for e in exc.exceptions:
-                walk(e)
-        else:
-            leaves.append(exc)
-    walk(group)
-    for kind in (errors.IntegrityError, errors.MissingFragmentError, errors.Error,
-                 KeyboardInterrupt):
-        for exc in leaves:
-            if isinstance(exc, kind) and not isinstance(exc, errors.Interrupted):
-                return exc
-    return leaves[0] if len(leaves) == 1 else group
 
 
 class Counting:

@@ -8,7 +8,7 @@ from typing import Callable
 
 from .. import errors
 from ..manifest import Fragment
-from ..spool import fsync_dir
+from ..fsutil import fsync_dir
 
 
 class Splitter:

@@ -14,6 +14,7 @@ import uuid
 from typing import BinaryIO, Iterator
 
 from .. import errors
+from ..fsutil import fsync_dir
 from .base import ObjectInfo, State, Store
 
 COPY_BLOCK = 1 << 20
@@ -44,7 +45,7 @@ class LocalStore(Store):
                 if not os.path.exists(dst):
                     raise
                 # a concurrent put of the same key stored it and swept our tmp
-            _fsync_dir(os.path.dirname(dst))
+            fsync_dir(os.path.dirname(dst))
         except OSError as exc:
             _unlink(tmp)
             raise _error(exc, f"cannot store {key} in {self.url}") from None
@@ -137,14 +138,6 @@ def _unlink(path: str) -> None:
         os.unlink(path)
     except (FileNotFoundError, NotADirectoryError):   # nothing there to remove
         pass
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _error(exc: OSError, what: str) -> errors.Error:
