@@ -1,14 +1,15 @@
 """ArchiveWriter: bytes in, an archive in the spool out.
 
 Three stages in threads, with bounded queues between them so that memory
-stays flat: the caller compresses frames; a worker frames and encrypts
-them (AES-CFB and the SHA-1 MDC); a writer hashes (SHA-256) and writes the
-fragments.  lz4, zstd, cryptography and hashlib release the GIL on large
+stays flat: frames are compressed by a pool of threads (frames are
+independent); a worker takes them in order and encrypts them (AES-CFB and
+the SHA-1 MDC); a writer hashes (SHA-256) and writes the fragments.  lz4, zstd, cryptography and hashlib release the GIL on large
 buffers, so the stages overlap on several cores.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime
 import logging
 import os
@@ -26,6 +27,7 @@ log = logging.getLogger("cryophile.backup")
 
 INDEX_INTERVAL = 16 << 20          # a seek point at least every 16 MiB of input
 QUEUE_DEPTH = 4
+COMPRESSORS = 2
 _DONE = object()
 
 
@@ -70,6 +72,7 @@ class ArchiveWriter:
         self.next_index = 0
         self.indexed_fragment = 0
         self.error: BaseException | None = None
+        self.pool = concurrent.futures.ThreadPoolExecutor(COMPRESSORS, "cryophile-compress")
         self.frames: queue.Queue = queue.Queue(QUEUE_DEPTH)
         self.parts: queue.Queue = queue.Queue(QUEUE_DEPTH)
         self.worker = threading.Thread(target=self._work, name="cryophile-encrypt", daemon=True)
@@ -92,10 +95,10 @@ class ArchiveWriter:
             view = view[len(take):]
             if len(self.frame) < fs:
                 return
-            self._put((fs, self.compress(self.frame)))
+            self._put((fs, self.pool.submit(self.compress, self.frame)))
             self.frame = bytearray()
         while len(view) >= fs:          # whole frames straight from the caller's buffer
-            self._put((fs, self.compress(view[:fs])))
+            self._put((fs, self.pool.submit(self.compress, bytes(view[:fs]))))
             view = view[fs:]
         self.frame += view
 
@@ -116,11 +119,12 @@ class ArchiveWriter:
         """Seal the archive (chunk.0); return the backup id."""
         if self.frame or self.plain_size == 0 and self.compression != "none":
             # an empty input still gets one frame, so that `lz4 -d` accepts it
-            self._put((len(self.frame), self.compress(bytes(self.frame))))
+            self._put((len(self.frame), self.pool.submit(self.compress, bytes(self.frame))))
             self.frame.clear()
         self._put(_DONE)
         self.worker.join()
         self.writer.join()
+        self.pool.shutdown()
         self._check()
         self.closed = True
         fragments = self.split.close()
@@ -134,6 +138,7 @@ class ArchiveWriter:
         self.error = self.error or errors.Interrupted("backup aborted")
         _drain(self.frames)               # only this thread puts: room is left
         self.frames.put(_DONE)
+        self.pool.shutdown(wait=False, cancel_futures=True)
         self.worker.join(timeout=10)
         self.writer.join(timeout=10)
         self.split.abort()
@@ -151,7 +156,7 @@ class ArchiveWriter:
                 if item is _DONE:
                     self._forward(self.enc.close())
                     return
-                plain_len, data = item
+                plain_len, data = item[0], item[1].result()
                 self._index_point()
                 self._forward(self.enc.write(data))
                 self.stream_size += len(data)
