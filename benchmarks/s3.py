@@ -22,6 +22,7 @@ from tests.s3rig import MotoServer, aws_test_env  # noqa: E402
 
 AWS = "/usr/bin/aws" if os.path.exists("/usr/bin/aws") else "aws"
 ULID = "01J00000000000000000000000"
+FREEZE_ULID = "01J00000000000000000000001"
 
 
 def main() -> None:
@@ -44,24 +45,33 @@ def bench(endpoint, env, data, size, fpr, cert, key) -> None:
     import boto3
     bucket = str(uuid.uuid4())
     boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
-    spool, copy = WORK / "s3-spool", WORK / "s3-fragments"
-    shutil.rmtree(spool, ignore_errors=True)
-    shutil.rmtree(copy, ignore_errors=True)
+    spool, copy, down = WORK / "s3-spool", WORK / "s3-fragments", WORK / "s3-down"
+    for d in (spool, copy, down):
+        shutil.rmtree(d, ignore_errors=True)
     config = WORK / "s3.toml"
     config.write_text(f'[vault.{bucket}]\nendpoint_url = "{endpoint}"\n'
                       f'storage_class = "GLACIER"\n')
     cryo = CRYOPHILE + ["-S", str(spool), "-c", str(config)]
-    run(cryo + ["backup", "-v", bucket, "-k", str(cert), "-u", ULID, "-i", str(data)], env=env)
-    frozen = spool / "freeze" / bucket / ULID
-    shutil.copytree(frozen, copy)
-    stored = sum(f.stat().st_size for f in copy.iterdir())
 
+    def backup(ulid: str, codec: str) -> int:
+        """Back up the data; copy its fragments aside; return their total size."""
+        run(cryo + ["backup", "-v", bucket, "-k", str(cert), "-u", ulid, "-C", codec,
+                    "-i", str(data)], env=env)
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(spool / "freeze" / bucket / ulid, copy)
+        return sum(f.stat().st_size for f in copy.iterdir())
+
+    # freeze: uncompressed, so that the fragments are as large as the input
+    stored = backup(FREEZE_ULID, "none")
     aws_up, _ = run([AWS, "--endpoint-url", endpoint, "s3", "cp", "--recursive", "--quiet",
-                     str(copy), f"s3://{bucket}/baseline/"], env=env)
+                     str(copy), f"s3://{bucket}/baseline-up/"], env=env)
     ours_up, _ = run(cryo + ["freeze", "--once"], env=env)
 
-    down = WORK / "s3-down"
-    shutil.rmtree(down, ignore_errors=True)
+    # restore: an lz4 archive, against download + cat | gpg -d | lz4 -d
+    backup(ULID, "lz4")
+    run([AWS, "--endpoint-url", endpoint, "s3", "cp", "--recursive", "--quiet",
+         str(copy), f"s3://{bucket}/baseline/"], env=env)
+    run(cryo + ["freeze", "--once"], env=env)
     genv = {**env, "GNUPGHOME": str(WORK / "gnupg")}
     aws_down, _ = run(f"{AWS} --endpoint-url {endpoint} s3 cp --recursive --quiet "
                       f"s3://{bucket}/baseline/ {down} && "
@@ -70,14 +80,14 @@ def bench(endpoint, env, data, size, fpr, cert, key) -> None:
                       f"lz4 -d -q -c > /dev/null", shell=True, env=genv)
     ours_down, rss = run(cryo + ["restore", "-v", bucket, "-u", ULID, "-k", str(key)],
                          env={**env, "CRYOPHILE_LOG": "warn"})
-    print(f"{stored / GIB:.2f} GiB of fragments ({size / GIB:.2f} GiB of input) to moto S3")
-    print(f"freeze   aws s3 cp    {rate(stored, aws_up)}   cryophile {rate(stored, ours_up)}"
-          f"   ratio {aws_up / ours_up:.2f}x")
-    print(f"restore  aws+gpg+lz4  {rate(size, aws_down)}   cryophile {rate(size, ours_down)}"
-          f"   ratio {aws_down / ours_down:.2f}x   (peak RSS {rss / 1024:.0f} MiB)")
-    shutil.rmtree(spool, ignore_errors=True)
-    shutil.rmtree(copy, ignore_errors=True)
-    shutil.rmtree(down, ignore_errors=True)
+    print(f"moto S3 server; input: {size / GIB:.2f} GiB of tar -c /usr")
+    print(f"freeze of {stored / GIB:.2f} GiB of fragments   aws s3 cp {rate(stored, aws_up)}"
+          f"   cryophile {rate(stored, ours_up)}   ratio {aws_up / ours_up:.2f}x")
+    print(f"restore (lz4)   aws s3 cp + cat|gpg|lz4 {rate(size, aws_down)}   cryophile "
+          f"{rate(size, ours_down)}   ratio {aws_down / ours_down:.2f}x   "
+          f"(peak RSS {rss / 1024:.0f} MiB)")
+    for d in (spool, copy, down):
+        shutil.rmtree(d, ignore_errors=True)
 
 
 if __name__ == "__main__":
