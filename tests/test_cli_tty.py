@@ -53,3 +53,10 @@ def test_restore_refuses_a_terminal_and_asks_for_the_passphrase(tmp_path, recipe
     assert code == 0, screen
     assert "Passphrase for" in screen
     assert out.read_bytes() == b"secret data"
+
+
+def test_backup_refuses_to_read_a_terminal(tmp_path, recipes):
+    rig = make_rig(tmp_path)
+    code, screen = on_tty(rig.command("backup", "-v", rig.vault, "-k", str(recipes["gpg"].cert)))
+    assert code == 2 and "refusing to read a backup from a terminal" in screen
+    assert not list(rig.spool.glob("freeze/**/chunk.0"))

@@ -105,6 +105,9 @@ def _refuse_existing(vault, bid: ids.BackupId) -> None:
 
 def _open_input(path: str):
     if path == "-":
+        if sys.stdin.isatty():
+            raise errors.UsageError("refusing to read a backup from a terminal: pipe a "
+                                    "stream in (zfs send … | cryophile backup …) or use -i FILE")
         return sys.stdin.buffer
     try:
         return open(path, "rb", buffering=0)
