@@ -50,10 +50,9 @@ def spool_entries(spool: Spool, vault: str, prefix: str) -> dict[str, Entry]:
             mark = spool.path(queue, bid, 0)
             if os.path.exists(mark):
                 clear = manifest.load(mark)[0]
-                if len(spool.fragments(queue, bid)) < len(clear.fragments) + 1:
-                    state = "freezing"      # some fragments are in the vault already
+                partly = len(spool.fragments(queue, bid)) < len(clear.fragments) + 1
                 entries[bid.key] = Entry(bid, clear.created, clear.size, len(clear.fragments),
-                                         state)
+                                         "freezing" if partly else state)
             elif os.path.exists(os.path.join(spool.dir(queue, bid), "ABANDONED")):
                 continue
             else:
