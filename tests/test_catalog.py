@@ -1,0 +1,44 @@
+"""What `ls` says about an archive as it moves through the queues."""
+
+import os
+
+import trio
+
+from cryophile import keys
+from cryophile.catalog import list_archives
+from cryophile.freeze import Freezer
+from cryophile.ids import BackupId, new_ulid
+from cryophile.pipeline.writer import ArchiveWriter
+from cryophile.spool import Spool
+from cryophile.store.local import LocalStore
+
+VAULT = "0b8c3a7e-5a1d-4f7e-9a53-3f1c2d4e5f60"
+
+
+def states(spool, store):
+    return {e.bid.ulid: e.state for e in list_archives(spool, store, VAULT)}
+
+
+def test_states_from_writing_to_local(tmp_path, recipes):
+    spool = Spool(str(tmp_path / "spool"))
+    spool.ensure()
+    store = LocalStore(str(tmp_path / "vault"))
+    recipients = keys.load_certificates([str(recipes["gpg"].cert)])
+    bids = [BackupId(VAULT, "tank", new_ulid()) for _ in range(3)]
+    writers = [ArchiveWriter(spool, bid, recipients, "none", 4096) for bid in bids]
+    for w in writers:
+        w.write(os.urandom(20000))
+    writers[0].close()
+    writers[1].close()
+    os.unlink(spool.path("freeze", bids[1], 1))        # as if freeze took it
+    got = states(spool, store)
+    assert got == {bids[0].ulid: "queued", bids[1].ulid: "freezing", bids[2].ulid: "writing"}
+
+    writers[2].close()
+    trio.run(Freezer(spool, lambda v: store, lambda v: "STANDARD",
+                     select=lambda b: b != bids[1]).run, True)
+    got = states(spool, store)
+    assert got[bids[0].ulid] == "local" and got[bids[2].ulid] == "local"
+    assert got[bids[1].ulid] == "freezing"
+    entry = next(e for e in list_archives(spool, store, VAULT) if e.bid == bids[0])
+    assert entry.size == 20000 and entry.fragments >= 5
