@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 from typing import Iterator
 
 from . import errors
@@ -188,8 +189,27 @@ class BackupLock(FileLock):
         self.bid = bid
 
     def create(self) -> None:
-        if not self.acquire():
-            raise errors.UsageError(f"archive {self.bid} is being written by another backup")
+        """Make backup/…/ULID/ with its lock already held: the directory is
+        built under a temporary name and renamed, so that no other process
+        ever sees it without its lock (and takes it for a dead backup)."""
+        final = os.path.dirname(self.path)
+        parent = os.path.dirname(final)
+        makedirs(parent)
+        try:
+            tmp = tempfile.mkdtemp(prefix=".new-", dir=parent)
+            fd = os.open(os.path.join(tmp, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                         0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            raise errors.from_oserror(exc, f"cannot create a backup in {parent}") from None
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            os.close(fd)
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise errors.UsageError(f"archive {self.bid} is being written by another "
+                                    "backup") from None
+        self.fd = fd
 
     def try_acquire(self) -> bool:
         return self.acquire(create=False)

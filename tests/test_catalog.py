@@ -42,3 +42,27 @@ def test_states_from_writing_to_local(tmp_path, recipes):
     assert got[bids[1].ulid] == "freezing"
     entry = next(e for e in list_archives(spool, store, VAULT) if e.bid == bids[0])
     assert entry.size == 20000 and entry.fragments >= 5
+
+
+def test_a_starting_backup_is_never_taken_for_a_dead_one(tmp_path, recipes, monkeypatch):
+    """Another process (freeze, a mount) cleaning dead backups at the moment a
+    backup creates its directory must not remove it."""
+    spool = Spool(str(tmp_path / "spool"))
+    spool.ensure()
+    recipients = keys.load_certificates([str(recipes["gpg"].cert)])
+    bid = BackupId(VAULT, "tank", new_ulid())
+    real_open = os.open
+    cleaned = []
+
+    def open_and_race(path, *args, **kw):
+        if str(path).endswith(".lock"):
+            cleaned.extend(Spool(spool.root).clean_dead_backups())
+        return real_open(path, *args, **kw)
+    monkeypatch.setattr(os, "open", open_and_race)
+    writer = ArchiveWriter(spool, bid, recipients, "none", 4096)
+    monkeypatch.setattr(os, "open", real_open)
+    writer.write(b"x" * 10000)
+    writer.close()
+    assert cleaned == []
+    assert os.path.exists(spool.path("freeze", bid, 0))
+    assert not os.path.exists(os.path.join(spool.dir("freeze", bid), "ABANDONED"))
