@@ -1,3 +1,4 @@
+import logging
 import subprocess
 
 import pytest
@@ -31,3 +32,18 @@ def recipes(tmp_path_factory, gpg) -> dict[str, Recipe]:
     }
     r["sq_pw"] = sq_password_recipe(d)
     return r
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "expect_log: the test expects warnings or errors "
+                                       "in the log (they do not fail it)")
+
+
+@pytest.fixture(autouse=True)
+def no_unexpected_log(request, caplog):
+    """A test that logs an unexpected warning, error or traceback fails."""
+    yield
+    if request.node.get_closest_marker("expect_log"):
+        return
+    bad = [r for r in caplog.get_records("call") if r.levelno >= logging.WARNING]
+    assert not bad, "unexpected log: " + "; ".join(r.getMessage() for r in bad)

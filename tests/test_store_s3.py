@@ -207,6 +207,7 @@ def restore_tiers(store) -> list[str]:
     return tiers
 
 
+@pytest.mark.expect_log
 def test_deep_archive_expedited_falls_back_to_standard(s3, tmp_path, caplog):
     put_bytes(s3, tmp_path, "k", b"x", storage_class="DEEP_ARCHIVE")
     tiers = restore_tiers(s3)
@@ -217,6 +218,7 @@ def test_deep_archive_expedited_falls_back_to_standard(s3, tmp_path, caplog):
     assert s3.head("k").state == State.AVAILABLE     # moto restores at once
 
 
+@pytest.mark.expect_log
 def test_expedited_without_capacity_falls_back(s3, s3proxy, tmp_path, caplog):
     put_bytes(s3, tmp_path, "k", b"x")
     tiers = restore_tiers(s3)
