@@ -5,11 +5,14 @@ ended continues the current stream; a read elsewhere restarts at the last
 index entry at or before it (docs/FORMAT.md, "Resuming decryption").  From
 offset 0 the whole message is parsed, so the MDC is checked when the end
 is reached; elsewhere each fragment's SHA-256 is checked before use.
+Reading, verifying and decrypting run in a thread of their own, a few MiB
+ahead of decompression in the caller's thread.
 """
 
 from __future__ import annotations
 
 import bisect
+import queue
 import threading
 from typing import Callable, Iterator
 
@@ -20,6 +23,7 @@ from .reader import verify_fragment
 
 BLOCK_SIZE = 1 << 20
 SKIP_LIMIT = 32 << 20      # farther than this ahead: seek through the index
+PREFETCH = 4               # decrypted blocks ready ahead of decompression
 
 
 class PlainReader:
@@ -36,6 +40,7 @@ class PlainReader:
         self.unlock = unlock
         self.key: bytes | None = None
         self.stream: Iterator[bytes] | None = None
+        self.prefetch: Prefetch | None = None
         self.pos = 0
         self.buf = memoryview(b"")
 
@@ -75,10 +80,13 @@ class PlainReader:
         plain, stream_offset, iv = self._entry(offset)
         codec = self.manifest["compression"]
         self.buf = memoryview(b"")
+        self.close_stream()
         if stream_offset <= 0 or plain == 0:
-            src = openpgp.ByteSource(self._blocks(0))
-            literal = openpgp.decrypt(src, self._unlock_and_remember)
-            self.stream, self.pos = compress.decompress(codec, literal), 0
+            def literal():
+                src = openpgp.ByteSource(self._blocks(0))
+                yield from openpgp.decrypt(src, self._unlock_and_remember)
+            self.prefetch = Prefetch(literal())
+            self.stream, self.pos = compress.decompress(codec, self.prefetch), 0
             return
         if self.key is None:
             src = openpgp.ByteSource(self._blocks(0))
@@ -86,10 +94,20 @@ class PlainReader:
             self._unlock_and_remember(pkesks)
         c = self.layout.stream_to_ciphertext(stream_offset)
         start = self.layout.ciphertext_to_message(c - c % openpgp.BLOCK)
-        src = openpgp.ByteSource(self._blocks(start))
-        literal = openpgp.decrypt_from(src, self.layout, self.key, stream_offset, iv)
-        self.stream, self.pos = compress.decompress(codec, _until(literal, self.manifest[
-            "stream_size"] - stream_offset)), plain
+
+        def literal_from():
+            src = openpgp.ByteSource(self._blocks(start))
+            yield from _until(openpgp.decrypt_from(src, self.layout, self.key, stream_offset, iv),
+                              self.manifest["stream_size"] - stream_offset)
+        self.prefetch = Prefetch(literal_from())
+        self.stream, self.pos = compress.decompress(codec, self.prefetch), plain
+
+    def close_stream(self) -> None:
+        """Stop the decryption thread of the current stream, if any."""
+        if self.prefetch is not None:
+            self.prefetch.close()
+            self.prefetch = None
+        self.stream = None
 
     def _unlock_and_remember(self, pkesks):
         algo, key = self.unlock(pkesks)
@@ -120,3 +138,67 @@ def _until(chunks: Iterator[bytes], limit: int) -> Iterator[bytes]:
         chunk = chunk[:limit]
         limit -= len(chunk)
         yield chunk
+
+
+_END = object()
+
+
+class Prefetch:
+    """Runs an iterator in a thread of its own, up to PREFETCH items ahead.
+
+    Items must not change after they are yielded (views of bytes are fine);
+    the iterator's exception is raised where the item would have been.
+    """
+
+    def __init__(self, source: Iterator):
+        self.queue: queue.Queue = queue.Queue(PREFETCH)
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(source,),
+                                       name="cryophile-decrypt", daemon=True)
+        self.thread.start()
+
+    def _run(self, source: Iterator) -> None:
+        try:
+            for item in source:
+                if not self._put(item):
+                    return
+            self._put(_END)
+        except BaseException as exc:       # handed to the consumer
+            self._put(_Failed(exc))
+
+    def _put(self, item) -> bool:
+        while not self.stopped.is_set():
+            try:
+                self.queue.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        item = self.queue.get()
+        if item is _END:
+            self.queue.put(_END)           # stay exhausted
+            raise StopIteration
+        if isinstance(item, _Failed):
+            self.queue.put(item)
+            raise item.exc
+        return item
+
+    def close(self) -> None:
+        """Stop the thread; a consumer still waiting gets an error, not a hang."""
+        self.stopped.set()
+        while True:
+            try:
+                self.queue.get_nowait()
+            except queue.Empty:
+                break
+        self.queue.put_nowait(_Failed(errors.Interrupted("read stream closed")))
+
+
+class _Failed:
+    def __init__(self, exc: BaseException):
+        self.exc = exc

@@ -1,0 +1,123 @@
+"""cryophilefs against a do-nothing FUSE filesystem (benchmarks/nullfs.py), same run.
+
+    .venv/bin/python benchmarks/fs.py [--size-gib 1] [--big-gib 4]
+
+write: `dd if=DATA of=MOUNT/incoming/VAULT/bench bs=1M` vs dd into nullfs (discards);
+read:  `cat MOUNT/VAULT/ULID > /dev/null` vs cat of nullfs's zero file;
+memory: peak RSS of the cryophilefs process after writing 1 GiB and 4 GiB.
+Prints each figure, its baseline and the ratio (target ≥ 0.75×, memory ±10 %).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import GIB, WORK, gpg_key, mixed_data, rate, run  # noqa: E402
+
+VAULT = "5f0c6a8e-0d1e-4b8a-9f2e-000000000002"
+HERE = Path(__file__).resolve().parent
+
+
+class Mount:
+    def __init__(self, command: list[str], mnt: Path):
+        self.mnt = mnt
+        mnt.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        while not os.path.ismount(mnt):
+            if self.proc.poll() is not None:
+                raise SystemExit(f"{command} exited with {self.proc.returncode}")
+            time.sleep(0.05)
+
+    def peak_rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+        return 0
+
+    def close(self) -> None:
+        subprocess.run(["fusermount3", "-u", str(self.mnt)], check=True)
+        if self.proc.wait(120) != 0:
+            raise SystemExit(f"mount process exited with {self.proc.returncode}")
+
+
+def cryophilefs(root: Path, cert: Path, key: Path) -> Mount:
+    root.mkdir(parents=True, exist_ok=True)
+    spool, vaults = root / "spool", root / "vaults"
+    config = root / "cryophile.toml"
+    config.write_text(f'spool = "{spool}"\n[vault.{VAULT}]\nurl = "file://{vaults}"\n'
+                      f'keyring = ["{cert}"]\ncompression = "lz4"\n')
+    return Mount([sys.executable, "-m", "cryophilefs", "-f", "-q", "-c", str(config),
+                  "-k", str(key), str(root / "mnt")], root / "mnt")
+
+
+def wait_frozen(archive: Path, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while os.getxattr(archive, "user.cryophile.state") != b"local":
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{archive} not frozen after {timeout} s")
+        time.sleep(0.2)
+
+
+def ratio(what: str, size: int, ours: float, base: float) -> None:
+    print(f"{what:6} cryophilefs {rate(size, ours)}  nullfs {rate(size, base)}  "
+          f"ratio {base / ours:.2f}x")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--size-gib", type=float, default=1.0)
+    ap.add_argument("--big-gib", type=int, default=4, help="data written for the memory check")
+    args = ap.parse_args()
+    size = int(args.size_gib * GIB)
+    data = mixed_data(size)
+    _, cert, key = gpg_key(WORK / "gnupg")
+    root = WORK / "fs"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+
+    null = Mount([sys.executable, str(HERE / "nullfs.py"), str(root / "null"), str(size)],
+                 root / "null")
+    try:
+        fs = cryophilefs(root / "one", cert, key)
+    except BaseException:
+        null.close()
+        raise
+    try:
+        base_w, _ = run(f"dd if={data} of={null.mnt}/bench bs=1M status=none", shell=True)
+        ours_w, _ = run(f"dd if={data} of={fs.mnt}/incoming/{VAULT}/bench bs=1M status=none",
+                        shell=True)
+        rss_small = fs.peak_rss_kib()
+        (archive,) = list((fs.mnt / VAULT).iterdir())
+        wait_frozen(archive)
+        base_r, _ = run(f"cat {null.mnt}/zero > /dev/null", shell=True)
+        ours_r, _ = run(f"cat {archive} > /dev/null", shell=True)
+        ratio("write", size, ours_w, base_w)
+        ratio("read", size, ours_r, base_r)
+    finally:
+        fs.close()
+        null.close()
+    shutil.rmtree(root / "one")
+
+    big = cryophilefs(root / "big", cert, key)
+    try:
+        copies = " ".join([str(data)] * args.big_gib)
+        run(f"cat {copies} | dd of={big.mnt}/incoming/{VAULT}/big bs=1M status=none "
+            "iflag=fullblock", shell=True)
+        rss_big = big.peak_rss_kib()
+    finally:
+        big.close()
+    shutil.rmtree(root, ignore_errors=True)
+    print(f"memory peak RSS: {args.size_gib:g} GiB written {rss_small / 1024:.0f} MiB, "
+          f"{args.big_gib} GiB written {rss_big / 1024:.0f} MiB "
+          f"({(rss_big - rss_small) / rss_small * 100:+.0f} %)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from .mount import run
+
+run()

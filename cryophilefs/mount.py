@@ -1,0 +1,370 @@
+"""cryophilefs [-S SPOOL] [-c CONFIG] [-k KEYRING…] [-P FD] [-f] [-o OPTS] MOUNTPOINT
+
+Lifecycle in one place: arguments and keys are checked first (errors go to
+the terminal), then the process detaches (unless -f) and mounts; the parent
+exits only once the mount is up, so `mount` and fstab see its real status.
+pyfuse3's loop, freeze and thaw run in one trio nursery; SIGTERM, SIGINT
+and SIGHUP unmount cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import logging.handlers
+import os
+import signal
+import sys
+
+import pyfuse3
+import trio
+
+from cryophile import __version__, config as configuration, errors, keys, log as logsetup, thaw
+from cryophile.cli.common import passphrase_reader
+from cryophile.freeze import Freezer
+from cryophile.spool import Spool
+
+from .operations import Operations, Settings
+from .reader import FsThawer
+
+log = logging.getLogger("cryophilefs")
+PROG = "cryophilefs"
+
+# mount(8) and fstab options that mean nothing to a FUSE filesystem
+IGNORED = {"defaults", "auto", "noauto", "user", "users", "nouser", "nofail", "_netdev",
+           "owner", "group", "rw"}
+# passed to the kernel / libfuse as they are
+PASSED = {"allow_other", "default_permissions", "ro", "nosuid", "suid", "nodev", "dev",
+          "noexec", "exec", "noatime", "atime", "relatime", "sync", "async", "dirsync",
+          "auto_unmount"}
+PASSED_VALUES = {"fsname", "subtype", "max_read"}
+TIERS = ("Expedited", "Standard", "Bulk")
+
+DESCRIPTION = """\
+Mount cryophile vaults as a filesystem.  Write a backup by writing a file:
+  zfs send -w tank/home@monday > MOUNTPOINT/incoming/VAULT/tank/home/monday
+and read an archive back (thawing it from cold storage if needed):
+  cat MOUNTPOINT/VAULT/tank/home/ULID | zfs receive -vu backup/home"""
+
+EPILOG = """\
+mount options (-o, comma separated):
+  spool=DIR, config=FILE, keyring=FILE   as -S, -c and -k (keyring repeatable)
+  pass_fd=FD                             as -P
+  allow_other                            let other users in (adds default_permissions)
+  restore_tier=Expedited|Standard|Bulk   thaw tier instead of the vault's
+  restore_days=N                         days a thawed copy stays in the vault
+  thaw_poll=SECONDS                      first wait between restore polls
+  fsname=NAME, ro, nosuid, nodev, …      passed to FUSE
+Unmount with `fusermount3 -u MOUNTPOINT` or `umount MOUNTPOINT`.
+See cryophilefs(8)."""
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-S", "--spool", metavar="SPOOL",
+                   help="spool directory (default from the configuration, else "
+                        "/var/spool/cryophile)")
+    p.add_argument("-c", "--config", metavar="CONFIG",
+                   help="read only this configuration file (it must exist)")
+    p.add_argument("-k", "--keyring", action="append", default=[], metavar="KEYRING",
+                   help="certificate(s) to encrypt backups to (vaults without a configured "
+                        "keyring) and secret key(s) to read archives; repeatable")
+    p.add_argument("-P", "--pass-fd", type=int, metavar="FD",
+                   help="read the secret key's passphrase from file descriptor FD")
+    p.add_argument("-f", "--foreground", action="store_true",
+                   help="stay in the foreground, logging to stderr")
+    p.add_argument("-o", "--options", action="append", default=[], metavar="OPTS",
+                   help="mount options, comma separated (see below)")
+    p.add_argument("-d", "--debug", action="count", default=0,
+                   help="more log output; twice for trace")
+    p.add_argument("-q", "--quiet", action="count", default=0,
+                   help="less log output: warnings and errors only")
+    p.add_argument("-V", "--version", action="version", version=f"{PROG} {__version__}")
+    p.add_argument("where", nargs="+", metavar="MOUNTPOINT",
+                   help="where to mount (mount(8) style `SOURCE MOUNTPOINT` works too)")
+    return p
+
+
+@dataclasses.dataclass
+class Options:
+    fuse: set
+    allow_other: bool = False
+    restore_tier: str | None = None
+    restore_days: int | None = None
+    thaw_poll: float = thaw.POLL_MIN
+
+
+def parse_options(args) -> Options:
+    """-o options: ours fill ``args`` (spool=, config=, keyring=, pass_fd=) or Options."""
+    opts = Options(fuse={"fsname=cryophile", "subtype=cryophilefs"})
+    for item in (i.strip() for group in args.options for i in group.split(",")):
+        name, eq, value = item.partition("=")
+        if not item or name in IGNORED or name.startswith(("x-", "comment")):
+            continue
+        if _ours(args, opts, name, value, bool(eq)):
+            continue
+        if (name in PASSED and not eq) or (name in PASSED_VALUES and eq):
+            if name in ("fsname", "subtype"):
+                opts.fuse = {o for o in opts.fuse if not o.startswith(name + "=")}
+            opts.fuse.add(item)
+            continue
+        raise errors.UsageError(f"unknown mount option {item!r} (see cryophilefs(8))")
+    opts.allow_other = "allow_other" in opts.fuse
+    if opts.allow_other:
+        opts.fuse.add("default_permissions")   # the kernel checks modes for other users
+    return opts
+
+
+def _ours(args, opts: Options, name: str, value: str, has_value: bool) -> bool:
+    if name in ("spool", "config", "keyring", "pass_fd", "restore_tier", "restore_days",
+                "thaw_poll") and not has_value:
+        raise errors.UsageError(f"mount option {name} needs a value ({name}=…)")
+    if name == "spool":
+        args.spool = args.spool or value
+    elif name == "config":
+        args.config = args.config or value
+    elif name == "keyring":
+        args.keyring.append(value)
+    elif name == "pass_fd":
+        args.pass_fd = _number(name, value, int)
+    elif name == "restore_tier":
+        if value not in TIERS:
+            raise errors.UsageError(f"restore_tier must be one of {', '.join(TIERS)}")
+        opts.restore_tier = value
+    elif name == "restore_days":
+        opts.restore_days = _number(name, value, int)
+    elif name == "thaw_poll":
+        opts.thaw_poll = _number(name, value, float)
+    else:
+        return False
+    return True
+
+
+def _number(name: str, value: str, kind):
+    try:
+        number = kind(value)
+    except ValueError:
+        number = -1
+    if number <= 0:
+        raise errors.UsageError(f"mount option {name}={value!r} must be a positive number")
+    return number
+
+
+class _LateReply(logging.Filter):
+    """A reply to a request whose process is gone (a release racing an unmount,
+    an interrupted reader) is routine: keep it out of the error log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "fuse_reply_" in record.getMessage() and "No such file" in record.getMessage():
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return log.isEnabledFor(logging.DEBUG)
+        return True
+
+
+def load_keys(paths: list[str], pass_fd: int | None):
+    """-k files: certificates (any file with an encryption key) and secret keys."""
+    certificates, secret = [], []
+    for path in paths:
+        try:
+            certificates += keys.load_certificates([path])
+        except errors.KeyringError as exc:
+            log.debug("%s gives no recipient: %s", path, exc)
+        try:
+            keys.load_secret_keys([path], None)
+            secret.append(path)
+        except errors.KeyringError:
+            pass
+    if paths and not certificates and not secret:
+        raise errors.KeyringError(f"no usable certificate or secret key in {', '.join(paths)}")
+    keyring = keys.load_secret_keys(secret, passphrase_reader(pass_fd)) if secret else None
+    return certificates or None, keyring
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logsetup.setup(PROG, args.debug - args.quiet)
+    logging.getLogger("pyfuse3").addFilter(_LateReply())
+    try:
+        return mount(args)
+    except errors.Error as exc:
+        log.error("%s", exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return errors.Interrupted.exit_code
+
+
+def mount(args) -> int:
+    if len(args.where) > 2:
+        raise errors.UsageError("give one MOUNTPOINT (or SOURCE MOUNTPOINT)")
+    mountpoint = os.path.abspath(args.where[-1])
+    opts = parse_options(args)
+    if not os.path.isdir(mountpoint):
+        raise errors.UsageError(f"mount point {mountpoint} is not a directory")
+    cfg = configuration.load(args.config)
+    spool = Spool(args.spool or cfg.spool)
+    spool.ensure()
+    certificates, keyring = load_keys(args.keyring, args.pass_fd)
+    if keyring is None:
+        log.info("no secret key loaded: backups only (mount with -k SECRET_KEY to read)")
+    mounted = None if args.foreground else detach()
+    stores = Stores(cfg)
+    settings = Settings(cfg, spool, stores, certificates, keyring, opts.allow_other)
+    try:
+        trio.run(serve, settings, opts, mountpoint, mounted)
+    finally:
+        stores.close()
+    return 0
+
+
+class Stores:
+    """One Store per vault, made on first use."""
+
+    def __init__(self, cfg):
+        self.cfg, self.made = cfg, {}
+
+    def __call__(self, vault: str):
+        if vault not in self.made:
+            self.made[vault] = configuration.open_store(self.cfg.vault(vault))
+        return self.made[vault]
+
+    def close(self) -> None:
+        for store in self.made.values():
+            store.close()
+
+
+async def serve(settings: Settings, opts: Options, mountpoint: str, mounted) -> None:
+    spool, cfg = settings.spool, settings.config
+    settings.freezer = Freezer(spool, settings.stores, lambda v: cfg.vault(v).storage_class)
+    lock = thaw.DaemonLock(spool)
+    if lock.acquire():
+        settings.thawer = FsThawer(spool, settings.stores, lambda v: _tier(cfg, opts, v),
+                                   poll_min=opts.thaw_poll)
+    else:
+        log.info("a `cryophile thaw` is running: it fetches what reads need")
+    ops = Operations(settings)
+    try:
+        async with trio.open_nursery() as nursery:
+            ops.nursery = nursery
+            pyfuse3.init(ops, mountpoint, opts.fuse)
+            try:
+                _report_mounted(mounted, True)
+                log.info("mounted %s on %s", spool.root, mountpoint)
+                nursery.start_soon(supervise, "freeze", settings.freezer.run)
+                if settings.thawer is not None:
+                    nursery.start_soon(supervise, "thaw", settings.thawer.run)
+                nursery.start_soon(unmount_on_signal)
+                await pyfuse3.main()
+            finally:
+                await trio.to_thread.run_sync(ops.abort_writers)
+                pyfuse3.close(unmount=True)
+                nursery.cancel_scope.cancel()
+    except RuntimeError as exc:
+        _report_mounted(mounted, False)
+        raise errors.Error(f"cannot mount on {mountpoint}: {exc}") from None
+    finally:
+        lock.release()
+    log.info("unmounted %s", mountpoint)
+
+
+def _tier(cfg, opts: Options, vault: str) -> tuple[str, int]:
+    v = cfg.vault(vault)
+    return opts.restore_tier or v.restore_tier, opts.restore_days or v.restore_days
+
+
+async def supervise(name: str, run) -> None:
+    """A background job that fails is logged and started again, never the mount's end."""
+    delay = 1.0
+    while True:
+        try:
+            await run()
+            return
+        except Exception as exc:
+            known = _named_error(exc)
+            if known is not None:
+                log.warning("%s: %s (trying again in %.0f s)", name, known, delay)
+            else:
+                log.error("%s failed (trying again in %.0f s)", name, delay, exc_info=exc)
+        await trio.sleep(delay)
+        delay = min(delay * 2, 60.0)
+
+
+def _named_error(exc: BaseException) -> errors.Error | None:
+    """The first of cryophile's errors in ``exc`` (a group from a nursery), if that
+    is all it holds; None means a bug."""
+    while isinstance(exc, BaseExceptionGroup):
+        if exc.split(errors.Error)[1] is not None:
+            return None
+        exc = exc.exceptions[0]
+    return exc if isinstance(exc, errors.Error) else None
+
+
+async def unmount_on_signal() -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("%s: unmounting", signal.Signals(signum).name)
+            pyfuse3.terminate()
+            return
+
+
+# --- detaching -------------------------------------------------------------------
+
+def detach() -> int:
+    """Fork; the parent waits for the child's word that the mount is up."""
+    r, w = os.pipe()
+    if os.fork():
+        os.close(w)
+        status = os.read(r, 1)
+        os._exit(0 if status == b"1" else 1)
+    os.close(r)
+    os.setsid()
+    os.chdir("/")
+    return w
+
+
+def _report_mounted(fd: int | None, ok: bool) -> None:
+    if fd is None:
+        return
+    os.write(fd, b"1" if ok else b"0")
+    os.close(fd)
+    if ok:
+        _to_syslog()
+
+
+def _to_syslog() -> None:
+    """Detached: stdio goes to /dev/null and the log to syslog."""
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+    root = logging.getLogger()
+    if os.path.exists("/dev/log"):
+        handler = logging.handlers.SysLogHandler("/dev/log")
+        handler.setFormatter(logging.Formatter(f"{PROG}[{os.getpid()}]: %(message)s"))
+        root.handlers[:] = [handler]
+    else:
+        root.handlers[:] = [logging.NullHandler()]
+
+
+# --- mount(8) ------------------------------------------------------------------------
+
+def mount_helper(argv: list[str] | None = None) -> int:
+    """mount.cryophilefs SOURCE MOUNTPOINT [-sfnv] [-o OPTS], as mount(8) calls it."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    where, opts = [], []
+    while argv:
+        arg = argv.pop(0)
+        if arg == "-o" and argv:
+            opts += ["-o", argv.pop(0)]
+        elif arg.startswith("-o"):
+            opts += ["-o", arg[2:]]
+        elif arg in ("-s", "-f", "-n", "-v") or arg.startswith("-t"):
+            continue            # sloppy, fake, no-mtab, verbose, type: nothing to do
+        else:
+            where.append(arg)
+    sys.exit(main(opts + where))
+
+
+def run() -> None:
+    sys.exit(main())

@@ -1,0 +1,492 @@
+"""The FUSE handlers: the tree, backups under incoming/, archives to read.
+
+Every handler is wrapped by ``faults.guard_all``: only FUSEError leaves it.
+Nothing here blocks the trio loop: spool, store, crypto and compression
+work goes through ``trio.to_thread.run_sync``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import logging
+import os
+import stat
+
+import pyfuse3
+import trio
+
+from cryophile import catalog, ids, keys, manifest
+from cryophile.backpressure import Backpressure
+from cryophile.ids import BackupId
+from cryophile.pipeline.writer import ArchiveWriter
+
+from . import vaults
+from .faults import FsError, guard_all
+from .reader import Fragments, ReadAhead, Thaws, check_readable
+from .tree import INCOMING, Node, Tree
+from .writer import Incoming
+
+log = logging.getLogger("cryophilefs")
+
+XATTR = "user.cryophile."
+FH_HANDLERS = {"read", "write", "flush", "release", "fsync", "readdir", "releasedir"}
+
+
+@dataclasses.dataclass
+class Settings:
+    config: object                      # cryophile.config.Config
+    spool: object                       # cryophile.spool.Spool
+    stores: object                      # vault uuid -> Store
+    certificates: list | None = None    # -k certificates: recipients for any vault
+    keyring: object = None              # -k secret keys: SecretKeyring, or None
+    allow_other: bool = False
+    thawer: object = None               # reader.FsThawer running in this process
+    freezer: object = None              # cryophile.freeze.Freezer running in this process
+
+
+@dataclasses.dataclass
+class ReadHandle:
+    node: Node
+    reader: ReadAhead
+
+
+@dataclasses.dataclass
+class WriteHandle:
+    node: Node
+    incoming: Incoming
+
+
+@guard_all
+class Operations(pyfuse3.Operations):
+    supports_dot_lookup = False
+
+    def __init__(self, settings: Settings, nursery: trio.Nursery | None = None):
+        super().__init__()
+        self.s = settings
+        self.spool, self.config = settings.spool, settings.config
+        self.tree = Tree(settings.allow_other)
+        self.nursery = nursery                # for feeder and read-ahead tasks
+        self.handles: dict[int, object] = {}
+        self.dirs: dict[int, list] = {}
+        self.next_fh = 1
+        self.listings = vaults.Listings(self.spool, settings.stores, self._found)
+        self.thaws = Thaws(self.spool, settings.thawer)
+        self.backpressure = Backpressure(self.spool, self.config.spool_max)
+        self.recipients: dict[str, list] = {}
+        self.vault_ids()
+
+    # --- the tree -------------------------------------------------------------
+
+    def vault_ids(self) -> list[str]:
+        """Configured vaults and vaults seen in the spool, as directories."""
+        found = sorted(set(self.config.vaults) | catalog.spool_vaults(self.spool))
+        found = [v for v in found if _is_vault(v)]
+        for uuid in found:
+            self.tree.add(self.tree.root, uuid, stat.S_IFDIR, area="archive", vault=uuid)
+            self.tree.add(self.tree.incoming, uuid, stat.S_IFDIR, vault=uuid)
+        for v in self.config.vaults.values():
+            if v.name and v.name != INCOMING and not _is_vault(v.name):
+                self.tree.symlink(self.tree.root, v.name, v.uuid)
+                self.tree.symlink(self.tree.incoming, v.name, v.uuid)
+        return found
+
+    def _found(self, vault: str, archives: dict) -> None:
+        top = self.tree.root.children.get(vault)
+        if top is None:
+            self.vault_ids()
+            top = self.tree.root.children[vault]
+        for archive in archives.values():
+            self._place(top, archive)
+
+    def _place(self, top: Node, archive: vaults.Archive) -> Node:
+        parts = archive.bid.prefix.split("/") if archive.bid.prefix else []
+        node = self.tree.add(self.tree.makedirs(top, parts), archive.bid.ulid, stat.S_IFREG)
+        node.archive = archive
+        return node
+
+    async def refresh(self, node: Node) -> None:
+        if node.vault is None:
+            await trio.to_thread.run_sync(self.vault_ids)
+            return
+        await self.listings.refresh(node.vault)
+        if node.area == INCOMING:
+            self._mirror(node)
+
+    def _mirror(self, node: Node) -> None:
+        """Prefixes that hold archives exist under incoming/ too, without mkdir."""
+        other = self.tree.root.children.get(node.vault)
+        for part in node.rel:
+            other = other.children.get(part) if other is not None else None
+        for name, child in (other.children.items() if other is not None else ()):
+            if child.is_dir:
+                self.tree.add(node, name, stat.S_IFDIR)
+
+    async def attrs(self, node: Node) -> pyfuse3.EntryAttributes:
+        if node.archive is not None:
+            await node.archive.ready.wait()     # a seal in progress: show the result
+        return self.tree.attrs(node)
+
+    def describe(self, name: str, args: tuple) -> str:
+        """`handler path` for log lines."""
+        try:
+            if name in FH_HANDLERS:
+                handle = self.handles.get(args[0])
+                node = handle.node if handle is not None else self.tree.nodes.get(args[0])
+            else:
+                node = self.tree.nodes.get(args[0])
+            path = node.path() if node is not None else "?"
+            if len(args) > 1 and isinstance(args[1], bytes):
+                path = os.path.join(path, os.fsdecode(args[1]))
+            return f"{name} {path}"
+        except Exception:                       # describing must never fail
+            return name
+
+    # --- looking ----------------------------------------------------------------
+
+    async def lookup(self, parent_inode, name, ctx=None):
+        parent = self.tree.get(parent_inode)
+        text = os.fsdecode(name)
+        node = parent.children.get(text)
+        if node is None:
+            await self.refresh(parent)
+            node = parent.children.get(text)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return await self.attrs(node)
+
+    async def getattr(self, inode, ctx=None):
+        return await self.attrs(self.tree.get(inode))
+
+    async def readlink(self, inode, ctx=None):
+        node = self.tree.get(inode)
+        if node.target is None:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return os.fsencode(node.target)
+
+    async def opendir(self, inode, ctx=None):
+        node = self.tree.get(inode)
+        await self.refresh(node)
+        fh = self._new_fh()
+        self.dirs[fh] = sorted(node.children.items())
+        return fh
+
+    async def readdir(self, fh, start_id, token):
+        entries = self.dirs.get(fh, [])
+        for i in range(start_id, len(entries)):
+            name, child = entries[i]
+            if not pyfuse3.readdir_reply(token, os.fsencode(name), self.tree.attrs(child), i + 1):
+                return
+
+    async def releasedir(self, fh):
+        self.dirs.pop(fh, None)
+
+    async def statfs(self, ctx=None):
+        st = await trio.to_thread.run_sync(os.statvfs, self.spool.root)
+        out = pyfuse3.StatvfsData()
+        for field in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files",
+                      "f_ffree", "f_favail"):
+            setattr(out, field, getattr(st, field))
+        out.f_namemax = 255
+        return out
+
+    # --- changing the tree --------------------------------------------------------
+
+    async def setattr(self, inode, attr, fields, fh, ctx=None):
+        node = self.tree.get(inode)
+        if node.area != INCOMING:
+            raise FsError(errno.EROFS, "read-only")
+        if node.incoming is not None and fields.update_size:
+            node.incoming.truncate(attr.st_size)
+        # mode, owner and times of incoming entries are accepted and ignored, so
+        # that `cp -p` or `touch` do not fail a backup: archives carry the ULID time
+        return self.tree.attrs(node)
+
+    async def mkdir(self, parent_inode, name, mode, ctx=None):
+        parent = self.writable_dir(parent_inode, vault_needed=False)
+        text = os.fsdecode(name)
+        if text in parent.children:
+            raise pyfuse3.FUSEError(errno.EEXIST)
+        if parent.vault is None:          # incoming/NEW-VAULT: an unconfigured vault
+            uuid = ids.parse_vault(text)
+            self.tree.add(self.tree.root, uuid, stat.S_IFDIR, area="archive", vault=uuid)
+            return self.tree.attrs(self.tree.add(parent, uuid, stat.S_IFDIR, vault=uuid))
+        ids.parse_prefix("/".join(parent.rel + (text,)))
+        return self.tree.attrs(self.tree.add(parent, text, stat.S_IFDIR))
+
+    async def rmdir(self, parent_inode, name, ctx=None):
+        parent = self.writable_dir(parent_inode)
+        node = self._child(parent, name)
+        if not node.is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        if node.children:
+            raise pyfuse3.FUSEError(errno.ENOTEMPTY)
+        self.tree.remove(node)
+
+    async def unlink(self, parent_inode, name, ctx=None):
+        parent = self.writable_dir(parent_inode)
+        node = self._child(parent, name)
+        if node.incoming is None:
+            raise pyfuse3.FUSEError(errno.EISDIR if node.is_dir else errno.EPERM)
+        node.incoming.aborted = True
+        log.info("%s removed while being written: backup %s cancelled", node.path(),
+                 node.incoming.bid)
+        self.tree.remove(node)
+
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags,
+                     ctx=None):
+        self.writable_dir(parent_inode_old)
+        raise FsError(errno.EPERM, "an incoming file keeps the name it was created with")
+
+    def writable_dir(self, inode: int, vault_needed: bool = True) -> Node:
+        node = self.tree.get(inode)
+        if node.area != INCOMING:
+            raise FsError(errno.EROFS, "read-only: backups are written to "
+                          "incoming/VAULT/[PREFIX/]NAME")
+        if vault_needed and node.vault is None:
+            raise FsError(errno.EPERM, "backups go into a vault directory: "
+                          "incoming/VAULT/[PREFIX/]NAME")
+        return node
+
+    def _child(self, parent: Node, name: bytes) -> Node:
+        node = parent.children.get(os.fsdecode(name))
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return node
+
+    def _new_fh(self) -> int:
+        self.next_fh += 1
+        return self.next_fh
+
+    # --- writing -------------------------------------------------------------------
+
+    async def create(self, parent_inode, name, mode, flags, ctx=None):
+        parent = self.writable_dir(parent_inode)
+        text = os.fsdecode(name)
+        if text in parent.children:
+            raise FsError(errno.EBUSY, "already being written")
+        bid = BackupId(parent.vault, parent.prefix, ids.new_ulid())
+        incoming = Incoming(bid, text, await self._writer(bid, text))
+        node = self.tree.add(parent, text, stat.S_IFREG)
+        node.incoming = incoming
+        fh = self._new_fh()
+        self.handles[fh] = WriteHandle(node, incoming)
+        self.nursery.start_soon(incoming.feed)
+        log.debug("backup %s started for %s", bid, node.path())
+        return pyfuse3.FileInfo(fh=fh, direct_io=True), self.tree.attrs(node)
+
+    async def _writer(self, bid: BackupId, name: str) -> ArchiveWriter:
+        vault = self.config.vault(bid.vault)
+        recipients = await self._recipients(vault)
+        return await trio.to_thread.run_sync(lambda: ArchiveWriter(
+            self.spool, bid, recipients, vault.compression, vault.fragment_size, name=name,
+            before_fragment=self.backpressure.wait))
+
+    async def _recipients(self, vault) -> list:
+        """The vault's configured keyring, else the mount's -k certificates."""
+        if vault.keyring:
+            if vault.uuid not in self.recipients:
+                self.recipients[vault.uuid] = await trio.to_thread.run_sync(
+                    keys.load_certificates, vault.keyring)
+            return self.recipients[vault.uuid]
+        if self.s.certificates:
+            return self.s.certificates
+        raise FsError(errno.ENOKEY, f"no certificate to encrypt backups of vault {vault.uuid} "
+                      f"to: set keyring in [vault.{vault.uuid}] or mount with -k CERTIFICATE")
+
+    async def write(self, fh, off, buf):
+        return await self._handle(fh, WriteHandle).incoming.write(off, buf)
+
+    async def flush(self, fh):
+        handle = self.handles.get(fh)
+        if isinstance(handle, WriteHandle):
+            await handle.incoming.flush()
+
+    async def release(self, fh):
+        handle = self.handles.pop(fh, None)
+        if isinstance(handle, ReadHandle):
+            await self._close_reader(handle)
+        elif isinstance(handle, WriteHandle):
+            await self._seal(handle)
+
+    async def _seal(self, handle: WriteHandle) -> None:
+        """The incoming entry goes now; the archive is there, waiting for the seal."""
+        incoming = handle.incoming
+        aborted = incoming.aborted
+        self.tree.remove(handle.node)
+        node = None
+        if not aborted:
+            archive = vaults.Archive(incoming.bid, incoming.offset, name=incoming.name)
+            node = self._place(self.tree.root.children[incoming.bid.vault], archive)
+        try:
+            sealed = await incoming.seal()
+            if sealed and node is not None:
+                await self._sealed(node.archive)
+            elif node is not None:
+                self.tree.remove(node)
+        except BaseException:
+            if node is not None:
+                self.tree.remove(node)
+            raise
+        finally:
+            if node is not None:
+                node.archive.ready.set()
+
+    async def _sealed(self, archive: vaults.Archive) -> None:
+        data = await trio.to_thread.run_sync(
+            vaults.read_mark, self.spool, self.s.stores(archive.bid.vault), archive.bid)
+        archive.clear, archive.encrypted = manifest.read_clear(data)
+        self.listings.add(archive)
+        if self.s.freezer is not None:
+            self.s.freezer.poke()
+
+    def _handle(self, fh: int, kind: type):
+        handle = self.handles.get(fh)
+        if not isinstance(handle, kind):
+            raise pyfuse3.FUSEError(errno.EBADF)
+        return handle
+
+    # --- reading -------------------------------------------------------------------
+
+    async def open(self, inode, flags, ctx=None):
+        node = self.tree.get(inode)
+        mode = flags & os.O_ACCMODE
+        if node.incoming is not None:
+            if mode != os.O_WRONLY:
+                raise FsError(errno.EACCES, "a backup being written cannot be read "
+                              "(its archive appears when it is closed)")
+            raise FsError(errno.EBUSY, "already being written")
+        if node.archive is None:
+            raise pyfuse3.FUSEError(errno.EISDIR if node.is_dir else errno.EACCES)
+        if mode != os.O_RDONLY or flags & os.O_TRUNC:
+            raise FsError(errno.EROFS, "archives are read-only")
+        archive = node.archive
+        await archive.ready.wait()
+        check_readable(archive, self.s.keyring)
+        await self._manifest(archive)
+        fragments = Fragments(self.spool, self.s.stores(archive.bid.vault), archive)
+        if flags & os.O_NONBLOCK:
+            await self._no_wait(archive, fragments)
+        reader = ReadAhead(archive, fragments, self.thaws, self.s.keyring.decrypt_session_key)
+        archive.readers += 1
+        fh = self._new_fh()
+        self.handles[fh] = ReadHandle(node, reader)
+        self.nursery.start_soon(reader.run)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    async def _manifest(self, archive: vaults.Archive) -> dict:
+        if archive.manifest is None:
+            archive.manifest = await trio.to_thread.run_sync(
+                manifest.read_manifest, archive.encrypted, archive.clear,
+                self.s.keyring.decrypt_session_key)
+            archive.name = archive.manifest.get("name")
+        return archive.manifest
+
+    async def _no_wait(self, archive: vaults.Archive, fragments: Fragments) -> None:
+        """O_NONBLOCK: EAGAIN until every fragment is here; the thaw starts now."""
+        missing = await trio.to_thread.run_sync(fragments.missing)
+        if missing:
+            await self.thaws.request(archive, missing[0])
+            log.info("%s is not thawed yet (O_NONBLOCK open): thaw requested", archive.bid)
+            raise pyfuse3.FUSEError(errno.EAGAIN)
+
+    async def read(self, fh, off, size):
+        return await self._handle(fh, ReadHandle).reader.read(off, size)
+
+    async def _close_reader(self, handle: ReadHandle) -> None:
+        handle.reader.close()
+        archive = handle.node.archive
+        archive.readers -= 1
+        if archive.readers == 0:
+            await trio.to_thread.run_sync(self._drop_restored, archive.bid)
+
+    def _drop_restored(self, bid: BackupId) -> None:
+        """Thawed copies go with the last reader, unless a thaw is still wanted."""
+        if not self.spool.fragments("thaw", bid):
+            self.spool.remove_dir("restore", bid)
+
+    # --- extended attributes -------------------------------------------------------
+
+    async def getxattr(self, inode, name, ctx=None):
+        node = self.tree.get(inode)
+        key = os.fsdecode(name)
+        if node.incoming is not None:
+            values = {"state": "writing", "name": node.incoming.name,
+                      "backup_id": str(node.incoming.bid)}
+        elif node.archive is not None:
+            await node.archive.ready.wait()
+            values = await self._archive_xattr(node.archive, key)
+        else:
+            values = {}
+        value = values.get(key[len(XATTR):]) if key.startswith(XATTR) else None
+        if value is None:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        return str(value).encode()
+
+    async def _archive_xattr(self, archive: vaults.Archive, key: str) -> dict:
+        """Only what ``key`` needs: state asks the store, name needs the secret key."""
+        bid, clear = archive.bid, archive.clear
+        values = {"backup_id": str(bid), "fragments": archive.fragments,
+                  "created": clear.created, "stored": clear.stored, "size": clear.size}
+        field = key[len(XATTR):]
+        store = self.s.stores(bid.vault)
+        if field in ("state", "storage_class"):
+            state, sclass = await trio.to_thread.run_sync(vaults.state, self.spool, store, archive)
+            values["state"] = state
+            values["storage_class"] = sclass or self.config.vault(bid.vault).storage_class
+        elif field == "thaw":
+            local = await trio.to_thread.run_sync(vaults.local_count, self.spool, store, archive)
+            values["thaw"] = f"{local}/{archive.fragments}"
+        elif field == "name":
+            values["name"] = await self._name(archive)
+        return values
+
+    async def _name(self, archive: vaults.Archive) -> str | None:
+        if archive.name is None and archive.manifest is None:
+            if self.s.keyring is None:
+                raise FsError(errno.ENOKEY, f"the name of {archive.bid} is encrypted: mount "
+                              "with -k SECRET_KEY_FILE to see it")
+            await self._manifest(archive)
+        return archive.name
+
+    async def listxattr(self, inode, ctx=None):
+        node = self.tree.get(inode)
+        if node.incoming is not None:
+            fields = ("state", "name", "backup_id")
+        elif node.archive is not None:
+            fields = ("state", "name", "storage_class", "fragments", "thaw", "backup_id",
+                      "created", "size", "stored")
+        else:
+            fields = ()
+        return [os.fsencode(XATTR + f) for f in fields]
+
+    async def setxattr(self, inode, name, value, ctx=None):
+        node = self.tree.get(inode)
+        if os.fsdecode(name) != XATTR + "thaw" or node.archive is None:
+            raise pyfuse3.FUSEError(errno.ENOTSUP)
+        if value.strip() not in (b"1", b"yes", b"true"):
+            raise FsError(errno.EINVAL, f"set {XATTR}thaw to 1 to start a thaw")
+        await node.archive.ready.wait()
+        await self.thaws.request(node.archive)
+        log.info("thaw of %s requested", node.archive.bid)
+
+    async def removexattr(self, inode, name, ctx=None):
+        raise pyfuse3.FUSEError(errno.ENOTSUP)
+
+    # --- the end -------------------------------------------------------------------
+
+    def abort_writers(self) -> None:
+        """At unmount: backups still open are dropped (their data is incomplete)."""
+        for handle in list(self.handles.values()):
+            if isinstance(handle, WriteHandle):
+                log.warning("unmounted while %s was being written: backup %s dropped",
+                            handle.node.path(), handle.incoming.bid)
+                handle.incoming.writer.abort()
+        self.handles.clear()
+
+
+def _is_vault(text: str) -> bool:
+    try:
+        return ids.parse_vault(text) == text
+    except Exception:
+        return False

@@ -1,0 +1,272 @@
+"""Reading archives: fragments found or thawed, plaintext read ahead.
+
+A fragment is read from the restore queue, else hard-linked there from the
+freeze queue (so a freeze finishing meanwhile cannot take it away), else read
+in place from a local vault.  Otherwise a thaw is requested and the read
+waits for it (in trio, not in a thread, so waiting costs no thread).
+
+Each open file has a ``ReadAhead``: one background task decrypts the next
+``AHEAD`` blocks in a thread while the kernel takes what is ready, so that
+FUSE and decryption overlap; a read elsewhere moves it there.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import logging
+import os
+import time
+
+import trio
+
+from cryophile import errors, thaw
+from cryophile.ids import BackupId
+from cryophile.pipeline.plainreader import PlainReader
+from cryophile.pipeline.reader import verify_fragment
+from cryophile.spool import Spool
+
+from .faults import FsError
+from .vaults import Archive, local_fragment
+
+log = logging.getLogger("cryophilefs")
+
+BLOCK = 1 << 20          # one decryption step
+AHEAD = 12                # blocks decrypted ahead of the last read, per open file
+CACHED = 24              # blocks kept per open file (the kernel's reads arrive out of order)
+WAIT_POLL = 0.1
+
+
+class NeedFragment(Exception):
+    """Raised in the reading thread: fragment ``n`` is not on this machine."""
+
+    def __init__(self, n: int):
+        super().__init__(f"fragment chunk.{n} is not local")
+        self.n = n
+
+
+class Fragments:
+    """Where an archive's fragments are on this machine (blocking: threads)."""
+
+    def __init__(self, spool: Spool, store, archive: Archive):
+        self.spool, self.store, self.archive = spool, store, archive
+        self.bid: BackupId = archive.bid
+
+    def path(self, n: int) -> str:
+        found = self.find(n)
+        if found is None:
+            raise NeedFragment(n)
+        return found
+
+    def find(self, n: int) -> str | None:
+        dest = self.spool.path("restore", self.bid, n)
+        if os.path.exists(dest) or self._link_queued(n, dest):
+            return dest
+        return local_fragment(self.store, self.bid, n)
+
+    def _link_queued(self, n: int, dest: str) -> bool:
+        try:
+            os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
+            os.link(self.spool.path("freeze", self.bid, n), dest)
+        except FileExistsError:
+            pass
+        except FileNotFoundError:
+            return False
+        return True
+
+    def missing(self) -> list[int]:
+        return [n for n in range(1, self.archive.fragments + 1) if self.find(n) is None]
+
+    def drop_damaged(self) -> None:
+        """Thawed fragments that fail verification are fetched again next time."""
+        clear = self.archive.clear
+        for n in self.spool.fragments("restore", self.bid):
+            path = self.spool.path("restore", self.bid, n)
+            if n and not os.path.exists(self.spool.path("freeze", self.bid, n)):
+                try:
+                    verify_fragment(path, clear.fragments[n - 1], n)
+                except errors.Error:
+                    os.unlink(path)
+
+
+class Thaws:
+    """Requests thaws and waits for them; knows the in-process thawer's failures."""
+
+    def __init__(self, spool: Spool, thawer=None):
+        self.spool, self.thawer = spool, thawer
+
+    async def request(self, archive: Archive, first: int = 1) -> None:
+        wanted = list(range(first, archive.fragments + 1))
+        await trio.to_thread.run_sync(thaw.request, self.spool, archive.bid, wanted)
+
+    async def wait(self, fragments: Fragments, n: int) -> None:
+        since = time.monotonic()
+        await self.request(fragments.archive, n)
+        log.info("thawing %s from chunk.%d on; reads wait for it", fragments.bid, n)
+        while await trio.to_thread.run_sync(fragments.find, n) is None:
+            failure = self.failure(fragments.bid, since)
+            if failure is not None:
+                raise failure
+            await trio.sleep(WAIT_POLL)
+
+    def failure(self, bid: BackupId, since: float) -> errors.Error | None:
+        if self.thawer is None:
+            return None
+        when, exc = self.thawer.failures.get(bid, (0.0, None))
+        return exc if when >= since else None
+
+
+class FsThawer(thaw.Thawer):
+    """A Thawer that remembers each archive's last failure for waiting readers."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.failures: dict[BackupId, tuple[float, errors.Error]] = {}
+
+    async def thaw_archive(self, bid: BackupId) -> None:
+        try:
+            await super().thaw_archive(bid)
+        except errors.Error as exc:
+            self.failures[bid] = (time.monotonic(), exc)
+            raise
+
+
+class ReadAhead:
+    """One open archive: plaintext in 1 MiB blocks, the next ones prepared.
+
+    A background task decrypts blocks in order from ``next`` and caches
+    them; reads take what they need from the cache.  The kernel's readahead
+    sends several reads at once, at increasing offsets: the decryption is
+    steered to the lowest block anyone waits for, and only moved when that
+    block is not coming soon anyway, so concurrent reads never make it jump
+    back and forth.
+    """
+
+    def __init__(self, archive: Archive, fragments: Fragments, thaws: Thaws, unlock):
+        self.archive, self.fragments, self.thaws = archive, fragments, thaws
+        self.size = archive.size
+        self.blocks = -(-self.size // BLOCK)
+        self.plain = PlainReader(archive.clear, archive.manifest, unlock, fragments.path)
+        self.cache: dict[int, bytes] = {}
+        self.waiting: collections.Counter = collections.Counter()   # block -> readers
+        self.next = 0                 # the block the background task decrypts next
+        self.horizon = AHEAD          # it stops before this block
+        self.generation = 0           # bumped when steered: a block in flight is stale
+        self.failed: dict[int, BaseException] = {}    # blocks that cannot be read
+        self.stalled = False          # the task stopped at a failed block
+        self.changed = trio.Event()
+        self.closed = False
+
+    # --- the reader's side --------------------------------------------------
+
+    async def read(self, off: int, size: int) -> bytes:
+        size = min(size, self.size - off)
+        if size <= 0:
+            return b""
+        wanted = range(off // BLOCK, (off + size - 1) // BLOCK + 1)
+        self.waiting.update(wanted)
+        try:
+            if wanted[-1] + 1 + AHEAD > self.horizon:
+                self.horizon = wanted[-1] + 1 + AHEAD
+                self._wake()              # the task may be resting at the old horizon
+            while missing := [b for b in wanted if b not in self.cache]:
+                for b in missing:
+                    if b in self.failed:
+                        raise self.failed[b]
+                self._steer()
+                await self._changed()
+        finally:
+            self.waiting.subtract(wanted)
+            self.waiting += collections.Counter()      # drop zero counts
+        start = off - wanted[0] * BLOCK
+        if len(wanted) == 1:           # the usual case: copy only what is asked
+            data = self.cache[wanted[0]][start:start + size]
+        else:
+            data = b"".join(self.cache[b] for b in wanted)[start:start + size]
+        self._evict()
+        return data
+
+    def _steer(self) -> None:
+        pending = [b for b in self.waiting if b not in self.cache and b not in self.failed]
+        if not pending:
+            return
+        low = min(pending)
+        if self.stalled or not self.next <= low < self.next + AHEAD:
+            self.generation += 1
+            self.next, self.horizon, self.stalled = low, low + AHEAD, False
+            self._wake()
+
+    def _evict(self) -> None:
+        """Keep CACHED blocks, dropping those farthest behind the decryption."""
+        while len(self.cache) > CACHED:
+            victim = max((b for b in self.cache if b not in self.waiting),
+                         key=lambda b: (b < self.next, abs(self.next - b)), default=None)
+            if victim is None:
+                return
+            del self.cache[victim]
+
+    async def _changed(self) -> None:
+        await self.changed.wait()
+
+    def _wake(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+    def close(self) -> None:
+        self.closed = True
+        self.plain.close_stream()         # its decryption thread ends too
+        self._wake()
+
+    # --- the background task --------------------------------------------------
+
+    async def run(self) -> None:
+        while not self.closed:
+            if self.stalled or self.next >= min(self.horizon, self.blocks):
+                await self._changed()
+            elif self.next in self.cache:
+                self.next += 1
+            else:
+                await self._step()
+
+    async def _step(self) -> None:
+        generation, block = self.generation, self.next
+        try:
+            data = await trio.to_thread.run_sync(self.plain.read, block * BLOCK, BLOCK)
+        except NeedFragment as need:
+            self.plain.close_stream()         # restart decryption there after the thaw
+            await self._thaw(generation, block, need.n)
+            return
+        except errors.IntegrityError as exc:
+            self.plain.close_stream()
+            await trio.to_thread.run_sync(self.fragments.drop_damaged)
+            self._fail(generation, block, errors.IntegrityError(
+                f"{self.archive.bid} at byte {block * BLOCK}: {exc}; nothing unverified "
+                "was returned"))
+            return
+        except Exception as exc:
+            self.plain.close_stream()
+            self._fail(generation, block, exc)
+            return
+        if generation == self.generation:
+            self.cache[block] = data
+            self.next = block + 1
+            self._evict()
+            self._wake()
+
+    async def _thaw(self, generation: int, block: int, n: int) -> None:
+        try:
+            await self.thaws.wait(self.fragments, n)
+        except Exception as exc:
+            self._fail(generation, block, exc)
+
+    def _fail(self, generation: int, block: int, exc: BaseException) -> None:
+        if generation == self.generation:
+            self.failed[block] = exc
+            self.stalled = True
+            self._wake()
+
+
+def check_readable(archive: Archive, keyring) -> None:
+    if keyring is None:
+        raise FsError(errno.ENOKEY, f"cannot read {archive.bid}: no secret key loaded "
+                                   "(mount with -k SECRET_KEY_FILE to read archives)")

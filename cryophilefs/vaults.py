@@ -1,0 +1,178 @@
+"""What each vault holds, merged from the spool and the store, cached.
+
+chunk.0 is immutable, so an archive's clear metadata and encrypted manifest
+are read once per mount; a refresh only lists keys and reads the new marks.
+Listings are refreshed when a directory is read or a name is missing, at
+most every ``REFRESH`` seconds per vault.  All I/O here is blocking and runs
+in threads (``trio.to_thread.run_sync``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import os
+import time
+
+import trio
+
+from cryophile import catalog, errors, manifest
+from cryophile.ids import BackupId, ulid_time
+from cryophile.spool import Spool
+from cryophile.store.base import State
+from cryophile.store.local import LocalStore
+
+log = logging.getLogger("cryophilefs")
+REFRESH = 2.0
+
+
+@dataclasses.dataclass
+class Archive:
+    bid: BackupId
+    size: int
+    clear: manifest.ClearInfo | None = None
+    encrypted: bytes = b""            # the encrypted manifest, from chunk.0
+    name: str | None = None
+    manifest: dict | None = None      # decrypted on first open (needs the secret key)
+    ready: trio.Event = dataclasses.field(default_factory=trio.Event)   # set once sealed
+    readers: int = 0
+
+    @property
+    def mtime_ns(self) -> int:
+        return int(ulid_time(self.bid.ulid).timestamp() * 1e9)
+
+    @property
+    def fragments(self) -> int:
+        return len(self.clear.fragments) if self.clear else 0
+
+    @classmethod
+    def from_mark(cls, bid: BackupId, data: bytes) -> "Archive":
+        clear, encrypted = manifest.read_clear(data)
+        archive = cls(bid, clear.size, clear, encrypted)
+        archive.ready.set()
+        return archive
+
+
+def read_mark(spool: Spool, store, bid: BackupId) -> bytes:
+    """chunk.0's bytes: from the spool if it is still there, else the vault."""
+    for queue in ("freeze", "restore"):
+        try:
+            with open(spool.path(queue, bid, 0), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            pass
+    buf = io.BytesIO()
+    store.get(bid.fragment_key(0), buf)
+    return buf.getvalue()
+
+
+def local_fragment(store, bid: BackupId, n: int) -> str | None:
+    """A local vault's own copy of a fragment (read in place: it is immutable)."""
+    if isinstance(store, LocalStore):
+        path = os.path.join(store.root, bid.fragment_key(n))
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def scan(spool: Spool, store, vault: str, known: set[str]) -> tuple[dict[str, Archive], str | None]:
+    """New archives of ``vault`` (spool first, then store); and a store error, if any."""
+    bids: dict[str, BackupId] = {}
+    for bid in spool.archives("freeze"):
+        if bid.vault == vault and os.path.exists(spool.path("freeze", bid, 0)):
+            bids[bid.key] = bid
+    problem = None
+    try:
+        for info in store.list(""):
+            m = catalog.MARK_RE.match(info.key)
+            if m:
+                bid = BackupId(vault, m.group(1) or "", m.group(2))
+                bids.setdefault(bid.key, bid)
+    except errors.Error as exc:
+        problem = f"cannot list vault {vault} ({store.url}): {exc}"
+    found = {}
+    for key, bid in bids.items():
+        if key in known:
+            continue
+        try:
+            found[key] = Archive.from_mark(bid, read_mark(spool, store, bid))
+        except errors.NotFoundError:
+            continue          # frozen and gone from the spool between the looks
+        except errors.Error as exc:
+            problem = f"skipping archive {bid}: {exc}"
+    return found, problem
+
+
+def state(spool: Spool, store, archive: Archive) -> tuple[str, str | None]:
+    """(state, storage class): writing, queued, freezing, frozen, thawing, thawed, local."""
+    bid = archive.bid
+    if not archive.ready.is_set():
+        return "writing", None
+    n = archive.fragments
+    queued = spool.fragments("freeze", bid)
+    if os.path.isdir(spool.dir("freeze", bid)) and queued:
+        return ("queued" if len(queued) == n + 1 else "freezing"), None
+    if len([k for k in spool.fragments("restore", bid) if k]) == n:
+        return "thawed", None
+    try:
+        info = store.head(bid.fragment_key(1))
+    except errors.NotFoundError:
+        return "damaged", None
+    if info.storage_class == LocalStore.storage_class:
+        return "local", info.storage_class
+    if spool.fragments("thaw", bid) or info.state is State.RESTORING:
+        return "thawing", info.storage_class
+    if info.state is State.ARCHIVED:
+        return "frozen", info.storage_class
+    return ("thawed" if info.storage_class in ("GLACIER", "DEEP_ARCHIVE") else "stored",
+            info.storage_class)
+
+
+def local_count(spool: Spool, store, archive: Archive) -> int:
+    """How many fragments can be read without a thaw."""
+    bid = archive.bid
+    return sum(1 for n in range(1, archive.fragments + 1)
+               if os.path.exists(spool.path("restore", bid, n))
+               or os.path.exists(spool.path("freeze", bid, n))
+               or local_fragment(store, bid, n))
+
+
+class Listings:
+    """Refreshes the archive side of the tree from the spool and the stores."""
+
+    def __init__(self, spool: Spool, stores, on_found):
+        self.spool, self.stores = spool, stores
+        self.on_found = on_found            # (vault, {key: Archive}) -> None
+        self.known: dict[str, set[str]] = {}
+        self.when: dict[str, float] = {}
+        self.locks: dict[str, trio.Lock] = {}
+        self.problems: dict[str, str] = {}
+
+    def add(self, archive: Archive) -> None:
+        self.known.setdefault(archive.bid.vault, set()).add(archive.bid.key)
+
+    async def refresh(self, vault: str, force: bool = False) -> None:
+        lock = self.locks.setdefault(vault, trio.Lock())
+        started = time.monotonic()
+        async with lock:                    # concurrent lookups share one refresh
+            if not force and self.when.get(vault, -REFRESH) > started - REFRESH:
+                return
+            known = set(self.known.get(vault, ()))
+            store = self.stores(vault)
+            found, problem = await trio.to_thread.run_sync(
+                scan, self.spool, store, vault, known)
+            self.when[vault] = time.monotonic()
+            self._report(vault, problem)
+            for archive in found.values():
+                self.add(archive)
+            self.on_found(vault, found)
+
+    def _report(self, vault: str, problem: str | None) -> None:
+        """A failing store is logged once, not at every refresh."""
+        if problem and self.problems.get(vault) != problem:
+            log.warning("%s", problem)
+        if problem:
+            self.problems[vault] = problem
+        else:
+            self.problems.pop(vault, None)

@@ -1,0 +1,208 @@
+"""cryophilefs mounted for real, with a local vault: standard tools do the obvious."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import subprocess
+import threading
+import time
+
+import pytest
+
+from tests.fsrig import data, fskeys, needs_fuse, rig, sh, state, wait_until  # noqa: F401
+
+pytestmark = needs_fuse
+
+
+def sha256(path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def test_shell_redirect_then_read_with_standard_tools(rig, data, fskeys):
+    with rig.mounted("-k", str(fskeys[1])) as mnt:
+        os.makedirs(rig.incoming / "tank" / "home")
+        sh(f"cat {data} > {rig.incoming}/tank/home/monday")
+        assert os.listdir(rig.incoming / "tank" / "home") == []   # sealed: gone from incoming
+        archive = rig.archive("tank/home")
+        assert os.getxattr(archive, "user.cryophile.name") == b"monday"
+        st = os.stat(archive)
+        assert st.st_size == data.stat().st_size and st.st_mode & 0o777 == 0o400
+        assert abs(st.st_mtime - time.time()) < 60              # the ULID's time
+        sh(f"cmp {data} {archive}")
+        out = sh(f"cat {archive} | sha256sum").stdout.split()[0].decode()
+        assert out == sha256(data)
+        skipped = sh(f"dd if={archive} bs=1M skip=2 status=none").stdout
+        assert skipped == data.read_bytes()[2 << 20:]
+        assert sh(f"dd if={archive} bs=4k skip=100 count=3 status=none").stdout == \
+            data.read_bytes()[409600:409600 + 12288]
+        assert state(archive) in ("queued", "freezing", "local")
+        wait_until(lambda: state(archive) == "local")
+        assert os.getxattr(archive, "user.cryophile.fragments") == b"4"
+        assert os.getxattr(archive, "user.cryophile.thaw") == b"4/4"
+        assert "user.cryophile.storage_class" in os.listxattr(archive)
+        assert os.path.islink(mnt / "incoming" / "offsite") is False    # no alias configured
+
+
+def test_dd_and_cp_write_archives(rig, data, fskeys):
+    with rig.mounted("-k", str(fskeys[1])):
+        sh(f"dd if={data} of={rig.incoming}/by-dd bs=1M status=none")
+        shutil.copyfile(data, rig.incoming / "by-cp")
+        sh(f"cp {data} {rig.incoming}/by-cp-command")
+        for name in ("by-dd", "by-cp", "by-cp-command"):
+            sh(f"cmp {data} {rig.archive(name_like=name)}")
+        assert len(os.listdir(rig.archives)) == 3
+
+
+def test_read_only_violations_and_sequential_writes(rig, data, fskeys):
+    expect = ("read-only", "cannot be read", "written in order", "cannot truncate")
+    with rig.mounted("-k", str(fskeys[1]), expect=expect):
+        sh(f"cat {data} > {rig.incoming}/one")
+        archive = rig.archive()
+        for call, err in [(lambda: open(archive, "wb"), errno.EROFS),
+                          (lambda: open(archive, "r+b"), errno.EROFS),
+                          (lambda: os.unlink(archive), errno.EROFS),
+                          (lambda: os.truncate(archive, 0), errno.EROFS),
+                          (lambda: os.mkdir(rig.archives / "x"), errno.EROFS),
+                          (lambda: open(rig.archives / "new", "wb"), errno.EROFS)]:
+            with pytest.raises(OSError) as info:
+                call()
+            assert info.value.errno == err
+        path = rig.incoming / "active"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+        try:
+            os.write(fd, b"a" * 1000)
+            with pytest.raises(PermissionError):            # EACCES
+                open(path, "rb")
+            with pytest.raises(OSError) as info:
+                os.pwrite(fd, b"b", 10)
+            assert info.value.errno == errno.ESPIPE
+            with pytest.raises(OSError) as info:
+                os.ftruncate(fd, 10)
+            assert info.value.errno == errno.EPERM
+            os.write(fd, b"c" * 1000)                        # in order: still fine
+            assert os.getxattr(path, "user.cryophile.state") == b"writing"
+        finally:
+            os.close(fd)
+        sealed = rig.archive(name_like="active")
+        with open(sealed, "rb") as f:
+            assert f.read() == b"a" * 1000 + b"c" * 1000
+
+
+def test_unmount_with_work_pending_then_remount(rig, data, fskeys, tmp_path):
+    # The vault's directory is a file: freeze fails, fragments stay in the spool.
+    rig.vaults.write_text("not a directory")
+    with rig.mounted(expect=("freeze",)):
+        sh(f"cat {data} > {rig.incoming}/pending")
+        archive = rig.archive()
+        assert state(archive) == "queued"
+        ulid = archive.name
+    assert (rig.spool / "freeze" / rig.vault / ulid / "chunk.1").exists()
+    rig.vaults.unlink()
+    with rig.mounted("-k", str(fskeys[1])):
+        archive = rig.archives / ulid
+        sh(f"cmp {data} {archive}")                 # from the spool, or the vault
+        wait_until(lambda: state(archive) == "local")
+        assert os.getxattr(archive, "user.cryophile.name") == b"pending"
+    assert not (rig.spool / "freeze" / rig.vault / ulid).exists()
+    with rig.mounted("-k", str(fskeys[1])):         # and once more, from the vault alone
+        sh(f"cmp {data} {rig.archives / ulid}")
+
+
+def test_unmount_right_after_writing(rig, data, fskeys):
+    with rig.mounted():
+        sh(f"cat {data} > {rig.incoming}/quick")
+        ulid = rig.archive().name
+    with rig.mounted("-k", str(fskeys[1])):
+        sh(f"cmp {data} {rig.archives / ulid}")
+
+
+def test_reader_and_writer_at_once(rig, data, fskeys):
+    with rig.mounted("-k", str(fskeys[1])):
+        sh(f"cat {data} > {rig.incoming}/first")
+        first = rig.archive()
+        errors = []
+
+        def slow_writer():
+            try:
+                with open(rig.incoming / "second", "wb") as f:
+                    for i in range(0, data.stat().st_size, 256 << 10):
+                        f.write(data.read_bytes()[i:i + (256 << 10)])
+                        time.sleep(0.01)
+            except Exception as exc:
+                errors.append(exc)
+        writer = threading.Thread(target=slow_writer)
+        writer.start()
+        for _ in range(3):
+            sh(f"cmp {data} {first}")
+        writer.join()
+        assert not errors
+        sh(f"cmp {data} {rig.archive(name_like='second')}")
+
+
+def test_no_secret_key_gives_enokey(rig, data):
+    with rig.mounted(expect=("mount with -k",)):
+        sh(f"cat {data} > {rig.incoming}/secret")
+        archive = rig.archive()
+        with pytest.raises(OSError) as info:
+            open(archive, "rb")
+        assert info.value.errno == errno.ENOKEY
+        assert os.getxattr(archive, "user.cryophile.name") == b"secret"   # known: written here
+    assert "mount with -k" in rig.log
+    with rig.mounted(expect=("mount with -k",)):     # names are encrypted in the vault
+        with pytest.raises(OSError) as info:
+            os.getxattr(archive, "user.cryophile.name")
+        assert info.value.errno == errno.ENOKEY
+
+
+def test_sigterm_unmounts_cleanly(rig, data):
+    with pytest.raises(SystemExit):
+        with rig.mounted():
+            assert rig.terminate() == 0
+            assert not os.path.ismount(rig.mnt)
+            raise SystemExit
+
+
+def test_allow_other_modes(rig, data, fskeys):
+    with rig.mounted("-o", "allow_other"):
+        sh(f"cat {data} > {rig.incoming}/shared")
+        assert os.stat(rig.archive()).st_mode & 0o777 == 0o444
+
+
+def test_mount_command_and_helper(rig, data, fskeys):
+    env = {**os.environ, "CRYOPHILE_LOG_STYLE": "never"}
+    opts = f"spool={rig.spool},config={rig.config},keyring={fskeys[1]}"
+    bindir = os.path.dirname(os.sys.executable)
+    # mount(8) clears PATH: `-t fuse.cryophilefs` finds cryophilefs in the standard
+    # places only; `-t fuse PROGRAM#SOURCE` names it (what an fstab line can do too)
+    if shutil.which("cryophilefs", path="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin"):
+        by_mount = ["mount", "-t", "fuse.cryophilefs", "cryophile"]
+    else:
+        by_mount = ["mount", "-t", "fuse", f"{bindir}/cryophilefs#cryophile"]
+    for command in ([*by_mount, str(rig.mnt), "-o", opts],
+                    [f"{bindir}/mount.cryophilefs", "cryophile", str(rig.mnt), "-o", opts]):
+        proc = subprocess.run(command, env=env, capture_output=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr.decode()
+        try:
+            assert os.path.ismount(rig.mnt)     # the command returns once it is mounted
+            sh(f"cat {data} > {rig.incoming}/via-{os.path.basename(command[0])}")
+        finally:
+            subprocess.run(["umount", str(rig.mnt)], check=True)
+        assert not os.path.ismount(rig.mnt)
+    def sealed() -> int:
+        """Frozen already, or queued for the next freeze; the detached process
+        may still be sealing when umount returns."""
+        found = set()
+        for where in (rig.vaults / rig.vault, rig.spool / "freeze" / rig.vault):
+            found |= {p.parent.name for p in where.glob("*/chunk.0")}
+        return len(found)
+    wait_until(lambda: sealed() == 2)
+
+
+def test_bad_option_fails_before_mounting(rig):
+    proc = subprocess.run(rig.command("-o", "frobnicate"), capture_output=True)
+    assert proc.returncode == 2 and b"unknown mount option" in proc.stderr
+    assert not os.path.ismount(rig.mnt)

@@ -1,0 +1,215 @@
+"""The FUSE handlers called directly, without a kernel (pytest-trio)."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+
+import pyfuse3
+import pytest
+import trio
+
+from cryophile import config, keys
+from cryophile.freeze import Freezer
+from cryophile.spool import Spool
+from cryophilefs.mount import Stores
+from cryophilefs.operations import Operations, Settings
+from tests.fsrig import VAULT, fskeys  # noqa: F401
+
+MiB = 1 << 20
+
+
+def make_ops(tmp_path, fskeys, nursery, secret: bool = True) -> Operations:
+    cfg = config.parse({"spool": str(tmp_path / "spool"), "vault": {VAULT: {
+        "url": f"file://{tmp_path / 'vaults'}", "fragment_size": "1MiB"}}})
+    spool = Spool(cfg.spool)
+    spool.ensure()
+    keyring = keys.load_secret_keys([str(fskeys[1])], None) if secret else None
+    settings = Settings(cfg, spool, Stores(cfg), keys.load_certificates([str(fskeys[0])]),
+                        keyring)
+    return Operations(settings, nursery)
+
+
+def name(text: str) -> bytes:
+    return text.encode()
+
+
+async def expect_errno(code: int, call) -> None:
+    with pytest.raises(pyfuse3.FUSEError) as info:
+        await call
+    assert info.value.errno == code
+
+
+async def backup(ops: Operations, data: bytes, filename: str = "dump", step: int = 300_000):
+    """create, write in order, flush, release; the archive's node."""
+    vault = await ops.lookup(await incoming(ops), name(VAULT))
+    info, attrs = await ops.create(vault.st_ino, name(filename), 0o600, os.O_WRONLY, None)
+    for off in range(0, len(data), step):
+        assert await ops.write(info.fh, off, data[off:off + step]) == len(data[off:off + step])
+    await ops.flush(info.fh)
+    await ops.release(info.fh)
+    top = ops.tree.root.children[VAULT]
+    (node,) = [n for n in top.children.values() if n.archive and n.archive.name == filename]
+    return node
+
+
+async def incoming(ops: Operations) -> int:
+    return (await ops.lookup(pyfuse3.ROOT_INODE, b"incoming")).st_ino
+
+
+async def read_all(ops: Operations, ino: int, size: int, step: int = 128 << 10) -> bytes:
+    info = await ops.open(ino, os.O_RDONLY, None)
+    try:
+        parts = []
+        for off in range(0, size, step):
+            parts.append(await ops.read(info.fh, off, step))
+        return b"".join(parts)
+    finally:
+        await ops.release(info.fh)
+
+
+async def test_write_then_read_back(tmp_path, fskeys, nursery):
+    ops = make_ops(tmp_path, fskeys, nursery)
+    data = os.urandom(3 * MiB + 12345)
+    node = await backup(ops, data)
+    attrs = await ops.lookup(node.parent.ino, name(node.name))
+    assert attrs.st_size == len(data) and stat.S_ISREG(attrs.st_mode)
+    assert attrs.st_mode & 0o777 == 0o400
+    assert await read_all(ops, node.ino, len(data)) == data
+    assert await ops.getxattr(node.ino, b"user.cryophile.name") == b"dump"
+    assert await ops.getxattr(node.ino, b"user.cryophile.state") == b"queued"
+    assert await ops.getxattr(node.ino, b"user.cryophile.fragments") == b"4"
+    await expect_errno(pyfuse3.ENOATTR, ops.getxattr(node.ino, b"user.other"))
+    # out of order reads go through the seek index
+    info = await ops.open(node.ino, os.O_RDONLY, None)
+    for off in (2 * MiB + 7, 5, 3 * MiB, len(data) - 10):
+        assert await ops.read(info.fh, off, 1000) == data[off:off + 1000]
+    await ops.release(info.fh)
+
+
+@pytest.mark.expect_log
+async def test_writes_must_be_in_order(tmp_path, fskeys, nursery, caplog):
+    ops = make_ops(tmp_path, fskeys, nursery)
+    vault = await ops.lookup(await incoming(ops), name(VAULT))
+    info, attrs = await ops.create(vault.st_ino, b"seq", 0o600, os.O_WRONLY, None)
+    await ops.write(info.fh, 0, b"x" * 100)
+    await expect_errno(errno.ESPIPE, ops.write(info.fh, 50, b"y"))
+    await expect_errno(errno.ESPIPE, ops.write(info.fh, 200, b"y"))
+    class Fields:           # pyfuse3.SetattrFields cannot be set from Python
+        update_size, update_mode = True, False
+    fields = Fields()
+    attrs.st_size = 0
+    await expect_errno(errno.EPERM, ops.setattr(attrs.st_ino, attrs, fields, info.fh, None))
+    await expect_errno(errno.EACCES, ops.open(attrs.st_ino, os.O_RDONLY, None))
+    await expect_errno(errno.EBUSY, ops.create(vault.st_ino, b"seq", 0o600, os.O_WRONLY, None))
+    assert "written in order" in caplog.text and "cannot truncate" in caplog.text
+    await ops.release(info.fh)
+
+
+@pytest.mark.expect_log
+async def test_unlink_while_writing_cancels_the_backup(tmp_path, fskeys, nursery):
+    ops = make_ops(tmp_path, fskeys, nursery)
+    vault = await ops.lookup(await incoming(ops), name(VAULT))
+    info, _ = await ops.create(vault.st_ino, b"gone", 0o600, os.O_WRONLY, None)
+    await ops.write(info.fh, 0, b"x" * 100)
+    await ops.unlink(vault.st_ino, b"gone", None)
+    await expect_errno(errno.ECANCELED, ops.write(info.fh, 100, b"x"))
+    await ops.release(info.fh)
+    assert not [n for n in ops.tree.root.children[VAULT].children.values() if n.archive]
+
+
+@pytest.mark.expect_log
+async def test_mkdir_checks_prefixes_and_read_only_parts(tmp_path, fskeys, nursery):
+    ops = make_ops(tmp_path, fskeys, nursery)
+    vault = await ops.lookup(await incoming(ops), name(VAULT))
+    await ops.mkdir(vault.st_ino, b"tank", 0o700, None)
+    await expect_errno(errno.EINVAL, ops.mkdir(vault.st_ino, b"bad name", 0o700, None))
+    await expect_errno(errno.EEXIST, ops.mkdir(vault.st_ino, b"tank", 0o700, None))
+    archives = await ops.lookup(pyfuse3.ROOT_INODE, name(VAULT))
+    await expect_errno(errno.EROFS, ops.mkdir(archives.st_ino, b"x", 0o700, None))
+    await expect_errno(errno.EROFS, ops.create(archives.st_ino, b"x", 0o600, os.O_WRONLY, None))
+    await expect_errno(errno.EPERM, ops.create(await incoming(ops), b"x", 0o600, 1, None))
+
+
+@pytest.mark.expect_log
+async def test_no_secret_key_is_enokey(tmp_path, fskeys, nursery, caplog):
+    ops = make_ops(tmp_path, fskeys, nursery, secret=False)
+    node = await backup(ops, b"hello")
+    await expect_errno(errno.ENOKEY, ops.open(node.ino, os.O_RDONLY, None))
+    assert "mount with -k" in caplog.text
+
+
+@pytest.mark.expect_log
+async def test_damaged_fragment_is_eio_never_wrong_bytes(tmp_path, fskeys, nursery, caplog):
+    ops = make_ops(tmp_path, fskeys, nursery)
+    data = os.urandom(3 * MiB)
+    node = await backup(ops, data)
+    s = ops.s
+    await Freezer(s.spool, s.stores, lambda v: "STANDARD").run(once=True)
+    bid = node.archive.bid
+    path = tmp_path / "vaults" / VAULT / bid.fragment_key(2)
+    raw = bytearray(path.read_bytes())
+    raw[1000] ^= 1
+    path.write_bytes(bytes(raw))
+    info = await ops.open(node.ino, os.O_RDONLY, None)
+    good = b""
+    with pytest.raises(pyfuse3.FUSEError) as failure:
+        for off in range(0, len(data), 128 << 10):
+            good += await ops.read(info.fh, off, 128 << 10)
+    assert failure.value.errno == errno.EIO
+    assert good == data[:len(good)] and len(good) < len(data)
+    assert "nothing unverified" in caplog.text
+    await ops.release(info.fh)
+
+
+@pytest.mark.expect_log
+async def test_unexpected_exception_becomes_eio(tmp_path, fskeys, nursery, caplog, monkeypatch):
+    ops = make_ops(tmp_path, fskeys, nursery)
+
+    def broken(node):
+        raise RuntimeError("a bug")
+    monkeypatch.setattr(ops.tree, "attrs", broken)
+    with caplog.at_level(logging.ERROR):
+        await expect_errno(errno.EIO, ops.getattr(pyfuse3.ROOT_INODE, None))
+    assert "internal error" in caplog.text and "a bug" in caplog.text
+
+
+async def test_read_ahead_serves_concurrent_reads(tmp_path, fskeys, nursery):
+    ops = make_ops(tmp_path, fskeys, nursery)
+    data = os.urandom(2 * MiB + 99)
+    node = await backup(ops, data)
+    info = await ops.open(node.ino, os.O_RDONLY, None)
+    got = {}
+
+    async def one(off):
+        got[off] = await ops.read(info.fh, off, 128 << 10)
+    async with trio.open_nursery() as inner:     # as the kernel's readahead does
+        for off in reversed(range(0, len(data), 128 << 10)):
+            inner.start_soon(one, off)
+    assert b"".join(got[k] for k in sorted(got)) == data
+    await ops.release(info.fh)
+
+
+async def test_concurrent_reads_far_apart_on_one_handle(tmp_path, fskeys, nursery):
+    """The kernel's readahead sends several reads at once; reads far apart on
+    one handle must all be answered (no steering back and forth, no hang)."""
+    from cryophilefs import reader
+    ops = make_ops(tmp_path, fskeys, nursery)
+    data = os.urandom(3 * reader.AHEAD * MiB)
+    node = await backup(ops, data)
+    info = await ops.open(node.ino, os.O_RDONLY, None)
+    offsets = [0, 5 * MiB, len(data) - MiB, reader.AHEAD * MiB + 3, 2 * MiB, 7,
+               (2 * reader.AHEAD + 1) * MiB]
+    got = {}
+
+    async def one(off):
+        got[off] = await ops.read(info.fh, off, 200_000)
+    with trio.fail_after(120):          # a hang guard, not a speed check
+        for _ in range(3):
+            async with trio.open_nursery() as readers:
+                for off in offsets:
+                    readers.start_soon(one, off)
+            assert all(got[off] == data[off:off + 200_000] for off in offsets)
+    await ops.release(info.fh)

@@ -1,0 +1,69 @@
+"""cryophilefs through S3 (moto behind the fault proxy) with the GLACIER class:
+reading a frozen archive waits for a thaw that stays ongoing for seconds."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import time
+
+import pytest
+
+from tests.fsrig import FsRig, data, fskeys, needs_fuse, sh, state, wait_until  # noqa: F401
+
+pytestmark = needs_fuse
+RESTORE_SECONDS = 3.0
+
+
+@pytest.fixture
+def s3rig(tmp_path, fskeys, s3proxy, bucket) -> FsRig:
+    return FsRig(tmp_path / "one", fskeys[0], url=f"s3://{bucket}",
+                 endpoint_url=s3proxy.endpoint, storage_class="GLACIER")
+
+
+def test_read_frozen_archive_waits_for_thaw(s3rig, s3proxy, data, fskeys, tmp_path):
+    key = str(fskeys[1])
+    with s3rig.mounted("-k", key, "-o", "thaw_poll=0.2"):
+        sh(f"cat {data} > {s3rig.incoming}/glacial")
+        archive = s3rig.archive()
+        wait_until(lambda: state(archive) == "frozen")
+        assert os.getxattr(archive, "user.cryophile.storage_class") == b"GLACIER"
+        assert os.getxattr(archive, "user.cryophile.thaw") == b"0/4"
+        s3proxy.restore_delay = RESTORE_SECONDS
+        with pytest.raises(OSError) as info:           # not thawed: EAGAIN, thaw starts
+            os.open(archive, os.O_RDONLY | os.O_NONBLOCK)
+        assert info.value.errno == errno.EAGAIN
+        assert state(archive) == "thawing"
+        start = time.monotonic()
+        sh(f"cmp {data} {archive}")                      # waits for the thaw, then reads
+        assert time.monotonic() - start >= RESTORE_SECONDS * 0.8
+        assert s3proxy.requests("POST", "restore")
+    # A fresh machine (new spool) sees the archive in the bucket and reads it.
+    fresh = FsRig(tmp_path / "two", fskeys[0], **s3rig.settings)
+    with fresh.mounted("-k", key, "-o", "thaw_poll=0.2"):
+        archive = fresh.archive()
+        assert os.getxattr(archive, "user.cryophile.name") == b"glacial"
+        assert os.stat(archive).st_size == data.stat().st_size
+        sh(f"cmp {data} {archive}")
+
+
+def test_setxattr_starts_a_thaw(s3rig, s3proxy, data, fskeys):
+    with s3rig.mounted("-k", str(fskeys[1]), "-o", "thaw_poll=0.2"):
+        sh(f"cat {data} > {s3rig.incoming}/later")
+        archive = s3rig.archive()
+        wait_until(lambda: state(archive) == "frozen")
+        s3proxy.restore_delay = 1.0
+        subprocess.run(["setfattr", "-n", "user.cryophile.thaw", "-v", "1", str(archive)],
+                       check=False) if _have("setfattr") else \
+            os.setxattr(archive, "user.cryophile.thaw", b"1")
+        wait_until(lambda: os.getxattr(archive, "user.cryophile.thaw") == b"4/4", timeout=30)
+        fd = os.open(archive, os.O_RDONLY | os.O_NONBLOCK)     # thawed: no EAGAIN
+        try:
+            assert os.read(fd, 100) == data.read_bytes()[:100]
+        finally:
+            os.close(fd)
+
+
+def _have(program: str) -> bool:
+    return subprocess.run(["which", program], capture_output=True).returncode == 0
