@@ -66,3 +66,17 @@ def test_a_starting_backup_is_never_taken_for_a_dead_one(tmp_path, recipes, monk
     assert cleaned == []
     assert os.path.exists(spool.path("freeze", bid, 0))
     assert not os.path.exists(os.path.join(spool.dir("freeze", bid), "ABANDONED"))
+
+
+def test_status_shows_the_queues(tmp_path, recipes):
+    from tests.clirig import make_rig
+    rig = make_rig(tmp_path)
+    ulid = rig.backup(os.urandom(50_000), recipes["gpg"].cert, "-s", "16KiB", "-C", "none")
+    out = rig.run("status", check=True).stdout.decode()
+    freeze = next(line for line in out.splitlines() if line.startswith("freeze "))
+    assert freeze.split()[1:3] == ["1", "4"], out
+    assert f"{ulid}: 4 fragment(s), sealed" in out
+    assert "thaw daemon: not running" in out
+    rig.run("freeze", "--once", check=True)
+    out = rig.run("status", check=True).stdout.decode()
+    assert next(line for line in out.splitlines() if line.startswith("freeze ")).split()[1] == "0"

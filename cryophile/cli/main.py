@@ -8,9 +8,9 @@ import signal
 import sys
 
 from .. import __version__, errors, log
-from . import backup, freeze, ls, restore, thaw
+from . import backup, freeze, ls, restore, status, thaw
 
-COMMANDS = (backup, freeze, thaw, restore, ls)
+COMMANDS = (backup, freeze, thaw, restore, ls, status)
 PROG = "cryophile"
 
 DESCRIPTION = """\
