@@ -141,3 +141,19 @@ def open_store(v: VaultConfig, *, retry_attempts: int | None = None):
         retry_attempts = int(os.environ["CRYOPHILE_S3_ATTEMPTS"])
     kwargs = {} if retry_attempts is None else {"attempts": retry_attempts}
     return RetryingStore(store, **kwargs)
+
+
+class Stores:
+    """One Store per vault, made on first use: ``stores(vault_uuid)``."""
+
+    def __init__(self, cfg: Config):
+        self.cfg, self.made = cfg, {}
+
+    def __call__(self, vault: str):
+        if vault not in self.made:
+            self.made[vault] = open_store(self.cfg.vault(vault))
+        return self.made[vault]
+
+    def close(self) -> None:
+        for store in self.made.values():
+            store.close()

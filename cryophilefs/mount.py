@@ -21,7 +21,7 @@ import pyfuse3
 import trio
 
 from cryophile import __version__, config as configuration, errors, keys, log as logsetup, thaw
-from cryophile.cli.common import passphrase_reader
+from cryophile.cli.common import add_spool_options, passphrase_reader
 from cryophile.freeze import Freezer
 from cryophile.spool import Spool
 
@@ -63,11 +63,7 @@ See cryophilefs(8)."""
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-S", "--spool", metavar="SPOOL",
-                   help="spool directory (default from the configuration, else "
-                        "/var/spool/cryophile)")
-    p.add_argument("-c", "--config", metavar="CONFIG",
-                   help="read only this configuration file (it must exist)")
+    add_spool_options(p)
     p.add_argument("-k", "--keyring", action="append", default=[], metavar="KEYRING",
                    help="certificate(s) to encrypt backups to (vaults without a configured "
                         "keyring) and secret key(s) to read archives; repeatable")
@@ -209,29 +205,13 @@ def mount(args) -> int:
     if keyring is None:
         log.info("no secret key loaded: backups only (mount with -k SECRET_KEY to read)")
     mounted = None if args.foreground else detach()
-    stores = Stores(cfg)
+    stores = configuration.Stores(cfg)
     settings = Settings(cfg, spool, stores, certificates, keyring, opts.allow_other)
     try:
         trio.run(serve, settings, opts, mountpoint, mounted)
     finally:
         stores.close()
     return 0
-
-
-class Stores:
-    """One Store per vault, made on first use."""
-
-    def __init__(self, cfg):
-        self.cfg, self.made = cfg, {}
-
-    def __call__(self, vault: str):
-        if vault not in self.made:
-            self.made[vault] = configuration.open_store(self.cfg.vault(vault))
-        return self.made[vault]
-
-    def close(self) -> None:
-        for store in self.made.values():
-            store.close()
 
 
 async def serve(settings: Settings, opts: Options, mountpoint: str, mounted) -> None:

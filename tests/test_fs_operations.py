@@ -14,7 +14,6 @@ import trio
 from cryophile import config, keys
 from cryophile.freeze import Freezer
 from cryophile.spool import Spool
-from cryophilefs.mount import Stores
 from cryophilefs.operations import Operations, Settings
 from tests.fsrig import VAULT, fskeys  # noqa: F401
 
@@ -27,7 +26,7 @@ def make_ops(tmp_path, fskeys, nursery, secret: bool = True) -> Operations:
     spool = Spool(cfg.spool)
     spool.ensure()
     keyring = keys.load_secret_keys([str(fskeys[1])], None) if secret else None
-    settings = Settings(cfg, spool, Stores(cfg), keys.load_certificates([str(fskeys[0])]),
+    settings = Settings(cfg, spool, config.Stores(cfg), keys.load_certificates([str(fskeys[0])]),
                         keyring)
     return Operations(settings, nursery)
 

@@ -20,19 +20,22 @@ class Context:
         self.args = args
         self.config = config.load(args.config)
         self.spool = Spool(args.spool or self.config.spool)
-        self._stores: dict[str, object] = {}
+        self.store = config.Stores(self.config)       # vault uuid -> Store
 
     def vault(self, text: str) -> config.VaultConfig:
         return self.config.vault(text)
 
-    def store(self, vault: str):
-        if vault not in self._stores:
-            self._stores[vault] = config.open_store(self.config.vault(vault))
-        return self._stores[vault]
-
     def close(self) -> None:
-        for store in self._stores.values():
-            store.close()
+        self.store.close()
+
+
+def add_spool_options(p) -> None:
+    """-S and -c, which cryophile and cryophilefs share."""
+    p.add_argument("-S", "--spool", metavar="SPOOL",
+                   help="spool directory (default from the configuration, else "
+                        "/var/spool/cryophile)")
+    p.add_argument("-c", "--config", metavar="CONFIG",
+                   help="read only this configuration file (it must exist)")
 
 
 def run_service(main, *args) -> None:

@@ -9,6 +9,7 @@ import sys
 
 from .. import __version__, errors, log
 from . import backup, freeze, ls, restore, status, thaw
+from .common import add_spool_options
 
 COMMANDS = (backup, freeze, thaw, restore, ls, status)
 PROG = "cryophile"
@@ -34,11 +35,7 @@ See cryophile(1)."""
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-S", "--spool", metavar="SPOOL",
-                   help="spool directory (default from the configuration, else "
-                        "/var/spool/cryophile)")
-    p.add_argument("-c", "--config", metavar="CONFIG",
-                   help="read only this configuration file (it must exist)")
+    add_spool_options(p)
     p.add_argument("-d", "--debug", action="count", default=0,
                    help="more log output; twice for trace, with tracebacks on errors")
     p.add_argument("-q", "--quiet", action="count", default=0,
