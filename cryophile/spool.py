@@ -37,11 +37,31 @@ def chunk_number(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+PRUNE_RACES = 5     # tries when another process prunes a directory we create in
+
+
 def makedirs(path: str) -> None:
-    try:
-        os.makedirs(path, mode=0o700, exist_ok=True)
-    except OSError as exc:
-        raise errors.from_oserror(exc, f"cannot create {path}") from None
+    for _ in range(PRUNE_RACES):
+        try:
+            os.makedirs(path, mode=0o700, exist_ok=True)
+            return
+        except FileNotFoundError:   # a parent pruned by another process meanwhile
+            continue
+        except OSError as exc:
+            raise errors.from_oserror(exc, f"cannot create {path}") from None
+    raise errors.SpoolError(f"cannot create {path}: its parent keeps disappearing")
+
+
+def create_in(directory: str, make):
+    """``make()`` something inside ``directory``, re-creating the directory if
+    another process pruned it (empty queue directories are removed) meanwhile."""
+    for _ in range(PRUNE_RACES):
+        makedirs(directory)
+        try:
+            return make()
+        except FileNotFoundError:
+            continue
+    raise errors.SpoolError(f"cannot create in {directory}: it keeps disappearing")
 
 
 class Spool:
@@ -88,6 +108,21 @@ class Spool:
             return []
         return sorted(n for n in map(chunk_number, names) if n is not None)
 
+    def link_queued(self, bid: BackupId, n: int) -> bool:
+        """Take fragment n of an archive not yet frozen from the freeze queue into
+        the restore queue (a hard link, so a freeze finishing meanwhile cannot
+        take it away).  False if the freeze queue does not have it."""
+        src, dest = self.path("freeze", bid, n), self.path("restore", bid, n)
+        if not os.path.exists(src):
+            return os.path.exists(dest)
+        try:
+            create_in(os.path.dirname(dest), lambda: os.link(src, dest))
+        except FileExistsError:
+            pass
+        except errors.SpoolError:
+            return os.path.exists(dest)       # the source went: frozen meanwhile
+        return True
+
     def exists(self, bid: BackupId) -> bool:
         return any(os.path.exists(self.dir(q, bid)) for q in ("backup", "freeze"))
 
@@ -129,6 +164,9 @@ class Spool:
             if not lock.try_acquire():
                 continue                    # still running
             try:
+                if os.path.exists(self.path("freeze", bid, 0)):
+                    self.retire_backup(bid)     # sealed: only its work directory was left
+                    continue
                 log.warning("removing incomplete backup %s: it stopped before completion "
                             "and is not restorable", bid)
                 self.abandon(bid)
@@ -137,6 +175,18 @@ class Spool:
                 lock.release()
         return dead
 
+    def retire_backup(self, bid: BackupId) -> None:
+        """Remove backup/…/ULID without a moment in which it exists without its
+        lock file (which would make it look dead): rename it away first."""
+        path = self.dir("backup", bid)
+        gone = os.path.join(os.path.dirname(path), f".done-{bid.ulid}-{os.getpid()}")
+        try:
+            os.rename(path, gone)
+        except FileNotFoundError:
+            return
+        shutil.rmtree(gone, ignore_errors=True)
+        self.prune("backup", bid)
+
 
     def abandon(self, bid: BackupId) -> None:
         """Drop a backup that will never complete; freeze then deletes what
@@ -144,9 +194,8 @@ class Spool:
         fdir = self.dir("freeze", bid)
         for n in self.fragments("freeze", bid):
             os.unlink(os.path.join(fdir, chunk_name(n)))
-        makedirs(fdir)
-        open(os.path.join(fdir, ABANDONED), "w").close()
-        self.remove_dir("backup", bid)
+        create_in(fdir, lambda: open(os.path.join(fdir, ABANDONED), "w")).close()
+        self.retire_backup(bid)
 
 
 class FileLock:
@@ -194,9 +243,8 @@ class BackupLock(FileLock):
         ever sees it without its lock (and takes it for a dead backup)."""
         final = os.path.dirname(self.path)
         parent = os.path.dirname(final)
-        makedirs(parent)
         try:
-            tmp = tempfile.mkdtemp(prefix=".new-", dir=parent)
+            tmp = create_in(parent, lambda: tempfile.mkdtemp(prefix=".new-", dir=parent))
             fd = os.open(os.path.join(tmp, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
                          0o600)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -20,7 +20,7 @@ import trio
 
 from . import errors, manifest
 from .ids import BackupId
-from .spool import FileLock, Spool, chunk_name, makedirs
+from .spool import FileLock, Spool, chunk_name, create_in
 from .store.base import State
 
 log = logging.getLogger("cryophile.thaw")
@@ -37,10 +37,9 @@ def fetch(store, key: str, dest: str, check: Callable[[str], None] | None = None
     against ``expect`` (size and SHA-256, hashed as the bytes arrive) and/or by
     ``check(tmp)``.  No fsync: the restore queue is a cache that restore
     verifies again before use."""
-    makedirs(os.path.dirname(dest))
     tmp = f"{dest}.part-{uuid.uuid4().hex[:8]}"
     try:
-        with open(tmp, "wb") as f:
+        with create_in(os.path.dirname(dest), lambda: open(tmp, "wb")) as f:
             os.fchmod(f.fileno(), 0o600)
             sink = _Hashing(f)
             store.get(key, sink)
@@ -222,8 +221,7 @@ class Thawer:
 def request(spool: Spool, bid: BackupId, fragments: list[int]) -> None:
     """Queue thaw requests for fragments not yet in the restore queue."""
     qdir = spool.dir("thaw", bid)
-    makedirs(qdir)
     have = set(spool.fragments("restore", bid))
     for n in fragments:
         if n not in have:
-            open(os.path.join(qdir, chunk_name(n)), "a").close()
+            create_in(qdir, lambda: open(os.path.join(qdir, chunk_name(n)), "a")).close()

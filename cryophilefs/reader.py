@@ -60,19 +60,9 @@ class Fragments:
 
     def find(self, n: int) -> str | None:
         dest = self.spool.path("restore", self.bid, n)
-        if os.path.exists(dest) or self._link_queued(n, dest):
+        if os.path.exists(dest) or self.spool.link_queued(self.bid, n):
             return dest
         return local_fragment(self.store, self.bid, n)
-
-    def _link_queued(self, n: int, dest: str) -> bool:
-        try:
-            os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
-            os.link(self.spool.path("freeze", self.bid, n), dest)
-        except FileExistsError:
-            pass
-        except FileNotFoundError:
-            return False
-        return True
 
     def missing(self) -> list[int]:
         return [n for n in range(1, self.archive.fragments + 1) if self.find(n) is None]

@@ -80,3 +80,20 @@ def test_status_shows_the_queues(tmp_path, recipes):
     rig.run("freeze", "--once", check=True)
     out = rig.run("status", check=True).stdout.decode()
     assert next(line for line in out.splitlines() if line.startswith("freeze ")).split()[1] == "0"
+
+
+def test_a_sealed_backup_is_never_taken_for_a_dead_one(tmp_path, recipes):
+    """A backup directory seen without its lock after chunk.0 was queued (it
+    is being removed) belongs to a complete archive: nothing may be dropped."""
+    spool = Spool(str(tmp_path / "spool"))
+    spool.ensure()
+    recipients = keys.load_certificates([str(recipes["gpg"].cert)])
+    bid = BackupId(VAULT, "", new_ulid())
+    writer = ArchiveWriter(spool, bid, recipients, "none", 4096)
+    writer.write(os.urandom(10000))
+    writer.close()
+    os.makedirs(spool.dir("backup", bid))             # as if caught mid-removal
+    assert spool.clean_dead_backups() == []
+    assert not os.path.exists(spool.dir("backup", bid))
+    assert os.path.exists(spool.path("freeze", bid, 0))
+    assert not os.path.exists(os.path.join(spool.dir("freeze", bid), "ABANDONED"))

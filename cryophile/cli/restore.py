@@ -143,17 +143,7 @@ class Restore:
         return manifest.load(dest)[0]
 
     def link_queued(self, n: int) -> bool:
-        """Take a fragment not yet frozen from the freeze queue (a hard link)."""
-        src = self.spool.path("freeze", self.bid, n)
-        dest = self.spool.path("restore", self.bid, n)
-        os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
-        try:
-            os.link(src, dest)
-            return True
-        except FileExistsError:
-            return True
-        except FileNotFoundError:
-            return False
+        return self.spool.link_queued(self.bid, n)
 
     def queue(self, clear: manifest.ClearInfo) -> None:
         missing = [n for n in range(1, len(clear.fragments) + 1)

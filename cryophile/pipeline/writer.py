@@ -237,6 +237,6 @@ class ArchiveWriter:
             publish(self.work_dir, self.queue_dir, "chunk.0")
         except OSError as exc:
             raise errors.from_oserror(exc, "cannot write chunk.0 to the spool") from None
-        self.spool.remove_dir("backup", self.bid)
+        self.spool.retire_backup(self.bid)
         self.lock.release()
         log.debug("sealed %s: %d bytes in %d fragments", self.bid, self.plain_size, len(fragments))
