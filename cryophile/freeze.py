@@ -17,7 +17,7 @@ import trio
 
 from . import errors
 from .ids import BackupId
-from .spool import ABANDONED, Spool, chunk_name
+from .spool import ABANDONED, Spool
 
 log = logging.getLogger("cryophile.freeze")
 

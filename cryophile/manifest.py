@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import os
 
 from .errors import FormatError, IntegrityError
 from .pipeline import openpgp

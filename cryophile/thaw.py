@@ -21,6 +21,7 @@ import trio
 from . import errors, manifest
 from .ids import BackupId
 from .spool import FileLock, Spool, chunk_name, create_in
+from .pipeline.reader import verify_fragment
 from .store.base import State
 
 log = logging.getLogger("cryophile.thaw")
@@ -216,6 +217,18 @@ class Thawer:
                         f"{key} from {store.url} fails verification after "
                         f"{VERIFY_TRIES} downloads: {exc}") from None
                 log.debug("%s: %s; downloading again", key, exc)
+
+
+def drop_damaged(spool: Spool, bid: BackupId, clear: manifest.ClearInfo) -> None:
+    """Thawed fragments that fail verification are fetched again next time
+    (fragments linked from the freeze queue are the only copy: kept)."""
+    for n in spool.fragments("restore", bid):
+        path = spool.path("restore", bid, n)
+        if n and not os.path.exists(spool.path("freeze", bid, n)):
+            try:
+                verify_fragment(path, clear.fragments[n - 1], n)
+            except errors.Error:
+                os.unlink(path)
 
 
 def request(spool: Spool, bid: BackupId, fragments: list[int]) -> None:

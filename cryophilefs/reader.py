@@ -23,7 +23,6 @@ import trio
 from cryophile import errors, thaw
 from cryophile.ids import BackupId
 from cryophile.pipeline.plainreader import PlainReader
-from cryophile.pipeline.reader import verify_fragment
 from cryophile.spool import Spool
 
 from .faults import FsError
@@ -66,18 +65,6 @@ class Fragments:
 
     def missing(self) -> list[int]:
         return [n for n in range(1, self.archive.fragments + 1) if self.find(n) is None]
-
-    def drop_damaged(self) -> None:
-        """Thawed fragments that fail verification are fetched again next time."""
-        clear = self.archive.clear
-        for n in self.spool.fragments("restore", self.bid):
-            path = self.spool.path("restore", self.bid, n)
-            if n and not os.path.exists(self.spool.path("freeze", self.bid, n)):
-                try:
-                    verify_fragment(path, clear.fragments[n - 1], n)
-                except errors.Error:
-                    os.unlink(path)
-
 
 class Thaws:
     """Requests thaws and waits for them; knows the in-process thawer's failures."""
@@ -228,7 +215,8 @@ class ReadAhead:
             return
         except errors.IntegrityError as exc:
             self.plain.close_stream()
-            await trio.to_thread.run_sync(self.fragments.drop_damaged)
+            await trio.to_thread.run_sync(thaw.drop_damaged, self.fragments.spool,
+                                          self.archive.bid, self.archive.clear)
             self._fail(generation, block, errors.IntegrityError(
                 f"{self.archive.bid} at byte {block * BLOCK}: {exc}; nothing unverified "
                 "was returned"))

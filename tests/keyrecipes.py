@@ -3,7 +3,6 @@ passphrase-protected ones, for every test that needs real OpenPGP peers."""
 
 import os
 import re
-import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from cryophile import ids, keys, manifest
 from cryophile.pipeline import compress, openpgp, reader, writer
 from cryophile.spool import Spool
-from tests.clirig import archive_dir, fragments, make_rig, message, restore_with
+from tests.clirig import archive_dir, fragments, make_rig, restore_with
 
 FRAG = 4096
 

@@ -8,16 +8,14 @@ keys of messages gpg and sq encrypt.
 import hashlib
 import os
 import re
-import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 from cryptography.hazmat.decrepit.ciphers.modes import CFB  # the primitives one is deprecated
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 from cryophile.errors import BadPassphraseError, FormatError, KeyringError, NoMatchingKeyError
-from tests.keyrecipes import PAST, PASSWORD, Gpg, Recipe, run
+from tests.keyrecipes import PAST, Gpg, Recipe, run
 from cryophile.keys import (
     Recipient,
     SecretKeyring,

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
-from .. import catalog, errors, ids
+from .. import catalog, ids
 from .common import Context, human, passphrase_reader
 
 log = logging.getLogger("cryophile")

@@ -195,25 +195,12 @@ class Restore:
             return reader.restore(clear, body, self.keyring.decrypt_session_key,
                                   self.wait_for, Counting(out, progress))
         except (errors.IntegrityError, errors.MissingFragmentError) as exc:
-            self._drop_damaged()
+            thaw.drop_damaged(self.spool, self.bid, clear)
             self.decrypt_error = type(exc)(f"{exc}; restore of {self.bid} failed and the "
                                            "output is not to be trusted")
             raise self.decrypt_error from None
         finally:
             progress.finish()
-
-    def _drop_damaged(self) -> None:
-        """Fragments that fail verification are fetched again by the next run."""
-        for n in self.spool.fragments("restore", self.bid):
-            path = self.spool.path("restore", self.bid, n)
-            if n and not os.path.exists(self.spool.path("freeze", self.bid, n)):
-                try:
-                    reader.verify_fragment(path, self.clear_fragment(n), n)
-                except errors.Error:
-                    os.unlink(path)
-
-    def clear_fragment(self, n: int):
-        return manifest.load(self.spool.path("restore", self.bid, 0))[0].fragments[n - 1]
 
 
 class Counting:
