@@ -39,6 +39,7 @@ READER = ".reader-"
 NEW = ".new-"
 AT_RE = re.compile(r"^at\.(\d+)$")
 FAILED_RE = re.compile(r"^chunk\.(\d+)\.failed$")
+PART_RE = re.compile(r"^chunk\.\d+\.part-[0-9a-f]+$")
 WARM_RE = re.compile(r"^chunk\.(\d+)\.warm$")
 KINDS = {"IntegrityError": errors.IntegrityError, "FormatError": errors.IntegrityError,
          "NotFoundError": errors.NotFoundError}
@@ -248,6 +249,20 @@ def release(spool: Spool, bid: BackupId) -> bool:
     drop_requests(spool, bid)
     prune_dir(spool, "restore", bid)
     return True
+
+
+def drop_partial(spool: Spool, bid: BackupId) -> None:
+    """Remove downloads left unfinished by a thaw that died (call only while
+    no thaw runs: a running one's are in progress)."""
+    top = spool.dir("restore", bid)
+    try:
+        names = os.listdir(top)
+    except FileNotFoundError:
+        return
+    for name in names:
+        if PART_RE.match(name):
+            _unlink(os.path.join(top, name))
+    prune_dir(spool, "restore", bid)
 
 
 def _reader_dirs(spool: Spool, bid: BackupId) -> list[str]:

@@ -204,7 +204,7 @@ class Thawer:
                 await self.thaw_fragment(store, bid, n, clear)
             self.retry_at.pop(bid, None)
         except PERMANENT as exc:
-            await trio.to_thread.run_sync(self._give_up, bid, which, exc)
+            await trio.to_thread.run_sync(self._give_up, bid, which, exc, once)
         except errors.Error as exc:
             if self.fail_fast or once:
                 raise
@@ -226,11 +226,13 @@ class Thawer:
                     fetch_mark, self.spool, store, bid, limiter=self.limiter)
             return self.marks[bid]
 
-    def _give_up(self, bid: BackupId, which: int, exc: errors.Error) -> None:
+    def _give_up(self, bid: BackupId, which: int, exc: errors.Error, once: bool) -> None:
         restorequeue.record_failure(self.spool, bid, which, exc)
+        # the caller reports the first one itself (a restore, thaw --once)
+        reported = self.permanent is None and (self.fail_fast or once)
         self.permanent = self.permanent or exc
         self._failed(bid, exc)
-        level = logging.DEBUG if self.fail_fast else logging.ERROR
+        level = logging.DEBUG if reported else logging.ERROR
         log.log(level, "thaw of %s chunk.%d failed for good (not retried until asked "
                 "again): %s", bid, which, exc)
 

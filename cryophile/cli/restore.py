@@ -122,7 +122,18 @@ class Restore:
             return await self._run(out)
         finally:
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(self.reader.close)
+                await trio.to_thread.run_sync(self.leave)
+
+    def leave(self) -> None:
+        """Unregister; the last reader out also removes what a thaw that died
+        left half-downloaded, if no thaw runs now."""
+        if self.reader.close():
+            lock = thaw.DaemonLock(self.spool)
+            if lock.acquire():
+                try:
+                    restorequeue.drop_partial(self.spool, self.bid)
+                finally:
+                    lock.release()
 
     async def _run(self, out) -> int:
         clear = await trio.to_thread.run_sync(self.mark)
