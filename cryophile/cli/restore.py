@@ -230,6 +230,9 @@ class Restore:
                     raise type(failure)(failure.message)
                 raise errors.Interrupted("thaw failed")
             if n not in restorequeue.requests(self.spool, self.bid):
+                path = self.reader.take(n)          # (it may have arrived meanwhile)
+                if path is not None:
+                    return path
                 restorequeue.request(self.spool, self.bid, [n])     # taken away meanwhile
                 self.poke()
             time.sleep(WAIT_POLL)
