@@ -49,11 +49,22 @@ def fetch(store, key: str, dest: str, check: Callable[[str], None] | None = None
         if check is not None:
             check(tmp)
         os.rename(tmp, dest)
+    except _SpoolWriteError as exc:
+        raise errors.from_oserror(exc.exc, f"cannot write {dest}") from None
     except OSError as exc:
         raise errors.from_oserror(exc, f"cannot write {dest}") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+class _SpoolWriteError(Exception):
+    """The spool could not take a write (not an OSError: stores would take it
+    for their own failure and blame the vault)."""
+
+    def __init__(self, exc: OSError):
+        super().__init__(str(exc))
+        self.exc = exc
 
 
 class _Hashing:
@@ -65,7 +76,10 @@ class _Hashing:
     def write(self, data) -> int:
         self.hash.update(data)
         self.size += len(data)
-        return self.f.write(data)
+        try:
+            return self.f.write(data)
+        except OSError as exc:
+            raise _SpoolWriteError(exc) from None
 
     def __getattr__(self, name):
         return getattr(self.f, name)

@@ -234,3 +234,28 @@ def test_restore_streams_through_a_bounded_spool(tmp_path, recipes):
     assert peak <= bound + mark, f"restore queue peaked at {peak} bytes, spool_max {bound}"
     assert peak >= 1 << 20, "the watcher must see the restore queue in use"
     assert spool_files(rig.spool, "restore") == []
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="mounts a small tmpfs as the spool")
+@pytest.mark.timeout(300)
+def test_full_spool_is_blamed_on_the_spool_and_cleaned(tmp_path, recipes):
+    rig = Rig(tmp_path)
+    rig.write_config()
+    big = tmp_path / "big-spool"
+    data = os.urandom(5 << 20)
+    other = ("-S", str(big))                  # the last -S wins
+    ulid = rig.run("backup", "-v", rig.vault, "-k", str(recipes["sq"].cert), "-s", "1MiB",
+                   "-C", "none", input=data, pre=other, check=True).stdout.decode().strip()
+    rig.run("freeze", "--once", pre=other, check=True)
+    rig.spool.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(rig.spool)],
+                   check=True)
+    try:
+        proc = rig.restore(ulid, recipes["sq"].key, timeout=120)
+        err = proc.stderr.decode()
+        assert proc.returncode == 12, err
+        assert "no space left" in err and str(rig.spool) in err and "vault" not in err
+        assert not [p for p in spool_files(rig.spool, "restore") if "chunk." in p]
+        assert requests_left(rig, ulid) == []
+    finally:
+        subprocess.run(["umount", str(rig.spool)], check=True)
