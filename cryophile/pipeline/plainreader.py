@@ -50,17 +50,24 @@ class PlainReader:
         with self.lock:
             if offset >= self.size or size <= 0:
                 return b""
-            size = min(size, self.size - offset)
-            if self.stream is None or offset < self.pos or offset - self.pos > SKIP_LIMIT \
-                    and self._entry(offset)[0] > self.pos:
-                self._seek(offset)
-            self._skip(offset - self.pos)
-            out = bytearray()
-            while len(out) < size:
-                out += self._take(size - len(out))
-            if self.pos == self.size:
-                self._finish()
-            return bytes(out)
+            try:
+                return self._read(offset, size)
+            except BaseException:
+                self.close_stream()       # the next read starts afresh
+                raise
+
+    def _read(self, offset: int, size: int) -> bytes:
+        size = min(size, self.size - offset)
+        if self.stream is None or offset < self.pos or offset - self.pos > SKIP_LIMIT \
+                and self._entry(offset)[0] > self.pos:
+            self._seek(offset)
+        self._skip(offset - self.pos)
+        out = bytearray()
+        while len(out) < size:
+            out += self._take(size - len(out))
+        if self.pos == self.size:
+            self._finish()
+        return bytes(out)
 
     def _finish(self) -> None:
         """At the end of the plaintext, run the stream to its end: that checks
