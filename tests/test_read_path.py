@@ -256,6 +256,26 @@ def test_reading_to_the_end_checks_the_mdc(ring, tmp_path):
     r.close_stream()
 
 
+def test_a_seek_index_entry_that_disagrees_is_refused(ring, tmp_path):
+    recipients, secret = ring
+    data = os.urandom(3 * MiB)
+    built = Built(str(tmp_path), recipients, secret, data, "none", MiB + 7)
+    plain, stream, iv = built.body["index"][-1]
+    built.body["index"][-1] = [plain, stream, bytes(16).hex()]
+    with pytest.raises(errors.IntegrityError, match="seek index"):
+        built.read(plain, 100)
+
+
+def test_a_stream_longer_than_the_stated_size_is_refused(ring, tmp_path):
+    recipients, secret = ring
+    data = os.urandom(MiB + 5000)
+    built = Built(str(tmp_path), recipients, secret, data, "none", MiB)
+    built.body["size"] = len(data) - 10
+    for offset in (0, len(data) - 1000):
+        with pytest.raises(errors.IntegrityError, match="more data"):
+            built.read(offset, len(data))
+
+
 @pytest.mark.parametrize("codec", ["lz4", "zstd"])
 def test_frames_are_checksummed(codec):
     frame = compress.compressor(codec)(mixed(100_000))
