@@ -14,7 +14,9 @@ import tempfile
 import threading
 from pathlib import Path
 
+import lz4.frame
 import pytest
+import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -201,6 +203,20 @@ def test_every_seek_lands_right_property(ring, monkeypatch, size, codec, fragmen
     with tempfile.TemporaryDirectory() as root:
         built = Built(root, recipients, secret, data, codec, fragment_size, pieces=1 + seed % 4)
         check_every_entry(built, random.Random(seed))
+
+
+@pytest.mark.parametrize("codec", ["lz4", "zstd"])
+def test_archives_without_frame_checksums_still_read(ring, tmp_path, monkeypatch, codec):
+    """As written before frames had checksums (same seek index convention)."""
+    plain = {"lz4": lambda data: lz4.frame.compress(
+                 data, compression_level=0, block_size=lz4.frame.BLOCKSIZE_MAX1MB,
+                 content_checksum=False, store_size=True),
+             "zstd": lambda data: zstandard.ZstdCompressor(level=1).compress(data)}[codec]
+    monkeypatch.setattr(compress, "compressor", lambda name: plain)
+    recipients, secret = ring
+    data = mixed(2 * MiB + 8000, 5)
+    built = Built(str(tmp_path), recipients, secret, data, codec, MiB + 7)
+    check_every_entry(built, random.Random(5), reads=3)
 
 
 @pytest.mark.timeout(300)
