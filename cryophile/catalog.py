@@ -75,6 +75,7 @@ def vault_entries(store, vault: str, prefix: str) -> dict[str, Entry]:
         try:
             store.get(info.key, buf)
             clear = manifest.read_clear(buf.getvalue())[0]
+            manifest.check_identity(clear, bid)
         except errors.Error as exc:
             log.warning("skipping %s: %s", bid, exc)
             continue

@@ -62,7 +62,7 @@ class ArchiveWriter:
         self.stamp = int(self.created.timestamp())
         self.enc = openpgp.Encryptor(self.session_key, self.stamp)
         self.split = Splitter(self.work_dir, self.queue_dir, fragment_size, before_fragment)
-        self.layout = openpgp.Layout(len(self.pkesks), 0)
+        self.layout = openpgp.Layout(len(self.pkesks), None)   # size not known yet
         self.split.write(self.pkesks)
         self.frame = bytearray()
         self.plain_size = 0           # input bytes taken (caller's thread)
