@@ -11,6 +11,7 @@ GNU sparse headers may be followed by extension headers.
 from __future__ import annotations
 
 import re
+import zlib
 
 from .records import Walker
 
@@ -21,13 +22,19 @@ PAX_SIZE = re.compile(rb"(?:^|\n)\d+ size=(\d+)\n")
 ZERO = bytes(BLOCK)
 
 
+def _sum(data) -> int:
+    """The sum of up to 256 bytes, in C: Adler-32's low half is 1 + that sum
+    (which stays below its modulus, 65521, for 256 bytes)."""
+    return (zlib.adler32(data) & 0xFFFF) - 1
+
+
 def checksum_ok(h) -> bool:
     field = bytes(h[148:156]).replace(b"\0", b" ").strip()
     try:
         want = int(field, 8)
     except ValueError:
         return False
-    unsigned = sum(h[:148]) + sum(h[156:BLOCK]) + 8 * 32
+    unsigned = _sum(h[:148]) + _sum(h[156:356]) + _sum(h[356:BLOCK]) + 8 * 32
     if want == unsigned:
         return True
     signed = unsigned - 256 * sum(1 for b in bytes(h) if b >= 128)
