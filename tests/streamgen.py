@@ -142,3 +142,19 @@ def tar_streams(draw):
                 tf.addfile(info)
     end = tf.offset
     return buf.getvalue(), end
+
+
+def xdr_string(text: str) -> bytes:
+    raw = text.encode()
+    return struct.pack(">I", len(raw)) + raw + bytes(-len(raw) % 4)
+
+
+def xdr_nvlist(strings: dict[str, str], others: dict[str, int]) -> bytes:
+    """An XDR nvlist of string pairs and uint64 pairs, as libnvpair packs it."""
+    out = bytearray(b"\1\1\0\0" + struct.pack(">ii", 0, 1))
+    pairs = [(k, 9, xdr_string(v)) for k, v in strings.items()]
+    pairs += [(k, 8, struct.pack(">Q", v)) for k, v in others.items()]
+    for name, kind, value in pairs:
+        body = xdr_string(name) + struct.pack(">ii", kind, 1) + value
+        out += struct.pack(">ii", 8 + len(body), 8 + len(body)) + body
+    return bytes(out + bytes(8))

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from cryophile import manifest
+from cryophile import keys, manifest
 from tests.clirig import archive_dir, make_rig, restore_with
 from tests.producers import Btrfs, Zfs, run
 from tests.test_cli_errors import failed, no_complete_archive
@@ -41,7 +41,8 @@ def zfs_sends(zfs_pool, tmp_path_factory):
     name = zfs_pool.name
     sends = {"full": ["send", f"{name}@s1"], "incremental": ["send", "-i", "s1", f"{name}@s2"],
              "intermediates": ["send", "-I", "s1", f"{name}@s3"],
-             "replication": ["send", "-R", f"{name}@s3"]}
+             "replication": ["send", "-R", f"{name}@s3"],
+             "replication-incremental": ["send", "-R", "-I", "s1", f"{name}@s3"]}
     out = {}
     for what, args in sends.items():
         out[what] = d / f"{what}.zfs"
@@ -114,7 +115,8 @@ def test_zfs_sends_are_kept_with_their_guids(rig, zfs_pool, zfs_sends):
     name = zfs_pool.name
     s1, s2, s3 = (zfs_pool.guid(f"{name}@s{i}") for i in (1, 2, 3))
     want = {"full": (s1, None, False), "incremental": (s2, s1, False),
-            "intermediates": (s3, s1, True), "replication": (s3, None, True)}
+            "intermediates": (s3, s1, True), "replication": (s3, None, True),
+            "replication-incremental": (s3, s1, True)}
     for what, path in zfs_sends.items():
         proc = backup(rig, data=path.read_bytes())
         assert proc.returncode == 0, proc.stderr
@@ -123,6 +125,17 @@ def test_zfs_sends_are_kept_with_their_guids(rig, zfs_pool, zfs_sends):
         assert (stream["kind"], stream["complete"]) == ("zfs", True), what
         assert (stream["toguid"], stream["fromguid"], stream["package"]) == want[what], what
         assert name not in str(info.to_json()), "names stay out of the clear metadata"
+        if what == "replication-incremental":
+            names = _manifest(rig, proc.stdout.decode().strip())["stream"]
+            assert (names["toname"], names["package"]) == (f"{name}@s3", f"{name}@s3")
+            assert (names["fromsnap"], names["tosnap"]) == ("s1", "s3")
+            assert names["toguid"] == s3 and names["complete"] is True
+
+
+def _manifest(rig, ulid: str) -> dict:
+    info, encrypted = manifest.load(archive_dir(rig, ulid, where="freeze") / "chunk.0")
+    keyring = keys.load_secret_keys([str(rig.key.key)], None)
+    return manifest.read_manifest(encrypted, info, keyring.decrypt_session_key)
 
 
 def test_zfs_send_run_by_backup_roundtrips(rig, zfs_pool, zfs_sends):

@@ -9,7 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cryophile.streams import Watcher, recognise
-from tests.streamgen import btrfs_streams, tar_streams, zfs_begin, zfs_streams
+from cryophile.streams.zfs import nvlist_strings
+from tests.streamgen import (btrfs_streams, tar_streams, xdr_nvlist, zfs_begin, zfs_end,
+                             zfs_streams, zfs_substream)
 
 SETTINGS = settings(max_examples=150, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -113,3 +115,31 @@ def test_recognition_needs_only_the_first_bytes():
 def test_unknown_input_is_not_checked():
     got = watch(b"just some text\n" * 1000)
     assert (got.kind, got.complete, got.ids, got.names) == ("unknown", None, {}, {})
+
+
+names = st.text(st.characters(codec="utf-8"), min_size=1, max_size=40)
+
+
+@SETTINGS
+@given(st.dictionaries(names, names, max_size=5),
+       st.dictionaries(names, st.integers(0, (1 << 64) - 1), max_size=5))
+def test_a_package_header_gives_its_string_pairs(strings, others):
+    others = {k: v for k, v in others.items() if k not in strings}
+    assert nvlist_strings(xdr_nvlist(strings, others)) == strings
+
+
+@SETTINGS
+@given(st.binary(max_size=400))
+def test_a_garbled_package_header_gives_what_parses(raw):
+    assert isinstance(nvlist_strings(b"\1\1\0\0" + raw), dict)
+
+
+def test_a_package_names_its_snapshots_in_the_manifest_only():
+    header = xdr_nvlist({"fromsnap": "s1", "tosnap": "s3"}, {"guid": 5})
+    raw = (zfs_begin("<", 0, 0, "tank/fs@s3", True, header) + zfs_end("<")
+           + zfs_substream("<", 3, 1, "tank/fs@s3", []) + zfs_end("<"))
+    got = watch(raw)
+    assert got.complete and got.ids == {"toguid": "3", "fromguid": "1", "package": True}
+    assert (got.names["fromsnap"], got.names["tosnap"], got.names["package"]) == \
+        ("s1", "s3", "tank/fs@s3")
+    assert "tank" not in str(got.clear()) and "s1" not in str(got.clear())

@@ -30,6 +30,36 @@ def byte_order(head: bytes) -> str | None:
     return None
 
 
+def nvlist_strings(data: bytes) -> dict[str, str]:
+    """The top-level string pairs of an XDR-encoded nvlist (a package's
+    header: ``fromsnap``, ``tosnap``); other pairs are skipped by their
+    encoded size.  Whatever does not parse is left out."""
+    found: dict[str, str] = {}
+    if data[:1] != b"\1":                      # NV_ENCODE_XDR
+        return found
+    pos = 12                                    # encoding header, version, flags
+    try:
+        while True:
+            size, decoded = struct.unpack_from(">ii", data, pos)
+            if size <= 0 or decoded == 0:
+                return found
+            name, at = _xdr_string(data, pos + 8)
+            kind, count = struct.unpack_from(">ii", data, at)
+            if kind == 9 and count == 1:         # DATA_TYPE_STRING
+                found[name] = _xdr_string(data, at + 8)[0]
+            pos += size
+    except (struct.error, UnicodeDecodeError, ValueError):
+        return found
+
+
+def _xdr_string(data: bytes, pos: int) -> tuple[str, int]:
+    (length,) = struct.unpack_from(">I", data, pos)
+    if pos + 4 + length > len(data):
+        raise ValueError("string beyond the nvlist")
+    text = data[pos + 4:pos + 4 + length].decode()
+    return text, pos + 4 + (length + 3) // 4 * 4
+
+
 def _round8(n: int) -> int:
     return (n + 7) & ~7
 
@@ -47,6 +77,7 @@ class ZfsStream(Walker):
         self.package = False
         self.top: str | None = None         # a package's top-level snapshot name
         self.subs: list[dict] = []          # every substream's BEGIN, in order
+        self.header_names: dict[str, str] = {}  # a package's fromsnap, tosnap
 
     def header(self, h: memoryview) -> int:
         rtype, payload = self.type_len.unpack_from(h)
@@ -94,6 +125,8 @@ class ZfsStream(Walker):
                 self.fail("a zfs package inside a package")
                 return 0
             self.state, self.package, self.top = "header", True, toname
+            if payload and not self.header_names:
+                self.keep(payload)
         else:
             self.state = "sub"
             self.subs.append({"toguid": toguid, "fromguid": fromguid, "toname": toname,
@@ -101,6 +134,9 @@ class ZfsStream(Walker):
                               "features": versioninfo >> 2})
         self.ended = False
         return payload
+
+    def body(self, data: bytes) -> None:
+        self.header_names = nvlist_strings(data)
 
     def identity(self) -> tuple[dict, dict]:
         """(random ids, names) of the snapshot this stream brings.  For a
@@ -121,4 +157,7 @@ class ZfsStream(Walker):
                  "flags": last["flags"], "features": last["features"]}
         if self.package:
             names["package"] = self.top
+            for key in ("fromsnap", "tosnap"):
+                if key in self.header_names:
+                    names[key] = self.header_names[key]
         return ids, names
