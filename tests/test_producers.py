@@ -262,3 +262,34 @@ def test_parent_is_recorded(rig):
     assert proc.returncode == 0, proc.stderr
     assert clear(rig, proc.stdout.decode().strip()).parent == parent
     failed(backup(rig, "--parent", "nope", data=b"x"), 2, "ULID")
+
+
+def test_an_interrupted_backup_stops_its_command(rig, tmp_path):
+    import signal
+    import time
+    pidfile = tmp_path / "producer.pid"
+    proc = subprocess.Popen(rig.command("backup", "-v", rig.vault, "-k", str(rig.cert), "--",
+                                        "sh", "-c", f'echo $$ > "{pidfile}"; exec yes'),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for _ in range(600):
+            if pidfile.exists() and pidfile.read_text().strip():
+                break
+            time.sleep(0.05)
+        time.sleep(0.5)                            # some output taken
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 130, err
+    pid = int(pidfile.read_text())
+    for _ in range(100):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the command still runs")
+    no_complete_archive(rig)

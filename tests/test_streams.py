@@ -143,3 +143,10 @@ def test_a_package_names_its_snapshots_in_the_manifest_only():
     assert (got.names["fromsnap"], got.names["tosnap"], got.names["package"]) == \
         ("s1", "s3", "tank/fs@s3")
     assert "tank" not in str(got.clear()) and "s1" not in str(got.clear())
+
+
+def test_snapshot_name_from_a_manifest():
+    from cryophile.streams import snapshot_name
+    assert snapshot_name({"kind": "zfs", "toname": "tank/fs@s3"}) == "tank/fs@s3"
+    assert snapshot_name({"kind": "btrfs", "path": "snap"}) == "snap"
+    assert snapshot_name({"kind": "tar"}) is None and snapshot_name(None) is None

@@ -116,3 +116,13 @@ class Watcher:
         complete, reason = self.walker.verdict()
         ids, names = self.walker.identity()
         return Stream(self.kind, complete, reason, ids, names)
+
+
+def snapshot_name(stream: dict | None) -> str | None:
+    """The snapshot an archive holds, from its manifest's ``stream`` (names
+    are encrypted): zfs ``pool/fs@snap``, btrfs the subvolume's path."""
+    if not isinstance(stream, dict):
+        return None
+    name = stream.get("toname") if stream.get("kind") == "zfs" else (
+        stream.get("path") if stream.get("kind") == "btrfs" else None)
+    return name if isinstance(name, str) and name else None
