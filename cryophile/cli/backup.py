@@ -80,9 +80,10 @@ def run(args) -> int:
     bid = ids.BackupId(vault.uuid, prefix, ulid)
     if args.ulid:
         _refuse_existing(vault, bid)
+    source = None if args.producer else _open_input(args.input)
     ctx.spool.ensure()
     ctx.spool.clean_dead_backups()
-    source = Producer(args.producer) if args.producer else _open_input(args.input)
+    source = source or Producer(args.producer)
     pressure = Backpressure(ctx.spool, ctx.config.spool_max)
     try:
         writer = ArchiveWriter(ctx.spool, bid, recipients, compression, fragment_size,
