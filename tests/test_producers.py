@@ -293,3 +293,22 @@ def test_an_interrupted_backup_stops_its_command(rig, tmp_path):
     else:
         raise AssertionError("the command still runs")
     no_complete_archive(rig)
+
+
+def test_every_cut_of_real_streams_is_caught(zfs_sends, btrfs_sends, tar_file):
+    """The parsers alone, over many cuts of what the real producers wrote."""
+    from cryophile.streams import Watcher
+    streams = [(p, len(p.read_bytes())) for p in zfs_sends.values()]
+    streams += [(p, len(p.read_bytes())) for p in btrfs_sends[0].values()]
+    streams += [(tar_file, _tar_end(tar_file.read_bytes()))]
+    for path, end in streams:
+        data = memoryview(path.read_bytes())
+        step = max(1, end // 150)
+        for n in sorted(set(range(512, end, step)) | {end - 1, end - 312, end - 1024}):
+            w = Watcher()
+            for i in range(0, n, 65536):
+                w.feed(data[i:min(n, i + 65536)])
+            assert w.finish().complete is False, (path.name, n)
+        w = Watcher()
+        w.feed(data)
+        assert w.finish().complete is True, path.name
