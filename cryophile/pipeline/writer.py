@@ -5,6 +5,10 @@ stays flat: frames are compressed by a pool of threads (frames are
 independent); a worker takes them in order and encrypts them (AES-CFB and
 the SHA-1 MDC); a writer hashes (SHA-256) and writes the fragments.  lz4, zstd, cryptography and hashlib release the GIL on large
 buffers, so the stages overlap on several cores.
+
+In the caller's thread, every buffer also goes past a streams.Watcher (no
+copy, per-record work) so that close() knows whether a zfs, btrfs or tar
+stream ended as its kind must, and records what the stream was.
 """
 
 from __future__ import annotations
