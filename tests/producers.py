@@ -75,7 +75,7 @@ class Zfs:
         return run(*self.command("zpool", *args))
 
     def write(self, name: str, data: bytes) -> None:
-        run(*self.command("sh", "-c", f'cat > "$0"', str(self.mnt / name)), input=data)
+        run(*self.command("sh", "-c", 'cat > "$0"', str(self.mnt / name)), input=data)
 
     def guid(self, snapshot: str) -> str:
         return self.zfs("get", "-H", "-p", "-o", "value", "guid", snapshot).decode().strip()

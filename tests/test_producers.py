@@ -242,8 +242,8 @@ def test_command_and_input_together_are_refused(rig, tar_file):
 
 
 def test_a_failed_pipeline_producer_gives_empty_input_which_is_refused(rig):
-    proc = subprocess.run(f"false | {' '.join(rig.command('backup', '-v', rig.vault, '-k', str(rig.cert)))}",
-                          shell=True, capture_output=True, timeout=120,
+    command = " ".join(rig.command("backup", "-v", rig.vault, "-k", str(rig.cert)))
+    proc = subprocess.run(f"false | {command}", shell=True, capture_output=True, timeout=120,
                           env={**os.environ, "CRYOPHILE_LOG_STYLE": "never"})
     failed(proc, EMPTY, "empty", "--allow-empty")
     no_complete_archive(rig)

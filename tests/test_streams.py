@@ -8,7 +8,7 @@ import uuid
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cryophile.streams import Watcher, recognise
+from cryophile.streams import Stream, Watcher, recognise
 from cryophile.streams.zfs import nvlist_strings
 from tests.streamgen import (btrfs_streams, tar_streams, xdr_nvlist, zfs_begin, zfs_end,
                              zfs_streams, zfs_substream)
@@ -18,7 +18,7 @@ SETTINGS = settings(max_examples=150, deadline=None,
 cuts = st.lists(st.integers(1, 1 << 14), max_size=30)
 
 
-def watch(data: bytes, sizes=()) -> "Stream":
+def watch(data: bytes, sizes=()) -> Stream:
     """Feed ``data`` in buffers of the given sizes (then the rest), as memoryviews."""
     w = Watcher()
     view, pos = memoryview(data), 0

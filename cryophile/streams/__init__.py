@@ -23,12 +23,9 @@ them, they know nothing of archives.
 from __future__ import annotations
 
 import dataclasses
-import logging
 
 from . import btrfs, tar, zfs
 from .records import Walker
-
-log = logging.getLogger("cryophile.streams")
 
 HEAD = 512                  # enough to recognise any kind
 KINDS = ("zfs", "btrfs", "tar", "unknown")

@@ -89,10 +89,10 @@ class Walker:
         """(complete, reason): did the stream end where its kind says it ends?"""
         if self.failure is not None:
             return False, self.failure
+        at = self.offset - len(self.partial)
         if self.partial and self.ended:
-            return False, f"data after the end of the stream (at byte {self.offset - len(self.partial)})"
+            return False, f"data after the end of the stream (at byte {at})"
         if self.partial:
-            at = self.offset - len(self.partial)
             return False, f"the stream is cut short inside the record header at byte {at}"
         if self.skip:
             return False, f"the stream is cut short inside the record at byte {self.record}"

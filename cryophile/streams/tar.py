@@ -87,7 +87,7 @@ class TarStream(Walker):
             self.fail("data after the end-of-archive blocks" if self.ended
                       else "a tar header with a bad checksum")
             return 0
-        self.ended, self.zeros = False, 0         # (after the end: another archive, as tar -i reads)
+        self.ended, self.zeros = False, 0     # after an end: another archive (as tar -i reads)
         size = number(h[124:136])
         if size is None:
             self.fail("a tar header with a bad size field")
