@@ -40,15 +40,33 @@ class ClearInfo:
     fragment_size: int
     fragments: list[Fragment]
     format: int = FORMAT_VERSION
+    # optional (absent in older archives: unknown)
+    stream: dict | None = None    # kind, complete, random ids (streams.Stream.clear)
+    parent: str | None = None     # ULID given with backup --parent
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
         d["fragments"] = [[f.size, f.sha256] for f in self.fragments]
+        for optional in ("stream", "parent"):
+            if d[optional] is None:
+                del d[optional]
         return d
 
     @property
     def bid(self) -> BackupId:
         return BackupId(self.vault, self.prefix, self.ulid)
+
+    @property
+    def complete(self) -> bool:
+        """False for a stream sealed although it did not end as its kind
+        must (state ``incomplete``); True otherwise, and for older archives."""
+        return not (isinstance(self.stream, dict) and self.stream.get("complete") is False)
+
+    @property
+    def kind(self) -> str:
+        """zfs, btrfs, tar or unknown (also for older archives)."""
+        kind = self.stream.get("kind") if isinstance(self.stream, dict) else None
+        return kind if isinstance(kind, str) else "unknown"
 
     @classmethod
     def from_json(cls, d: dict) -> "ClearInfo":

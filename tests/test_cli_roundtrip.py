@@ -64,7 +64,8 @@ SIZES = [0, 1, 4097, 65536 + 7]
 @pytest.mark.parametrize("codec", ["none", "lz4", "zstd"])
 def test_sizes_and_compressions(rig, recipes, codec):
     sq = recipes["sq"]
-    made = {size: rig.backup(mixed(size, size), sq.cert, "-s", "4KiB", "-C", codec)
+    made = {size: rig.backup(mixed(size, size), sq.cert, "-s", "4KiB", "-C", codec,
+                             *(["--allow-empty"] if size == 0 else []))
             for size in SIZES}
     rig.run("freeze", "--once", check=True)
     for size, ulid in made.items():
