@@ -137,6 +137,7 @@ class Restore:
 
     async def _run(self, out) -> int:
         clear = await trio.to_thread.run_sync(self.mark)
+        manifest.check_identity(clear, self.bid)
         encrypted = manifest.load(self.spool.path("restore", self.bid, 0))[1]
         body = await trio.to_thread.run_sync(manifest.read_manifest, encrypted, clear,
                                              self.keyring.decrypt_session_key)
