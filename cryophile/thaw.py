@@ -243,8 +243,8 @@ class Thawer:
 
     def _give_up(self, bid: BackupId, which: int, exc: errors.Error, once: bool) -> None:
         restorequeue.record_failure(self.spool, bid, which, exc)
-        # the caller reports the first one itself (a restore, thaw --once)
-        reported = self.permanent is None and (self.fail_fast or once)
+        # a restore reports what it hits itself; thaw --once its first failure
+        reported = self.fail_fast or (once and self.permanent is None)
         self.permanent = self.permanent or exc
         self._failed(bid, exc)
         level = logging.DEBUG if reported else logging.ERROR

@@ -202,7 +202,8 @@ class Restore:
                 break
             self.daemon = True
             if not told:
-                log.info("waiting for the running `cryophile thaw` to fetch %s", self.bid)
+                log.info("waiting for the running `cryophile thaw` (or the mount or restore "
+                         "holding its lock) to fetch %s", self.bid)
                 told = True
             await trio.sleep(TAKE_OVER_POLL)
         vault = self.ctx.vault(self.bid.vault)
