@@ -210,6 +210,8 @@ class Thawer:
         store = self.stores(bid.vault)
         which = n
         try:
+            if not await trio.to_thread.run_sync(self._wanted, bid, n, warm):
+                return          # served meanwhile (the list of requests was older)
             if warm:
                 await self.warm_fragment(store, bid, n)
             else:
@@ -231,6 +233,9 @@ class Thawer:
         finally:
             self.active.discard(req)
             self.poke()
+
+    def _wanted(self, bid: BackupId, n: int, warm: bool) -> bool:
+        return n in restorequeue.requests(self.spool, bid, warm)
 
     async def _mark(self, store, bid: BackupId) -> manifest.ClearInfo:
         """chunk.0's clear part, fetched once for all the archive's tasks."""
