@@ -211,7 +211,7 @@ class Thawer:
         which = n
         try:
             if not await trio.to_thread.run_sync(self._wanted, bid, n, warm):
-                return          # served meanwhile (the list of requests was older)
+                return          # served or given up on since the requests were listed
             if warm:
                 await self.warm_fragment(store, bid, n)
             else:
@@ -235,6 +235,10 @@ class Thawer:
             self.poke()
 
     def _wanted(self, bid: BackupId, n: int, warm: bool) -> bool:
+        """Still asked for, and not given up on meanwhile (by another task)."""
+        if restorequeue.failure(self.spool, bid, n) is not None:
+            restorequeue.drop_request(self.spool, bid, n, warm)
+            return False
         return n in restorequeue.requests(self.spool, bid, warm)
 
     async def _mark(self, store, bid: BackupId) -> manifest.ClearInfo:
