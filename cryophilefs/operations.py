@@ -25,7 +25,7 @@ from . import vaults
 from .faults import FsError, guard_all
 from .reader import Fragments, ReadAhead, Thaws, check_readable
 from .tree import INCOMING, Node, Tree
-from .writer import Incoming
+from .writer import HeldWriter, Incoming
 
 log = logging.getLogger("cryophilefs")
 
@@ -74,6 +74,7 @@ class Operations(pyfuse3.Operations):
         self.thaws = Thaws(self.spool, settings.thawer)
         self.backpressure = Backpressure(self.spool, self.config.spool_max)
         self.recipients: dict[str, list] = {}
+        self.announced: set[str] = set()      # vaults whose destination was logged
         self.vault_ids()
 
     # --- the tree -------------------------------------------------------------
@@ -147,7 +148,7 @@ class Operations(pyfuse3.Operations):
     async def lookup(self, parent_inode, name, ctx=None):
         parent = self.tree.get(parent_inode)
         text = os.fsdecode(name)
-        node = parent.children.get(text)
+        node = self._linger(parent.children.get(text))
         if node is None:
             await self.refresh(parent)
             node = parent.children.get(text)
@@ -168,8 +169,21 @@ class Operations(pyfuse3.Operations):
         node = self.tree.get(inode)
         await self.refresh(node)
         fh = self._new_fh()
-        self.dirs[fh] = sorted(node.children.items())
+        self.dirs[fh] = sorted((name, child) for name, child in node.children.items()
+                               if self._listed(child))
         return fh
+
+    def _linger(self, node: Node | None) -> Node | None:
+        """``node``, unless it is a released incoming entry whose time is up."""
+        if node is not None and node.incoming is not None and node.incoming.expired():
+            self.tree.remove(node)
+            return None
+        return node
+
+    @staticmethod
+    def _listed(node: Node) -> bool:
+        """Released incoming entries linger for stat, but are not listed."""
+        return node.incoming is None or node.incoming.active
 
     async def readdir(self, fh, start_id, token):
         entries = self.dirs.get(fh, [])
@@ -197,7 +211,7 @@ class Operations(pyfuse3.Operations):
         if node.area != INCOMING:
             raise FsError(errno.EROFS, "read-only")
         if node.incoming is not None and fields.update_size:
-            node.incoming.truncate(attr.st_size)
+            await node.incoming.truncate(attr.st_size)
         # mode, owner and times of incoming entries are accepted and ignored, so
         # that `cp -p` or `touch` do not fail a backup: archives carry the ULID time
         return self.tree.attrs(node)
@@ -209,6 +223,7 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EEXIST)
         if parent.vault is None:          # incoming/NEW-VAULT: an unconfigured vault
             uuid = ids.parse_vault(text)
+            self._announce(uuid)
             self.tree.add(self.tree.root, uuid, stat.S_IFDIR, area="archive", vault=uuid)
             return self.tree.attrs(self.tree.add(parent, uuid, stat.S_IFDIR, vault=uuid))
         ids.parse_prefix("/".join(parent.rel + (text,)))
@@ -219,8 +234,10 @@ class Operations(pyfuse3.Operations):
         node = self._child(parent, name)
         if not node.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        if node.children:
+        if any(self._listed(child) for child in node.children.values()):
             raise pyfuse3.FUSEError(errno.ENOTEMPTY)
+        for child in list(node.children.values()):
+            self.tree.remove(child)         # lingering entries of sealed backups
         self.tree.remove(node)
 
     async def unlink(self, parent_inode, name, ctx=None):
@@ -228,10 +245,10 @@ class Operations(pyfuse3.Operations):
         node = self._child(parent, name)
         if node.incoming is None:
             raise pyfuse3.FUSEError(errno.EISDIR if node.is_dir else errno.EPERM)
-        node.incoming.aborted = True
-        log.info("%s removed while being written: backup %s cancelled", node.path(),
-                 node.incoming.bid)
-        self.tree.remove(node)
+        if node.incoming.cancel():
+            log.info("%s removed while being written: backup %s cancelled", node.path(),
+                     node.incoming.bid)
+        self.tree.remove(node)              # a sealed backup's entry: just the name goes
 
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags,
                      ctx=None):
@@ -263,24 +280,55 @@ class Operations(pyfuse3.Operations):
     async def create(self, parent_inode, name, mode, flags, ctx=None):
         parent = self.writable_dir(parent_inode)
         text = os.fsdecode(name)
-        if text in parent.children:
+        node = self._linger(parent.children.get(text))
+        if node is not None and (node.incoming is None or node.incoming.active):
             raise FsError(errno.EBUSY, "already being written")
+        node = node or self.tree.add(parent, text, stat.S_IFREG)
+        fh = await self._start(node)
+        return pyfuse3.FileInfo(fh=fh, direct_io=True), self.tree.attrs(node)
+
+    async def _start(self, node: Node) -> int:
+        """A new backup written through ``node`` (new, or a released entry reused)."""
+        parent = node.parent
         bid = BackupId(parent.vault, parent.prefix, ids.new_ulid())
-        incoming = Incoming(bid, text, await self._writer(bid, text))
-        node = self.tree.add(parent, text, stat.S_IFREG)
+        try:
+            writer = await self._writer(bid, node.name)
+        except BaseException:
+            if node.incoming is None:
+                self.tree.remove(node)
+            raise
+        incoming = Incoming(bid, node.name, writer)
+        incoming.on_withdraw = lambda: self._withdrawn(incoming)
         node.incoming = incoming
         fh = self._new_fh()
         self.handles[fh] = WriteHandle(node, incoming)
         self.nursery.start_soon(incoming.feed)
         log.debug("backup %s started for %s", bid, node.path())
-        return pyfuse3.FileInfo(fh=fh, direct_io=True), self.tree.attrs(node)
+        return fh
 
-    async def _writer(self, bid: BackupId, name: str) -> ArchiveWriter:
+    async def _writer(self, bid: BackupId, name: str) -> HeldWriter:
         vault = self.config.vault(bid.vault)
         recipients = await self._recipients(vault)
-        return await trio.to_thread.run_sync(lambda: ArchiveWriter(
+        self._announce(bid.vault)
+        return await trio.to_thread.run_sync(lambda: HeldWriter(
             self.spool, bid, recipients, vault.compression, vault.fragment_size, name=name,
             before_fragment=self.backpressure.wait))
+
+    def _announce(self, uuid: str) -> None:
+        """Say once where a vault's archives go, loudly if nothing configured it."""
+        if uuid in self.announced:
+            return
+        self.announced.add(uuid)
+        vault = self.config.vault(uuid)
+        where = vault.location + (f" at {vault.endpoint_url}" if vault.endpoint_url else "")
+        if uuid in self.config.vaults:
+            log.info("vault %s: archives go to %s", uuid, where)
+            return
+        config = self.config.path or "any configuration file (none was found)"
+        log.warning("vault %s is not configured (no [vault.%s] in %s): its archives go to "
+                    "%s, the S3 bucket named by the UUID on AWS (boto3's default region "
+                    "and credentials); configure url or endpoint_url to send them elsewhere",
+                    uuid, uuid, config, where)
 
     async def _recipients(self, vault) -> list:
         """The vault's configured keyring, else the mount's -k certificates."""
@@ -298,47 +346,37 @@ class Operations(pyfuse3.Operations):
         return await self._handle(fh, WriteHandle).incoming.write(off, buf)
 
     async def flush(self, fh):
+        """Every close(2): the first one after data was written seals the archive."""
         handle = self.handles.get(fh)
-        if isinstance(handle, WriteHandle):
-            await handle.incoming.flush()
+        if isinstance(handle, WriteHandle) and await handle.incoming.flush():
+            await self._publish(handle.incoming)
 
     async def release(self, fh):
         handle = self.handles.pop(fh, None)
         if isinstance(handle, ReadHandle):
             await self._close_reader(handle)
         elif isinstance(handle, WriteHandle):
-            await self._seal(handle)
+            if await handle.incoming.release() and self.s.freezer is not None:
+                self.s.freezer.poke()
 
-    async def _seal(self, handle: WriteHandle) -> None:
-        """The incoming entry goes now; the archive is there, waiting for the seal."""
-        incoming = handle.incoming
-        aborted = incoming.aborted
-        self.tree.remove(handle.node)
-        node = None
-        if not aborted:
-            archive = vaults.Archive(incoming.bid, incoming.offset, name=incoming.name)
-            node = self._place(self.tree.root.children[incoming.bid.vault], archive)
-        try:
-            sealed = await incoming.seal()
-            if sealed and node is not None:
-                await self._sealed(node.archive)
-            elif node is not None:
-                self.tree.remove(node)
-        except BaseException:
-            if node is not None:
-                self.tree.remove(node)
-            raise
-        finally:
-            if node is not None:
-                node.archive.ready.set()
-
-    async def _sealed(self, archive: vaults.Archive) -> None:
+    async def _publish(self, incoming: Incoming) -> None:
+        """A sealed archive shows up at once under VAULT/PREFIX/ULID."""
+        bid = incoming.bid
         data = await trio.to_thread.run_sync(
-            vaults.read_mark, self.spool, self.s.stores(archive.bid.vault), archive.bid)
-        archive.clear, archive.encrypted = manifest.read_clear(data)
+            vaults.read_mark, self.spool, self.s.stores(bid.vault), bid)
+        archive = vaults.Archive.from_mark(bid, data)
+        archive.name = incoming.name
         self.listings.add(archive)
-        if self.s.freezer is not None:
-            self.s.freezer.poke()
+        self._place(self.tree.root.children[bid.vault], archive)
+
+    def _withdrawn(self, incoming: Incoming) -> None:
+        top = self.tree.root.children.get(incoming.bid.vault)
+        parts = incoming.bid.prefix.split("/") if incoming.bid.prefix else []
+        node = top
+        for part in parts + [incoming.bid.ulid]:
+            node = node.children.get(part) if node is not None else None
+        if node is not None and node.archive is not None:
+            self.tree.remove(node)
 
     def _handle(self, fh: int, kind: type):
         handle = self.handles.get(fh)
@@ -355,7 +393,12 @@ class Operations(pyfuse3.Operations):
             if mode != os.O_WRONLY:
                 raise FsError(errno.EACCES, "a backup being written cannot be read "
                               "(its archive appears when it is closed)")
-            raise FsError(errno.EBUSY, "already being written")
+            if node.incoming.active:
+                raise FsError(errno.EBUSY, "already being written")
+            if not flags & os.O_TRUNC and node.incoming.offset:
+                raise FsError(errno.EPERM, f"backup {node.incoming.bid} is "
+                              f"{node.incoming.state}: open with O_TRUNC to write a new one")
+            return pyfuse3.FileInfo(fh=await self._start(node), direct_io=True)
         if node.archive is None:
             raise pyfuse3.FUSEError(errno.EISDIR if node.is_dir else errno.EACCES)
         if mode != os.O_RDONLY or flags & os.O_TRUNC:
@@ -411,7 +454,7 @@ class Operations(pyfuse3.Operations):
         node = self.tree.get(inode)
         key = os.fsdecode(name)
         if node.incoming is not None:
-            values = {"state": "writing", "name": node.incoming.name,
+            values = {"state": node.incoming.state, "name": node.incoming.name,
                       "backup_id": str(node.incoming.bid)}
         elif node.archive is not None:
             await node.archive.ready.wait()
@@ -479,9 +522,9 @@ class Operations(pyfuse3.Operations):
         """At unmount: backups still open are dropped (their data is incomplete)."""
         for handle in list(self.handles.values()):
             if isinstance(handle, WriteHandle):
-                log.warning("unmounted while %s was being written: backup %s dropped",
-                            handle.node.path(), handle.incoming.bid)
-                handle.incoming.writer.abort()
+                what = handle.incoming.abort_at_unmount()
+                log.warning("unmounted while %s was open: backup %s %s",
+                            handle.node.path(), handle.incoming.bid, what)
         self.handles.clear()
 
 

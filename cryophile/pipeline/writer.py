@@ -131,6 +131,12 @@ class ArchiveWriter:
         self._seal(fragments)
         return str(self.bid)
 
+    def finish(self) -> None:
+        """After the seal: freeze may take chunk.0 once backup/…/ULID and its lock
+        are gone (a subclass may hold them a while to keep the archive withdrawable)."""
+        self.spool.retire_backup(self.bid)
+        self.lock.release()
+
     def abort(self) -> None:
         """Stop and remove everything this backup queued."""
         if self.closed:
@@ -237,6 +243,5 @@ class ArchiveWriter:
             publish(self.work_dir, self.queue_dir, "chunk.0")
         except OSError as exc:
             raise errors.from_oserror(exc, "cannot write chunk.0 to the spool") from None
-        self.spool.retire_backup(self.bid)
-        self.lock.release()
+        self.finish()
         log.debug("sealed %s: %d bytes in %d fragments", self.bid, self.plain_size, len(fragments))
