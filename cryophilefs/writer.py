@@ -154,13 +154,13 @@ class Incoming:
 
     async def write(self, off: int, buf: bytes) -> int:
         async with self.lock:
+            await self._refuse_if_done("write")
             if self.error is not None:
                 self._fail(self.error)          # the ArchiveWriter failed
-            await self._refuse_if_done("write")
             if off != self.offset:
                 self._fail(FsError(errno.ESPIPE, f"write at byte {off}, but a backup is "
-                                   f"written in order (it continues at byte {self.offset}): "
-                                   "the backup failed and nothing will be sealed"))
+                                   f"written in order (it continues at byte {self.offset}); "
+                                   "the backup failed"))
             self.pending += buf
             self.offset += len(buf)
             self.mtime_ns = time.time_ns()
@@ -174,20 +174,23 @@ class Incoming:
                 return                      # O_TRUNC of a new file, rsync's final ftruncate
             await self._refuse_if_done("truncate")
             self._fail(FsError(errno.EPERM, f"cannot truncate a backup being written (to "
-                               f"{size} bytes; {self.offset} written): the backup failed "
-                               "and nothing will be sealed"))
+                               f"{size} bytes; {self.offset} written); the backup failed"))
 
     async def _refuse_if_done(self, what: str) -> None:
         if self.state == CANCELLED:
             raise FsError(errno.ECANCELED, "removed while being written: backup cancelled")
         if self.state == FAILED:
-            raise self.error
+            raise self._failed()
         if self.state == SEALED and self.active:
             await self._withdraw(what)
         if self.state != WRITING:
             raise FsError(errno.EPERM, f"{what} after the archive was sealed (by the first "
                           f"close after data was written): backup {self.bid} is "
                           f"{self.state}; write a new file for a new backup")
+
+    def _failed(self) -> FsError:
+        return FsError(getattr(self.error, "errno", errno.EIO),
+                       f"backup {self.bid} failed, nothing will be sealed: {self.error}")
 
     def _fail(self, exc: BaseException):
         if self.state == WRITING:
@@ -210,7 +213,7 @@ class Incoming:
                 await self._seal()
                 return True
             if self.state == FAILED:
-                raise self.error
+                raise self._failed()
             if self.state == WITHDRAWN:
                 raise FsError(errno.EPERM, f"backup {self.bid} was withdrawn: written to "
                               "after it was sealed")
