@@ -57,6 +57,12 @@ class WriteHandle:
     incoming: Incoming
 
 
+@dataclasses.dataclass
+class EntryHandle:
+    """A released incoming entry opened read-only: for fchmod and the like."""
+    node: Node
+
+
 @guard_all
 class Operations(pyfuse3.Operations):
     supports_dot_lookup = False
@@ -390,6 +396,10 @@ class Operations(pyfuse3.Operations):
         node = self.tree.get(inode)
         mode = flags & os.O_ACCMODE
         if node.incoming is not None:
+            if mode == os.O_RDONLY and not node.incoming.active:
+                fh = self._new_fh()             # rsync's fchmod after the seal
+                self.handles[fh] = EntryHandle(node)
+                return pyfuse3.FileInfo(fh=fh, direct_io=True)
             if mode != os.O_WRONLY:
                 raise FsError(errno.EACCES, "a backup being written cannot be read "
                               "(its archive appears when it is closed)")
@@ -434,6 +444,9 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EAGAIN)
 
     async def read(self, fh, off, size):
+        if isinstance(self.handles.get(fh), EntryHandle):
+            raise FsError(errno.EACCES, "an incoming file cannot be read: its archive is "
+                          "read as VAULT/PREFIX/ULID (user.cryophile.backup_id)")
         return await self._handle(fh, ReadHandle).reader.read(off, size)
 
     async def _close_reader(self, handle: ReadHandle) -> None:

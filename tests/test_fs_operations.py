@@ -224,6 +224,9 @@ async def test_a_released_entry_lingers_unlisted(tmp_path, fskeys, nursery, monk
     await ops.setattr(entry.st_ino, entry, ModeOnly(), None, None)   # chmod, utimes
     assert await ops.getxattr(entry.st_ino, b"user.cryophile.backup_id") == \
         str(node.archive.bid).encode()
+    info = await ops.open(entry.st_ino, os.O_RDONLY, None)      # rsync's fchmod
+    await ops.setattr(entry.st_ino, entry, ModeOnly(), info.fh, None)
+    await ops.release(info.fh)
     fh = await ops.opendir(vault.st_ino, None)
     assert ops.dirs[fh] == []                                   # not listed
     await ops.releasedir(fh)

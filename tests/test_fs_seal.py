@@ -1,0 +1,155 @@
+"""The seal, for real: close(2) returning 0 means sealed and durable, and a
+write the mount refused never leaves a normal-looking archive."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.fsrig import data, fskeys, needs_fuse, rig, sh  # noqa: F401
+
+pytestmark = [needs_fuse, pytest.mark.timeout(180)]
+
+
+class Killed(Exception):
+    pass
+
+
+def sealed_ulids(rig) -> set[str]:
+    """Archives whose chunk.0 is in the freeze queue or the vault."""
+    found = set()
+    for where in (rig.spool / "freeze" / rig.vault, rig.vaults / rig.vault):
+        found |= {p.parent.name for p in where.rglob("chunk.0")}
+    return found
+
+
+def kill_mount(rig) -> None:
+    """kill -9 the mount process, as a crash would; the test rig then does
+    `fusermount3 -uz`."""
+    rig.proc.kill()
+    rig.proc.wait(timeout=30)
+    raise Killed
+
+
+def cryophile(rig, *args: str, **kw) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "cryophile", "-S", str(rig.spool), "-c",
+                           str(rig.config), *args], capture_output=True, timeout=120, **kw)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    return proc
+
+
+needs_rsync = pytest.mark.skipif(not shutil.which("rsync"), reason="needs rsync")
+
+
+@needs_rsync
+def test_rsync_inplace_cp_and_dd_exit_0(rig, data, fskeys):
+    with rig.mounted("-k", str(fskeys[1])):
+        sh(f"rsync --inplace {data} {rig.incoming}/by-rsync")
+        sh(f"rsync -a --inplace {data} {rig.incoming}/by-rsync-a")      # times, modes
+        sh(f"cp -p {data} {rig.incoming}/by-cp-p")
+        sh(f"dd if={data} of={rig.incoming}/by-dd bs=64k status=none")
+        names = ("by-rsync", "by-rsync-a", "by-cp-p", "by-dd")
+        for name in names:
+            sh(f"cmp {data} {rig.archive(name_like=name)}")
+            assert os.getxattr(rig.incoming / name, "user.cryophile.state") == b"sealed"
+        assert os.listdir(rig.incoming) == []       # sealed entries are not listed
+        sh(f"cp {data} {rig.incoming}/by-dd")       # the same name again: a new backup
+        assert len(os.listdir(rig.archives)) == 5
+
+
+@pytest.fixture
+def sparse(tmp_path):
+    """Data, a 1 MiB hole, data, and a hole at the end."""
+    path = tmp_path / "sparse"
+    with open(path, "wb") as f:
+        f.write(os.urandom(200_000))
+        f.seek(1 << 20, os.SEEK_CUR)
+        f.write(os.urandom(200_000))
+        f.truncate(3 << 20)
+    return path
+
+
+@needs_rsync
+def test_sparse_copies_are_refused_and_seal_nothing(rig, sparse):
+    expect = ("written in order", "cannot truncate", "failed")
+    with rig.mounted(expect=expect):
+        for command in (f"cp --sparse=always {sparse} {rig.incoming}/cp-sparse",
+                        f"rsync --inplace --sparse {sparse} {rig.incoming}/rsync-sparse"):
+            proc = subprocess.run(["sh", "-c", command], capture_output=True, timeout=120)
+            assert proc.returncode != 0, command
+        assert not os.listdir(rig.archives)
+    assert not sealed_ulids(rig)
+    assert rig.log.count("failed and was dropped, nothing sealed") == 2
+
+
+def test_a_stream_going_on_after_a_close_is_not_sealed_short(rig, data):
+    """`(cat a; cat b) > f`: the first cat's exit closes a copy of the file and
+    seals it; the second cat's write is refused and the archive withdrawn."""
+    with rig.mounted(expect=("sealed", "withdrawn")):
+        proc = subprocess.run(["sh", "-c", f"(cat {data}; cat {data}) > {rig.incoming}/two"],
+                              capture_output=True, timeout=120)
+        assert proc.returncode != 0
+        assert not os.listdir(rig.archives)
+        sh(f"{{ cat {data}; }} > {rig.incoming}/one")     # one command: fine
+        assert len(os.listdir(rig.archives)) == 1
+    assert len(sealed_ulids(rig)) == 1
+
+
+def test_touch_makes_no_archive(rig, data):
+    with rig.mounted():
+        sh(f"touch {rig.incoming}/empty")
+        assert not os.listdir(rig.archives)
+        sh(f"cat {data} > {rig.incoming}/empty")        # written after all: sealed
+        assert len(os.listdir(rig.archives)) == 1
+
+
+HOLDER = """
+import os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT)
+os.write(fd, open(sys.argv[2], "rb").read())
+os.close(os.dup(fd))                # a close: the seal, with the file still open
+print("closed", flush=True)
+sys.stdin.read()                    # holds fd until the test is done
+"""
+
+
+def test_a_killed_mount_keeps_what_close_promised(rig, data, fskeys):
+    with pytest.raises(Killed):
+        with rig.mounted():
+            holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(rig.incoming / "held"),
+                                       str(data)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            try:
+                assert holder.stdout.readline() == b"closed\n"
+                kill_mount(rig)
+            finally:
+                holder.stdin.close()
+                holder.stdout.close()
+                holder.wait(timeout=60)
+    (ulid,) = sealed_ulids(rig)
+    with rig.mounted("-k", str(fskeys[1])):             # the next mount freezes it
+        sh(f"cmp {data} {rig.archives / ulid}")
+        assert os.getxattr(rig.archives / ulid, "user.cryophile.name") == b"held"
+
+
+def test_cp_then_kill_9_then_cryophile_freeze(rig, data, fskeys, tmp_path):
+    with pytest.raises(Killed):
+        with rig.mounted():
+            sh(f"cp {data} {rig.incoming}/copied")
+            kill_mount(rig)
+    cryophile(rig, "freeze", "--once")
+    (ulid,) = {p.parent.name for p in (rig.vaults / rig.vault).rglob("chunk.0")}
+    out = tmp_path / "restored"
+    cryophile(rig, "restore", "-v", rig.vault, "-u", ulid, "-k", str(fskeys[1]), "-o", str(out))
+    assert out.read_bytes() == data.read_bytes()
+
+
+def test_an_unconfigured_vault_says_where_it_goes(rig):
+    other = "5d7c1f3e-2b4a-4c6d-8e9f-0a1b2c3d4e5f"
+    with rig.mounted(expect=("not configured",)):
+        os.mkdir(rig.mnt / "incoming" / other)
+    (line,) = [x for x in rig.log.splitlines() if "not configured" in x]
+    assert f"s3://{other}" in line and "AWS" in line
