@@ -287,7 +287,9 @@ class Operations(pyfuse3.Operations):
         parent = self.writable_dir(parent_inode)
         text = os.fsdecode(name)
         node = self._linger(parent.children.get(text))
-        if node is not None and (node.incoming is None or node.incoming.active):
+        if node is not None and node.incoming is None:
+            raise pyfuse3.FUSEError(errno.EEXIST)
+        if node is not None and node.incoming.active:
             raise FsError(errno.EBUSY, "already being written")
         node = node or self.tree.add(parent, text, stat.S_IFREG)
         fh = await self._start(node)

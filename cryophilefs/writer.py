@@ -89,7 +89,8 @@ def fsync_parents(writer: ArchiveWriter) -> None:
 
 class Incoming:
     def __init__(self, bid: BackupId, name: str, writer: HeldWriter):
-        self.bid, self.name, self.writer = bid, name, writer
+        self.bid, self.name = bid, name
+        self.writer: HeldWriter | None = writer     # None once released
         self.state = WRITING
         self.offset = 0
         self.mtime_ns = time.time_ns()
@@ -249,8 +250,10 @@ class Incoming:
                     log.debug("seal at release failed: %s", exc)
             if self.state == SEALED:
                 await trio.to_thread.run_sync(self.writer.let_go)
+                self.writer = None          # the entry lingers; the writer's memory goes
                 return True
             if self.state == WITHDRAWN:
+                self.writer = None
                 return False
             if self.state == WRITING:
                 self.state = EMPTY
@@ -258,6 +261,7 @@ class Incoming:
                          self.bid)
             await self._stop_feeding()
             await trio.to_thread.run_sync(self.writer.abort)
+            self.writer = None
             if self.state == FAILED:
                 log.error("backup %s (%s) failed and was dropped, nothing sealed: %s",
                           self.bid, self.name, self.error)

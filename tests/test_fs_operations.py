@@ -238,6 +238,23 @@ async def test_a_released_entry_lingers_unlisted(tmp_path, fskeys, nursery, monk
 
 
 @pytest.mark.expect_log
+async def test_unmount_keeps_a_sealed_open_file_and_drops_the_rest(tmp_path, fskeys, nursery):
+    ops = make_ops(tmp_path, fskeys, nursery)
+    _, sealed, _ = await start(ops, "sealed")
+    _, open_, _ = await start(ops, "open")
+    kept, dropped = (ops.handles[h.fh].incoming.bid for h in (sealed, open_))
+    for info in (sealed, open_):
+        await ops.write(info.fh, 0, b"q" * 1000)
+    await ops.flush(sealed.fh)
+    await trio.to_thread.run_sync(ops.abort_writers)
+    assert mark(tmp_path, kept) and not mark(tmp_path, dropped)
+    assert not (tmp_path / "spool" / "backup" / VAULT / kept.key).exists()     # let go
+    await Freezer(ops.s.spool, ops.s.stores, lambda v: "STANDARD").run(once=True)
+    assert (tmp_path / "vaults" / VAULT / kept.key / "chunk.0").exists()
+    assert not (tmp_path / "vaults" / VAULT / dropped.key).exists()
+
+
+@pytest.mark.expect_log
 async def test_an_unconfigured_vault_says_where_it_goes(tmp_path, fskeys, nursery, caplog):
     ops = make_ops(tmp_path, fskeys, nursery)
     other = "5d7c1f3e-2b4a-4c6d-8e9f-0a1b2c3d4e5f"
