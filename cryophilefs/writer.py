@@ -70,6 +70,12 @@ class HeldWriter(ArchiveWriter):
         self.held = False
         self.finish()
 
+    def abort(self) -> None:
+        if self.closed:             # the seal failed half way: never let it look sealed
+            self.withdraw()
+        else:
+            super().abort()
+
     def withdraw(self) -> None:
         """Drop the sealed, still held archive: freeze never uploads its chunk.0
         and deletes the fragments it already uploaded."""
@@ -236,7 +242,10 @@ class Incoming:
     def _close_writer(self) -> None:
         """Blocking: chunk.0 written, fsynced and in the freeze queue."""
         self.writer.close()
-        fsync_parents(self.writer)
+        try:
+            fsync_parents(self.writer)
+        except OSError as exc:
+            raise errors.from_oserror(exc, "cannot make the sealed archive durable") from None
 
     async def release(self) -> bool:
         """The last close: the archive is let go to freeze, or the backup dropped.

@@ -238,6 +238,23 @@ async def test_a_released_entry_lingers_unlisted(tmp_path, fskeys, nursery, monk
 
 
 @pytest.mark.expect_log
+async def test_a_seal_failing_half_way_leaves_no_archive(tmp_path, fskeys, nursery, monkeypatch):
+    from cryophilefs import writer
+
+    def failing(w):
+        raise OSError(errno.EIO, "Input/output error")
+    monkeypatch.setattr(writer, "fsync_parents", failing)
+    ops = make_ops(tmp_path, fskeys, nursery)
+    _, info, _ = await start(ops, "half")
+    bid = ops.handles[info.fh].incoming.bid
+    await ops.write(info.fh, 0, b"h" * 1000)
+    await expect_errno(errno.EIO, ops.flush(info.fh))      # chunk.0 is there, not durable
+    await ops.release(info.fh)
+    assert not archives_of(ops) and not mark(tmp_path, bid)
+    assert not (tmp_path / "spool" / "backup" / VAULT / bid.key).exists()
+
+
+@pytest.mark.expect_log
 async def test_unmount_keeps_a_sealed_open_file_and_drops_the_rest(tmp_path, fskeys, nursery):
     ops = make_ops(tmp_path, fskeys, nursery)
     _, sealed, _ = await start(ops, "sealed")
