@@ -19,7 +19,6 @@ import trio
 from cryophile import catalog, ids, keys, manifest
 from cryophile.backpressure import Backpressure
 from cryophile.ids import BackupId
-from cryophile.pipeline.writer import ArchiveWriter
 
 from . import vaults
 from .faults import FsError, guard_all
@@ -225,7 +224,7 @@ class Operations(pyfuse3.Operations):
     async def mkdir(self, parent_inode, name, mode, ctx=None):
         parent = self.writable_dir(parent_inode, vault_needed=False)
         text = os.fsdecode(name)
-        if text in parent.children:
+        if self._linger(parent.children.get(text)) is not None:
             raise pyfuse3.FUSEError(errno.EEXIST)
         if parent.vault is None:          # incoming/NEW-VAULT: an unconfigured vault
             uuid = ids.parse_vault(text)
@@ -306,7 +305,6 @@ class Operations(pyfuse3.Operations):
                 self.tree.remove(node)
             raise
         incoming = Incoming(bid, node.name, writer)
-        incoming.on_withdraw = lambda: self._withdrawn(incoming)
         node.incoming = incoming
         fh = self._new_fh()
         self.handles[fh] = WriteHandle(node, incoming)
@@ -375,16 +373,8 @@ class Operations(pyfuse3.Operations):
         archive = vaults.Archive.from_mark(bid, data)
         archive.name = incoming.name
         self.listings.add(archive)
-        self._place(self.tree.root.children[bid.vault], archive)
-
-    def _withdrawn(self, incoming: Incoming) -> None:
-        top = self.tree.root.children.get(incoming.bid.vault)
-        parts = incoming.bid.prefix.split("/") if incoming.bid.prefix else []
-        node = top
-        for part in parts + [incoming.bid.ulid]:
-            node = node.children.get(part) if node is not None else None
-        if node is not None and node.archive is not None:
-            self.tree.remove(node)
+        node = self._place(self.tree.root.children[bid.vault], archive)
+        incoming.on_withdraw = lambda: self.tree.remove(node)
 
     def _handle(self, fh: int, kind: type):
         handle = self.handles.get(fh)
