@@ -217,8 +217,10 @@ class Operations(pyfuse3.Operations):
             raise FsError(errno.EROFS, "read-only")
         if node.incoming is not None and fields.update_size:
             await node.incoming.truncate(attr.st_size)
-        # mode, owner and times of incoming entries are accepted and ignored, so
-        # that `cp -p` or `touch` do not fail a backup: archives carry the ULID time
+        if node.incoming is not None and fields.update_mtime:
+            node.incoming.mtime_ns = attr.st_mtime_ns     # rsync's quick check next time
+        # mode and owner of incoming entries are accepted and ignored, so that
+        # `cp -p` or `touch` do not fail a backup: archives carry the ULID time
         return self.tree.attrs(node)
 
     async def mkdir(self, parent_inode, name, mode, ctx=None):
@@ -397,9 +399,9 @@ class Operations(pyfuse3.Operations):
                               "(its archive appears when it is closed)")
             if node.incoming.active:
                 raise FsError(errno.EBUSY, "already being written")
-            if not flags & os.O_TRUNC and node.incoming.offset:
-                raise FsError(errno.EPERM, f"backup {node.incoming.bid} is "
-                              f"{node.incoming.state}: open with O_TRUNC to write a new one")
+            if flags & os.O_APPEND:
+                raise FsError(errno.EPERM, f"cannot append to backup {node.incoming.bid} "
+                              f"({node.incoming.state}): a backup is one stream")
             return pyfuse3.FileInfo(fh=await self._start(node), direct_io=True)
         if node.archive is None:
             raise pyfuse3.FUSEError(errno.EISDIR if node.is_dir else errno.EACCES)

@@ -26,8 +26,8 @@ archive.  A file closed with nothing written seals nothing.
 
 A released entry lingers for ``LINGER`` seconds (not listed, but ``stat``,
 ``chmod``, ``utimes`` succeed), so that tools that look at what they just
-wrote (``rsync``) do not fail; opening it again with ``O_TRUNC`` starts a
-new backup under the same name.
+wrote (``rsync``) do not fail; opening it again for writing starts a new
+backup under the same name (``O_APPEND`` is refused).
 """
 
 from __future__ import annotations

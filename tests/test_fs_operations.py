@@ -89,11 +89,11 @@ async def test_write_then_read_back(tmp_path, fskeys, nursery):
 
 
 class SizeOnly:              # pyfuse3.SetattrFields cannot be set from Python
-    update_size, update_mode = True, False
+    update_size, update_mode, update_mtime = True, False, False
 
 
 class ModeOnly:
-    update_size, update_mode = False, True
+    update_size, update_mode, update_mtime = False, True, False
 
 
 def archives_of(ops: Operations) -> list:
@@ -201,17 +201,18 @@ async def test_close_with_nothing_written_seals_nothing(tmp_path, fskeys, nurser
 
 
 @pytest.mark.expect_log
-async def test_a_sealed_name_takes_a_new_backup_only_with_o_trunc(tmp_path, fskeys, nursery):
+async def test_a_sealed_name_takes_a_new_backup_but_no_append(tmp_path, fskeys, nursery):
     ops = make_ops(tmp_path, fskeys, nursery)
     await backup(ops, b"first", filename="same")
     vault = await ops.lookup(await incoming(ops), name(VAULT))
     entry = await ops.lookup(vault.st_ino, b"same")
     await expect_errno(errno.EPERM, ops.open(entry.st_ino, os.O_WRONLY | os.O_APPEND, None))
-    info = await ops.open(entry.st_ino, os.O_WRONLY | os.O_TRUNC, None)    # cp again
-    await ops.write(info.fh, 0, b"second")
-    await ops.flush(info.fh)
-    await ops.release(info.fh)
-    assert sorted(n.archive.size for n in archives_of(ops)) == [5, 6]
+    for flags, data in ((os.O_TRUNC, b"second"), (0, b"third!!")):    # cp, rsync -W
+        info = await ops.open(entry.st_ino, os.O_WRONLY | flags, None)
+        await ops.write(info.fh, 0, data)
+        await ops.flush(info.fh)
+        await ops.release(info.fh)
+    assert sorted(n.archive.size for n in archives_of(ops)) == [5, 6, 7]
 
 
 async def test_a_released_entry_lingers_unlisted(tmp_path, fskeys, nursery, monkeypatch):
@@ -221,7 +222,13 @@ async def test_a_released_entry_lingers_unlisted(tmp_path, fskeys, nursery, monk
     vault = await ops.lookup(await incoming(ops), name(VAULT))
     entry = await ops.lookup(vault.st_ino, b"synced")     # rsync's stat after close
     assert entry.st_size == 5
-    await ops.setattr(entry.st_ino, entry, ModeOnly(), None, None)   # chmod, utimes
+    await ops.setattr(entry.st_ino, entry, ModeOnly(), None, None)   # chmod
+    entry.st_mtime_ns = 10**18
+
+    class MtimeOnly:
+        update_size, update_mode, update_mtime = False, False, True
+    await ops.setattr(entry.st_ino, entry, MtimeOnly(), None, None)  # utimes: kept
+    assert (await ops.getattr(entry.st_ino, None)).st_mtime_ns == 10**18
     assert await ops.getxattr(entry.st_ino, b"user.cryophile.backup_id") == \
         str(node.archive.bid).encode()
     info = await ops.open(entry.st_ino, os.O_RDONLY, None)      # rsync's fchmod

@@ -57,6 +57,8 @@ def test_rsync_inplace_cp_and_dd_exit_0(rig, data, fskeys):
             sh(f"cmp {data} {rig.archive(name_like=name)}")
             assert os.getxattr(rig.incoming / name, "user.cryophile.state") == b"sealed"
         assert os.listdir(rig.incoming) == []       # sealed entries are not listed
+        sh(f"rsync -a --inplace {data} {rig.incoming}/by-rsync-a")      # up to date: skipped
+        assert len(os.listdir(rig.archives)) == 4
         sh(f"cp {data} {rig.incoming}/by-dd")       # the same name again: a new backup
         assert len(os.listdir(rig.archives)) == 5
 
