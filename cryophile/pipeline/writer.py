@@ -131,12 +131,6 @@ class ArchiveWriter:
         self._seal(fragments)
         return str(self.bid)
 
-    def finish(self) -> None:
-        """After the seal: freeze may take chunk.0 once backup/…/ULID and its lock
-        are gone (a subclass may hold them a while to keep the archive withdrawable)."""
-        self.spool.retire_backup(self.bid)
-        self.lock.release()
-
     def abort(self) -> None:
         """Stop and remove everything this backup queued."""
         if self.closed:
@@ -245,3 +239,9 @@ class ArchiveWriter:
             raise errors.from_oserror(exc, "cannot write chunk.0 to the spool") from None
         self.finish()
         log.debug("sealed %s: %d bytes in %d fragments", self.bid, self.plain_size, len(fragments))
+
+    def finish(self) -> None:
+        """After the seal: freeze may take chunk.0 once backup/…/ULID and its lock
+        are gone (a subclass may hold them a while to keep the archive withdrawable)."""
+        self.spool.retire_backup(self.bid)
+        self.lock.release()
