@@ -526,12 +526,14 @@ class Operations(pyfuse3.Operations):
     # --- the end -------------------------------------------------------------------
 
     def abort_writers(self) -> None:
-        """At unmount: backups still open are dropped (their data is incomplete)."""
+        """At unmount: backups still open are dropped (their data is incomplete),
+        unless a close sealed them already."""
         for handle in list(self.handles.values()):
             if isinstance(handle, WriteHandle):
                 what = handle.incoming.abort_at_unmount()
-                log.warning("unmounted while %s was open: backup %s %s",
-                            handle.node.path(), handle.incoming.bid, what)
+                log.log(logging.INFO if what == "kept" else logging.WARNING,
+                        "unmounted while %s was open: backup %s %s", handle.node.path(),
+                        handle.incoming.bid, what)
         self.handles.clear()
 
 

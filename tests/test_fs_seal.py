@@ -149,6 +149,17 @@ def test_cp_then_kill_9_then_cryophile_freeze(rig, data, fskeys, tmp_path):
     assert out.read_bytes() == data.read_bytes()
 
 
+def test_cp_then_unmount_at_once_keeps_the_archive(rig, data, fskeys):
+    with pytest.raises(Killed):
+        with rig.mounted():
+            sh(f"cp {data} {rig.incoming}/quick && fusermount3 -u {rig.mnt}")
+            assert rig.proc.wait(timeout=60) == 0
+            raise Killed
+    (ulid,) = sealed_ulids(rig)
+    with rig.mounted("-k", str(fskeys[1])):
+        sh(f"cmp {data} {rig.archives / ulid}")
+
+
 def test_an_unconfigured_vault_says_where_it_goes(rig):
     other = "5d7c1f3e-2b4a-4c6d-8e9f-0a1b2c3d4e5f"
     with rig.mounted(expect=("not configured",)):
