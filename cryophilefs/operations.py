@@ -173,6 +173,8 @@ class Operations(pyfuse3.Operations):
     async def opendir(self, inode, ctx=None):
         node = self.tree.get(inode)
         await self.refresh(node)
+        for child in list(node.children.values()):
+            self._linger(child)                 # names of sealed backups time out here too
         fh = self._new_fh()
         self.dirs[fh] = sorted((name, child) for name, child in node.children.items()
                                if self._listed(child))

@@ -240,8 +240,11 @@ async def test_a_released_entry_lingers_unlisted(tmp_path, fskeys, nursery, monk
     await ops.unlink(vault.st_ino, b"synced", None)             # the name only
     assert archives_of(ops) == [node]
     await backup(ops, b"again", filename="expires")
+    await backup(ops, b"again", filename="expires-too")
     monkeypatch.setattr(writer, "LINGER", -1.0)
     await expect_errno(errno.ENOENT, ops.lookup(vault.st_ino, b"expires"))
+    await ops.releasedir(await ops.opendir(vault.st_ino, None))
+    assert ops.tree.get(vault.st_ino).children == {}
 
 
 @pytest.mark.expect_log
