@@ -335,10 +335,12 @@ class Operations(pyfuse3.Operations):
             log.info("vault %s: archives go to %s", uuid, where)
             return
         config = self.config.path or "any configuration file (none was found)"
+        env = [v for v in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL") if os.environ.get(v)]
+        service = (f"at {os.environ[env[0]]} (from {env[0]})" if env else
+                   "on AWS (boto3's default region and credentials)")
         log.warning("vault %s is not configured (no [vault.%s] in %s): its archives go to "
-                    "%s, the S3 bucket named by the UUID on AWS (boto3's default region "
-                    "and credentials); configure url or endpoint_url to send them elsewhere",
-                    uuid, uuid, config, where)
+                    "%s, the S3 bucket named by the UUID %s; configure url or endpoint_url "
+                    "to send them elsewhere", uuid, uuid, config, where, service)
 
     async def _recipients(self, vault) -> list:
         """The vault's configured keyring, else the mount's -k certificates."""
