@@ -12,6 +12,7 @@ import errno
 import logging
 import os
 import stat
+from typing import Callable
 
 import pyfuse3
 import trio
@@ -303,12 +304,12 @@ class Operations(pyfuse3.Operations):
         parent = node.parent
         bid = BackupId(parent.vault, parent.prefix, ids.new_ulid())
         try:
-            writer = await self._writer(bid, node.name)
+            make_writer = await self._writer(bid, node.name)
         except BaseException:
             if node.incoming is None:
                 self.tree.remove(node)
             raise
-        incoming = Incoming(bid, node.name, writer)
+        incoming = Incoming(bid, node.name, make_writer)
         node.incoming = incoming
         fh = self._new_fh()
         self.handles[fh] = WriteHandle(node, incoming)
@@ -316,13 +317,14 @@ class Operations(pyfuse3.Operations):
         log.debug("backup %s started for %s", bid, node.path())
         return fh
 
-    async def _writer(self, bid: BackupId, name: str) -> HeldWriter:
+    async def _writer(self, bid: BackupId, name: str) -> Callable[[], HeldWriter]:
+        """How to start the backup (at its first write); recipients are checked now."""
         vault = self.config.vault(bid.vault)
         recipients = await self._recipients(vault)
         self._announce(bid.vault)
-        return await trio.to_thread.run_sync(lambda: HeldWriter(
+        return lambda: HeldWriter(
             self.spool, bid, recipients, vault.compression, vault.fragment_size, name=name,
-            before_fragment=self.backpressure.wait))
+            before_fragment=self.backpressure.wait)
 
     def _announce(self, uuid: str) -> None:
         """Say once where a vault's archives go, loudly if nothing configured it."""

@@ -22,7 +22,8 @@ or ``cryophile freeze`` takes it).  Until the last close (release) the
 backup keeps its lock and work directory, so freeze leaves chunk.0 alone and
 the archive can still be withdrawn: a write after the seal means the stream
 went on past what was sealed, and a sealed prefix of a stream is not an
-archive.  A file closed with nothing written seals nothing.
+archive.  A file closed with nothing written seals nothing, and leaves
+nothing in the spool: the ArchiveWriter starts at the first write.
 
 A released entry lingers for ``LINGER`` seconds (not listed, but ``stat``,
 ``chmod``, ``utimes`` succeed), so that tools that look at what they just
@@ -36,6 +37,7 @@ import errno
 import logging
 import os
 import time
+from typing import Callable
 
 import trio
 
@@ -94,9 +96,10 @@ def fsync_parents(writer: ArchiveWriter) -> None:
 
 
 class Incoming:
-    def __init__(self, bid: BackupId, name: str, writer: HeldWriter):
+    def __init__(self, bid: BackupId, name: str, make_writer: Callable[[], HeldWriter]):
         self.bid, self.name = bid, name
-        self.writer: HeldWriter | None = writer     # None once released
+        self.make_writer = make_writer      # blocking; called at the first write
+        self.writer: HeldWriter | None = None       # and None again once released
         self.state = WRITING
         self.offset = 0
         self.mtime_ns = time.time_ns()
@@ -168,12 +171,23 @@ class Incoming:
                 self._fail(FsError(errno.ESPIPE, f"write at byte {off}, but a backup is "
                                    f"written in order (it continues at byte {self.offset}); "
                                    "the backup failed"))
+            if self.writer is None:
+                await self._start_writer()
             self.pending += buf
             self.offset += len(buf)
             self.mtime_ns = time.time_ns()
             if len(self.pending) >= CHUNK:
                 await self._push()
             return len(buf)
+
+    async def _start_writer(self) -> None:
+        """The spool sees a backup only once it has data (``touch`` leaves nothing)."""
+        try:
+            self.writer = await trio.to_thread.run_sync(self.make_writer)
+        except OSError as exc:
+            self._fail(errors.from_oserror(exc, f"backup {self.bid}"))
+        except Exception as exc:
+            self._fail(exc)
 
     async def truncate(self, size: int) -> None:
         async with self.lock:
@@ -269,7 +283,8 @@ class Incoming:
                 log.info("%s (%s) was closed with nothing written: no archive", self.name,
                          self.bid)
             await self._stop_feeding()
-            await trio.to_thread.run_sync(self.writer.abort)
+            if self.writer is not None:
+                await trio.to_thread.run_sync(self.writer.abort)
             self.writer = None
             if self.state == FAILED:
                 log.error("backup %s (%s) failed and was dropped, nothing sealed: %s",
@@ -289,6 +304,6 @@ class Incoming:
         if self.state == SEALED:
             self.writer.let_go()
             return "kept"
-        if self.state != WITHDRAWN:
+        if self.state != WITHDRAWN and self.writer is not None:
             self.writer.abort()
         return "dropped"

@@ -190,6 +190,7 @@ async def test_close_with_nothing_written_seals_nothing(tmp_path, fskeys, nurser
     await ops.flush(info.fh)
     await ops.release(info.fh)                      # touch: no archive
     assert not archives_of(ops)
+    assert not [p for p in (tmp_path / "spool").rglob("*") if p.is_file()]  # no trace
     assert await ops.getxattr(attrs.st_ino, b"user.cryophile.state") == b"empty"
     # written later through the same name: a backup like any other
     info = await ops.open(attrs.st_ino, os.O_WRONLY, None)
