@@ -5,11 +5,14 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import random
 import stat
 
 import pyfuse3
 import pytest
 import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cryophile import config, keys
 from cryophile.freeze import Freezer
@@ -401,3 +404,46 @@ async def test_concurrent_reads_far_apart_on_one_handle(tmp_path, fskeys, nurser
                     readers.start_soon(one, off)
             assert all(got[off] == data[off:off + 200_000] for off in offsets)
     await ops.release(info.fh)
+
+
+deltas = st.one_of(st.just(0), st.just(0), st.integers(-3000, 3000))
+
+
+@pytest.mark.expect_log
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(writes=st.lists(st.tuples(deltas, st.integers(1, 5000)), min_size=1, max_size=6),
+       seed=st.integers(0, 2**32))
+def test_what_is_sealed_is_every_byte_in_order_or_nothing(tmp_path_factory, fskeys, writes,
+                                                          seed):
+    """Any sequence of writes: in order, the archive holds exactly those bytes;
+    one write out of order (back, or over a gap), and nothing is sealed."""
+    root = tmp_path_factory.mktemp("prop")
+    data = random.Random(seed).randbytes(5000)
+
+    async def run():
+        async with trio.open_nursery() as nursery:
+            ops = make_ops(root, fskeys, nursery)
+            _, info, _ = await start(ops, "prop")
+            offset, written, refused = 0, b"", False
+            for delta, size in writes:
+                off, buf = max(0, offset + delta), data[:size]
+                if off != offset:
+                    await expect_errno(errno.ESPIPE, ops.write(info.fh, off, buf))
+                    refused = True
+                    break
+                assert await ops.write(info.fh, off, buf) == size
+                offset, written = offset + size, written + buf
+            if refused:
+                await expect_errno(errno.ESPIPE, ops.flush(info.fh))
+            else:
+                await ops.flush(info.fh)
+            await ops.release(info.fh)
+            found = archives_of(ops)
+            if refused:
+                assert not found and not list((root / "spool" / "freeze").rglob("chunk.0"))
+            else:
+                (node,) = found
+                assert await read_all(ops, node.ino, len(written)) == written
+            nursery.cancel_scope.cancel()
+    trio.run(run)
