@@ -467,7 +467,7 @@ class Operations(pyfuse3.Operations):
         node = self.tree.get(inode)
         key = os.fsdecode(name)
         if node.incoming is not None:
-            values = {"state": node.incoming.state, "name": node.incoming.name,
+            values = {"state": node.incoming.shown_state, "name": node.incoming.name,
                       "backup_id": str(node.incoming.bid)}
         elif node.archive is not None:
             await node.archive.ready.wait()

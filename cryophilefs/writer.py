@@ -111,7 +111,13 @@ class Incoming:
         self.fed = trio.Event()
         self.lock = trio.Lock()         # writes, seal and release take turns
         self.released: float | None = None
+        self.complete = True            # False: sealed, but the stream was cut short
         self.on_withdraw = lambda: None
+
+    @property
+    def shown_state(self) -> str:
+        """user.cryophile.state of the incoming entry."""
+        return "incomplete" if self.state == SEALED and not self.complete else self.state
 
     @property
     def active(self) -> bool:
@@ -254,8 +260,12 @@ class Incoming:
         log.info("sealed %s (%s, %d bytes)", self.bid, self.name, self.offset)
 
     def _close_writer(self) -> None:
-        """Blocking: chunk.0 written, fsynced and in the freeze queue."""
-        self.writer.close()
+        """Blocking: chunk.0 written, fsynced and in the freeze queue.  A zfs,
+        btrfs or tar stream cut short is sealed all the same, marked
+        incomplete (the writing program died; what it wrote is kept, and
+        never listed as a good archive)."""
+        self.writer.close(incomplete="mark")
+        self.complete = self.writer.stream.complete is not False
         try:
             fsync_parents(self.writer)
         except OSError as exc:

@@ -285,6 +285,34 @@ async def test_unmount_keeps_a_sealed_open_file_and_drops_the_rest(tmp_path, fsk
     assert not (tmp_path / "vaults" / VAULT / dropped.key).exists()
 
 
+def tar_bytes() -> bytes:
+    import io
+    import tarfile
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for i in range(3):
+            info = tarfile.TarInfo(f"file{i}")
+            info.size = 30_000
+            tar.addfile(info, io.BytesIO(os.urandom(info.size)))
+    return buf.getvalue()
+
+
+@pytest.mark.expect_log
+async def test_a_stream_cut_short_is_sealed_incomplete(tmp_path, fskeys, nursery, caplog):
+    ops = make_ops(tmp_path, fskeys, nursery)
+    whole = tar_bytes()
+    good = await backup(ops, whole, filename="whole.tar")
+    cut = await backup(ops, whole[:50_000], filename="cut.tar")
+    assert await ops.getxattr(good.ino, b"user.cryophile.state") == b"queued"
+    assert await ops.getxattr(cut.ino, b"user.cryophile.state") == b"incomplete"
+    assert not cut.archive.clear.complete and cut.archive.clear.kind == "tar"
+    vault = await ops.lookup(await incoming(ops), name(VAULT))
+    entry = await ops.lookup(vault.st_ino, b"cut.tar")
+    assert await ops.getxattr(entry.st_ino, b"user.cryophile.state") == b"incomplete"
+    assert await read_all(ops, cut.ino, 50_000) == whole[:50_000]    # what was written
+    assert "sealed as incomplete" in caplog.text
+
+
 @pytest.mark.expect_log
 async def test_an_unconfigured_vault_says_where_it_goes(tmp_path, fskeys, nursery, caplog):
     ops = make_ops(tmp_path, fskeys, nursery)

@@ -166,3 +166,23 @@ def test_an_unconfigured_vault_says_where_it_goes(rig):
         os.mkdir(rig.mnt / "incoming" / other)
     (line,) = [x for x in rig.log.splitlines() if "not configured" in x]
     assert f"s3://{other}" in line and "AWS" in line
+
+
+def test_a_tar_cut_short_is_incomplete_in_the_mount_and_in_ls(rig, tmp_path):
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for i in range(4):
+        (tree / f"f{i}").write_bytes(os.urandom(100_000))
+    with rig.mounted(expect=("sealed as incomplete",)):
+        sh(f"tar cf - -C {tree} . > {rig.incoming}/whole.tar")
+        sh(f"tar cf - -C {tree} . | head -c 150000 > {rig.incoming}/cut.tar")
+        states = {os.getxattr(rig.incoming / n, "user.cryophile.state") for n in
+                  ("whole.tar", "cut.tar")}
+        assert states == {b"sealed", b"incomplete"}
+        cut = os.getxattr(rig.incoming / "cut.tar", "user.cryophile.backup_id").decode()
+        ulid = cut.rsplit("/", 1)[1]
+        assert os.getxattr(rig.archives / ulid, "user.cryophile.state") == b"incomplete"
+    out = cryophile(rig, "ls", rig.vault).stdout.decode()
+    (line,) = [x for x in out.splitlines() if ulid in x]
+    assert "incomplete" in line
+    assert sum("incomplete" in x for x in out.splitlines()) == 1
