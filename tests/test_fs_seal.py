@@ -186,3 +186,28 @@ def test_a_tar_cut_short_is_incomplete_in_the_mount_and_in_ls(rig, tmp_path):
     (line,) = [x for x in out.splitlines() if ulid in x]
     assert "incomplete" in line
     assert sum("incomplete" in x for x in out.splitlines()) == 1
+
+
+@pytest.mark.skipif(not shutil.which("zfs-fuse"), reason="needs zfs-fuse")
+@pytest.mark.timeout(300)
+def test_a_real_zfs_send_cut_short_is_incomplete(rig, tmp_path):
+    import shlex
+
+    from tests.producers import Zfs
+    (tmp_path / "zfs").mkdir()
+    pool = Zfs(tmp_path / "zfs")
+    try:
+        pool.write("a", os.urandom(1 << 20))
+        pool.zfs("snapshot", f"{pool.name}@s1")
+        send = shlex.join(pool.command("zfs", "send", f"{pool.name}@s1"))
+        with rig.mounted(expect=("sealed as incomplete",)):
+            sh(f"{send} > {rig.incoming}/whole.zfs")
+            sh(f"{send} | head -c 300000 > {rig.incoming}/cut.zfs")
+            for name, state in (("whole.zfs", b"sealed"), ("cut.zfs", b"incomplete")):
+                assert os.getxattr(rig.incoming / name, "user.cryophile.state") == state
+                bid = os.getxattr(rig.incoming / name, "user.cryophile.backup_id").decode()
+                archive = rig.archives / bid.rsplit("/", 1)[1]
+                assert (os.getxattr(archive, "user.cryophile.state") == b"incomplete") == \
+                    (state == b"incomplete")
+    finally:
+        pool.close()
