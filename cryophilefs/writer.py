@@ -15,6 +15,9 @@ The life of an incoming file (``Incoming.state``)::
        ▼                           ▼
     failed ──release──▶ dropped  withdrawn (dropped at once)
 
+    (also: cancelled by unlink while writing; empty if released with nothing
+    written; sealed shows as "incomplete" for a zfs/btrfs/tar stream cut short)
+
 flush (every ``close(2)``, also of a duplicate) seals the archive once data
 was written: ``close`` returning 0 means chunk.0 is fsynced in the freeze
 queue, so a mount killed right after still has the archive (the next mount
