@@ -66,8 +66,9 @@ class Backpressure:
 
     def _make_room(self, queued: int) -> bool:
         """Freeze inline; True if that made room.  Raises if it could not."""
-        log.info("spool holds %s not yet frozen (spool_max %s) and no freeze daemon "
-                 "runs: freezing here", _size(queued), _size(self.bound))
+        log.log(logging.DEBUG if self.inline_rounds else logging.INFO,
+                "spool holds %s not yet frozen (spool_max %s) and no freeze daemon "
+                "runs: freezing here", _size(queued), _size(self.bound))
         self.inline_rounds += 1
         failure = None
         try:

@@ -140,10 +140,15 @@ class Freezer:
 
     async def freeze_archive(self, bid: BackupId) -> None:
         lock = ArchiveFreezeLock(self.spool, bid)
-        if not await trio.to_thread.run_sync(lock.acquire):
-            return                          # another process is freezing it
+        try:
+            if not await trio.to_thread.run_sync(lock.acquire):
+                return                      # another process is freezing it
+        except OSError as exc:
+            raise errors.from_oserror(exc, f"cannot lock {bid} in the freeze queue") from None
         try:
             await self._freeze_locked(bid)
+        except OSError as exc:
+            raise errors.from_oserror(exc, f"cannot freeze {bid} from the spool") from None
         except BaseExceptionGroup as group:
             exc = errors.unwrap(group)
             if exc is group:
@@ -193,7 +198,13 @@ class Freezer:
             except FileNotFoundError:
                 pass
             return True
-        if await trio.to_thread.run_sync(upload, limiter=self.limiter):
+
+        def upload_or_say() -> bool:
+            try:
+                return upload()
+            except OSError as exc:
+                raise errors.from_oserror(exc, f"cannot freeze {path}") from None
+        if await trio.to_thread.run_sync(upload_or_say, limiter=self.limiter):
             self.uploaded += 1
 
     async def _sweep(self, store, bid: BackupId) -> None:

@@ -158,6 +158,43 @@ def test_backup_over_spool_max_fails_fast_when_the_vault_is_down(tmp_path, recip
     assert not any((rig.spool / "freeze").glob("**/chunk.0")), "nothing looks complete"
 
 
+@pytest.fixture
+def small_spool(tmp_path):
+    """A rig whose spool is a 2 MiB tmpfs (tests run as root)."""
+    rig = make_rig(tmp_path)
+    rig.spool.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2M", "tmpfs", str(rig.spool)],
+                   check=True)
+    try:
+        yield rig
+    finally:
+        subprocess.run(["umount", "-l", str(rig.spool)], check=True)
+
+
+@pytest.mark.timeout(180)
+def test_small_spool_waits_for_the_running_daemon(small_spool, recipes):
+    rig = small_spool
+    rig.run("status", check=True)           # makes the queues
+    daemon = subprocess.Popen(rig.command("freeze"), stderr=subprocess.PIPE,
+                              env={**os.environ, "CRYOPHILE_LOG_STYLE": "never"})
+    try:
+        wait_until(lambda: (rig.spool / "freeze" / ".daemon").exists(), 30, [daemon])
+        data = os.urandom(8 * MiB)
+        proc = rig.run("backup", "-v", rig.vault, "-k", str(recipes["gpg"].cert), "-s",
+                       "256KiB", "-C", "none", input=data, timeout=150, check=True)
+        assert b"freezing here" not in proc.stderr, "the daemon made room"
+        wait_until(lambda: queue_empty(rig), 60, [daemon])
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        _, err = daemon.communicate(timeout=30)
+    assert daemon.returncode == 0 and b"Traceback" not in err, err
+    ulid = proc.stdout.decode().strip()
+    reader = Rig(rig.root / "reader")            # restoring needs room of its own
+    reader.config.parent.mkdir()
+    reader.config.write_text(rig.config.read_text().replace(str(rig.spool), str(reader.spool)))
+    assert reader.restore(ulid, recipes["gpg"].key, check=True).stdout == data
+
+
 def test_default_spool_max_is_half_the_free_space(tmp_path):
     assert half_of_free(100 << 20) == 50 << 20         # no 256 MiB floor
     assert half_of_free(0) == 1
