@@ -99,13 +99,18 @@ class Freezer:
         self.uploaded = 0
         self.wake = trio.Event()
         self.swept: set[BackupId] = set()
+        self.backoff: dict[BackupId, tuple[float, float]] = {}   # bid -> (retry at, delay)
 
     async def run(self, once: bool = False) -> None:
-        """Drain the queue; unless ``once``, keep watching it, and log and
-        retry failures (with backoff) rather than stop."""
+        """Drain the queue; unless ``once``, keep watching it.  A daemon logs
+        a failing archive in one line and tries it again after a delay that
+        doubles from BACKOFF_MIN to BACKOFF_MAX, while the others go on."""
         if once:
             return await self.round()
-        await backoff_loop(self.round, "freeze", self._pause)
+        while True:
+            await trio.to_thread.run_sync(self.spool.clean_dead_backups)
+            await self.drain(daemon=True)
+            await self._pause()
 
     async def round(self) -> None:
         """Clean up dead backups, then try every archive in the queue; a
@@ -127,15 +132,25 @@ class Freezer:
         """Look at the queue now (a fragment was just queued)."""
         self.wake.set()
 
-    async def drain(self) -> list[errors.Error]:
+    async def drain(self, daemon: bool = False) -> list[errors.Error]:
         bids = await trio.to_thread.run_sync(lambda: list(self.spool.archives("freeze")))
         failures = []
         for bid in bids:
-            if self.select(bid):
-                try:
-                    await self.freeze_archive(bid)
-                except errors.Error as exc:
-                    failures.append(exc)
+            if not self.select(bid):
+                continue
+            retry_at, delay = self.backoff.get(bid, (0.0, BACKOFF_MIN / 2))
+            if trio.current_time() < retry_at:
+                continue
+            try:
+                await self.freeze_archive(bid)
+            except errors.Error as exc:
+                failures.append(exc)
+                if daemon:
+                    delay = min(delay * 2, BACKOFF_MAX)
+                    self.backoff[bid] = (trio.current_time() + delay, delay)
+                    log.error("freeze of %s: %s (trying again in %.0f s)", bid, exc, delay)
+            else:
+                self.backoff.pop(bid, None)
         return failures
 
     async def freeze_archive(self, bid: BackupId) -> None:
