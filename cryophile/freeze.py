@@ -37,8 +37,8 @@ log = logging.getLogger("cryophile.freeze")
 POLL = 1.0
 CONCURRENCY = 4
 LIST_CLASS = "STANDARD"       # chunk.0 must be readable without a thaw
-BACKOFF_MIN = 1.0             # after a failed round, in the service loop …
-BACKOFF_MAX = 300.0           # … doubling up to this
+BACKOFF_MIN = 1.0             # first retry after a failure (per archive in a freeze
+BACKOFF_MAX = 300.0           # daemon, per round in thaw's), doubling up to this
 LEDGER = ".ledger"
 
 
@@ -108,7 +108,10 @@ class Freezer:
         if once:
             return await self.round()
         while True:
-            await trio.to_thread.run_sync(self.spool.clean_dead_backups)
+            try:
+                await trio.to_thread.run_sync(self.spool.clean_dead_backups)
+            except errors.Error as exc:
+                log.error("cleaning up dead backups: %s", exc)
             await self.drain(daemon=True)
             await self._pause()
 

@@ -4,7 +4,10 @@ A fragment is written in backup/, fsynced, hard-linked into freeze/ and
 unlinked from backup/: a fragment in freeze/ is always whole.  chunk.0 comes
 last.  A backup holds an flock on backup/…/ULID/.lock while it runs; a
 backup/ directory whose lock is free belongs to a backup that died, and is
-removed (with what it queued) by the next run.
+removed (with what it queued) by the next run.  A process freezing an
+archive holds an flock on freeze/…/ULID/.freezing (one freezer per archive)
+and a freeze daemon holds freeze/.daemon shared (backups then wait for it
+rather than freeze inline); freeze/…/ULID/.ledger lists what was uploaded.
 """
 
 from __future__ import annotations
