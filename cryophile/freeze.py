@@ -256,8 +256,16 @@ class Freezer:
         self.spool.remove_dir("freeze", bid)
 
 
-def freeze_inline(spool: Spool, stores: Callable[[str], object],
-                  storage_class: Callable[[str], str]) -> None:
-    """One freeze round over the whole spool, in this thread (which must not
-    run trio already): what a backup does when it must make room itself."""
-    trio.run(Freezer(spool, stores, storage_class).round)
+class InlineFreeze:
+    """What a backup calls when it must make room itself: one freeze round
+    over the whole spool, in the calling thread (which must not run trio)."""
+
+    def __init__(self, spool: Spool, stores: Callable[[str], object],
+                 storage_class: Callable[[str], str]):
+        self.spool, self.stores, self.storage_class = spool, stores, storage_class
+        self.swept: set[BackupId] = set()     # sweep each archive once per backup
+
+    def __call__(self) -> None:
+        freezer = Freezer(self.spool, self.stores, self.storage_class)
+        freezer.swept = self.swept
+        trio.run(freezer.round)

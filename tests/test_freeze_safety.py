@@ -178,7 +178,7 @@ def test_small_spool_waits_for_the_running_daemon(small_spool, recipes):
     daemon = subprocess.Popen(rig.command("freeze"), stderr=subprocess.PIPE,
                               env={**os.environ, "CRYOPHILE_LOG_STYLE": "never"})
     try:
-        wait_until(lambda: (rig.spool / "freeze" / ".daemon").exists(), 30, [daemon])
+        wait_until(lambda: b"freeze daemon: running" in rig.run("status").stdout, 60, [daemon])
         data = os.urandom(8 * MiB)
         proc = rig.run("backup", "-v", rig.vault, "-k", str(recipes["gpg"].cert), "-s",
                        "256KiB", "-C", "none", input=data, timeout=150, check=True)

@@ -10,7 +10,7 @@ from .. import config, errors, ids, keys
 from ..pipeline.compress import CODECS
 from ..pipeline.writer import ArchiveWriter
 from ..backpressure import Backpressure
-from ..freeze import freeze_inline
+from ..freeze import InlineFreeze
 from .common import Context, Progress
 
 log = logging.getLogger("cryophile.backup")
@@ -67,7 +67,7 @@ def run(args) -> int:
     source = _open_input(args.input)
     ctx.spool.ensure()
     ctx.spool.clean_dead_backups()
-    pressure = Backpressure(ctx.spool, ctx.config.spool_max, freeze_inline=lambda: freeze_inline(
+    pressure = Backpressure(ctx.spool, ctx.config.spool_max, freeze_inline=InlineFreeze(
         ctx.spool, ctx.store, lambda v: ctx.vault(v).storage_class))
     writer = ArchiveWriter(ctx.spool, bid, recipients, compression, fragment_size,
                            name=args.name, created=ids.ulid_time(ulid),
