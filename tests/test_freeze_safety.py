@@ -294,3 +294,22 @@ def test_unconfigured_vault_says_where_it_goes(tmp_path, recipes, bucket, s3prox
     told = [line for line in err.splitlines() if "no [vault." in line]
     assert len(told) == 1, err
     assert bucket in told[0] and s3proxy.endpoint in told[0]
+
+
+# -- a freeze killed after an upload, before it dropped the local copy -----------
+
+@pytest.mark.timeout(180)
+def test_reupload_of_the_same_bytes_counts_as_done(rig, recipes, s3client, bucket, s3proxy):
+    from cryophile.store.s3 import S3Store
+    data = os.urandom(3 * FRAG)
+    ulid = rig.backup(data, recipes["gpg"].cert, "-s", "64KiB", "-C", "none")
+    local = rig.spool / "freeze" / rig.vault / ulid / "chunk.1"
+    store = S3Store(bucket, endpoint_url=s3proxy.endpoint, storage_class="STANDARD")
+    store.put(f"{ulid}/chunk.1", str(local), size=local.stat().st_size)   # as freeze did
+    store.close()
+    s3proxy.reset()
+    rig.run("freeze", "--once", check=True)
+    refused = [r for r in s3proxy.requests("PUT", "chunk.1") if r.status == 412]
+    assert len(refused) == 1, "the conditional put met the object, and head settled it"
+    assert queue_empty(rig)
+    assert rig.restore(ulid, recipes["gpg"].key, check=True).stdout == data

@@ -160,7 +160,7 @@ class S3Store(Store):
         """The object under ``key``, or None when absent or when the
         credentials may not ask (a write-only identity)."""
         try:
-            return self.head(key)
+            return self.head(key, checksum=True)
         except NotFoundError:
             return None
         except AccessDeniedError:
@@ -171,7 +171,7 @@ class S3Store(Store):
     def _settle(self, key: str, size: int, sha256: bytes) -> None:
         """A conditional put found ``key`` taken: ours (same bytes) or a conflict."""
         try:
-            existing = self.head(key)
+            existing = self.head(key, checksum=True)
         except NotFoundError:
             raise TransientStoreError(f"{key} in bucket {self.bucket} existed and then "
                                       "vanished during the upload") from None
@@ -205,10 +205,13 @@ class S3Store(Store):
             raise self._error(exc, "download", key) from exc
         return written
 
-    def head(self, key: str) -> ObjectInfo:
+    def head(self, key: str, *, checksum: bool = False) -> ObjectInfo:
+        """``checksum`` also asks for S3's own checksum (ChecksumMode, which
+        needs kms:Decrypt on KMS-encrypted buckets): only to settle a
+        conflict with an object that lacks our x-amz-meta-sha256."""
+        args = {"ChecksumMode": "ENABLED"} if checksum else {}
         try:
-            resp = self._client.head_object(Bucket=self.bucket, Key=self.prefix + key,
-                                            ChecksumMode="ENABLED")
+            resp = self._client.head_object(Bucket=self.bucket, Key=self.prefix + key, **args)
         except botocore.exceptions.ClientError as exc:
             if _code(exc) in _NOT_FOUND:
                 self._check_bucket()    # a HEAD 404 does not say which is missing
