@@ -13,11 +13,15 @@ import uuid
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings, strategies as st
 
 from cryophile import errors
 from cryophile.backpressure import default_bound, half_of_free
-from cryophile.freeze import backoff_loop
+from cryophile.freeze import Freezer, Ledger, backoff_loop
+from cryophile.ids import BackupId, new_ulid
 from cryophile.spool import Spool
+from cryophile.store.local import LocalStore
+from cryophile.store.s3 import S3Store
 from tests.clirig import Rig, make_rig
 from tests.s3rig import free_port
 from tests.test_s3_e2e import S3Rig, fragment_keys
@@ -300,7 +304,6 @@ def test_unconfigured_vault_says_where_it_goes(tmp_path, recipes, bucket, s3prox
 
 @pytest.mark.timeout(180)
 def test_reupload_of_the_same_bytes_counts_as_done(rig, recipes, s3client, bucket, s3proxy):
-    from cryophile.store.s3 import S3Store
     data = os.urandom(3 * FRAG)
     ulid = rig.backup(data, recipes["gpg"].cert, "-s", "64KiB", "-C", "none")
     local = rig.spool / "freeze" / rig.vault / ulid / "chunk.1"
@@ -313,3 +316,43 @@ def test_reupload_of_the_same_bytes_counts_as_done(rig, recipes, s3client, bucke
     assert len(refused) == 1, "the conditional put met the object, and head settled it"
     assert queue_empty(rig)
     assert rig.restore(ulid, recipes["gpg"].key, check=True).stdout == data
+
+
+# -- pure pieces and in-process freezers ---------------------------------------
+
+KEY = st.text("ABCXYZabcxyz0123456789/()!'*._-", min_size=1, max_size=60)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.dictionaries(KEY, st.binary(min_size=32, max_size=32), max_size=20))
+def test_ledger_reads_back_what_was_added(tmp_path_factory, entries):
+    spool = Spool(str(tmp_path_factory.mktemp("ledger")))
+    ledger = Ledger(spool, BackupId("0b8c3a7e-5a1d-4f7e-9a53-3f1c2d4e5f60", "", new_ulid()))
+    for key, sha in entries.items():
+        ledger.add(key, sha)
+    assert ledger.read() == {k: v.hex() for k, v in entries.items()}
+
+
+def test_freezers_in_one_process_freeze_each_archive_once(tmp_path, recipes):
+    rig = make_rig(tmp_path)
+    ulids = [rig.backup(os.urandom(5 * FRAG), recipes["gpg"].cert, "-s", "64KiB", "-C", "none")
+             for _ in range(3)]
+    spool = Spool(str(rig.spool))
+    store = LocalStore(str(rig.vaults / rig.vault))
+    puts = []
+    real_put = store.put
+
+    def counting_put(key, *args, **kw):
+        puts.append(key)
+        return real_put(key, *args, **kw)
+    store.put = counting_put
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):
+                nursery.start_soon(Freezer(spool, lambda v: store, lambda v: "STANDARD").round)
+    trio.run(main)
+    assert sorted(puts) == sorted(set(puts)), "no key uploaded twice"
+    assert len(puts) == sum(len(list((rig.vaults / rig.vault / u).glob("chunk.*")))
+                            for u in ulids)
+    assert queue_empty(rig)

@@ -19,8 +19,8 @@ def add_parser(sub) -> None:
         "status", help="show the spool's queues",
         description="Show what the spool's queues hold: archives being written, fragments "
                     "waiting to be frozen, thaws asked for and fragments thawed, and whether "
-                    "a `cryophile thaw` and a `cryophile freeze` (or a mount) serve the spool.  Works while backups, freezes, "
-                    "thaws or a cryophilefs mount run.")
+                    "a `cryophile thaw` and a `cryophile freeze` (or a mount) serve the "
+                    "spool.  Works while backups, freezes, thaws or a cryophilefs mount run.")
     p.set_defaults(run=run)
 
 
