@@ -77,6 +77,9 @@ class Backpressure:
             failure = exc
         left = self.spool.unfrozen_bytes()
         if left < queued:
+            if failure is not None:
+                log.warning("could not freeze all of the queue here (not tried again by "
+                            "this backup): %s", failure)
             return True
         if failure is not None:
             raise errors.SpoolError(

@@ -100,6 +100,7 @@ class Freezer:
         self.wake = trio.Event()
         self.swept: set[BackupId] = set()
         self.backoff: dict[BackupId, tuple[float, float]] = {}   # bid -> (retry at, delay)
+        self.failed: set[BackupId] = set()
 
     async def run(self, once: bool = False) -> None:
         """Drain the queue; unless ``once``, keep watching it.  A daemon logs
@@ -148,6 +149,7 @@ class Freezer:
                 await self.freeze_archive(bid)
             except errors.Error as exc:
                 failures.append(exc)
+                self.failed.add(bid)
                 if daemon:
                     delay = min(delay * 2, BACKOFF_MAX)
                     self.backoff[bid] = (trio.current_time() + delay, delay)
@@ -258,14 +260,21 @@ class Freezer:
 
 class InlineFreeze:
     """What a backup calls when it must make room itself: one freeze round
-    over the whole spool, in the calling thread (which must not run trio)."""
+    over the whole spool, in the calling thread (which must not run trio).
+    An archive that failed is not tried again by the same backup: an
+    unreachable vault would slow every fragment by its retries."""
 
     def __init__(self, spool: Spool, stores: Callable[[str], object],
                  storage_class: Callable[[str], str]):
         self.spool, self.stores, self.storage_class = spool, stores, storage_class
         self.swept: set[BackupId] = set()     # sweep each archive once per backup
+        self.failed: set[BackupId] = set()    # not tried again by this backup
 
     def __call__(self) -> None:
-        freezer = Freezer(self.spool, self.stores, self.storage_class)
+        freezer = Freezer(self.spool, self.stores, self.storage_class,
+                          select=lambda bid: bid not in self.failed)
         freezer.swept = self.swept
-        trio.run(freezer.round)
+        try:
+            trio.run(freezer.round)
+        finally:
+            self.failed |= freezer.failed

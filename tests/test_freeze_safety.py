@@ -199,6 +199,26 @@ def test_small_spool_waits_for_the_running_daemon(small_spool, recipes):
     assert reader.restore(ulid, recipes["gpg"].key, check=True).stdout == data
 
 
+@pytest.mark.timeout(240)
+def test_inline_freeze_tries_a_dead_vault_once(tmp_path, recipes):
+    rig = Rig(tmp_path)
+    down = "00000000-0000-4000-8000-000000000000"
+    rig.config.write_text(
+        f'spool = "{rig.spool}"\nspool_max = "1MiB"\n'
+        f'[vault.{down}]\nurl = "s3://{down}"\n'
+        f'endpoint_url = "http://127.0.0.1:{free_port()}"\n'
+        f'[vault.{rig.vault}]\nurl = "file://{rig.vaults}"\n')
+    rig.run("backup", "-v", down, "-k", str(recipes["gpg"].cert), input=os.urandom(FRAG),
+            check=True)
+    data = os.urandom(40 * FRAG)
+    proc = rig.run("backup", "-v", rig.vault, "-k", str(recipes["gpg"].cert), "-s", "64KiB",
+                   "-C", "none", input=data, timeout=200, check=True,
+                   env={"CRYOPHILE_S3_ATTEMPTS": "1"})
+    err = proc.stderr.decode()
+    assert len([line for line in err.splitlines() if "127.0.0.1" in line]) == 1, err
+    assert list((rig.spool / "freeze" / down).glob("*/chunk.0")), "still queued"
+
+
 def test_default_spool_max_is_half_the_free_space(tmp_path):
     assert half_of_free(100 << 20) == 50 << 20         # no 256 MiB floor
     assert half_of_free(0) == 1

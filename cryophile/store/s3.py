@@ -279,7 +279,7 @@ class S3Store(Store):
                         Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
                     aborted += 1
         except _FAILURES as exc:
-            raise self._error(exc, "abort unfinished uploads of", prefix) from exc
+            raise self._error(exc, "abort unfinished uploads", prefix) from exc
         return aborted
 
     def close(self) -> None:
