@@ -75,13 +75,13 @@ class MarkCache:
         top = os.path.join(self.root, vault)
         start = os.path.join(top, prefix) if prefix else top
         dropped = 0
+        skip = len(os.path.join(top, ""))
         for dirpath, _dirs, files in os.walk(start):
             for name in files:
-                full = os.path.join(dirpath, name)
-                key = os.path.relpath(full, top)
                 if name.startswith(".tmp-") or not name.endswith(SUFFIX):
                     continue
-                if key[:-len(SUFFIX)] not in present:
+                full = os.path.join(dirpath, name)
+                if full[skip:-len(SUFFIX)] not in present:
                     self._unlink(full)
                     dropped += 1
         return dropped

@@ -80,6 +80,8 @@ def run(args) -> int:
 
 
 def _wanted(entry: catalog.Entry, args) -> bool:
+    if args.since is None and args.until is None:
+        return True
     when = ids.ulid_time(entry.bid.ulid)
     return ((args.since is None or when >= args.since)
             and (args.until is None or when < args.until))
