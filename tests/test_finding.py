@@ -157,3 +157,23 @@ def test_restore_chain_stops_at_the_first_failing_run(rig, zchain, recipes, tmp_
     assert proc.returncode == 13
     assert f"failed on archive 2 of 3 ({rig.vault}/tank/fs/{b})" in proc.stderr.decode()
     assert count.read_text() == "x\nx\n"
+
+
+def test_restore_chain_stops_at_a_damaged_archive(rig, zchain, recipes, tmp_path):
+    a, b, c, t = zchain
+    frag = rig.vaults / rig.vault / "tank/fs" / b / "chunk.1"
+    data = bytearray(frag.read_bytes())
+    data[len(data) // 2] ^= 1
+    frag.write_bytes(bytes(data))
+    count = tmp_path / "count"
+    proc = rig.run("restore", "-k", str(recipes["sq"].key), f"{rig.vault}/tank/fs/{c}",
+                   "--chain", "--", "sh", "-c", f"cat > /dev/null; echo x >> {count}",
+                   input=None)
+    assert proc.returncode == 9, proc.stderr
+    err = proc.stderr.decode()
+    lines = err.strip().splitlines()
+    assert [line.split(" (")[0] for line in lines[:2]] == [
+        "cryophile: restoring archive 1 of 3", "cryophile: restoring archive 2 of 3"]
+    assert len(lines) == 3 and "not to be trusted" in lines[2]
+    assert f"chain stopped at archive 2 of 3 ({rig.vault}/tank/fs/{b})" in lines[2]
+    assert count.read_text() == "x\n"          # the second run was stopped, the third never ran
