@@ -102,6 +102,9 @@ def test_restore_finds_by_id_latest_before_and_name(rig, zchain, recipes):
         return rig.run("restore", "-k", key, *args, input=None, check=True).stdout
     assert got(f"{rig.vault}/tank/fs/{b}") == zstream(22, 11, "tank/fs@b")
     assert got(f"{rig.vault}/tank/fs/{b}", "-k", key) == zstream(22, 11, "tank/fs@b")
+    after = rig.run("restore", f"{rig.vault}/tank/fs/{b}", "-k", key, "-o",
+                    str(rig.root / "out"), input=None, check=True)        # options after it
+    assert after.stdout == b"" and (rig.root / "out").read_bytes() == zstream(22, 11, "tank/fs@b")
     assert got("-v", rig.vault, "-p", "tank/fs", "--latest") == zstream(33, 22, "tank/fs@c")
     assert got("-v", rig.vault, "--latest") == b"just bytes"
     assert got("-v", rig.vault, "-p", "tank/fs", "--before", "1000000150") == \

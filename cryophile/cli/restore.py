@@ -43,6 +43,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     ctx = Context(args)
+    target.split_words(args)                  # options may follow VAULT/PREFIX/ULID
     keyring = secret_keys(args.keyring, args.pass_fd)
     bid = target.resolve(ctx, args, keyring)
     if args.chain:

@@ -56,8 +56,7 @@ def split_words(args) -> None:
 
 
 def resolve(ctx, args, keyring) -> BackupId:
-    """The archive restore was asked for."""
-    split_words(args)
+    """The archive restore was asked for (after split_words)."""
     chosen = [f for f in FINDERS if getattr(args, f) not in (None, False)]
     if args.command and not args.chain:
         raise errors.UsageError("a command after -- needs --chain")
