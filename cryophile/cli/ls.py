@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import logging
 import sys
@@ -14,6 +15,7 @@ log = logging.getLogger("cryophile")
 COLUMNS = ("ARCHIVE", "CREATED", "SIZE", "FRAGS", "STATE", "STORED", "CLASS", "KIND",
            "PARENT", "NAME")
 RIGHT = {"SIZE", "STORED", "FRAGS"}
+VAULTS = 4          # vaults listed at once (one slow or unreachable vault delays no other)
 
 
 def add_parser(sub) -> None:
@@ -59,16 +61,30 @@ def run(args) -> int:
         keyring = keys.load_secret_keys(args.keyring, passphrase_reader(args.pass_fd))
     rows, failure = [], None
     try:
-        for vault in vaults:
+        stores = {}
+        for vault in vaults:                # made here, used in the threads
             try:
-                entries = catalog.list_archives(ctx.spool, ctx.store(vault), vault, prefix,
-                                                keyring)
-            except errors.Error as exc:           # show the other vaults all the same
-                log.error("cannot list vault %s: %s", vault, exc)
-                failure = failure or exc
-                continue
-            links = chains.parents(entries)
-            rows += [row(e, links.get(e.bid.ulid)) for e in entries if _wanted(e, args)]
+                stores[vault] = ctx.store(vault)
+            except errors.Error as exc:
+                stores[vault] = exc
+
+        def listing(vault):
+            if isinstance(stores[vault], errors.Error):
+                return stores[vault]
+            try:
+                return catalog.list_archives(ctx.spool, stores[vault], vault, prefix, keyring)
+            except errors.Error as exc:
+                return exc
+        # with a key, one vault at a time: unlocking it may ask for a passphrase
+        workers = 1 if keyring is not None else max(1, min(len(vaults), VAULTS))
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            for vault, entries in zip(vaults, pool.map(listing, vaults)):
+                if isinstance(entries, errors.Error):      # show the other vaults all the same
+                    log.error("cannot list vault %s: %s", vault, entries)
+                    failure = failure or entries
+                    continue
+                links = chains.parents(entries)
+                rows += [row(e, links.get(e.bid.ulid)) for e in entries if _wanted(e, args)]
     finally:
         ctx.close()
     if args.json:
