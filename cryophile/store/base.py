@@ -73,8 +73,9 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        """Every object whose key starts with ``prefix``; state may be
-        AVAILABLE for archived objects (listing does not call head)."""
+        """Every object whose key starts with ``prefix``; state as far as
+        the listing tells (S3 sends the restore status of archived objects;
+        listing does not call head)."""
 
     @abc.abstractmethod
     def delete(self, key: str) -> None:

@@ -111,13 +111,14 @@ class LocalStore(Store):
     def list(self, prefix="") -> Iterator[ObjectInfo]:
         if not os.path.isdir(self.root):
             return
+        top = os.path.join(self.root, "")
         for dirpath, dirnames, filenames in os.walk(self.root):
             dirnames.sort()
             for name in sorted(filenames):
                 if ".tmp-" in name:
                     continue
                 full = os.path.join(dirpath, name)
-                key = os.path.relpath(full, self.root)
+                key = full[len(top):]            # relpath, without its cost per file
                 if key.startswith(prefix):
                     try:
                         size = os.stat(full).st_size

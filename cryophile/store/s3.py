@@ -250,12 +250,15 @@ class S3Store(Store):
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         pages = self._client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=self.prefix + prefix)
+            Bucket=self.bucket, Prefix=self.prefix + prefix,
+            OptionalObjectAttributes=["RestoreStatus"])     # thaw state without a HEAD each
         try:
             for page in pages:
                 for obj in page.get("Contents", ()):
+                    sclass = obj.get("StorageClass") or "STANDARD"
                     yield ObjectInfo(key=obj["Key"][len(self.prefix):], size=obj["Size"],
-                                     storage_class=obj.get("StorageClass") or "STANDARD")
+                                     state=_listed_state(sclass, obj.get("RestoreStatus")),
+                                     storage_class=sclass)
         except _FAILURES as exc:
             raise self._error(exc, "list", prefix) from exc
 
@@ -373,6 +376,16 @@ def _sha256(resp: dict) -> bytes | None:
     except ValueError:
         pass
     return None
+
+
+def _listed_state(storage_class: str, restore: dict | None) -> State:
+    """Thaw state from a listing's ``RestoreStatus`` (stores that do not
+    send it: archived classes look ARCHIVED)."""
+    if storage_class not in ARCHIVED_CLASSES:
+        return State.AVAILABLE
+    if not restore:
+        return State.ARCHIVED
+    return State.RESTORING if restore.get("IsRestoreInProgress") else State.AVAILABLE
 
 
 def _state(storage_class: str, restore: str | None) -> State:
