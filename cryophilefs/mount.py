@@ -21,6 +21,7 @@ import pyfuse3
 import trio
 
 from cryophile import __version__, config as configuration, errors, keys, log as logsetup, thaw
+from cryophile import sdnotify
 from cryophile.cli.common import add_spool_options, passphrase_reader
 from cryophile.freeze import Freezer
 from cryophile.spool import Spool
@@ -231,6 +232,7 @@ async def serve(settings: Settings, opts: Options, mountpoint: str, mounted) -> 
             try:
                 _report_mounted(mounted, True)
                 log.info("mounted %s on %s", spool.root, mountpoint)
+                sdnotify.notify("READY=1", f"STATUS=mounted on {mountpoint}")  # Type=notify
                 nursery.start_soon(supervise, "freeze", settings.freezer.run)
                 if settings.thawer is not None:
                     nursery.start_soon(supervise, "thaw", settings.thawer.run)
