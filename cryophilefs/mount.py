@@ -18,6 +18,7 @@ import signal
 import sys
 
 import pyfuse3
+import shtab
 import trio
 
 from cryophile import __version__, config as configuration, errors, keys, log as logsetup, thaw
@@ -79,6 +80,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="count", default=0,
                    help="less log output: warnings and errors only")
     p.add_argument("-V", "--version", action="version", version=f"{PROG} {__version__}")
+    shtab.add_argument_to(p, "--print-completion", help="print a completion script for that shell")
     p.add_argument("where", nargs="+", metavar="MOUNTPOINT",
                    help="where to mount (mount(8) style `SOURCE MOUNTPOINT` works too)")
     return p
