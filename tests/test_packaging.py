@@ -138,6 +138,20 @@ def test_man_finds_the_pages_of_a_virtualenv_on_path(venv, page):
     assert "NAME" in run(["man", page], env=env).stdout
 
 
+def test_the_readme_install_recipe_links_commands_pages_and_completions(venv, tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    recipe = readme[readme.index("    cd /opt/cryophile && for f in"):]
+    recipe = recipe[:recipe.index("done") + len("done")]
+    local = tmp_path / "usr-local"
+    recipe = recipe.replace("/opt/cryophile", str(venv)).replace("/usr/local", str(local))
+    run(["bash", "-c", recipe])
+    assert run([str(local / "bin" / "cryophile"), "--version"]).stdout.startswith("cryophile ")
+    for page in ("cryophile", "cryophilefs", "cryophile.toml"):
+        run(["man", "-M", str(local / "share" / "man"), "-w", page])
+    for name in COMPLETIONS:
+        assert (local / "share" / name).resolve() == (venv / "share" / name), name
+
+
 # --- completions -------------------------------------------------------------------------
 
 def test_print_completion_bash():

@@ -14,7 +14,7 @@ def test_readme_names_the_two_commands():
     commands = re.findall(r"^    (\S.*)$", text.split("## Quick start", 1)[1].split("##", 1)[0],
                           re.M)
     assert commands == ["scripts/demo", ".ci/run"]
-    assert "exec .venv/bin/python -m pytest" in (ROOT / ".ci" / "run").read_text()
+    assert ".venv/bin/python -m pytest -q" in (ROOT / ".ci" / "run").read_text()
 
 
 def test_demo_runs(tmp_path):
