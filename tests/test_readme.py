@@ -4,6 +4,7 @@ recovers with standard tools, and mounts, all on a local vault."""
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -19,7 +20,7 @@ def test_readme_names_the_two_commands():
 
 def test_demo_runs(tmp_path):
     # .ci/run has run scripts/setup already; the demo's own work is what is tested
-    env = {**os.environ, "CRYOPHILE_DEMO_NO_SETUP": "1"}
+    env = {**os.environ, "CRYOPHILE_DEMO_NO_SETUP": "1", "CRYOPHILE_VENV": sys.prefix}
     proc = subprocess.run([str(ROOT / "scripts" / "demo")], capture_output=True, env=env,
                           timeout=900, cwd=ROOT)
     out = proc.stdout.decode(errors="replace")
