@@ -18,9 +18,11 @@ import signal
 import sys
 
 import pyfuse3
+import shtab
 import trio
 
 from cryophile import __version__, config as configuration, errors, keys, log as logsetup, thaw
+from cryophile import sdnotify
 from cryophile.cli.common import add_spool_options, passphrase_reader
 from cryophile.freeze import Freezer
 from cryophile.spool import FreezeDaemonLock, Spool
@@ -78,6 +80,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="count", default=0,
                    help="less log output: warnings and errors only")
     p.add_argument("-V", "--version", action="version", version=f"{PROG} {__version__}")
+    shtab.add_argument_to(p, "--print-completion", help="print a completion script for that shell")
     p.add_argument("where", nargs="+", metavar="MOUNTPOINT",
                    help="where to mount (mount(8) style `SOURCE MOUNTPOINT` works too)")
     return p
@@ -233,6 +236,7 @@ async def serve(settings: Settings, opts: Options, mountpoint: str, mounted) -> 
             try:
                 _report_mounted(mounted, True)
                 log.info("mounted %s on %s", spool.root, mountpoint)
+                sdnotify.notify("READY=1", f"STATUS=mounted on {mountpoint}")  # Type=notify
                 nursery.start_soon(supervise, "freeze", settings.freezer.run)
                 if settings.thawer is not None:
                     nursery.start_soon(supervise, "thaw", settings.thawer.run)

@@ -7,6 +7,8 @@ import logging
 import signal
 import sys
 
+import shtab
+
 from .. import __version__, errors, log
 from . import backup, chain, freeze, ls, restore, status, thaw
 from .common import add_spool_options
@@ -42,6 +44,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="count", default=0,
                    help="less log output: warnings and errors only")
     p.add_argument("-V", "--version", action="version", version=f"{PROG} {__version__}")
+    shtab.add_argument_to(p, "--print-completion", help="print a completion script for that shell")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in COMMANDS:
         module.add_parser(sub)
