@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import datetime
 import enum
 from typing import BinaryIO, Iterator
 
@@ -30,6 +31,7 @@ class ObjectInfo:
     size: int
     state: State = State.AVAILABLE
     storage_class: str = "STANDARD"
+    modified: datetime.datetime | None = None    # when stored (list gives it; else None)
 
 
 class Store(abc.ABC):

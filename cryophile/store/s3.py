@@ -189,7 +189,8 @@ class S3Store(Store):
             for page in pages:
                 for obj in page.get("Contents", ()):
                     yield ObjectInfo(key=obj["Key"][len(self.prefix):], size=obj["Size"],
-                                     storage_class=obj.get("StorageClass") or "STANDARD")
+                                     storage_class=obj.get("StorageClass") or "STANDARD",
+                                     modified=obj.get("LastModified"))
         except _FAILURES as exc:
             raise self._error(exc, "list", prefix) from exc
 
