@@ -8,10 +8,10 @@ import signal
 import sys
 
 from .. import __version__, errors, log
-from . import backup, check, freeze, ls, restore, rm, status, thaw
+from . import backup, check, freeze, ls, prune, restore, rm, status, thaw
 from .common import add_spool_options
 
-COMMANDS = (backup, freeze, thaw, restore, ls, status, rm, check)
+COMMANDS = (backup, freeze, thaw, restore, ls, status, rm, prune, check)
 PROG = "cryophile"
 
 DESCRIPTION = """\
