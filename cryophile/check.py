@@ -32,7 +32,7 @@ import tempfile
 import time
 from typing import Callable, Iterable
 
-from . import errors, manifest
+from . import chains, errors, manifest
 from .ids import BackupId
 from .store.base import State
 
@@ -111,7 +111,7 @@ class Checker:
         self.store = store
         self.storage_class = storage_class
         self.queued = queued                  # bid -> still in the spool's freeze queue?
-        self.parents = parents or parent_links
+        self.parents = parents or chains.parents
         self.tier, self.days = restore
         self.problems: list[Problem] = []
         self.checked: list[Archive] = []
@@ -259,24 +259,6 @@ class Checker:
             log.debug("%s is being restored; next look in %.0f s", key, delay)
             time.sleep(delay)
             delay = min(delay * 2, POLL_MAX)
-
-
-def parent_links(archives: list) -> dict[str, str | None | str]:
-    """ULID → parent ULID (``backup --parent``), None for none, or a
-    description of what is missing.  The stand-in for chain resolution by
-    stream ids; any function with this shape will do."""
-    have = {a.bid.ulid for a in archives}
-    out: dict = {}
-    for a in archives:
-        up = a.parent
-        out[a.bid.ulid] = None if not up else up if up in have else _Missing(
-            f"archive {up} (its --parent)")
-    return out
-
-
-@dataclasses.dataclass(frozen=True)
-class _Missing:
-    what: str
 
 
 class _HashSink:

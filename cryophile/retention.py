@@ -16,9 +16,9 @@ rules would delete:
   be received (its parent, the parent's parent, …) is held ("base of …");
 - a minimum storage duration: an object younger than its storage class's
   minimum (GLACIER_IR and GLACIER 90 days, DEEP_ARCHIVE 180, STANDARD_IA and
-  ONEZONE_IA 30) is charged as if stored that long when deleted early, so
-  such an archive is held unless early deletion is allowed; the charge is
-  shown either way.
+  ONEZONE_IA 30, from the price table in prices.py) is charged as if
+  stored that long when deleted early, so such an archive is held unless
+  early deletion is allowed; the charge is shown either way.
 
 Archives still in the spool's freeze queue (``queued``) are no backups yet
 in the vault: no rule counts them, and they are always kept (with their
@@ -33,14 +33,9 @@ import datetime
 import re
 from typing import Callable, Iterable
 
-# Minimum storage durations (days) and storage prices (USD per GB-month,
-# AWS us-east-1 list prices): the defaults when no price table is given.
-MIN_STORAGE_DAYS = {"STANDARD_IA": 30, "ONEZONE_IA": 30, "GLACIER_IR": 90, "GLACIER": 90,
-                    "DEEP_ARCHIVE": 180}
-PRICE_PER_GB_MONTH = {"STANDARD": 0.023, "STANDARD_IA": 0.0125, "ONEZONE_IA": 0.01,
-                      "GLACIER_IR": 0.004, "GLACIER": 0.0036, "DEEP_ARCHIVE": 0.00099}
-CURRENCY = "USD"
-GB = 10 ** 9
+from .prices import GB, PriceTable
+
+_DEFAULT_PRICES = PriceTable()      # minimum storage days and storage prices by class
 DAYS_PER_MONTH = 30          # as AWS pro-rates early deletion
 
 KEEP, DELETE, HELD = "keep", "delete", "held"
@@ -130,9 +125,15 @@ class Decision:
 
 @dataclasses.dataclass(frozen=True)
 class Prices:
-    min_days: Callable[[str], int] = lambda c: MIN_STORAGE_DAYS.get(c, 0)
-    per_gb_month: Callable[[str], float] = lambda c: PRICE_PER_GB_MONTH.get(c, 0.0)
-    currency: str = CURRENCY
+    """What early deletion looks at (by default the shipped price table)."""
+
+    min_days: Callable[[str], int] = _DEFAULT_PRICES.min_storage_days
+    per_gb_month: Callable[[str], float] = _DEFAULT_PRICES.storage_per_gb_month
+    currency: str = _DEFAULT_PRICES.currency
+
+    @classmethod
+    def from_table(cls, table: PriceTable) -> "Prices":
+        return cls(table.min_storage_days, table.storage_per_gb_month, table.currency)
 
 
 def plan(items: Iterable[Item], policy: Policy, now: datetime.datetime,

@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 
-from .. import check, errors, manifest, remove, retention
+from .. import chains, check, errors, manifest, remove, retention
 from ..ids import BackupId, ulid_time
 from .check import parse_target
 from .common import Context, human
@@ -90,12 +90,13 @@ def run(args) -> int:
                                     "cryophile rm")
         store = ctx.store(vault)
         items, entries = _items(ctx, store, vault, prefix)
-        links = check.parent_links(list(entries.values()))
+        links = chains.parents(list(entries.values()))
         decisions = retention.plan(
             items, policy, datetime.datetime.now(datetime.timezone.utc),
             lambda item: _ulid_or_none(links.get(item.ulid)),
+            retention.Prices.from_table(ctx.config.prices),
             allow_early_delete=args.allow_early_delete)
-        _print(vault, decisions)
+        _print(vault, decisions, ctx.config.prices.currency)
         if args.dry_run:
             return 0
         return _delete(ctx, store, vault, decisions)
@@ -147,7 +148,7 @@ def _under(prefix: str, wanted: str) -> bool:
     return not wanted or prefix == wanted or prefix.startswith(wanted + "/")
 
 
-def _print(vault: str, decisions: list[retention.Decision]) -> None:
+def _print(vault: str, decisions: list[retention.Decision], currency: str) -> None:
     out = sys.stdout
     counts = {retention.KEEP: 0, retention.HELD: 0, retention.DELETE: 0}
     freed = charge = 0.0
@@ -162,7 +163,7 @@ def _print(vault: str, decisions: list[retention.Decision]) -> None:
         created = d.item.time.strftime("%Y-%m-%dT%H:%M:%SZ")
         out.write(f"{d.action:<6} {str(bid):<40} {created} {human(d.item.size):>10}"
                   f"{'  ' + why if why else ''}\n")
-    tail = (f", early deletion charges {retention.money(charge)} {retention.CURRENCY}"
+    tail = (f", early deletion charges {retention.money(charge)} {currency}"
             if charge else "")
     out.write(f"{counts['keep']} kept, {counts['held']} held, {counts['delete']} to delete "
               f"({human(freed)}){tail}\n")
