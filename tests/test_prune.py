@@ -115,3 +115,19 @@ def test_glacier_archives_are_held_until_their_minimum_duration(
     rig.run("prune", "offsite", "--keep-last", "1", "--allow-early-delete", check=True)
     keys = [o["Key"] for o in s3client.list_objects_v2(Bucket=bucket)["Contents"]]
     assert keys and all(k.startswith(new) for k in keys)
+
+
+def test_zfs_incrementals_hold_their_bases_by_stream_guids(rig, recipes):
+    """No --parent: the chain comes from the zfs streams' guids in chunk.0."""
+    from tests.streamgen import zfs_substream
+    ulids = []
+    for day, (to, frm) in enumerate([(11, 0), (22, 11), (33, 0), (44, 22)], 1):
+        stream = zfs_substream("<", to, frm, f"tank/home@d{day}", [])
+        ulids.append(rig.backup(stream, recipes["gpg"].cert, "-t", f"2026-02-0{day}T00:00:00Z",
+                                "-p", "tank/home"))
+    rig.run("freeze", "--once", check=True)
+    proc = rig.run("prune", rig.vault, "--keep-last", "1", check=True)
+    assert plan_lines(proc) == {ulids[3]: "keep last", ulids[2]: "delete",
+                                ulids[1]: f"held base of {ulids[3]}",
+                                ulids[0]: f"held base of {ulids[1]}"}
+    assert rig.run("check", rig.vault).returncode == 0
