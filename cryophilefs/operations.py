@@ -272,6 +272,10 @@ class Operations(pyfuse3.Operations):
         bid = node.archive.bid
         if node.archive.readers:
             raise FsError(errno.EBUSY, f"{bid} is open: not deleted")
+        if self.s.freezer is not None and os.path.isdir(self.spool.dir("freeze", bid)):
+            # this process's freeze may be uploading it right now
+            raise FsError(errno.EBUSY, f"{bid} is still being frozen: not deleted (try again "
+                          "once it is frozen)")
         try:
             await trio.to_thread.run_sync(remove.remove, self.spool, self.s.stores(bid.vault),
                                           bid)

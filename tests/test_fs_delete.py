@@ -44,3 +44,19 @@ def test_unlink_without_allow_delete_is_erofs(rig, data, fskeys):
         assert info.value.errno == errno.EROFS
         assert archive.exists()
     assert "allow_delete" in rig.log
+
+
+def test_unlink_of_an_archive_still_queued_is_ebusy(tmp_path, fskeys, data):
+    """The mount's own freeze may be uploading it: deleting waits until it is frozen.
+    (The vault here is a file, so the freeze keeps failing and the archive stays queued.)"""
+    from tests.fsrig import FsRig
+    (tmp_path / "not-a-dir").write_bytes(b"")
+    rig = FsRig(tmp_path, fskeys[0], url=f"file://{tmp_path / 'not-a-dir'}")
+    with rig.mounted("-o", "allow_delete", expect=("cannot store", "still being frozen",
+                                                   "freeze")):
+        sh(f"cat {data} > {rig.incoming}/queued")
+        archive = rig.archive()
+        with pytest.raises(OSError) as info:
+            os.unlink(archive)
+        assert info.value.errno == errno.EBUSY
+        assert archive.exists()
