@@ -1,7 +1,7 @@
 """Deleting an archive: chunk.0 first, then its fragments, everywhere.
 
-chunk.0 marks an archive complete, so it goes first (the spool's copy and
-the vault's): from then on nothing lists the archive, and a kill halfway
+chunk.0 marks an archive complete, so it goes first (the spool's copy, a
+listing's cached copy and the vault's): from then on nothing lists the archive, and a kill halfway
 leaves only fragments without a mark, which a second ``remove`` finds by
 listing ``PREFIX/ULID/`` and finishes.  The spool's freeze queue is marked
 ABANDONED before its chunk.0 goes, so that a freeze meeting the leftovers
@@ -27,6 +27,7 @@ from .spool import ABANDONED, BackupLock, Spool
 log = logging.getLogger("cryophile.remove")
 
 FREEZING = ".freezing"     # flock held by the process freezing an archive (see freeze.py)
+CACHED_MARK = ".chunk0"    # a listing's copy of chunk.0: SPOOL/cache/VAULT/PREFIX/ULID.chunk0
 
 
 class BusyError(errors.UsageError):
@@ -95,6 +96,9 @@ def _remove(spool: Spool, store, bid: BackupId) -> Removed:
         done.spool = True
         _touch(os.path.join(queued, ABANDONED))
         _unlink(spool.path("freeze", bid, 0))
+    cached = os.path.join(spool.queue("cache"), bid.vault, bid.key + CACHED_MARK)
+    if os.path.exists(cached):
+        _unlink(cached)
     for key in keys:          # chunk.0 first
         store.delete(key)
         done.objects += 1

@@ -32,7 +32,11 @@ def test_rm_deletes_a_frozen_archive_and_leaves_the_others(rig, recipes):
     keep = backup(rig, recipes, os.urandom(20_000), "-p", "tank/home")
     gone = backup(rig, recipes, os.urandom(20_000), "-p", "tank/home")
     rig.run("freeze", "--once", check=True)
+    cached = rig.spool / "cache" / rig.vault / "tank" / "home" / f"{gone}.chunk0"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes((archive_dir(rig, gone, "tank/home") / "chunk.0").read_bytes())
     proc = rig.run("rm", f"{rig.vault}/tank/home/{gone}", check=True)
+    assert not cached.exists()                      # no listing's copy lingers
     assert proc.stdout.decode() == f"removed {rig.vault}/tank/home/{gone}\n"
     assert not archive_dir(rig, gone, "tank/home").exists()
     assert (archive_dir(rig, keep, "tank/home") / "chunk.0").exists()
