@@ -123,7 +123,11 @@ class Checker:
 
     # --- metadata ------------------------------------------------------------
 
-    def metadata(self, archives: dict[str, Archive]) -> None:
+    def metadata(self, archives: dict[str, Archive], context: Iterable[Archive] = (),
+                 queued: Iterable = ()) -> None:
+        """Check ``archives``; ``context`` (other archives of the vault) and
+        ``queued`` (sealed archives still in the spool, with bid, stream and
+        parent) only serve as links of their chains."""
         for archive in sorted(archives.values(), key=lambda a: (a.bid.prefix, a.bid.ulid)):
             if 0 not in archive.objects:
                 if not self.queued(archive.bid):
@@ -134,7 +138,21 @@ class Checker:
             if self._mark(archive):
                 self._fragments(archive)
                 self.checked.append(archive)
-        self._chains()
+        self._chains([a for a in context if a.bid.key not in archives and self._quiet_mark(a)],
+                     list(queued))
+
+    def _quiet_mark(self, archive: Archive) -> bool:
+        """chunk.0 of an archive not being checked, for its place in chains."""
+        if 0 not in archive.objects:
+            return False
+        buf = io.BytesIO()
+        try:
+            self.store.get(archive.bid.fragment_key(0), buf)
+            archive.clear, archive.encrypted = manifest.read_clear(buf.getvalue())
+            manifest.check_identity(archive.clear, archive.bid)
+        except (errors.NotFoundError, errors.NotRestoredError, errors.IntegrityError):
+            return False
+        return True
 
     def _mark(self, archive: Archive) -> bool:
         key = archive.bid.fragment_key(0)
@@ -178,12 +196,13 @@ class Checker:
             self.problem(archive, DAMAGED, f"chunk.{n} is not one of the {len(frags)} "
                          "fragments chunk.0 records", archive.bid.fragment_key(n))
 
-    def _chains(self) -> None:
-        complete = [a for a in self.checked if a.clear is not None]
-        by_ulid = {a.bid.ulid: a for a in complete}
-        for ulid, up in self.parents(complete).items():
+    def _chains(self, context: list, queued: list) -> None:
+        checked = {a.bid.ulid: a for a in self.checked}
+        links = self.parents([*self.checked, *context, *queued])
+        for ulid, archive in checked.items():
+            up = links.get(ulid)
             if up is not None and not isinstance(up, str):
-                self.problem(by_ulid[ulid], MISSING, "chain broken: needs "
+                self.problem(archive, MISSING, "chain broken: needs "
                              f"{getattr(up, 'what', up)}, which is not in the vault")
 
     # --- data ------------------------------------------------------------------
@@ -288,3 +307,27 @@ class _Null:
 
     def flush(self) -> None:
         pass
+
+
+@dataclasses.dataclass
+class Link:
+    """An archive as chain resolution sees it (bid, stream, parent)."""
+
+    bid: BackupId
+    stream: dict | None
+    parent: str | None
+
+
+def queued_entries(spool, vault: str, prefix: str = "") -> list[Link]:
+    """Sealed archives of VAULT[/PREFIX] in the spool's freeze queue."""
+    found = []
+    for bid in spool.archives("freeze"):
+        if bid.vault != vault or not (not prefix or bid.prefix == prefix
+                                      or bid.prefix.startswith(prefix + "/")):
+            continue
+        try:
+            clear = manifest.load(spool.path("freeze", bid, 0))[0]
+        except (OSError, errors.Error):
+            continue                  # not sealed, or frozen and gone meanwhile
+        found.append(Link(bid, clear.stream, clear.parent))
+    return found

@@ -143,6 +143,7 @@ def test_a_broken_chain_exits_8(rig, recipes):
     child = backup(rig, recipes, os.urandom(5000), "-p", "tank", "--parent", base)
     rig.run("freeze", "--once", check=True)
     assert check(rig, rig.vault).returncode == 0
+    assert check(rig, f"{rig.vault}/tank/{child}").returncode == 0     # its base is looked up
     rig.run("rm", f"{rig.vault}/tank/{base}", check=True)
     proc = check(rig, rig.vault)
     assert proc.returncode == 8, proc.stderr
@@ -176,3 +177,18 @@ def test_s3_storage_classes_and_read_data_thaws(tmp_path, bucket, s3proxy, s3cli
     assert proc.returncode == 10, proc.stderr
     assert proc.stdout.decode() == (f"{bucket}/tank/{ulid}: chunk.2 is in storage class "
                                     "STANDARD_IA, expected GLACIER\n")
+
+
+def test_a_base_still_queued_in_the_spool_is_no_broken_chain(rig, recipes):
+    base = backup(rig, recipes, os.urandom(5000), "-p", "tank")
+    child = backup(rig, recipes, os.urandom(5000), "-p", "tank", "--parent", base)
+    rig.run("freeze", "--once", check=True)
+    queued = rig.spool / "freeze" / rig.vault / "tank" / base
+    queued.mkdir(parents=True)
+    for name in ("chunk.0", "chunk.1"):
+        (queued / name).write_bytes((archive_dir(rig, base, "tank") / name).read_bytes())
+    import shutil
+    shutil.rmtree(archive_dir(rig, base, "tank"))           # as if not yet frozen
+    assert check(rig, f"{rig.vault}/tank/{child}").returncode == 0
+    shutil.rmtree(queued)
+    assert check(rig, f"{rig.vault}/tank/{child}").returncode == 8

@@ -80,7 +80,8 @@ def run(args) -> int:
 def _check(ctx, vault, prefix, ulid, args, keyring):
     conf = ctx.vault(vault)
     store = ctx.store(vault)
-    archives = check.scan(store, vault, prefix, ulid)
+    context = check.scan(store, vault, prefix)           # the chains' other links
+    archives = {k: a for k, a in context.items() if ulid is None or a.bid.ulid == ulid}
     where = f"{vault}/{prefix}" if prefix else vault
     if not archives:
         what = f"archive {where}/{ulid}" if ulid else f"no archive under {where}"
@@ -89,7 +90,7 @@ def _check(ctx, vault, prefix, ulid, args, keyring):
     checker = check.Checker(
         store, conf.storage_class, restore=(conf.restore_tier, conf.restore_days),
         queued=lambda bid: os.path.isdir(ctx.spool.dir("freeze", bid)))
-    checker.metadata(archives)
+    checker.metadata(archives, context.values(), check.queued_entries(ctx.spool, vault, prefix))
     if args.read_data:
         for archive in checker.checked:
             if keyring is None:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import io
 import logging
-import os
 import sys
 
 from .. import chains, check, errors, manifest, remove, retention
@@ -66,13 +64,6 @@ def _duration(text: str) -> retention.Duration:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-@dataclasses.dataclass
-class _Entry:
-    """What chain resolution looks at: bid, stream, parent."""
-
-    bid: BackupId
-    stream: dict | None
-    parent: str | None
 
 
 def run(args) -> int:
@@ -112,7 +103,7 @@ def _items(ctx, store, vault: str, prefix: str):
     """Archives in the vault (whole: with chunk.0) and sealed ones still
     queued in the spool, as retention items, and chain entries by ULID."""
     items: dict[str, retention.Item] = {}
-    entries: dict[str, _Entry] = {}
+    entries: dict[str, check.Link] = {}
     for archive in check.scan(store, vault, prefix).values():
         if 0 not in archive.objects:
             continue
@@ -129,23 +120,13 @@ def _items(ctx, store, vault: str, prefix: str):
                         for o in archive.objects.values())
         items[archive.bid.key] = retention.Item(archive.bid.ulid, archive.bid.prefix, made,
                                                 objects)
-        entries[archive.bid.ulid] = _Entry(archive.bid, clear.stream, clear.parent)
-    for bid in ctx.spool.archives("freeze"):
-        mark = ctx.spool.path("freeze", bid, 0)
-        if bid.vault != vault or bid.key in items or not _under(bid.prefix, prefix) \
-                or not os.path.exists(mark):
-            continue
-        try:
-            clear = manifest.load(mark)[0]
-        except (OSError, errors.Error):
-            continue                  # frozen and gone meanwhile
-        items[bid.key] = retention.Item(bid.ulid, bid.prefix, ulid_time(bid.ulid), queued=True)
-        entries[bid.ulid] = _Entry(bid, clear.stream, clear.parent)
+        entries[archive.bid.ulid] = check.Link(archive.bid, clear.stream, clear.parent)
+    for q in check.queued_entries(ctx.spool, vault, prefix):
+        if q.bid.key not in items:
+            items[q.bid.key] = retention.Item(q.bid.ulid, q.bid.prefix, ulid_time(q.bid.ulid),
+                                              queued=True)
+            entries[q.bid.ulid] = q
     return list(items.values()), entries
-
-
-def _under(prefix: str, wanted: str) -> bool:
-    return not wanted or prefix == wanted or prefix.startswith(wanted + "/")
 
 
 def _print(vault: str, decisions: list[retention.Decision], currency: str) -> None:
