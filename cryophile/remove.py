@@ -113,7 +113,7 @@ def _remove(spool: Spool, store, bid: BackupId) -> Removed:
     if not keys and not done.spool:
         raise errors.NotFoundError(f"archive {bid} not found (nothing of it in the vault "
                                    "or the spool)")
-    log.info("removed %s (%d object(s) from the vault)", bid, done.objects)
+    log.debug("removed %s (%d object(s) from the vault)", bid, done.objects)
     return done
 
 

@@ -8,7 +8,7 @@ import os
 import sys
 
 from .. import check, errors, ids
-from .common import Context, passphrase_reader
+from .common import Context
 
 log = logging.getLogger("cryophile")
 
