@@ -21,6 +21,7 @@ Synchronous: a CLI runs it directly.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import hashlib
 import io
@@ -42,6 +43,7 @@ OBJECT_RE = re.compile(r"^(?:(.+)/)?([0-9A-HJKMNP-TV-Z]{26})/chunk\.(\d+)$")
 MARK_CLASS = "STANDARD"      # chunk.0 is never archived (freeze.LIST_CLASS)
 NO_CLASS = ("LOCAL",)        # stores without storage classes
 POLL_MIN, POLL_MAX = 1.0, 300.0
+MARK_FETCHES = 8             # chunk.0s read at once
 
 DAMAGED, MISSING, STORAGE = "damaged", "missing", "storage"
 EXIT = {DAMAGED: errors.IntegrityError.exit_code, MISSING: errors.MissingFragmentError.exit_code,
@@ -79,6 +81,28 @@ class Archive:
     @property
     def parent(self) -> str | None:
         return self.clear.parent if self.clear else None
+
+
+def fetch_marks(store, archives: Iterable[Archive], workers: int = MARK_FETCHES
+                ) -> dict[str, errors.Error | None]:
+    """Read each archive's chunk.0 (several at a time: they are small and
+    one request each) into ``clear``/``encrypted``; by key, None or why not.
+    Store failures other than a missing or archived object are raised."""
+    def one(archive: Archive) -> errors.Error | None:
+        if 0 not in archive.objects:
+            return None
+        buf = io.BytesIO()
+        try:
+            store.get(archive.bid.fragment_key(0), buf)
+            clear, encrypted = manifest.read_clear(buf.getvalue())
+            manifest.check_identity(clear, archive.bid)
+        except (errors.NotFoundError, errors.NotRestoredError, errors.IntegrityError) as exc:
+            return exc
+        archive.clear, archive.encrypted = clear, encrypted
+        return None
+    archives = list(archives)
+    with concurrent.futures.ThreadPoolExecutor(workers, "cryophile-marks") as pool:
+        return {a.bid.key: r for a, r in zip(archives, pool.map(one, archives))}
 
 
 def exit_code(problems: Iterable[Problem]) -> int:
@@ -128,6 +152,8 @@ class Checker:
         """Check ``archives``; ``context`` (other archives of the vault) and
         ``queued`` (sealed archives still in the spool, with bid, stream and
         parent) only serve as links of their chains."""
+        others = [a for a in context if a.bid.key not in archives]
+        marks = fetch_marks(self.store, [*archives.values(), *others])
         for archive in sorted(archives.values(), key=lambda a: (a.bid.prefix, a.bid.ulid)):
             if 0 not in archive.objects:
                 if not self.queued(archive.bid):
@@ -135,47 +161,25 @@ class Checker:
                                  f"{len(archive.objects)} object(s) without chunk.0: left by an "
                                  "interrupted backup or rm (cryophile rm removes them)")
                 continue
-            if self._mark(archive):
+            if self._mark(archive, marks[archive.bid.key]):
                 self._fragments(archive)
                 self.checked.append(archive)
-        self._chains([a for a in context if a.bid.key not in archives and self._quiet_mark(a)],
-                     list(queued))
+        self._chains([a for a in others if a.clear is not None], list(queued))
 
-    def _quiet_mark(self, archive: Archive) -> bool:
-        """chunk.0 of an archive not being checked, for its place in chains."""
-        if 0 not in archive.objects:
-            return False
-        buf = io.BytesIO()
-        try:
-            self.store.get(archive.bid.fragment_key(0), buf)
-            archive.clear, archive.encrypted = manifest.read_clear(buf.getvalue())
-            manifest.check_identity(archive.clear, archive.bid)
-        except (errors.NotFoundError, errors.NotRestoredError, errors.IntegrityError):
-            return False
-        return True
-
-    def _mark(self, archive: Archive) -> bool:
+    def _mark(self, archive: Archive, failure: errors.Error | None) -> bool:
         key = archive.bid.fragment_key(0)
         info = archive.objects[0]
         if info.storage_class not in NO_CLASS and info.storage_class != MARK_CLASS:
             self.problem(archive, STORAGE, f"chunk.0 is in storage class {info.storage_class}, "
                          f"expected {MARK_CLASS} (listing and restore need it readable)", key)
-        buf = io.BytesIO()
-        try:
-            self.store.get(key, buf)
-            archive.clear, archive.encrypted = manifest.read_clear(buf.getvalue())
-            manifest.check_identity(archive.clear, archive.bid)
-        except errors.NotRestoredError:
+        if isinstance(failure, errors.NotRestoredError):
             self.problem(archive, STORAGE, "chunk.0 is archived: it cannot be read without "
                          "a thaw", key)
-            return False
-        except errors.NotFoundError:
+        elif isinstance(failure, errors.NotFoundError):
             self.problem(archive, MISSING, "chunk.0 vanished while checking", key)
-            return False
-        except errors.IntegrityError as exc:
-            self.problem(archive, DAMAGED, f"chunk.0: {exc}", key)
-            return False
-        return True
+        elif failure is not None:
+            self.problem(archive, DAMAGED, f"chunk.0: {failure}", key)
+        return failure is None
 
     def _fragments(self, archive: Archive) -> None:
         frags = archive.clear.fragments

@@ -131,3 +131,14 @@ def test_zfs_incrementals_hold_their_bases_by_stream_guids(rig, recipes):
                                 ulids[1]: f"held base of {ulids[3]}",
                                 ulids[0]: f"held base of {ulids[1]}"}
     assert rig.run("check", rig.vault).returncode == 0
+
+
+def test_an_archive_whose_chunk0_does_not_parse_is_left_alone(rig, recipes):
+    odd = backup(rig, recipes, "2026-01-01T00:00:00Z")
+    backup(rig, recipes, "2026-01-02T00:00:00Z")
+    rig.run("freeze", "--once", check=True)
+    mark = archive_dir(rig, odd) / "chunk.0"
+    mark.write_bytes(b"not a mark")
+    proc = rig.run("prune", rig.vault, "--keep-last", "1", check=True)
+    assert odd not in plan_lines(proc) and mark.exists()
+    assert b"left alone" in proc.stderr

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import io
 import logging
 import sys
 
-from .. import chains, check, errors, manifest, remove, retention
+from .. import chains, check, errors, remove, retention
 from ..ids import BackupId, ulid_time
 from .check import parse_target
 from .common import Context, human
@@ -104,23 +103,20 @@ def _items(ctx, store, vault: str, prefix: str):
     queued in the spool, as retention items, and chain entries by ULID."""
     items: dict[str, retention.Item] = {}
     entries: dict[str, check.Link] = {}
-    for archive in check.scan(store, vault, prefix).values():
-        if 0 not in archive.objects:
-            continue
-        buf = io.BytesIO()
-        try:
-            store.get(archive.bid.fragment_key(0), buf)
-            clear = manifest.read_clear(buf.getvalue())[0]
-            manifest.check_identity(clear, archive.bid)
-        except errors.IntegrityError as exc:
-            log.warning("%s is left alone: %s", archive.bid, exc)
+    archives = [a for a in check.scan(store, vault, prefix).values() if 0 in a.objects]
+    marks = check.fetch_marks(store, archives)
+    for archive in archives:
+        failure = marks[archive.bid.key]
+        if failure is not None:
+            log.warning("%s is left alone: %s", archive.bid, failure)
             continue
         made = ulid_time(archive.bid.ulid)
         objects = tuple(retention.Stored(o.storage_class, o.size, o.modified or made)
                         for o in archive.objects.values())
         items[archive.bid.key] = retention.Item(archive.bid.ulid, archive.bid.prefix, made,
                                                 objects)
-        entries[archive.bid.ulid] = check.Link(archive.bid, clear.stream, clear.parent)
+        entries[archive.bid.ulid] = check.Link(archive.bid, archive.clear.stream,
+                                               archive.clear.parent)
     for q in check.queued_entries(ctx.spool, vault, prefix):
         if q.bid.key not in items:
             items[q.bid.key] = retention.Item(q.bid.ulid, q.bid.prefix, ulid_time(q.bid.ulid),
