@@ -30,6 +30,7 @@ from .writer import HeldWriter, Incoming
 log = logging.getLogger("cryophilefs")
 
 XATTR = "user.cryophile."
+RELEASE_GRACE = 2.0     # seconds unlink waits for the release of a just-closed archive
 FH_HANDLERS = {"read", "write", "flush", "release", "fsync", "readdir", "releasedir"}
 
 
@@ -270,6 +271,9 @@ class Operations(pyfuse3.Operations):
             raise FsError(errno.EROFS, "archives are read-only (mount with -o allow_delete "
                           "to delete them)" if node.archive is not None else "read-only")
         bid = node.archive.bid
+        with trio.move_on_after(RELEASE_GRACE):    # the kernel releases after close returns
+            while node.archive.readers:
+                await trio.sleep(0.02)
         if node.archive.readers:
             raise FsError(errno.EBUSY, f"{bid} is open: not deleted")
         if self.s.freezer is not None and os.path.isdir(self.spool.dir("freeze", bid)):
