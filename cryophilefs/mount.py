@@ -54,6 +54,7 @@ mount options (-o, comma separated):
   spool=DIR, config=FILE, keyring=FILE   as -S, -c and -k (keyring repeatable)
   pass_fd=FD                             as -P
   allow_other                            let other users in (adds default_permissions)
+  allow_delete                           unlink of an archive deletes it (as cryophile rm)
   restore_tier=Expedited|Standard|Bulk   thaw tier instead of the vault's
   restore_days=N                         days a thawed copy stays in the vault
   thaw_poll=SECONDS                      first wait between restore polls
@@ -90,6 +91,7 @@ def parser() -> argparse.ArgumentParser:
 class Options:
     fuse: set
     allow_other: bool = False
+    allow_delete: bool = False
     restore_tier: str | None = None
     restore_days: int | None = None
     thaw_poll: float = thaw.POLL_MIN
@@ -136,6 +138,8 @@ def _ours(args, opts: Options, name: str, value: str, has_value: bool) -> bool:
         opts.restore_days = _number(name, value, int)
     elif name == "thaw_poll":
         opts.thaw_poll = _number(name, value, float)
+    elif name == "allow_delete" and not has_value:
+        opts.allow_delete = True
     else:
         return False
     return True
@@ -209,7 +213,8 @@ def mount(args) -> int:
         log.info("no secret key loaded: backups only (mount with -k SECRET_KEY to read)")
     mounted = None if args.foreground else detach()
     stores = configuration.Stores(cfg)
-    settings = Settings(cfg, spool, stores, certificates, keyring, opts.allow_other)
+    settings = Settings(cfg, spool, stores, certificates, keyring, opts.allow_other,
+                        allow_delete=opts.allow_delete)
     try:
         trio.run(serve, settings, opts, mountpoint, mounted)
     finally:

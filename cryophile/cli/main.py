@@ -10,10 +10,10 @@ import sys
 import shtab
 
 from .. import __version__, errors, log
-from . import backup, chain, freeze, ls, restore, status, thaw
+from . import backup, chain, check, freeze, ls, prune, restore, rm, status, thaw
 from .common import add_spool_options
 
-COMMANDS = (backup, freeze, thaw, restore, ls, chain, status)
+COMMANDS = (backup, freeze, thaw, restore, ls, chain, status, rm, prune, check)
 PROG = "cryophile"
 
 DESCRIPTION = """\

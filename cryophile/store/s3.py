@@ -259,7 +259,7 @@ class S3Store(Store):
                     sclass = obj.get("StorageClass") or "STANDARD"
                     yield ObjectInfo(key=obj["Key"][len(self.prefix):], size=obj["Size"],
                                      state=_listed_state(sclass, obj.get("RestoreStatus")),
-                                     storage_class=sclass)
+                                     storage_class=sclass, modified=obj.get("LastModified"))
         except _FAILURES as exc:
             raise self._error(exc, "list", prefix) from exc
 
