@@ -113,8 +113,9 @@ class Thawer:
                  settings: Callable[[str], tuple[str, int]],
                  select: Callable[[BackupId], bool] = lambda bid: True,
                  limiter: trio.CapacityLimiter | None = None,
-                 poll_min: float = POLL_MIN, poll_max: float = POLL_MAX):
+                 poll_min: float = POLL_MIN, poll_max: float = POLL_MAX, guard=None):
         self.spool, self.stores, self.settings = spool, stores, settings
+        self.guard = guard          # ledger.Guard: the thaw budget, or None
         self.select = select
         self.limiter = limiter or trio.CapacityLimiter(DOWNLOADS * 2)
         self.downloads = trio.Semaphore(DOWNLOADS)
@@ -146,6 +147,9 @@ class Thawer:
         clear = await trio.to_thread.run_sync(fetch_mark, self.spool, store, bid,
                                               limiter=self.limiter)
         wanted = self.spool.fragments("thaw", bid)
+        if self.guard is not None:
+            await trio.to_thread.run_sync(self.guard.reserve, store, clear, wanted,
+                                          *self.settings(bid.vault), limiter=self.limiter)
         try:
             async with trio.open_nursery() as nursery:
                 for n in wanted:
@@ -191,6 +195,8 @@ class Thawer:
             if info.state is State.ARCHIVED and not requested:
                 log.debug("requesting restore of %s (%s, %s tier, %d days)",
                          key, info.storage_class, tier, days)
+                if self.guard is not None:
+                    await trio.to_thread.run_sync(self.guard.charge, bid, n, info, tier, days)
                 await trio.to_thread.run_sync(
                     lambda: store.request_restore(key, tier=tier, days=days),
                     limiter=self.limiter)

@@ -13,6 +13,7 @@ from .. import errors, manifest, thaw
 from ..ids import BackupId
 from ..pipeline import reader
 from ..spool import BackupLock
+from . import thawplan
 from .common import Context, Progress, backup_id, secret_keys
 
 log = logging.getLogger("cryophile.restore")
@@ -36,12 +37,15 @@ def add_parser(sub) -> None:
                    help="read the secret key's passphrase from file descriptor FD")
     p.add_argument("-o", "--output", default="-", metavar="OUTPUT",
                    help="write to this file instead of stdout")
+    thawplan.add_restore_arguments(p)
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
     ctx = Context(args)
     bid = backup_id(ctx, args)
+    if args.dry_run:
+        return thawplan.dry_run(ctx, bid)
     keyring = secret_keys(args.keyring, args.pass_fd)
     output = Output(args.output)
     try:
@@ -109,6 +113,7 @@ class Restore:
         encrypted = manifest.load(self.spool.path("restore", self.bid, 0))[1]
         body = await trio.to_thread.run_sync(manifest.read_manifest, encrypted, clear,
                                              self.keyring.decrypt_session_key)
+        await trio.to_thread.run_sync(thawplan.reserve, self.ctx, self.bid, clear)
         await trio.to_thread.run_sync(self.queue, clear)
         try:
             async with trio.open_nursery() as nursery:
@@ -159,10 +164,9 @@ class Restore:
             self.daemon = True
             log.info("waiting for the running `cryophile thaw` to fetch %s", self.bid)
             return
-        vault = self.ctx.vault(self.bid.vault)
         self.thawer = thaw.Thawer(self.spool, self.ctx.store,
-                                  lambda v: (vault.restore_tier, vault.restore_days),
-                                  select=lambda b: b == self.bid)
+                                  lambda v: thawplan.settings(self.ctx, self.ctx.args, v),
+                                  select=lambda b: b == self.bid, guard=thawplan.guard(self.ctx))
 
         async def serve():
             try:

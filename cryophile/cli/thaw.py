@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 
 from .. import errors
+from ..ledger import Guard
 from ..thaw import DaemonLock, Thawer
+from . import thawplan
 from .common import Context, run_service
 
 log = logging.getLogger("cryophile.thaw")
@@ -20,17 +22,24 @@ def add_parser(sub) -> None:
                     "unless --once.  Needs no secret key.")
     p.add_argument("--once", action="store_true",
                    help="serve the requests queued now, then exit")
+    p.add_argument("--plan", metavar="VAULT[/PREFIX][/ULID]",
+                   help="print what thawing these archives would request, take and cost; "
+                        "request nothing")
+    thawplan.add_arguments(p)
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
+    if args.plan:
+        return thawplan.run(args)
     ctx = Context(args)
     ctx.spool.ensure()
     lock = DaemonLock(ctx.spool)
     if not args.once and not lock.acquire():
         raise errors.SpoolError(f"another `cryophile thaw` is already serving {ctx.spool.root}")
-    thawer = Thawer(ctx.spool, ctx.store, lambda v: (ctx.vault(v).restore_tier,
-                                                     ctx.vault(v).restore_days))
+    guard = Guard(ctx.spool, ctx.config, approve_hint="`cryophile restore --approve` of it")
+    thawer = Thawer(ctx.spool, ctx.store, lambda v: thawplan.settings(ctx, args, v),
+                    select=guard.allows, guard=guard)
     try:
         run_service(thawer.run, args.once)
     finally:
