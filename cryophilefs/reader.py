@@ -69,16 +69,21 @@ class Fragments:
 class Thaws:
     """Requests thaws and waits for them; knows the in-process thawer's failures."""
 
-    def __init__(self, spool: Spool, thawer=None):
+    def __init__(self, spool: Spool, thawer=None, policy=None):
         self.spool, self.thawer = spool, thawer
+        self.policy = policy        # thawpolicy.ReadPolicy: guards, partial thaws
 
-    async def request(self, archive: Archive, first: int = 1) -> None:
+    async def request(self, archive: Archive, first: int = 1, pid: int = 0,
+                      whole: bool = False, approve: bool = False) -> None:
         wanted = list(range(first, archive.fragments + 1))
+        if self.policy is not None:
+            wanted = wanted if whole else self.policy.window(archive, first)
+            await self.policy.admit(archive, wanted, pid, approve)
         await trio.to_thread.run_sync(thaw.request, self.spool, archive.bid, wanted)
 
     async def wait(self, fragments: Fragments, n: int) -> None:
         since = time.monotonic()
-        await self.request(fragments.archive, n)
+        await self.request(fragments.archive, n, getattr(fragments, "pid", 0))
         log.info("thawing %s from chunk.%d on; reads wait for it", fragments.bid, n)
         while await trio.to_thread.run_sync(fragments.find, n) is None:
             failure = self.failure(fragments.bid, since)
@@ -211,6 +216,10 @@ class ReadAhead:
             data = await trio.to_thread.run_sync(self.plain.read, block * BLOCK, BLOCK)
         except NeedFragment as need:
             self.plain.close_stream()         # restart decryption there after the thaw
+            if self.thaws.policy is not None and not self.waiting.get(block):
+                self.stalled = True           # read-ahead thaws nothing: a read will
+                self._wake()
+                return
             await self._thaw(generation, block, need.n)
             return
         except errors.IntegrityError as exc:
