@@ -244,23 +244,15 @@ def _what(plan: Plan) -> str:
 
 
 class Guard:
-    """What a Thawer calls: ``reserve`` before thawing an archive's wanted
-    fragments (raises BudgetError if not approved and over budget), ``charge``
-    before each RestoreObject.  Blocking: call from a thread."""
-
-    RETRY_REFUSED = 300.0       # seconds before the service tries a refused archive again
+    """``reserve``: a restore's or the mount's whole thaw, planned and charged
+    before anything is requested; ``request``: what a Thawer calls before each
+    RestoreObject.  Both raise BudgetError when over budget and not approved.
+    Blocking: call from a thread."""
 
     def __init__(self, spool: Spool, cfg, *, approved: bool = False,
                  approve_hint: str = "--approve"):
         self.spool, self.cfg, self.approved = spool, cfg, approved
         self.budget = Budget(spool, cfg, approve_hint=approve_hint)
-        self.refused: dict = {}     # BackupId -> monotonic time of the refusal
-
-    def allows(self, bid) -> bool:
-        """False for a while after a refusal (the service's ``select``)."""
-        import time
-        when = self.refused.get(bid)
-        return when is None or time.monotonic() - when > self.RETRY_REFUSED
 
     def plan(self, store, clear, fragments, tier: str, days: int) -> Plan:
         from .plan import add_archive
@@ -268,18 +260,16 @@ class Guard:
                            fragments)
 
     def reserve(self, store, clear, fragments, tier: str, days: int) -> Plan:
-        import time
+        """Plan the thaw of ``fragments`` and charge it whole, or BudgetError."""
         fragments = [n for n in fragments if 1 <= n <= len(clear.fragments)]
         plan = self.plan(store, clear, fragments, tier, days)
-        try:
-            self.budget.reserve(plan, approved=self.approved)
-        except errors.BudgetError:
-            self.refused[clear.bid] = time.monotonic()
-            raise
-        self.refused.pop(clear.bid, None)
+        self.budget.reserve(plan, approved=self.approved)
         return plan
 
-    def charge(self, bid, n: int, info, tier: str, days: int) -> None:
+    def request(self, bid, n: int, info, tier: str, days: int) -> None:
+        """One RestoreObject about to be sent: free if charged already (by a
+        restore's or the mount's plan), else charged, or refused over budget."""
         plan = Plan(tier, days, self.cfg.prices)
-        item = Item(bid, n, info.size, info.storage_class)
-        self.budget.charge(item, plan.item_cost(item), days)
+        plan.archives.append(bid)
+        plan.thaw.append(Item(bid, n, info.size, info.storage_class))
+        self.budget.reserve(plan, approved=self.approved)

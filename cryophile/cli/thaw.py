@@ -39,7 +39,7 @@ def run(args) -> int:
         raise errors.SpoolError(f"another `cryophile thaw` is already serving {ctx.spool.root}")
     guard = Guard(ctx.spool, ctx.config, approve_hint="`cryophile restore --approve` of it")
     thawer = Thawer(ctx.spool, ctx.store, lambda v: thawplan.settings(ctx, args, v),
-                    select=guard.allows, guard=guard)
+                    guard=guard)
     try:
         run_service(thawer.run, args.once)
     finally:
