@@ -140,7 +140,8 @@ class Plan:
             "fragments": self.fragments, "stored_bytes": self.stored_bytes,
             "requests": self.requests, "tier": self.tier, "days": self.days,
             "restoring": len(self.restoring), "readable": len(self.readable) + self.local,
-            "by_class": {cls: {"fragments": c, "stored_bytes": s, "tier": effective_tier(cls, self.tier),
+            "by_class": {cls: {"fragments": c, "stored_bytes": s,
+                               "tier": effective_tier(cls, self.tier),
                                "wait": typical_wait(cls, self.tier)[0]}
                          for cls, (c, s) in self.by_class().items()},
             "wait": self.wait[0], "wait_seconds_max": self.wait[1],
