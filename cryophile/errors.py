@@ -138,6 +138,15 @@ class EmptyInputError(Error):
     exit_code = 15
 
 
+class BudgetError(Error):
+    """A thaw refused: it would pass thaw_budget_daily or thaw_budget_monthly
+    (or the mount's thaw_on_read policy) and was not approved.  In the mount:
+    EDQUOT, which tools report as "Disk quota exceeded"."""
+
+    exit_code = 16
+    errno = _errno.EDQUOT
+
+
 class Interrupted(Error):
     exit_code = 130
     errno = _errno.EINTR

@@ -25,10 +25,12 @@ from cryophile import __version__, config as configuration, errors, keys, log as
 from cryophile import sdnotify
 from cryophile.cli.common import add_spool_options, passphrase_reader
 from cryophile.freeze import Freezer
+from cryophile.ledger import Guard
 from cryophile.spool import FreezeDaemonLock, Spool
 
 from .operations import Operations, Settings
 from .reader import FsThawer
+from .thawpolicy import ReadPolicy
 
 log = logging.getLogger("cryophilefs")
 PROG = "cryophilefs"
@@ -230,9 +232,10 @@ async def serve(settings: Settings, opts: Options, mountpoint: str, mounted) -> 
     lock = thaw.DaemonLock(spool)
     if lock.acquire():
         settings.thawer = FsThawer(spool, settings.stores, lambda v: _tier(cfg, opts, v),
-                                   poll_min=opts.thaw_poll)
+                                   poll_min=opts.thaw_poll, guard=Guard(spool, cfg))
     else:
         log.info("a `cryophile thaw` is running: it fetches what reads need")
+    settings.policy = ReadPolicy(cfg, spool, settings.stores, lambda v: _tier(cfg, opts, v))
     ops = Operations(settings)
     try:
         async with trio.open_nursery() as nursery:

@@ -46,6 +46,7 @@ class Settings:
     allow_delete: bool = False          # -o allow_delete: unlink deletes archives
     thawer: object = None               # reader.FsThawer running in this process
     freezer: object = None              # cryophile.freeze.Freezer running in this process
+    policy: object = None               # thawpolicy.ReadPolicy: when reads may thaw
 
 
 @dataclasses.dataclass
@@ -80,7 +81,7 @@ class Operations(pyfuse3.Operations):
         self.dirs: dict[int, list] = {}
         self.next_fh = 1
         self.listings = vaults.Listings(self.spool, settings.stores, self._found)
-        self.thaws = Thaws(self.spool, settings.thawer)
+        self.thaws = Thaws(self.spool, settings.thawer, settings.policy)
         self.backpressure = Backpressure(self.spool, self.config.spool_max)
         self.recipients: dict[str, list] = {}
         self.announced: set[str] = set()      # vaults whose destination was logged
@@ -449,6 +450,7 @@ class Operations(pyfuse3.Operations):
         await self._manifest(archive)
         await self.thaws.opening(archive)
         fragments = Fragments(self.spool, self.s.stores(archive.bid.vault), archive)
+        fragments.pid = ctx.pid if ctx is not None else 0      # the thaw guard's "who"
         if flags & os.O_NONBLOCK:
             await self._no_wait(archive, fragments)
         reader = ReadAhead(archive, fragments, self.thaws, self.s.keyring.decrypt_session_key)
@@ -480,7 +482,7 @@ class Operations(pyfuse3.Operations):
                                 "to ask again)")
         missing = await trio.to_thread.run_sync(fragments.missing)
         if missing:
-            await self.thaws.request(archive, missing[0])
+            await self.thaws.request(archive, missing[0], fragments.pid)
             log.info("%s is not thawed yet (O_NONBLOCK open): thaw requested", archive.bid)
             raise pyfuse3.FUSEError(errno.EAGAIN)
 
@@ -533,6 +535,8 @@ class Operations(pyfuse3.Operations):
             values["name"] = await self._name(archive)
         elif field in ("stream", "parent", "snapshot"):
             values.update(await self._stream_xattr(archive, field))
+        elif field == "thaw_plan" and self.thaws.policy is not None:
+            values["thaw_plan"] = (await self.thaws.policy.plan(archive)).summary()
         return values
 
     async def _stream_xattr(self, archive: vaults.Archive, field: str) -> dict:
@@ -567,7 +571,8 @@ class Operations(pyfuse3.Operations):
             fields = ("state", "name", "backup_id")
         elif node.archive is not None:
             fields = ("state", "name", "storage_class", "fragments", "thaw", "backup_id",
-                      "created", "size", "stored", "stream", "parent", "snapshot")
+                      "created", "size", "stored", "stream", "parent", "snapshot",
+                      "thaw_plan")
         else:
             fields = ()
         return [os.fsencode(XATTR + f) for f in fields]
@@ -576,11 +581,13 @@ class Operations(pyfuse3.Operations):
         node = self.tree.get(inode)
         if os.fsdecode(name) != XATTR + "thaw" or node.archive is None:
             raise pyfuse3.FUSEError(errno.ENOTSUP)
-        if value.strip() not in (b"1", b"yes", b"true"):
-            raise FsError(errno.EINVAL, f"set {XATTR}thaw to 1 to start a thaw")
+        if value.strip() not in (b"1", b"yes", b"true", b"approve"):
+            raise FsError(errno.EINVAL, f"set {XATTR}thaw to 1 to start a thaw (approve: "
+                          "past the thaw budget and guards)")
         await node.archive.ready.wait()
         await self.thaws.ask_again(node.archive)
-        await self.thaws.request(node.archive)
+        await self.thaws.request(node.archive, pid=ctx.pid if ctx is not None else 0,
+                                 whole=True, approve=value.strip() == b"approve")
         log.info("thaw of %s requested", node.archive.bid)
 
     async def removexattr(self, inode, name, ctx=None):

@@ -13,7 +13,7 @@ from .. import backpressure, errors, manifest, restorequeue, thaw
 from ..ids import BackupId
 from ..pipeline import reader
 from ..spool import BackupLock
-from . import target
+from . import target, thawplan
 from .common import Context, Progress, secret_keys
 
 log = logging.getLogger("cryophile.restore")
@@ -39,14 +39,19 @@ def add_parser(sub) -> None:
     p.add_argument("-o", "--output", default="-", metavar="OUTPUT",
                    help="write to this file instead of stdout")
     target.add_options(p)
+    thawplan.add_restore_arguments(p)
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
     ctx = Context(args)
     target.split_words(args)                  # options may follow VAULT/PREFIX/ULID
-    keyring = secret_keys(args.keyring, args.pass_fd)
+    keyring = None
+    if not args.dry_run or args.name is not None:    # a plan needs no key, --name does
+        keyring = secret_keys(args.keyring, args.pass_fd)
     bid = target.resolve(ctx, args, keyring)
+    if args.dry_run:
+        return thawplan.dry_run(ctx, bid)
     if args.chain:
         try:
             ctx.spool.ensure()
@@ -150,6 +155,7 @@ class Restore:
         encrypted = manifest.load(self.spool.path("restore", self.bid, 0))[1]
         body = await trio.to_thread.run_sync(manifest.read_manifest, encrypted, clear,
                                              self.keyring.decrypt_session_key)
+        await trio.to_thread.run_sync(thawplan.reserve, self.ctx, self.bid, clear)
         self.fragments = len(clear.fragments)
         self.window = window(self.ctx, self.spool, clear)
         await trio.to_thread.run_sync(self.queue)
@@ -215,10 +221,10 @@ class Restore:
                          "holding its lock) to fetch %s", self.bid)
                 told = True
             await trio.sleep(TAKE_OVER_POLL)
-        vault = self.ctx.vault(self.bid.vault)
         self.thawer = thaw.Thawer(self.spool, self.ctx.store,
-                                  lambda v: (vault.restore_tier, vault.restore_days),
-                                  select=lambda b: b == self.bid, fail_fast=True)
+                                  lambda v: thawplan.settings(self.ctx, self.ctx.args, v),
+                                  select=lambda b: b == self.bid, fail_fast=True,
+                                  guard=thawplan.guard(self.ctx))
         self.daemon = False
         try:
             await self.thawer.run()
