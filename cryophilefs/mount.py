@@ -21,8 +21,8 @@ import pyfuse3
 import trio
 
 from cryophile import __version__, config as configuration, errors, keys, log as logsetup, thaw
-from cryophile.cli.common import add_spool_options, passphrase_reader
 from cryophile.freeze import Freezer
+from cryophile.options import add_spool_options, passphrase_reader
 from cryophile.spool import Spool
 
 from .operations import Operations, Settings

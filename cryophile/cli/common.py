@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 
 from .. import config, errors, ids, keys
+from ..options import add_spool_options, passphrase_reader  # noqa: F401 (shared)
 from ..spool import Spool
 
 log = logging.getLogger("cryophile")
@@ -27,15 +27,6 @@ class Context:
 
     def close(self) -> None:
         self.store.close()
-
-
-def add_spool_options(p) -> None:
-    """-S and -c, which cryophile and cryophilefs share."""
-    p.add_argument("-S", "--spool", metavar="SPOOL",
-                   help="spool directory (default from the configuration, else "
-                        "/var/spool/cryophile)")
-    p.add_argument("-c", "--config", metavar="CONFIG",
-                   help="read only this configuration file (it must exist)")
 
 
 def run_service(main, *args) -> None:
@@ -62,38 +53,6 @@ def run_service(main, *args) -> None:
 def backup_id(ctx: Context, args) -> ids.BackupId:
     vault = ctx.vault(args.vault).uuid
     return ids.BackupId(vault, ids.parse_prefix(args.prefix), ids.parse_ulid(args.ulid))
-
-
-def passphrase_reader(fd: int | None):
-    """A callback reading the passphrase from ``fd`` once, else from the terminal."""
-    cache: dict[str, str] = {}
-
-    def read(description: str) -> str:
-        if fd is not None:
-            if "fd" not in cache:
-                try:
-                    with os.fdopen(fd, "rb", closefd=False) as f:
-                        cache["fd"] = f.readline().decode().rstrip("\r\n")
-                except OSError as exc:
-                    raise errors.UsageError(f"cannot read the passphrase from fd {fd}: "
-                                            f"{exc.strerror}") from None
-            return cache["fd"]
-        return _prompt(description)
-    return read
-
-
-def _prompt(description: str) -> str:
-    import getpass
-    try:                        # getpass asks on /dev/tty: is there one?
-        os.close(os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY))
-    except OSError:
-        raise errors.BadPassphraseError(
-            f"{description} is protected by a passphrase: give it with --pass-fd FD "
-            "(no terminal to ask on)") from None
-    try:
-        return getpass.getpass(f"Passphrase for {description}: ")
-    except EOFError:
-        raise errors.BadPassphraseError(f"no passphrase given for {description}") from None
 
 
 def secret_keys(paths: list[str], pass_fd: int | None) -> keys.SecretKeyring:
