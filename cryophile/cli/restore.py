@@ -35,7 +35,9 @@ def add_parser(sub) -> None:
     p.add_argument("-P", "--pass-fd", type=int, metavar="FD",
                    help="read the secret key's passphrase from file descriptor FD")
     p.add_argument("-o", "--output", default="-", metavar="OUTPUT",
-                   help="write to this file instead of stdout")
+                   help="write to this new file instead of stdout (mode 0600)")
+    p.add_argument("--force", action="store_true",
+                   help="with -o, replace an existing regular file")
     p.set_defaults(run=run)
 
 
@@ -43,7 +45,7 @@ def run(args) -> int:
     ctx = Context(args)
     bid = backup_id(ctx, args)
     keyring = secret_keys(args.keyring, args.pass_fd)
-    output = Output(args.output)
+    output = Output(args.output, args.force)
     try:
         ctx.spool.ensure()
         size = trio.run(Restore(ctx, bid, keyring).run, output.file)
