@@ -11,13 +11,18 @@ import os
 from . import errors
 
 
-def add_spool_options(p) -> None:
+def add_spool_options(p, default=None) -> None:
     """-S and -c, which cryophile and cryophilefs share."""
-    p.add_argument("-S", "--spool", metavar="SPOOL",
+    p.add_argument("-S", "--spool", metavar="SPOOL", default=default,
                    help="spool directory (default from the configuration, else "
                         "/var/spool/cryophile)")
-    p.add_argument("-c", "--config", metavar="CONFIG",
+    p.add_argument("-c", "--config", metavar="CONFIG", default=default,
                    help="read only this configuration file (it must exist)")
+
+
+def add_log_file_option(p, default=None) -> None:
+    p.add_argument("--log-file", metavar="PATH", default=default,
+                   help="append the log to PATH, with timestamps, instead of stderr")
 
 
 def passphrase_reader(fd: int | None):

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 
 from .. import __version__, errors, log
 from . import backup, freeze, ls, restore, status, thaw
-from .common import add_spool_options
+from ..options import add_log_file_option, add_spool_options
 
 COMMANDS = (backup, freeze, thaw, restore, ls, status)
 PROG = "cryophile"
@@ -28,45 +29,95 @@ environment:
 exit status: 0 success, 2 usage, 3 configuration, 4 unusable key,
 5 no matching secret key, 6 wrong passphrase, 7 archive not found,
 8 fragment missing or truncated, 9 damaged archive, 10 vault storage,
-11 spool or output not writable, 12 disk full, 130 interrupted.
-See cryophile(1)."""
+11 spool or output not writable, 12 disk full, 130 interrupted,
+141 output closed by its reader (e.g. `| head`), quietly.
+Global options may also come after COMMAND.  See cryophile(1)."""
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_spool_options(p)
-    p.add_argument("-d", "--debug", action="count", default=0,
-                   help="more log output; twice for trace, with tracebacks on errors")
-    p.add_argument("-q", "--quiet", action="count", default=0,
-                   help="less log output: warnings and errors only")
+    add_global_options(p)
     p.add_argument("-V", "--version", action="version", version=f"{PROG} {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in COMMANDS:
         module.add_parser(sub)
+    for command in sub.choices.values():
+        add_global_options(command.add_argument_group("global options"), after=True)
     return p
+
+
+def add_global_options(p, after: bool = False) -> None:
+    """-S, -c, -d, -q, --log-file: before COMMAND, and again after it.  After it they
+    set nothing unless given (so they never undo what came before), and -d/-q
+    count into their own fields, added up in ``main``."""
+    if after:
+        taken = set(getattr(p, "_option_string_actions", {}))
+        p = _Skipping(p, taken)
+    default = argparse.SUPPRESS if after else None
+    add_spool_options(p, default=default)
+    add_log_file_option(p, default=default)
+    p.add_argument("-d", "--debug", action="count", dest="debug_after" if after else "debug",
+                   default=argparse.SUPPRESS if after else 0,
+                   help="more log output; twice for trace, with tracebacks on errors")
+    p.add_argument("-q", "--quiet", action="count", dest="quiet_after" if after else "quiet",
+                   default=argparse.SUPPRESS if after else 0,
+                   help="less log output: warnings and errors only")
+
+
+class _Skipping:
+    """add_argument that leaves out option strings a command already uses for itself."""
+
+    def __init__(self, p, taken: set):
+        self.p, self.taken = p, taken
+
+    def add_argument(self, *names, **kwargs):
+        free = [n for n in names if n not in self.taken]
+        if free:
+            self.p.add_argument(*free, **kwargs)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    log.setup(PROG, args.debug - args.quiet)
+    verbosity = (args.debug + getattr(args, "debug_after", 0)
+                 - args.quiet - getattr(args, "quiet_after", 0))
+    args.debug = args.debug + getattr(args, "debug_after", 0)
+    try:
+        log.setup(PROG, verbosity, log_file=args.log_file)
+    except errors.Error as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
     signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)
     try:
         try:
-            return args.run(args) or 0
+            code = args.run(args) or 0
+            sys.stdout.flush()
+            return code
         except BaseExceptionGroup as group:    # from trio nurseries
             raise errors.unwrap(group) from None
+    except (BrokenPipeError, errors.OutputClosedError):
+        return _output_closed()
     except errors.Error as exc:
         _report(args, exc)
         return exc.exit_code
     except KeyboardInterrupt:
         _report(args, errors.Interrupted("interrupted"))
         return errors.Interrupted.exit_code
-    except BrokenPipeError:
-        _report(args, errors.SpoolError("output closed early (broken pipe)"))
-        return errors.SpoolError.exit_code
-    finally:
-        sys.stdout.flush() if not sys.stdout.closed else None
+
+
+def _output_closed() -> int:
+    """The reader of stdout went away (``| head``): end quietly, with the status a
+    shell reports for a command killed by SIGPIPE.  stdout points to /dev/null from
+    here, so that Python's own flush at exit finds nothing to complain about."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+    except (OSError, ValueError):
+        pass
+    logging.getLogger(PROG).debug("output closed by its reader")
+    return errors.OutputClosedError.exit_code
 
 
 def _report(args, exc: errors.Error) -> None:
