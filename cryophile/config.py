@@ -37,6 +37,12 @@ class VaultConfig:
     def location(self) -> str:
         return self.url or f"s3://{self.uuid}"
 
+    @property
+    def key_base(self) -> str:
+        """The path inside the bucket every key starts with (s3://BUCKET/PATH), or ''."""
+        parts = urllib.parse.urlsplit(self.location)
+        return parts.path.strip("/") if parts.scheme == "s3" else ""
+
 
 @dataclasses.dataclass
 class Config:
@@ -86,44 +92,97 @@ def parse(data: dict, path: str | None = None) -> Config:
     unknown = set(data) - {"spool", "spool_max", "vault"}
     if unknown:
         raise ConfigError(f"{where}: unknown setting {sorted(unknown)[0]!r}")
-    cfg.spool = str(data.get("spool", cfg.spool))
+    if "spool" in data:
+        cfg.spool = _typed(data["spool"], str, f"{where}: spool")
     if "spool_max" in data:
         cfg.spool_max = ids.parse_size(data["spool_max"], "spool_max")
     vaults = data.get("vault", {})
-    if not isinstance(vaults, dict):
-        raise ConfigError(f"{where}: [vault.UUID] must be tables")
+    if not isinstance(vaults, dict) or not all(isinstance(t, dict) for t in vaults.values()):
+        raise ConfigError(f"{where}: vaults must be tables: [vault.UUID]")
     for key, table in vaults.items():
         v = _vault(key, table, where)
+        if v.uuid in cfg.vaults:
+            raise ConfigError(f"{where}: vault {v.uuid} is configured twice")
         cfg.vaults[v.uuid] = v
+    _check_names(cfg, where)
     return cfg
+
+
+# What each vault setting must be in TOML: (types, how to say it)
+_STRING = ((str,), "a string")
+_SIZE = ((str, int), 'a size like "64MiB" or a number of bytes')
+_TYPES = {
+    "name": _STRING, "url": _STRING, "endpoint_url": _STRING, "region": _STRING,
+    "profile": _STRING, "storage_class": _STRING, "restore_tier": _STRING,
+    "compression": _STRING, "restore_days": ((int,), "a whole number of days"),
+    "keyring": ((str, list), "a file name or a list of file names"),
+    "fragment_size": _SIZE, "part_size": _SIZE,
+}
+_TOML_TYPES = {bool: "a boolean", int: "a number", float: "a number", str: "a string",
+               list: "a list", dict: "a table"}
+
+
+def _typed(value, types, what: str, description: str = "a string"):
+    types = types if isinstance(types, tuple) else (types,)
+    if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+        found = next((n for t, n in _TOML_TYPES.items() if isinstance(value, t)), "a value")
+        raise ConfigError(f"{what} must be {description}, not {found} ({value!r})")
+    return value
 
 
 def _vault(key: str, table: dict, where: str) -> VaultConfig:
     v = VaultConfig(ids.parse_vault(key))
-    fields = {f.name for f in dataclasses.fields(VaultConfig)} - {"uuid"}
+    here = f"{where}: [vault.{key}]"
     for name, value in table.items():
-        if name not in fields:
-            raise ConfigError(f"{where}: [vault.{key}] has unknown setting {name!r}")
-        setattr(v, name, value)
+        if name not in _TYPES:
+            raise ConfigError(f"{here} has unknown setting {name!r}")
+        setattr(v, name, _typed(value, _TYPES[name][0], f"{here} {name}", _TYPES[name][1]))
     if isinstance(v.keyring, str):
         v.keyring = [v.keyring]
+    for item in v.keyring:
+        _typed(item, str, f"{here} keyring", "a list of file names")
     v.fragment_size = ids.parse_size(v.fragment_size, "fragment_size")
     v.part_size = ids.parse_size(v.part_size, "part_size")
     if v.part_size < 5 << 20:
-        raise ConfigError(f"{where}: [vault.{key}] part_size must be at least 5MiB (S3's minimum)")
+        raise ConfigError(f"{here} part_size must be at least 5MiB (S3's minimum)")
     if v.compression not in CODECS:
-        raise ConfigError(f"{where}: [vault.{key}] compression must be one of {', '.join(CODECS)}")
+        raise ConfigError(f"{here} compression must be one of {', '.join(CODECS)}")
     if v.storage_class not in STORAGE_CLASSES:
-        raise ConfigError(f"{where}: [vault.{key}] unknown storage_class {v.storage_class!r}")
+        raise ConfigError(f"{here} unknown storage_class {v.storage_class!r}")
     if v.restore_tier not in TIERS:
-        raise ConfigError(f"{where}: [vault.{key}] restore_tier must be one of {', '.join(TIERS)}")
-    if not isinstance(v.restore_days, int) or v.restore_days < 1:
-        raise ConfigError(f"{where}: [vault.{key}] restore_days must be a positive integer")
+        raise ConfigError(f"{here} restore_tier must be one of {', '.join(TIERS)}")
+    if v.restore_days < 1:
+        raise ConfigError(f"{here} restore_days must be a positive integer")
     if v.url is not None:
         scheme = urllib.parse.urlsplit(v.url).scheme
         if scheme not in ("file", "s3"):
-            raise ConfigError(f"{where}: [vault.{key}] url must start with file:// or s3://")
+            raise ConfigError(f"{here} url must start with file:// or s3://")
+    if v.name is not None:
+        _check_alias(v.name, here)
     return v
+
+
+def _check_alias(name: str, here: str) -> None:
+    """An alias names a directory in the mount and stands for a vault on the command
+    line: a plain file name, and never a UUID (which would mean another vault)."""
+    if name in ("", ".", "..") or "/" in name or "\0" in name:
+        raise ConfigError(f"{here} name {name!r} must be a plain name (no '/', not '.' or '..')")
+    try:
+        ids.parse_vault(name)
+    except UsageError:
+        return
+    raise ConfigError(f"{here} name {name!r} is a UUID: an alias must not look like a vault")
+
+
+def _check_names(cfg: Config, where: str) -> None:
+    seen: dict[str, str] = {}
+    for v in cfg.vaults.values():
+        if v.name is None:
+            continue
+        if v.name in seen:
+            raise ConfigError(f"{where}: vaults {seen[v.name]} and {v.uuid} share the "
+                              f"name {v.name!r}: an alias must name one vault")
+        seen[v.name] = v.uuid
 
 
 def open_store(v: VaultConfig, *, retry_attempts: int | None = None):
