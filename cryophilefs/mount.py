@@ -164,7 +164,7 @@ def load_keys(paths: list[str], pass_fd: int | None):
     certificates, secret = [], []
     for path in paths:
         try:
-            certificates += keys.load_certificates([path])
+            certificates += keys.load_certificates([path], secret_ok=True)
         except errors.KeyringError as exc:
             log.debug("%s gives no recipient: %s", path, exc)
         try:

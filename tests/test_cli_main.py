@@ -89,3 +89,28 @@ def test_restore_piped_to_head(rig, recipes):
                           env={**os.environ, "CRYOPHILE_LOG_STYLE": "never"})
     assert proc.stdout == data[:10]
     assert (proc.returncode, proc.stderr) == (OUTPUT_CLOSED, b"")
+
+
+# --- where secret keys are ---------------------------------------------------------
+
+def test_backup_with_a_secret_key_warns_and_works(rig, recipes):
+    proc = rig.run("backup", "-v", rig.vault, "-k", str(recipes["sq"].key), input=b"x",
+                   check=True)
+    assert proc.stderr.decode().splitlines() == [
+        f"cryophile: warning: {recipes['sq'].key} holds a secret key: backups need only the "
+        "certificate (sq key extract-cert, gpg --export); keep the secret key off the backup "
+        "host"]
+    ulid = proc.stdout.decode().strip()
+    assert rig.restore(ulid, recipes["sq"].key, check=True).stdout == b"x"
+
+
+def test_restore_with_a_world_readable_key_warns(rig, recipes, tmp_path):
+    ulid = rig.backup(b"x", recipes["sq"].cert)
+    key = tmp_path / "open.key"
+    key.write_bytes(recipes["sq"].key.read_bytes())
+    key.chmod(0o644)
+    proc = rig.restore(ulid, key, check=True)
+    assert proc.stdout == b"x"
+    assert proc.stderr.decode().splitlines() == [
+        f"cryophile: warning: secret key file {key} is readable by every user (mode 0644): "
+        f"chmod 600 {key}"]
