@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+import unicodedata
 
 from .. import config, errors, ids, keys
 from ..options import add_spool_options, passphrase_reader  # noqa: F401 (shared)
@@ -59,6 +60,29 @@ def secret_keys(paths: list[str], pass_fd: int | None) -> keys.SecretKeyring:
     if not paths:
         raise errors.UsageError("restore needs the secret key: give it with -k KEYFILE")
     return keys.load_secret_keys(paths, passphrase_reader(pass_fd))
+
+
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
+# control, format (bidi overrides, zero-width), surrogate, private, unassigned,
+# line and paragraph separators: nothing a terminal should be handed raw
+_HIDDEN = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
+
+
+def escape(text: str) -> str:
+    """``text`` safe to print on a terminal: one line, no escape sequences, no
+    characters that reorder or hide others.  A backslash starts every escape
+    (\\n, \\x1b, \\u202e) and is itself doubled, so different texts stay different."""
+    out = []
+    for ch in text:
+        if ch in _NAMED:
+            out.append(_NAMED[ch])
+        elif unicodedata.category(ch) in _HIDDEN:
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x100 else
+                       f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 def human(n: float) -> str:

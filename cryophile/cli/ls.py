@@ -6,7 +6,7 @@ import logging
 import sys
 
 from .. import catalog, ids
-from .common import Context, human, passphrase_reader
+from .common import Context, escape, human, passphrase_reader
 
 log = logging.getLogger("cryophile")
 
@@ -46,10 +46,10 @@ def run(args) -> int:
         for vault in vaults:
             for entry in catalog.list_archives(ctx.spool, ctx.store(vault), vault, prefix,
                                                keyring):
-                out.write(f"{entry.bid.key if args.target else str(entry.bid):<40} "
+                out.write(f"{escape(entry.bid.key if args.target else str(entry.bid)):<40} "
                           f"{entry.created[:19] + 'Z':<21} {_size(entry.size):>10} "
                           f"{entry.fragments if entry.fragments is not None else '-':>5} "
-                          f"{entry.state:<10} {entry.name or ''}\n")
+                          f"{entry.state:<10} {escape(entry.name or '')}\n")
     finally:
         ctx.close()
     return 0
