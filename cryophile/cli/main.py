@@ -88,14 +88,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGHUP, _terminate)
     try:
         try:
             code = args.run(args) or 0
-            sys.stdout.flush()
+            if not sys.stdout.closed:
+                sys.stdout.flush()
             return code
         except BaseExceptionGroup as group:    # from trio nurseries
-            raise errors.unwrap(group) from None
+            found = errors.unwrap(group)
+            if found is group and group.subgroup(BrokenPipeError) is not None:
+                raise BrokenPipeError from None
+            raise found from None
     except (BrokenPipeError, errors.OutputClosedError):
         return _output_closed()
     except errors.Error as exc:
