@@ -17,6 +17,7 @@ from tests.test_s3_e2e import S3Rig
 
 SECRET = "SECRETkeyMARKER0123456789abcdefghijklmn"
 TOKEN = "TOKENmarker/With+Base64==FwoGZXIvYXdzEJr//////////wEaDKZ"
+STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z cryophile\[\d+\]: "
 CREDS = {"AWS_ACCESS_KEY_ID": "AKIATESTMARKER", "AWS_SECRET_ACCESS_KEY": SECRET,
          "AWS_SESSION_TOKEN": TOKEN, "CRYOPHILE_LOG": "trace,botocore=trace,urllib3=trace"}
 
@@ -59,9 +60,21 @@ def test_log_file_has_timestamps_and_no_credentials(tmp_path, bucket, moto_endpo
     text = logfile.read_text()
     assert stat.S_IMODE(logfile.stat().st_mode) == 0o600
     first = text.splitlines()[0]
-    assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z cryophile\[\d+\]: ", first), first
+    assert re.match(STAMP, first), first
     assert "Authorization" in text and log.REDACTED in text
     assert_clean(text)
+
+
+def test_errors_reach_stderr_and_the_log_file(tmp_path, recipes):
+    from tests.clirig import make_rig
+    rig = make_rig(tmp_path)
+    logfile = tmp_path / "restore.log"
+    proc = rig.run("restore", "-v", rig.vault, "-u", "01ARZ3NDEKTSV4RRFFQ69G5FAV", "-k",
+                   str(recipes["sq"].key), "--log-file", str(logfile), input=None)
+    assert proc.returncode == 7
+    [line] = proc.stderr.decode().splitlines()
+    assert line.startswith("cryophile: error: no archive")
+    assert re.search(STAMP + "error: no archive", logfile.read_text())
 
 
 def test_log_file_not_writable(tmp_path):

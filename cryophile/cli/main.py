@@ -129,6 +129,8 @@ def _report(args, exc: errors.Error) -> None:
         logger.error("%s", exc, exc_info=exc)
     else:
         logger.error("%s", exc)
+    if args.log_file:       # the caller (cron, a script) still hears why
+        print(f"{PROG}: error: {log.redact(str(exc))}", file=sys.stderr)
 
 
 def _terminate(signum, frame):
