@@ -32,7 +32,8 @@ COLORS = {logging.ERROR: "\033[31m", logging.WARNING: "\033[33m", logging.DEBUG:
 
 REDACTED = "[REDACTED]"
 _NAMES = ("x-amz-security-token|x-amz-signature|aws_secret_access_key|aws_session_token|"
-          "aws_security_token|secret_?access_?key|session_?token|security_?token|signature")
+          "aws_security_token|secret_?access_?key|secret_key|session_?token|security_?token|"
+          "\\btoken|signature")
 # Each keeps group "pre" and replaces group "secret".
 _SECRETS = [
     # a quoted Authorization header: the value holds spaces and commas

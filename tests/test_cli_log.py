@@ -101,6 +101,7 @@ def test_redact_hides_tokens_wherever_botocore_puts_them(value):
         f"<SessionToken>{value}</SessionToken><SecretAccessKey>{value}</SecretAccessKey>",
         f'{{"SecretAccessKey": "{value}", "SessionToken": "{value}"}}',
         f"aws_secret_access_key = {value}",
+        f"Credentials(access_key='AKIA', secret_key='{value}', token='{value}')",
         f"authorization: Bearer {value}",
     ]
     for text in forms:
