@@ -4,7 +4,6 @@ ever replaced or written into, and a killed restore leaves no plaintext behind."
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import stat
 import subprocess
@@ -15,7 +14,7 @@ import pytest
 from cryophile import errors
 from cryophile.cli import output as output_mod
 from cryophile.cli.output import Output
-from tests.clirig import archive_dir, make_rig
+from tests.clirig import make_rig
 from tests.test_cli_errors import SPOOL, failed
 from tests.test_cli_roundtrip import mixed
 
@@ -128,21 +127,16 @@ def _fd_sizes(pid: int, directory) -> list[int]:
     return sizes
 
 
-@pytest.mark.timeout(120)
-def test_killed_restore_leaves_no_plaintext(frozen, recipes):
-    """Fragments 1-2 in the restore queue, the rest left to a thaw daemon that never
-    comes: restore writes what it has, then waits; SIGKILL then must leave nothing."""
-    from cryophile import thaw
-    from cryophile.spool import Spool
-    rig, ulid, data = frozen
-    queued = rig.spool / "restore" / rig.vault / ulid
-    queued.mkdir(parents=True)
-    for n in (0, 1, 2):
-        shutil.copy(archive_dir(rig, ulid) / f"chunk.{n}", queued / f"chunk.{n}")
-    lock = thaw.DaemonLock(Spool(str(rig.spool)))
-    rig.spool.joinpath("thaw").mkdir(parents=True, exist_ok=True)
-    assert lock.acquire()
-    outdir = rig.root / "outdir"
+@pytest.mark.timeout(180)
+def test_killed_restore_leaves_no_plaintext(tmp_path, recipes, bucket, s3proxy):
+    """The vault holds up fragment 3: restore has written the plaintext of 1 and 2
+    and waits; SIGKILL then must leave nothing in the output's directory."""
+    from tests.test_s3_e2e import S3Rig
+    rig = S3Rig(tmp_path / "rig", bucket, s3proxy.endpoint, storage_class="STANDARD")
+    ulid = rig.backup(os.urandom(5 * 65536), recipes["sq"].cert, "-s", "64KiB", "-C", "none")
+    rig.run("freeze", "--once", check=True)
+    s3proxy.slow_next(10, seconds=30, methods=["GET"], path_contains=f"{ulid}/chunk.3")
+    outdir = tmp_path / "outdir"
     outdir.mkdir()
     proc = subprocess.Popen(rig.command("restore", "-v", rig.vault, "-u", ulid, "-k",
                                         str(recipes["sq"].key), "-o", str(outdir / "out")),
@@ -150,14 +144,13 @@ def test_killed_restore_leaves_no_plaintext(frozen, recipes):
     try:
         while not any(_fd_sizes(proc.pid, outdir)):      # plaintext is being written
             assert proc.poll() is None, proc.stderr.read()
-            time.sleep(0.05)
+            time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
         proc.stderr.close()
-        lock.release()
     assert list(outdir.iterdir()) == []
 
 
