@@ -93,7 +93,7 @@ def parse(data: dict, path: str | None = None) -> Config:
     if unknown:
         raise ConfigError(f"{where}: unknown setting {sorted(unknown)[0]!r}")
     if "spool" in data:
-        cfg.spool = _typed(data["spool"], str, f"{where}: spool")
+        cfg.spool = _checked(data["spool"], (str,), "a string", f"{where}: spool")
     if "spool_max" in data:
         cfg.spool_max = ids.parse_size(data["spool_max"], "spool_max")
     vaults = data.get("vault", {})
@@ -108,63 +108,76 @@ def parse(data: dict, path: str | None = None) -> Config:
     return cfg
 
 
-# What each vault setting must be in TOML: (types, how to say it)
-_STRING = ((str,), "a string")
-_SIZE = ((str, int), 'a size like "64MiB" or a number of bytes')
-_TYPES = {
-    "name": _STRING, "url": _STRING, "endpoint_url": _STRING, "region": _STRING,
-    "profile": _STRING, "storage_class": _STRING, "restore_tier": _STRING,
-    "compression": _STRING, "restore_days": ((int,), "a whole number of days"),
+# Settings whose TOML type is not their type once parsed
+_DESCRIBED = {
+    "fragment_size": ((str, int), 'a size like "64MiB" or a number of bytes'),
+    "part_size": ((str, int), 'a size like "64MiB" or a number of bytes'),
     "keyring": ((str, list), "a file name or a list of file names"),
-    "fragment_size": _SIZE, "part_size": _SIZE,
 }
+_BY_ANNOTATION = (("bool", (bool,), "true or false"), ("int", (int,), "a whole number"),
+                  ("float", (int, float), "a number"), ("", (str,), "a string"))
 _TOML_TYPES = {bool: "a boolean", int: "a number", float: "a number", str: "a string",
                list: "a list", dict: "a table"}
 
 
-def _typed(value, types, what: str, description: str = "a string"):
-    types = types if isinstance(types, tuple) else (types,)
+def _checked(value, types: tuple, description: str, what: str):
+    """``value`` if it has one of ``types`` (a boolean is not a number), else a
+    ConfigError naming ``what``, what it must be, and what it is."""
     if isinstance(value, bool) and bool not in types or not isinstance(value, types):
         found = next((n for t, n in _TOML_TYPES.items() if isinstance(value, t)), "a value")
         raise ConfigError(f"{what} must be {description}, not {found} ({value!r})")
     return value
 
 
+def _typed(name: str, value, here: str):
+    """A vault setting's value, of the type VaultConfig declares for it."""
+    if name in _DESCRIBED:
+        types, description = _DESCRIBED[name]
+    else:
+        annotation = str(VaultConfig.__dataclass_fields__[name].type)
+        types, description = next((t, d) for prefix, t, d in _BY_ANNOTATION
+                                  if annotation.startswith(prefix))
+    _checked(value, types, description, f"{here} {name}")
+    if name == "keyring" and isinstance(value, list):
+        for item in value:
+            _checked(item, (str,), "a list of file names", f"{here} keyring")
+    return value
+
+
 def _vault(key: str, table: dict, where: str) -> VaultConfig:
     v = VaultConfig(ids.parse_vault(key))
-    here = f"{where}: [vault.{key}]"
+    fields = {f.name for f in dataclasses.fields(VaultConfig)} - {"uuid"}
     for name, value in table.items():
-        if name not in _TYPES:
-            raise ConfigError(f"{here} has unknown setting {name!r}")
-        setattr(v, name, _typed(value, _TYPES[name][0], f"{here} {name}", _TYPES[name][1]))
+        if name not in fields:
+            raise ConfigError(f"{where}: [vault.{key}] has unknown setting {name!r}")
+        setattr(v, name, _typed(name, value, f"{where}: [vault.{key}]"))
     if isinstance(v.keyring, str):
         v.keyring = [v.keyring]
-    for item in v.keyring:
-        _typed(item, str, f"{here} keyring", "a list of file names")
     v.fragment_size = ids.parse_size(v.fragment_size, "fragment_size")
     v.part_size = ids.parse_size(v.part_size, "part_size")
     if v.part_size < 5 << 20:
-        raise ConfigError(f"{here} part_size must be at least 5MiB (S3's minimum)")
+        raise ConfigError(f"{where}: [vault.{key}] part_size must be at least 5MiB (S3's minimum)")
     if v.compression not in CODECS:
-        raise ConfigError(f"{here} compression must be one of {', '.join(CODECS)}")
+        raise ConfigError(f"{where}: [vault.{key}] compression must be one of {', '.join(CODECS)}")
     if v.storage_class not in STORAGE_CLASSES:
-        raise ConfigError(f"{here} unknown storage_class {v.storage_class!r}")
+        raise ConfigError(f"{where}: [vault.{key}] unknown storage_class {v.storage_class!r}")
     if v.restore_tier not in TIERS:
-        raise ConfigError(f"{here} restore_tier must be one of {', '.join(TIERS)}")
-    if v.restore_days < 1:
-        raise ConfigError(f"{here} restore_days must be a positive integer")
+        raise ConfigError(f"{where}: [vault.{key}] restore_tier must be one of {', '.join(TIERS)}")
+    if not isinstance(v.restore_days, int) or v.restore_days < 1:
+        raise ConfigError(f"{where}: [vault.{key}] restore_days must be a positive integer")
     if v.url is not None:
         scheme = urllib.parse.urlsplit(v.url).scheme
         if scheme not in ("file", "s3"):
-            raise ConfigError(f"{here} url must start with file:// or s3://")
-    if v.name is not None:
-        _check_alias(v.name, here)
+            raise ConfigError(f"{where}: [vault.{key}] url must start with file:// or s3://")
+    _check_alias(v.name, f"{where}: [vault.{key}]")
     return v
 
 
-def _check_alias(name: str, here: str) -> None:
+def _check_alias(name: str | None, here: str) -> None:
     """An alias names a directory in the mount and stands for a vault on the command
     line: a plain file name, and never a UUID (which would mean another vault)."""
+    if name is None:
+        return
     if name in ("", ".", "..") or "/" in name or "\0" in name:
         raise ConfigError(f"{here} name {name!r} must be a plain name (no '/', not '.' or '..')")
     try:
