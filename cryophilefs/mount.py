@@ -26,8 +26,8 @@ import pyfuse3
 import trio
 
 from cryophile import __version__, config as configuration, errors, keys, log as logsetup, thaw
-from cryophile.freeze import Freezer
 from cryophile.options import add_log_file_option, add_spool_options, passphrase_reader
+from cryophile.freeze import Freezer
 from cryophile.spool import Spool
 
 from .operations import Operations, Settings

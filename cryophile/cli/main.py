@@ -29,40 +29,45 @@ environment:
 exit status: 0 success, 2 usage, 3 configuration, 4 unusable key,
 5 no matching secret key, 6 wrong passphrase, 7 archive not found,
 8 fragment missing or truncated, 9 damaged archive, 10 vault storage,
-11 spool or output not writable, 12 disk full, 130 interrupted,
-141 output closed by its reader (e.g. `| head`), quietly.
-Global options may also come after COMMAND.  See cryophile(1)."""
+11 spool or output not writable, 12 disk full, 130 interrupted.
+See cryophile(1)."""
+EPILOG += """
+A closed output (`cryophile ls | head`) ends quietly with status 141, as a
+shell reports a command killed by SIGPIPE.  Global options may also come
+after COMMAND."""
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_global_options(p)
+    add_spool_options(p)
+    add_log_file_option(p)
+    p.add_argument("-d", "--debug", action="count", default=0,
+                   help="more log output; twice for trace, with tracebacks on errors")
+    p.add_argument("-q", "--quiet", action="count", default=0,
+                   help="less log output: warnings and errors only")
     p.add_argument("-V", "--version", action="version", version=f"{PROG} {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in COMMANDS:
         module.add_parser(sub)
     for command in sub.choices.values():
-        add_global_options(command.add_argument_group("global options"), after=True)
+        add_options_after_command(command)
     return p
 
 
-def add_global_options(p, after: bool = False) -> None:
-    """-S, -c, -d, -q, --log-file: before COMMAND, and again after it.  After it they
-    set nothing unless given (so they never undo what came before), and -d/-q
-    count into their own fields, added up in ``main``."""
-    if after:
-        taken = set(getattr(p, "_option_string_actions", {}))
-        p = _Skipping(p, taken)
-    default = argparse.SUPPRESS if after else None
-    add_spool_options(p, default=default)
-    add_log_file_option(p, default=default)
-    p.add_argument("-d", "--debug", action="count", dest="debug_after" if after else "debug",
-                   default=argparse.SUPPRESS if after else 0,
-                   help="more log output; twice for trace, with tracebacks on errors")
-    p.add_argument("-q", "--quiet", action="count", dest="quiet_after" if after else "quiet",
-                   default=argparse.SUPPRESS if after else 0,
-                   help="less log output: warnings and errors only")
+def add_options_after_command(command: argparse.ArgumentParser) -> None:
+    """-S, -c, --log-file, -d and -q after COMMAND too.  There they set nothing
+    unless given (so they never undo what came before COMMAND), and -d/-q count
+    into fields of their own, added up in ``main``; a command's own option with
+    the same name wins."""
+    group = _Skipping(command.add_argument_group("global options"),
+                      set(command._option_string_actions))
+    add_spool_options(group, default=argparse.SUPPRESS)
+    add_log_file_option(group, default=argparse.SUPPRESS)
+    group.add_argument("-d", "--debug", action="count", dest="debug_after",
+                       default=argparse.SUPPRESS, help="as before COMMAND")
+    group.add_argument("-q", "--quiet", action="count", dest="quiet_after",
+                       default=argparse.SUPPRESS, help="as before COMMAND")
 
 
 class _Skipping:
