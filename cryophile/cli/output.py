@@ -48,6 +48,9 @@ class Output:
             return
         full = os.path.abspath(path)
         self.name = os.path.basename(full)
+        if not self.name:           # "/"
+            raise errors.SpoolError(f"cannot write output {path}: it is a directory, not a "
+                                    "regular file")
         try:
             # names below are relative to this directory: it cannot be swapped meanwhile
             self.dirfd = os.open(os.path.dirname(full), os.O_RDONLY | os.O_DIRECTORY
