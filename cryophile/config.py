@@ -108,6 +108,31 @@ def parse(data: dict, path: str | None = None) -> Config:
     return cfg
 
 
+def _check_alias(name: str | None, here: str) -> None:
+    """An alias names a directory in the mount and stands for a vault on the command
+    line: a plain file name, and never a UUID (which would mean another vault)."""
+    if name is None:
+        return
+    if name in ("", ".", "..") or "/" in name or "\0" in name:
+        raise ConfigError(f"{here} name {name!r} must be a plain name (no '/', not '.' or '..')")
+    try:
+        ids.parse_vault(name)
+    except UsageError:
+        return
+    raise ConfigError(f"{here} name {name!r} is a UUID: an alias must not look like a vault")
+
+
+def _check_names(cfg: Config, where: str) -> None:
+    seen: dict[str, str] = {}
+    for v in cfg.vaults.values():
+        if v.name is None:
+            continue
+        if v.name in seen:
+            raise ConfigError(f"{where}: vaults {seen[v.name]} and {v.uuid} share the "
+                              f"name {v.name!r}: an alias must name one vault")
+        seen[v.name] = v.uuid
+
+
 # Settings whose TOML type is not their type once parsed
 _DESCRIBED = {
     "fragment_size": ((str, int), 'a size like "64MiB" or a number of bytes'),
@@ -171,31 +196,6 @@ def _vault(key: str, table: dict, where: str) -> VaultConfig:
             raise ConfigError(f"{where}: [vault.{key}] url must start with file:// or s3://")
     _check_alias(v.name, f"{where}: [vault.{key}]")
     return v
-
-
-def _check_alias(name: str | None, here: str) -> None:
-    """An alias names a directory in the mount and stands for a vault on the command
-    line: a plain file name, and never a UUID (which would mean another vault)."""
-    if name is None:
-        return
-    if name in ("", ".", "..") or "/" in name or "\0" in name:
-        raise ConfigError(f"{here} name {name!r} must be a plain name (no '/', not '.' or '..')")
-    try:
-        ids.parse_vault(name)
-    except UsageError:
-        return
-    raise ConfigError(f"{here} name {name!r} is a UUID: an alias must not look like a vault")
-
-
-def _check_names(cfg: Config, where: str) -> None:
-    seen: dict[str, str] = {}
-    for v in cfg.vaults.values():
-        if v.name is None:
-            continue
-        if v.name in seen:
-            raise ConfigError(f"{where}: vaults {seen[v.name]} and {v.uuid} share the "
-                              f"name {v.name!r}: an alias must name one vault")
-        seen[v.name] = v.uuid
 
 
 def open_store(v: VaultConfig, *, retry_attempts: int | None = None):
