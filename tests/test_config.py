@@ -76,3 +76,12 @@ def test_two_backups_at_time_zero(rig, recipes):
     assert first != second
     assert rig.restore(first, recipes["sq"].key, check=True).stdout == b"a"
     assert rig.restore(second, recipes["sq"].key, check=True).stdout == b"b"
+
+
+def test_settings_parsed_by_their_own_parsers_keep_their_toml_types():
+    cfg = config.parse({"vault": {VAULT: {"thaw_budget_daily": "20GB",
+                                          "thaw_budget_monthly": 2.5}}})
+    assert cfg.vaults[VAULT].thaw_budget_daily == 20 * 10 ** 9
+    assert cfg.vaults[VAULT].thaw_budget_monthly == 2.5
+    with pytest.raises(config.ConfigError, match="thaw_budget_daily must be a size"):
+        config.parse({"vault": {VAULT: {"thaw_budget_daily": True}}})
