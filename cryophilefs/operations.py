@@ -17,9 +17,10 @@ from typing import Callable
 import pyfuse3
 import trio
 
-from cryophile import catalog, ids, keys, manifest
+from cryophile import catalog, chains, ids, keys, manifest
 from cryophile.backpressure import Backpressure
 from cryophile.ids import BackupId
+from cryophile.streams import snapshot_name
 
 from . import vaults
 from .faults import FsError, guard_all
@@ -417,11 +418,17 @@ class Operations(pyfuse3.Operations):
         await archive.ready.wait()
         check_readable(archive, self.s.keyring)
         await self._manifest(archive)
+        await self.thaws.opening(archive)
         fragments = Fragments(self.spool, self.s.stores(archive.bid.vault), archive)
         if flags & os.O_NONBLOCK:
             await self._no_wait(archive, fragments)
         reader = ReadAhead(archive, fragments, self.thaws, self.s.keyring.decrypt_session_key)
         archive.readers += 1
+        try:
+            await self.thaws.opened(archive)
+        except BaseException:
+            archive.readers -= 1
+            raise
         fh = self._new_fh()
         self.handles[fh] = ReadHandle(node, reader)
         self.nursery.start_soon(reader.run)
@@ -436,7 +443,12 @@ class Operations(pyfuse3.Operations):
         return archive.manifest
 
     async def _no_wait(self, archive: vaults.Archive, fragments: Fragments) -> None:
-        """O_NONBLOCK: EAGAIN until every fragment is here; the thaw starts now."""
+        """O_NONBLOCK: EAGAIN until every fragment is here; the thaw starts now.
+        EIO if thaw gave up on a fragment (the next open asks again)."""
+        failure = await self.thaws.permanent(archive)
+        if failure is not None:
+            raise type(failure)(f"{archive.bid} cannot be read: {failure} (open it again "
+                                "to ask again)")
         missing = await trio.to_thread.run_sync(fragments.missing)
         if missing:
             await self.thaws.request(archive, missing[0])
@@ -454,12 +466,7 @@ class Operations(pyfuse3.Operations):
         archive = handle.node.archive
         archive.readers -= 1
         if archive.readers == 0:
-            await trio.to_thread.run_sync(self._drop_restored, archive.bid)
-
-    def _drop_restored(self, bid: BackupId) -> None:
-        """Thawed copies go with the last reader, unless a thaw is still wanted."""
-        if not self.spool.fragments("thaw", bid):
-            self.spool.remove_dir("restore", bid)
+            await self.thaws.closed(archive)
 
     # --- extended attributes -------------------------------------------------------
 
@@ -495,7 +502,27 @@ class Operations(pyfuse3.Operations):
             values["thaw"] = f"{local}/{archive.fragments}"
         elif field == "name":
             values["name"] = await self._name(archive)
+        elif field in ("stream", "parent", "snapshot"):
+            values.update(await self._stream_xattr(archive, field))
         return values
+
+    async def _stream_xattr(self, archive: vaults.Archive, field: str) -> dict:
+        """stream kind and parent from the clear chunk.0s (parent: resolved
+        among the vault's archives the mount knows); snapshot needs the key."""
+        if field == "stream":
+            return {"stream": archive.clear.kind}
+        if field == "parent":
+            top = self.tree.root.children.get(archive.bid.vault)
+            known = [n.archive for n in (self.tree.walk(top) if top else ())
+                     if n.archive is not None and n.archive.clear is not None]
+            up = chains.parents([chains.Link.of(a.bid, a.clear) for a in known]).get(
+                archive.bid.ulid)
+            return {"parent": "MISSING" if isinstance(up, chains.Missing) else up}
+        if archive.manifest is None and self.s.keyring is None:
+            raise FsError(errno.ENOKEY, f"the snapshot of {archive.bid} is encrypted: mount "
+                          "with -k SECRET_KEY_FILE to see it")
+        await self._manifest(archive)
+        return {"snapshot": snapshot_name(archive.manifest.get("stream"))}
 
     async def _name(self, archive: vaults.Archive) -> str | None:
         if archive.name is None and archive.manifest is None:
@@ -511,7 +538,7 @@ class Operations(pyfuse3.Operations):
             fields = ("state", "name", "backup_id")
         elif node.archive is not None:
             fields = ("state", "name", "storage_class", "fragments", "thaw", "backup_id",
-                      "created", "size", "stored")
+                      "created", "size", "stored", "stream", "parent", "snapshot")
         else:
             fields = ()
         return [os.fsencode(XATTR + f) for f in fields]
@@ -523,6 +550,7 @@ class Operations(pyfuse3.Operations):
         if value.strip() not in (b"1", b"yes", b"true"):
             raise FsError(errno.EINVAL, f"set {XATTR}thaw to 1 to start a thaw")
         await node.archive.ready.wait()
+        await self.thaws.ask_again(node.archive)
         await self.thaws.request(node.archive)
         log.info("thaw of %s requested", node.archive.bid)
 
