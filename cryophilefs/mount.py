@@ -23,9 +23,11 @@ import signal
 import sys
 
 import pyfuse3
+import shtab
 import trio
 
 from cryophile import __version__, config as configuration, errors, keys, log as logsetup, thaw
+from cryophile import sdnotify
 from cryophile.options import add_log_file_option, add_spool_options, passphrase_reader
 from cryophile.freeze import Freezer
 from cryophile.spool import FreezeDaemonLock, Spool
@@ -58,6 +60,7 @@ mount options (-o, comma separated):
   spool=DIR, config=FILE, keyring=FILE   as -S, -c and -k (keyring repeatable)
   pass_fd=FD, log_file=PATH              as -P and --log-file
   allow_other                            let other users in (adds default_permissions)
+  allow_delete                           unlink of an archive deletes it (as cryophile rm)
   restore_tier=Expedited|Standard|Bulk   thaw tier instead of the vault's
   restore_days=N                         days a thawed copy stays in the vault
   thaw_poll=SECONDS                      first wait between restore polls
@@ -85,6 +88,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="count", default=0,
                    help="less log output: warnings and errors only")
     p.add_argument("-V", "--version", action="version", version=f"{PROG} {__version__}")
+    shtab.add_argument_to(p, "--print-completion", help="print a completion script for that shell")
     p.add_argument("where", nargs="+", metavar="MOUNTPOINT",
                    help="where to mount (mount(8) style `SOURCE MOUNTPOINT` works too)")
     return p
@@ -94,6 +98,7 @@ def parser() -> argparse.ArgumentParser:
 class Options:
     fuse: set
     allow_other: bool = False
+    allow_delete: bool = False
     restore_tier: str | None = None
     restore_days: int | None = None
     thaw_poll: float = thaw.POLL_MIN
@@ -142,6 +147,8 @@ def _ours(args, opts: Options, name: str, value: str, has_value: bool) -> bool:
         opts.restore_days = _number(name, value, int)
     elif name == "thaw_poll":
         opts.thaw_poll = _number(name, value, float)
+    elif name == "allow_delete" and not has_value:
+        opts.allow_delete = True
     else:
         return False
     return True
@@ -218,7 +225,8 @@ def mount(args) -> int:
         log.info("no secret key loaded: backups only (mount with -k SECRET_KEY to read)")
     mounted = None if args.foreground else detach(daemon_log(args.log_file), args.log_file)
     stores = configuration.Stores(cfg)
-    settings = Settings(cfg, spool, stores, certificates, keyring, opts.allow_other)
+    settings = Settings(cfg, spool, stores, certificates, keyring, opts.allow_other,
+                        allow_delete=opts.allow_delete)
     try:
         trio.run(serve, settings, opts, mountpoint, mounted)
     finally:
@@ -245,6 +253,7 @@ async def serve(settings: Settings, opts: Options, mountpoint: str, mounted) -> 
             try:
                 _report_mounted(mounted, True)
                 log.info("mounted %s on %s", spool.root, mountpoint)
+                sdnotify.notify("READY=1", f"STATUS=mounted on {mountpoint}")  # Type=notify
                 nursery.start_soon(supervise, "freeze", settings.freezer.run)
                 if settings.thawer is not None:
                     nursery.start_soon(supervise, "thaw", settings.thawer.run)

@@ -17,7 +17,7 @@ from typing import Callable
 import pyfuse3
 import trio
 
-from cryophile import catalog, chains, ids, keys, manifest
+from cryophile import catalog, chains, errors, ids, keys, manifest, remove
 from cryophile.backpressure import Backpressure
 from cryophile.ids import BackupId
 from cryophile.streams import snapshot_name
@@ -31,6 +31,7 @@ from .writer import HeldWriter, Incoming
 log = logging.getLogger("cryophilefs")
 
 XATTR = "user.cryophile."
+RELEASE_GRACE = 2.0     # seconds unlink waits for the release of a just-closed archive
 FH_HANDLERS = {"read", "write", "flush", "release", "fsync", "readdir", "releasedir"}
 
 
@@ -42,6 +43,7 @@ class Settings:
     certificates: list | None = None    # -k certificates: recipients for any vault
     keyring: object = None              # -k secret keys: SecretKeyring, or None
     allow_other: bool = False
+    allow_delete: bool = False          # -o allow_delete: unlink deletes archives
     thawer: object = None               # reader.FsThawer running in this process
     freezer: object = None              # cryophile.freeze.Freezer running in this process
 
@@ -252,6 +254,9 @@ class Operations(pyfuse3.Operations):
         self.tree.remove(node)
 
     async def unlink(self, parent_inode, name, ctx=None):
+        if self.tree.get(parent_inode).area != INCOMING:
+            await self._delete_archive(self._child(self.tree.get(parent_inode), name))
+            return
         parent = self.writable_dir(parent_inode)
         node = self._child(parent, name)
         if node.incoming is None:
@@ -260,6 +265,30 @@ class Operations(pyfuse3.Operations):
             log.info("%s removed while being written: backup %s cancelled", node.path(),
                      node.incoming.bid)
         self.tree.remove(node)              # a sealed backup's entry: just the name goes
+
+    async def _delete_archive(self, node: Node) -> None:
+        """unlink of an archive: with -o allow_delete, as `cryophile rm`."""
+        if node.archive is None or not self.s.allow_delete:
+            raise FsError(errno.EROFS, "archives are read-only (mount with -o allow_delete "
+                          "to delete them)" if node.archive is not None else "read-only")
+        bid = node.archive.bid
+        with trio.move_on_after(RELEASE_GRACE):    # the kernel releases after close returns
+            while node.archive.readers:
+                await trio.sleep(0.02)
+        if node.archive.readers:
+            raise FsError(errno.EBUSY, f"{bid} is open: not deleted")
+        if self.s.freezer is not None and os.path.isdir(self.spool.dir("freeze", bid)):
+            # this process's freeze may be uploading it right now
+            raise FsError(errno.EBUSY, f"{bid} is still being frozen: not deleted (try again "
+                          "once it is frozen)")
+        try:
+            await trio.to_thread.run_sync(remove.remove, self.spool, self.s.stores(bid.vault),
+                                          bid)
+        except errors.NotFoundError:
+            pass                            # gone already (another host, cryophile rm)
+        self.listings.forget(bid)
+        self.tree.remove(node)
+        log.info("%s deleted", bid)
 
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags,
                      ctx=None):

@@ -11,7 +11,10 @@ import re
 import subprocess
 
 import pytest
-from cryptography.hazmat.decrepit.ciphers.modes import CFB  # the primitives one is deprecated
+try:
+    from cryptography.hazmat.decrepit.ciphers.modes import CFB  # the primitives one is deprecated
+except ImportError:     # cryptography < 43
+    from cryptography.hazmat.primitives.ciphers.modes import CFB
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 from cryophile.errors import BadPassphraseError, FormatError, KeyringError, NoMatchingKeyError

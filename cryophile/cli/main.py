@@ -8,11 +8,13 @@ import os
 import signal
 import sys
 
+import shtab
+
 from .. import __version__, errors, log
-from . import backup, chain, freeze, ls, restore, status, thaw
+from . import backup, chain, check, freeze, ls, prune, restore, rm, status, thaw
 from ..options import add_log_file_option, add_spool_options
 
-COMMANDS = (backup, freeze, thaw, restore, ls, chain, status)
+COMMANDS = (backup, freeze, thaw, restore, ls, chain, status, rm, prune, check)
 PROG = "cryophile"
 
 DESCRIPTION = """\
@@ -48,6 +50,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="count", default=0,
                    help="less log output: warnings and errors only")
     p.add_argument("-V", "--version", action="version", version=f"{PROG} {__version__}")
+    shtab.add_argument_to(p, "--print-completion", help="print a completion script for that shell")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in COMMANDS:
         module.add_parser(sub)
