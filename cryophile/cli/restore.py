@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 
 import trio
@@ -15,6 +14,7 @@ from ..pipeline import reader
 from ..spool import BackupLock
 from . import target, thawplan
 from .common import Context, Progress, secret_keys
+from .output import Output
 
 log = logging.getLogger("cryophile.restore")
 WAIT_POLL = 0.05
@@ -37,15 +37,17 @@ def add_parser(sub) -> None:
     p.add_argument("-P", "--pass-fd", type=int, metavar="FD",
                    help="read the secret key's passphrase from file descriptor FD")
     p.add_argument("-o", "--output", default="-", metavar="OUTPUT",
-                   help="write to this file instead of stdout")
+                   help="write to this new file instead of stdout (mode 0600)")
+    p.add_argument("--force", action="store_true",
+                   help="with -o, replace an existing regular file")
     target.add_options(p)
     thawplan.add_restore_arguments(p)
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
-    ctx = Context(args)
     target.split_words(args)                  # options may follow VAULT/PREFIX/ULID
+    ctx = Context(args)                       # after them: -S and -c may be among them
     keyring = None
     if not args.dry_run or args.name is not None:    # a plan needs no key, --name does
         keyring = secret_keys(args.keyring, args.pass_fd)
@@ -58,7 +60,7 @@ def run(args) -> int:
             return target.restore_chain(ctx, bid, keyring, args.command, Restore)
         finally:
             ctx.close()
-    output = Output(args.output)
+    output = Output(args.output, args.force)
     try:
         ctx.spool.ensure()
         size = trio.run(Restore(ctx, bid, keyring).run, output.file)
@@ -70,40 +72,6 @@ def run(args) -> int:
         ctx.close()
     log.debug("restored %s: %d bytes", bid, size)
     return 0
-
-
-class Output:
-    """stdout, or a file that appears only when complete."""
-
-    def __init__(self, path: str):
-        self.path = path
-        if path == "-":
-            if sys.stdout.isatty():
-                raise errors.UsageError("refusing to write an archive to a terminal: "
-                                        "use -o FILE or a pipe")
-            self.file, self.tmp = sys.stdout.buffer, None
-            return
-        self.tmp = os.path.join(os.path.dirname(os.path.abspath(path)),
-                                f".{os.path.basename(path)}.cryophile-{os.getpid()}")
-        try:
-            self.file = open(self.tmp, "wb")
-        except OSError as exc:
-            raise errors.from_oserror(exc, f"cannot write output {path}") from None
-
-    def commit(self) -> None:
-        if self.tmp is None:
-            return
-        try:
-            self.file.close()
-            os.rename(self.tmp, self.path)
-        except OSError as exc:
-            raise errors.from_oserror(exc, f"cannot write output {self.path}") from None
-
-    def discard(self) -> None:
-        if self.tmp is not None:
-            self.file.close()
-            if os.path.exists(self.tmp):
-                os.unlink(self.tmp)
 
 
 class Restore:
