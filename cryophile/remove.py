@@ -22,12 +22,12 @@ import shutil
 
 from . import errors
 from .ids import BackupId
+from .markcache import MarkCache
 from .spool import ABANDONED, BackupLock, Spool
 
 log = logging.getLogger("cryophile.remove")
 
 FREEZING = ".freezing"     # flock held by the process freezing an archive (see freeze.py)
-CACHED_MARK = ".chunk0"    # a listing's copy of chunk.0: SPOOL/cache/VAULT/PREFIX/ULID.chunk0
 
 
 class BusyError(errors.UsageError):
@@ -96,7 +96,7 @@ def _remove(spool: Spool, store, bid: BackupId) -> Removed:
         done.spool = True
         _touch(os.path.join(queued, ABANDONED))
         _unlink(spool.path("freeze", bid, 0))
-    cached = os.path.join(spool.queue("cache"), bid.vault, bid.key + CACHED_MARK)
+    cached = MarkCache(spool).path(bid)     # a listing's copy of chunk.0
     if os.path.exists(cached):
         _unlink(cached)
     for key in keys:          # chunk.0 first
