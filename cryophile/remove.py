@@ -15,7 +15,6 @@ Synchronous: run it in a thread from trio.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import logging
 import os
 import shutil
@@ -23,11 +22,10 @@ import shutil
 from . import errors
 from .ids import BackupId
 from .markcache import MarkCache
-from .spool import ABANDONED, BackupLock, Spool
+from .spool import ABANDONED, ArchiveFreezeLock, BackupLock, Spool
 
 log = logging.getLogger("cryophile.remove")
 
-FREEZING = ".freezing"     # flock held by the process freezing an archive (see freeze.py)
 
 
 class BusyError(errors.UsageError):
@@ -43,33 +41,6 @@ class Removed:
     spool: bool = False     # the spool had some of it
 
 
-class _FreezeLock:
-    """freeze/…/ULID/.freezing taken without waiting; a missing directory
-    (nothing queued) needs no lock."""
-
-    def __init__(self, spool: Spool, bid: BackupId):
-        self.path = os.path.join(spool.dir("freeze", bid), FREEZING)
-        self.fd: int | None = None
-
-    def acquire(self) -> bool:
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except (FileNotFoundError, NotADirectoryError):
-            return True
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        self.fd = fd
-        return True
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-
 def remove(spool: Spool, store, bid: BackupId) -> Removed:
     """Delete archive ``bid`` from the spool and the vault (idempotent: a
     second call after a kill finishes the job).  NotFoundError if neither
@@ -77,9 +48,9 @@ def remove(spool: Spool, store, bid: BackupId) -> Removed:
     backup = BackupLock(spool, bid)
     if not backup.try_acquire():
         raise BusyError(f"{bid} is being written by a running backup: not removed")
-    freezing = _FreezeLock(spool, bid)
-    try:
-        if not freezing.acquire():
+    freezing = ArchiveFreezeLock(spool, bid)
+    try:     # not taken and the directory still there: a freeze holds it
+        if not freezing.acquire() and os.path.isdir(spool.dir("freeze", bid)):
             raise BusyError(f"{bid} is being frozen right now: not removed (try again "
                             "when the freeze has finished)")
         return _remove(spool, store, bid)
