@@ -207,3 +207,12 @@ def parse_size(text: str | int, what: str = "size") -> int:
     if value <= 0:
         raise UsageError(f"{what} must be greater than zero")
     return value
+
+
+def human(n: float) -> str:
+    """Bytes for people: 512 B, 1.5 MiB."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)

@@ -26,7 +26,8 @@ import logging
 import os
 
 from . import errors
-from .plan import Item, Plan, _human
+from .ids import human
+from .plan import Item, Plan
 from .spool import Spool, makedirs
 
 log = logging.getLogger("cryophile.ledger")
@@ -204,8 +205,8 @@ class Budget:
             day_bytes, month_cost = spent(data, who, now)
             where = "" if who == ALL else f" of vault {who}"
             if limits.daily is not None and nbytes and day_bytes + nbytes > limits.daily:
-                return (f"thaw_budget_daily{where} ({_human(limits.daily)} a day; "
-                        f"{_human(day_bytes)} thawed today)")
+                return (f"thaw_budget_daily{where} ({human(limits.daily)} a day; "
+                        f"{human(day_bytes)} thawed today)")
             if limits.monthly is not None and cost and month_cost + cost > limits.monthly:
                 return (f"thaw_budget_monthly{where} ({limits.monthly:.2f} {currency} a month; "
                         f"{month_cost:.2f} {currency} spent this month)")

@@ -17,7 +17,7 @@ import os
 import re
 
 from . import errors, ids, manifest
-from .ids import BackupId
+from .ids import BackupId, human
 from .prices import GB, PriceTable
 from .spool import Spool
 from .store.base import State
@@ -130,7 +130,7 @@ class Plan:
 
     def summary(self) -> str:
         """One line, for messages and logs."""
-        return (f"{self.fragments} fragment(s), {_human(self.stored_bytes)} stored, "
+        return (f"{self.fragments} fragment(s), {human(self.stored_bytes)} stored, "
                 f"{self.requests} restore request(s), {self.tiers} tier, {self.days} day(s), "
                 f"typically {self.wait[0]}, {self.money(self.cost)}")
 
@@ -154,13 +154,13 @@ class Plan:
     def table(self) -> str:
         rows = [("archives", str(len(self.archives))),
                 ("fragments to thaw", str(self.fragments)),
-                ("stored bytes to thaw", f"{self.stored_bytes} ({_human(self.stored_bytes)})"),
+                ("stored bytes to thaw", f"{self.stored_bytes} ({human(self.stored_bytes)})"),
                 ("restore requests", str(self.requests)),
                 ("already restoring", str(len(self.restoring))),
                 ("readable now", str(len(self.readable) + self.local)),
                 ("tier", self.tiers), ("days", str(self.days))]
         for cls, (count, size) in sorted(self.by_class().items()):
-            rows.append((f"  {cls}", f"{count} fragment(s), {_human(size)}, "
+            rows.append((f"  {cls}", f"{count} fragment(s), {human(size)}, "
                          f"typically {typical_wait(cls, self.tier)[0]}"))
         rows += [("expected wait", self.wait[0]),
                  ("cost (retrieval + requests)", self.money(self.cost)),
@@ -170,14 +170,6 @@ class Plan:
         source = self.prices.as_dict()["source"] or "the configuration's [prices]"
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows) + \
             f"\nprices: {source}, as of {self.prices.as_dict()['as_of']}; check them\n"
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 # --- building plans (blocking: run in a thread from trio) -----------------

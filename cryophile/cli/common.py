@@ -8,6 +8,7 @@ import time
 import unicodedata
 
 from .. import config, errors, ids, keys
+from ..ids import human  # noqa: F401 (shared)
 from ..options import add_spool_options, passphrase_reader  # noqa: F401 (shared)
 from ..spool import Spool
 
@@ -83,14 +84,6 @@ def escape(text: str) -> str:
         else:
             out.append(ch)
     return "".join(out)
-
-
-def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 class Progress:
