@@ -319,17 +319,28 @@ class Soak:
         return [site]
 
     def t_two_freeze_daemons(self, rng):
-        """Two freeze daemons while a backup runs; one killed, one stopped."""
+        """Two freeze daemons on one spool, started while a backup runs or after it
+        (then both find the same queue); one killed, one stopped."""
         site = self.pick_site(rng)
         data, path = self.new_input(rng, self.size(rng, site))
-        daemons = [Proc(f"freeze daemon {i} {site.name}", site.argv("freeze"), DAEMON_BOUND)
-                   for i in (1, 2)]
+        during = rng.random() < 0.4
+
+        def start():
+            return [Proc(f"freeze daemon {i} {site.name}", site.argv("freeze"), DAEMON_BOUND)
+                    for i in (1, 2)]
+        daemons = start() if during else []
         proc, ulid, prefix = self.start_backup(rng, site, data)
         r = proc.finish()
         if self.ended(r) and r.rc != 0:
             self.fail(f"backup beside two freeze daemons exited {r.rc}: {r.last_line()!r}")
-        self.add(site, data, path, "sealed" if r.rc == 0 else "failed", True, ulid, prefix)
-        time.sleep(rng.uniform(0, 3.0))
+        a = self.add(site, data, path, "sealed" if r.rc == 0 else "failed", True, ulid, prefix)
+        daemons = daemons or start()
+        deadline = time.monotonic() + rng.uniform(0, 6.0)
+        while site.queued(a.key) and time.monotonic() < deadline \
+                and all(d.running() for d in daemons):
+            time.sleep(0.05)
+        self.say(f"{site.name}: two daemons {'during' if during else 'after'} a backup of "
+                 f"{len(data)} bytes; {'still queued' if site.queued(a.key) else 'frozen'}")
         rng.shuffle(daemons)
         daemons[0].kill()
         daemons[1].signal(signal.SIGTERM)
@@ -367,6 +378,7 @@ class Soak:
 
     def some_archive(self, rng, site: Site, frozen: bool = False) -> Archive | None:
         found = self.frozen(site) if frozen else self.archives(site)
+        found = [a for a in found if a.size] or found
         if not found:
             a = self.backup(rng, site)
             if a is None or a.status != "sealed":
@@ -444,6 +456,10 @@ class Soak:
             time.sleep(0.05)
         proc = Proc(f"restore {site.name} {a.ulid} (thaw daemon killed)", site.restore_argv(a),
                     RESTORE_BOUND)
+        requests = site.spool / "thaw" / site.vault / a.key
+        while proc.running() and not (requests.is_dir() and any(requests.iterdir())) \
+                and time.monotonic() < deadline + RESTORE_BOUND:
+            time.sleep(0.02)
         delay = rng.uniform(0, 2.0)
         proc.wait(delay)
         daemon.kill()
@@ -690,16 +706,21 @@ class Soak:
             assert not unknown, f"unknown CRYOPHILE_SOAK_KINDS {sorted(unknown)}: {names}"
             names = [n for n in names if n in BUDGET.kinds]
         start = time.monotonic()
+        order: list[str] = []
         while BUDGET.more(self.trial, time.monotonic() - start):
+            if not order:       # rounds of every kind, each round in its own order
+                order = list(names)
+                random.Random(f"{BUDGET.seed}/round/{self.trial}").shuffle(order)
             rng = random.Random(f"{BUDGET.seed}/{self.trial}")
-            self.kind = rng.choice(names)
+            self.kind = order.pop(0)
+            kind = self.kind
             for site in self.sites:
                 if len([a for a in self.model if a.site is site]) > MAX_ARCHIVES:
                     self.kind = "sweep"
                     self.check([site], rng, full=True)
                     self.model = [a for a in self.model if a.site is not site]
                     site.renew(self.tmp)
-                    self.kind = rng.choice(names)
+                    self.kind = kind
             t0 = time.monotonic()
             touched = self.kinds[self.kind](rng)
             self.check(touched, rng)
