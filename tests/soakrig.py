@@ -27,7 +27,7 @@ not restored again, except in the final sweep); no sealed archive is missing;
 every command ended within its bound and printed no traceback.
 
 Knobs (environment): CRYOPHILE_SOAK_SEED, CRYOPHILE_SOAK_TRIALS,
-CRYOPHILE_SOAK_SECONDS (default 150 s of trials), CRYOPHILE_SOAK_KINDS (only
+CRYOPHILE_SOAK_SECONDS (default 120 s of trials), CRYOPHILE_SOAK_KINDS (only
 these trial kinds, comma separated).
 """
 
@@ -53,12 +53,12 @@ from cryophile import ids
 
 KiB, MiB = 1 << 10, 1 << 20
 DEFAULT_SEED = 20261126
-DEFAULT_SECONDS = 150.0
+DEFAULT_SECONDS = 120.0
 
 # Bounds: generous for a loaded 2-core machine; past one, a command hangs.
 BACKUP_BOUND = 90.0
-FREEZE_BOUND = 150.0
-RESTORE_BOUND = 120.0
+FREEZE_BOUND = 120.0
+RESTORE_BOUND = 90.0
 LS_BOUND = 60.0
 MOUNT_BOUND = 60.0          # mount up, unmount, reader and writer each
 DAEMON_BOUND = 240.0        # a daemon's whole life in a trial

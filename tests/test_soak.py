@@ -448,7 +448,7 @@ class Soak:
         if a is None:
             return [site]
         if site.is_s3:
-            self.proxy.restore_delay = rng.choice([0.5, 1.5, 3.0])
+            self.proxy.restore_delay = rng.choice([1.5, 3.0])
         daemon = Proc(f"thaw daemon {site.name}", site.argv("thaw"), DAEMON_BOUND)
         deadline = time.monotonic() + LS_BOUND
         while not thaw_daemon_running(site) and daemon.running() \
@@ -460,7 +460,7 @@ class Soak:
         while proc.running() and not (requests.is_dir() and any(requests.iterdir())) \
                 and time.monotonic() < deadline + RESTORE_BOUND:
             time.sleep(0.02)
-        delay = rng.uniform(0, 2.0)
+        delay = rng.uniform(0, 1.0)       # before the daemon's next look, or mid-thaw
         proc.wait(delay)
         daemon.kill()
         self.ended(daemon.finish())
