@@ -351,24 +351,37 @@ class Soak:
         return [site]
 
     def t_backup_and_freeze_kill(self, rng):
-        """A freeze daemon uploads fragments of a backup in progress; both die."""
+        """A freeze daemon uploads fragments of a backup in progress; both die
+        (on S3, half the time while a multipart upload of a fragment is open)."""
         site = self.pick_site(rng)
-        size = 7 * MiB if site.is_s3 and rng.random() < 0.5 else self.size(rng, site)
-        data, path = self.new_input(rng, size)
+        multipart = site.is_s3 and rng.random() < 0.5
+        data, path = self.new_input(rng, 7 * MiB if multipart else self.size(rng, site))
         daemon = Proc(f"freeze daemon {site.name}", site.argv("freeze"), DAEMON_BOUND)
-        stall = rng.randrange(len(data) // 2, len(data))
+        stall = rng.randrange(6 * MiB + 64 * KiB, len(data)) if multipart \
+            else rng.randrange(len(data) // 2, len(data))
         proc, ulid, prefix = self.start_backup(rng, site, data, stall_at=stall)
         proc.stalled.wait(BACKUP_BOUND)
-        time.sleep(rng.uniform(0, 2.0))
-        first, second = (daemon, proc) if rng.random() < 0.5 else (proc, daemon)
+        if multipart:       # fragment 1 (6 MiB, in 5 MiB parts) is being uploaded
+            self.proxy.slow_next(2, 1.0, methods=["PUT"], path_contains="uploadId")
+            deadline = time.monotonic() + 20
+            while not site.uploads() and daemon.running() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            first, second = daemon, proc
+        else:
+            time.sleep(rng.uniform(0, 2.0))
+            first, second = (daemon, proc) if rng.random() < 0.5 else (proc, daemon)
         first.kill()
         time.sleep(rng.uniform(0, 0.5))
         second.kill()
         r, dr = proc.finish(), daemon.finish()
         self.ended(dr)
+        self.say(f"{site.name}: backup of {len(data)} bytes stalled at {stall}, "
+                 f"{'freeze' if first is daemon else 'backup'} killed first; "
+                 f"{len(site.uploads())} multipart upload(s) open")
         if self.ended(r):
             self.fail(f"a backup whose input stalled ended by itself: rc {r.rc}")
         self.add(site, data, path, "maybe", False, ulid, prefix)
+        self.proxy.reset()
         return [site]
 
     # --- trials: restore and thaw ------------------------------------------------------
