@@ -10,7 +10,7 @@ import re
 
 from . import errors, manifest
 from .ids import BackupId, ulid_time
-from .spool import Spool
+from .spool import ABANDONED, BackupLock, Spool
 from .store.base import State
 
 log = logging.getLogger("cryophile.catalog")
@@ -26,6 +26,7 @@ class Entry:
     state: str
     name: str | None = None
     storage_class: str | None = None
+    kind: str = "unknown"         # zfs, btrfs, tar, unknown
 
 
 def spool_vaults(spool: Spool) -> set[str]:
@@ -41,22 +42,41 @@ def _created(ulid: str) -> str:
     return ulid_time(ulid).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def unsealed_state(spool: Spool, bid: BackupId) -> str:
+    """An archive without chunk.0 in the spool: ``writing`` while its backup
+    holds the lock, ``dead`` once that process is gone (the next backup or
+    freeze removes it), ``abandoned`` once dropped (freeze then deletes what
+    the vault has of it)."""
+    if os.path.exists(os.path.join(spool.dir("freeze", bid), ABANDONED)):
+        return "abandoned"
+    lock = BackupLock(spool, bid)
+    if not os.path.exists(lock.path):
+        return "dead"
+    free = lock.try_acquire()
+    lock.release()
+    return "dead" if free else "writing"
+
+
+def _sealed(clear, state: str) -> str:
+    return state if clear.complete else "incomplete"
+
+
 def spool_entries(spool: Spool, vault: str, prefix: str) -> dict[str, Entry]:
     entries = {}
-    for queue, state in (("freeze", "queued"), ("backup", "writing")):
+    for queue in ("freeze", "backup"):
         for bid in spool.archives(queue):
             if bid.vault != vault or not _under(bid.prefix, prefix) or bid.key in entries:
                 continue
-            mark = spool.path(queue, bid, 0)
-            if os.path.exists(mark):
+            mark = spool.path("freeze", bid, 0)
+            unsealed = None if os.path.exists(mark) else unsealed_state(spool, bid)
+            if unsealed != "writing" and os.path.exists(mark):     # (sealed meanwhile?)
                 clear = manifest.load(mark)[0]
-                partly = len(spool.fragments(queue, bid)) < len(clear.fragments) + 1
+                partly = len(spool.fragments("freeze", bid)) < len(clear.fragments) + 1
                 entries[bid.key] = Entry(bid, clear.created, clear.size, len(clear.fragments),
-                                         "freezing" if partly else state)
-            elif os.path.exists(os.path.join(spool.dir(queue, bid), "ABANDONED")):
-                continue
+                                         _sealed(clear, "freezing" if partly else "queued"),
+                                         kind=clear.kind)
             else:
-                entries[bid.key] = Entry(bid, _created(bid.ulid), None, None, "writing")
+                entries[bid.key] = Entry(bid, _created(bid.ulid), None, None, unsealed)
     return entries
 
 
@@ -75,12 +95,13 @@ def vault_entries(store, vault: str, prefix: str) -> dict[str, Entry]:
         try:
             store.get(info.key, buf)
             clear = manifest.read_clear(buf.getvalue())[0]
+            manifest.check_identity(clear, bid)
         except errors.Error as exc:
             log.warning("skipping %s: %s", bid, exc)
             continue
         state, sclass = _state(store, bid, clear)
-        entries[bid.key] = Entry(bid, clear.created, clear.size, len(clear.fragments), state,
-                                 storage_class=sclass)
+        entries[bid.key] = Entry(bid, clear.created, clear.size, len(clear.fragments),
+                                 _sealed(clear, state), storage_class=sclass, kind=clear.kind)
     return entries
 
 

@@ -108,6 +108,24 @@ class DiskFullError(SpoolError):
     errno = _errno.ENOSPC
 
 
+class ProducerError(Error):
+    """The command given after ``--`` failed: its output is not a backup."""
+
+    exit_code = 13
+
+
+class IncompleteStreamError(Error):
+    """A zfs/btrfs/tar stream that does not end as its kind must (cut short)."""
+
+    exit_code = 14
+
+
+class EmptyInputError(Error):
+    """No input at all, where a backup was expected."""
+
+    exit_code = 15
+
+
 class Interrupted(Error):
     exit_code = 130
     errno = _errno.EINTR

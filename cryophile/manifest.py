@@ -14,6 +14,7 @@ import io
 import json
 
 from .errors import FormatError, IntegrityError
+from .ids import BackupId
 from .pipeline import openpgp
 
 MAGIC = b"cryophile-archive "
@@ -39,11 +40,33 @@ class ClearInfo:
     fragment_size: int
     fragments: list[Fragment]
     format: int = FORMAT_VERSION
+    # optional (absent in older archives: unknown)
+    stream: dict | None = None    # kind, complete, random ids (streams.Stream.clear)
+    parent: str | None = None     # ULID given with backup --parent
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
         d["fragments"] = [[f.size, f.sha256] for f in self.fragments]
+        for optional in ("stream", "parent"):
+            if d[optional] is None:
+                del d[optional]
         return d
+
+    @property
+    def bid(self) -> BackupId:
+        return BackupId(self.vault, self.prefix, self.ulid)
+
+    @property
+    def complete(self) -> bool:
+        """False for a stream sealed although it did not end as its kind
+        must (state ``incomplete``); True otherwise, and for older archives."""
+        return not (isinstance(self.stream, dict) and self.stream.get("complete") is False)
+
+    @property
+    def kind(self) -> str:
+        """zfs, btrfs, tar or unknown (also for older archives)."""
+        kind = self.stream.get("kind") if isinstance(self.stream, dict) else None
+        return kind if isinstance(kind, str) else "unknown"
 
     @classmethod
     def from_json(cls, d: dict) -> "ClearInfo":
@@ -84,6 +107,14 @@ def read_clear(data: bytes) -> tuple[ClearInfo, bytes]:
         raise FormatError(f"chunk.0 metadata is not JSON ({exc})") from None
 
 
+def check_identity(clear: ClearInfo, bid: BackupId) -> None:
+    """chunk.0 must belong to the archive asked for: a directory holding a
+    copy of another archive must not restore or list as this one."""
+    if clear.bid != bid:
+        raise IntegrityError(f"chunk.0 of {bid} belongs to archive {clear.bid}: "
+                             "the archive's objects were replaced or moved")
+
+
 def read_manifest(encrypted: bytes, clear: ClearInfo, unlock) -> dict:
     src = openpgp.ByteSource([encrypted])
     data = b"".join(bytes(b) for b in openpgp.decrypt(src, unlock))
@@ -93,7 +124,8 @@ def read_manifest(encrypted: bytes, clear: ClearInfo, unlock) -> dict:
     mine = [[f.size, f.sha256] for f in clear.fragments]
     if (manifest["fragments"] != mine or manifest["ulid"] != clear.ulid
             or manifest.get("size") != clear.size or manifest.get("created") != clear.created
-            or manifest.get("vault") != clear.vault or manifest.get("prefix") != clear.prefix):
+            or manifest.get("vault") != clear.vault or manifest.get("prefix") != clear.prefix
+            or manifest.get("backup_id", str(clear.bid)) != str(clear.bid)):
         raise IntegrityError("chunk.0's clear metadata disagrees with its encrypted manifest")
     return manifest
 

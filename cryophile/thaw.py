@@ -83,7 +83,8 @@ def fetch_mark(spool: Spool, store, bid: BackupId) -> manifest.ClearInfo:
     path = spool.path("restore", bid, 0)
     if not os.path.exists(path):
         try:
-            fetch(store, bid.fragment_key(0), path, lambda tmp: manifest.load(tmp))
+            fetch(store, bid.fragment_key(0), path,
+                  lambda tmp: manifest.check_identity(manifest.load(tmp)[0], bid))
         except errors.NotFoundError:
             raise errors.NotFoundError(_why_missing(store, bid)) from None
     return manifest.load(path)[0]

@@ -49,6 +49,7 @@ class Archive:
     @classmethod
     def from_mark(cls, bid: BackupId, data: bytes) -> "Archive":
         clear, encrypted = manifest.read_clear(data)
+        manifest.check_identity(clear, bid)
         archive = cls(bid, clear.size, clear, encrypted)
         archive.ready.set()
         return archive

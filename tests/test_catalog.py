@@ -2,9 +2,10 @@
 
 import os
 
+import pytest
 import trio
 
-from cryophile import keys
+from cryophile import errors, keys, manifest
 from cryophile.catalog import list_archives
 from cryophile.freeze import Freezer
 from cryophile.ids import BackupId, new_ulid
@@ -97,3 +98,96 @@ def test_a_sealed_backup_is_never_taken_for_a_dead_one(tmp_path, recipes):
     assert not os.path.exists(spool.dir("backup", bid))
     assert os.path.exists(spool.path("freeze", bid, 0))
     assert not os.path.exists(os.path.join(spool.dir("freeze", bid), "ABANDONED"))
+
+
+def _tar_cut_short() -> bytes:
+    import io
+    import tarfile
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        info = tarfile.TarInfo("file")
+        info.size = 30000
+        tf.addfile(info, io.BytesIO(os.urandom(30000)))
+    return buf.getvalue()[:20000]
+
+
+@pytest.mark.expect_log
+def test_a_stream_cut_short_is_sealed_incomplete_or_refused(tmp_path, recipes):
+    """The writer's two answers to a stream that did not end as its kind must:
+    the mount seals it marked incomplete, the CLI abandons it."""
+    spool = Spool(str(tmp_path / "spool"))
+    spool.ensure()
+    store = LocalStore(str(tmp_path / "vault"))
+    recipients = keys.load_certificates([str(recipes["gpg"].cert)])
+    marked, refused, whole = (BackupId(VAULT, "tank", new_ulid()) for _ in range(3))
+    writer = ArchiveWriter(spool, marked, recipients, "lz4", 4096)
+    writer.write(_tar_cut_short())
+    writer.close(incomplete="mark")
+    assert (writer.stream.kind, writer.stream.complete) == ("tar", False)
+    clear = manifest.load(spool.path("freeze", marked, 0))[0]
+    assert clear.stream == {"kind": "tar", "complete": False} and not clear.complete
+
+    writer = ArchiveWriter(spool, refused, recipients, "lz4", 4096)
+    writer.write(_tar_cut_short())
+    with pytest.raises(errors.IncompleteStreamError, match="tar stream that is not whole"):
+        writer.close(incomplete="refuse")
+    writer.abort()                                   # what callers do on any error: harmless
+    assert spool.fragments("freeze", refused) == []
+
+    writer = ArchiveWriter(spool, whole, recipients, "lz4", 4096)
+    writer.write(b"not a stream of a known kind")
+    writer.close(incomplete="refuse")
+    assert states(spool, store) == {marked.ulid: "incomplete", refused.ulid: "abandoned",
+                                    whole.ulid: "queued"}
+    trio.run(Freezer(spool, lambda v: store, lambda v: "STANDARD").run, True)
+    got = {e.bid.ulid: (e.state, e.kind) for e in list_archives(spool, store, VAULT)}
+    assert got == {marked.ulid: ("incomplete", "tar"), whole.ulid: ("local", "unknown")}
+
+
+@pytest.mark.expect_log
+def test_a_dead_backup_is_listed_dead_then_abandoned(tmp_path, recipes):
+    spool = Spool(str(tmp_path / "spool"))
+    spool.ensure()
+    store = LocalStore(str(tmp_path / "vault"))
+    recipients = keys.load_certificates([str(recipes["gpg"].cert)])
+    bid = BackupId(VAULT, "", new_ulid())
+    writer = ArchiveWriter(spool, bid, recipients, "none", 4096)
+    writer.write(os.urandom(20000))
+    assert states(spool, store) == {bid.ulid: "writing"}
+    writer.lock.release()                            # its process died
+    assert states(spool, store) == {bid.ulid: "dead"}
+    assert spool.clean_dead_backups() == [bid]
+    assert states(spool, store) == {bid.ulid: "abandoned"}
+
+
+@pytest.mark.timeout(120)
+def test_a_killed_backup_shows_dead_in_ls_and_status(tmp_path, recipes):
+    import signal
+    import subprocess
+    import time
+    from tests.clirig import make_rig
+    rig = make_rig(tmp_path)
+    proc = subprocess.Popen(rig.command("backup", "-v", rig.vault, "-k",
+                                        str(recipes["gpg"].cert), "-s", "4KiB", "-C", "none"),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        proc.stdin.write(os.urandom(3 << 20))
+        proc.stdin.flush()
+        backup_dir = rig.spool / "backup" / rig.vault
+        for _ in range(600):
+            if backup_dir.exists() and list(backup_dir.iterdir()):
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdin.close()
+        proc.stdout.close()
+        proc.stderr.close()
+    ls = rig.run("ls", rig.vault, check=True).stdout.decode()
+    assert " dead " in ls and "writing" not in ls, ls
+    status = rig.run("status", check=True).stdout.decode()
+    assert ", dead" in status, status

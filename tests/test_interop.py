@@ -49,7 +49,7 @@ def archives(tmp_path_factory, recipes):
     for codec in DECOMPRESS:
         for who in ("gpg", "sq"):
             made[codec, who] = rig.backup(data, recipes[who].cert, "-C", codec, "-s", "256KiB")
-    made["empty", "gpg"] = rig.backup(b"", recipes["gpg"].cert, "-C", "lz4")
+    made["empty", "gpg"] = rig.backup(b"", recipes["gpg"].cert, "-C", "lz4", "--allow-empty")
     rig.run("freeze", "--once", check=True)
     return rig, data, made
 

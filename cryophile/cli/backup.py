@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import subprocess
 import sys
 
 from .. import config, errors, ids, keys
@@ -19,9 +21,13 @@ READ_SIZE = 1 << 20
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "backup", help="compress, encrypt and split a stream into the spool",
-        description="Read a stream (stdin, a file or a FIFO), compress it, encrypt it to "
-                    "the certificates given with -k, and split it into fragments in the "
-                    "spool's freeze queue.  Prints the new archive's ULID on stdout.")
+        usage="%(prog)s -v VAULT [options] [-- COMMAND ARGS...]",
+        description="Read a stream (stdin, a file or a FIFO, or the output of COMMAND "
+                    "given after --), compress it, encrypt it to the certificates given "
+                    "with -k, and split it into fragments in the spool's freeze queue.  "
+                    "Prints the new archive's ULID on stdout.  A zfs send, btrfs send or "
+                    "tar stream that does not end as one (cut short), a COMMAND that "
+                    "fails, and empty input are refused: nothing is kept.")
     p.add_argument("-v", "--vault", required=True, metavar="VAULT",
                    help="vault UUID (or its alias from the configuration)")
     p.add_argument("-p", "--prefix", metavar="PREFIX", help="path grouping archives, e.g. tank/home")
@@ -38,6 +44,14 @@ def add_parser(sub) -> None:
     p.add_argument("-s", "--fragment-size", metavar="SIZE",
                    help="fragment size, e.g. 64MiB, 1G, 512 (default: 64MiB)")
     p.add_argument("--name", metavar="NAME", help="a name kept (encrypted) with the archive")
+    p.add_argument("--allow-empty", action="store_true",
+                   help="keep an archive of empty input (refused otherwise)")
+    p.add_argument("--parent", metavar="ULID",
+                   help="record the archive this one is an increment of (for streams "
+                        "whose kind cannot tell it)")
+    p.add_argument("producer", nargs="*", metavar="COMMAND",
+                   help="after --: run COMMAND ARGS... and back up its output; a non-zero "
+                        "exit abandons the archive")
     p.set_defaults(run=run)
 
 
@@ -59,28 +73,80 @@ def run(args) -> int:
     if not certs:
         raise errors.UsageError("no certificate to encrypt to: give -k CERTFILE or set "
                                 "keyring in the vault's configuration")
+    parent = ids.parse_ulid(args.parent) if args.parent else None
+    if args.producer and args.input != "-":
+        raise errors.UsageError("give either -i INPUT or -- COMMAND, not both")
     recipients = keys.load_certificates(certs)
     bid = ids.BackupId(vault.uuid, prefix, ulid)
     if args.ulid:
         _refuse_existing(vault, bid)
-    source = _open_input(args.input)
+    source = None if args.producer else _open_input(args.input)
     ctx.spool.ensure()
     ctx.spool.clean_dead_backups()
+    source = source or Producer(args.producer)
     pressure = Backpressure(ctx.spool, ctx.config.spool_max)
-    writer = ArchiveWriter(ctx.spool, bid, recipients, compression, fragment_size,
-                           name=args.name, created=ids.ulid_time(ulid),
-                           before_fragment=pressure.wait)
     try:
-        _copy(source, writer)
-        writer.close()
-    except BaseException:
-        writer.abort()
-        raise
+        writer = ArchiveWriter(ctx.spool, bid, recipients, compression, fragment_size,
+                               name=args.name, created=ids.ulid_time(ulid),
+                               before_fragment=pressure.wait, parent=parent)
+        try:
+            _copy(source, writer)
+            if isinstance(source, Producer):
+                source.wait()
+            writer.close(incomplete="refuse", allow_empty=args.allow_empty)
+        except BaseException:
+            writer.abort()
+            raise
     finally:
         if source is not sys.stdin.buffer:
             source.close()
     print(ulid, flush=True)
     return 0
+
+
+class Producer:
+    """COMMAND ARGS…, whose standard output is the backup's input.  Its exit
+    status decides whether what it wrote is a backup (as restic's
+    --stdin-from-command, borg's --content-from-command)."""
+
+    def __init__(self, argv: list[str]):
+        self.argv = argv
+        self.what = " ".join(argv[:2]) if argv[0] in ("zfs", "btrfs") else argv[0]
+        try:
+            self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, bufsize=0)
+        except OSError as exc:
+            raise errors.ProducerError(f"cannot run {argv[0]}: {exc.strerror}; "
+                                       "nothing was backed up") from None
+
+    def fileno(self) -> int:
+        return self.proc.stdout.fileno()
+
+    def wait(self) -> None:
+        """After end of input: a non-zero exit makes the input no backup."""
+        self.proc.stdout.close()
+        status = self.proc.wait()
+        if status > 0:
+            raise errors.ProducerError(f"{self.what} exited with status {status}: "
+                                       "the archive was abandoned")
+        if status < 0:
+            try:
+                name = signal.Signals(-status).name
+            except ValueError:
+                name = f"signal {-status}"
+            raise errors.ProducerError(f"{self.what} was killed by {name}: "
+                                       "the archive was abandoned")
+
+    def close(self) -> None:
+        """Stop the command if it still runs (the backup failed first)."""
+        if self.proc.returncode is not None:
+            return
+        self.proc.stdout.close()
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def _refuse_existing(vault, bid: ids.BackupId) -> None:

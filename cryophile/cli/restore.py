@@ -102,6 +102,7 @@ class Restore:
     async def run(self, out) -> int:
         try:
             clear = await trio.to_thread.run_sync(self.mark)
+            manifest.check_identity(clear, self.bid)
         except errors.Error:
             self._drop_empty()
             raise

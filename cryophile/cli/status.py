@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
+from ..catalog import unsealed_state
 from ..spool import QUEUES
 from ..thaw import DaemonLock
 from .common import Context, human
@@ -36,9 +37,10 @@ def run(args) -> int:
             numbers = [n for n in ctx.spool.fragments(queue, bid) if n]
             fragments += len(numbers)
             size += sum(_size(ctx.spool.path(queue, bid, n)) for n in numbers)
-            if numbers:
+            state = _state(ctx.spool, queue, bid)
+            if numbers or state in ("dead", "abandoned"):
                 details.append(f"  {queue:<8} {bid}: {len(numbers)} fragment(s)"
-                               f"{', sealed' if 0 in ctx.spool.fragments(queue, bid) else ''}")
+                               f"{', ' + state if state else ''}")
         shown = "-" if queue == "thaw" else human(size)
         out.write(f"{queue:<8} {len(archives):>8} {fragments:>9} {shown:>11}  "
                   f"{WHAT[queue]}\n")
@@ -49,6 +51,15 @@ def run(args) -> int:
     if details:
         out.write("\n".join(details) + "\n")
     return 0
+
+
+def _state(spool, queue: str, bid) -> str | None:
+    """sealed, or (no chunk.0 yet) writing / dead / abandoned."""
+    if queue not in ("backup", "freeze"):
+        return None
+    if os.path.exists(spool.path("freeze", bid, 0)):
+        return "sealed"
+    return unsealed_state(spool, bid)
 
 
 def _size(path: str) -> int:

@@ -62,6 +62,21 @@ def partial_packet_len(body: int) -> int:
     return 1 + body + body // CHUNK + len(definite_length(body % CHUNK))
 
 
+def in_partial_chunk(b: int) -> int:
+    """Offset of body byte b from its packet's tag octet, if b's chunk is a
+    partial one: then every chunk before it has a one-octet length too."""
+    return 2 + b + b // CHUNK
+
+
+def in_packet(b: int, body_size: int) -> int:
+    """Offset of body byte b from the tag octet of a packet of ``body_size``
+    body bytes.  The last chunk's definite length takes 1, 2 or 5 octets."""
+    full = body_size // CHUNK
+    if b < full * CHUNK:
+        return in_partial_chunk(b)
+    return 1 + full + len(definite_length(body_size % CHUNK)) + b
+
+
 class Layout:
     """Where things sit in the message.
 
@@ -70,27 +85,53 @@ class Layout:
     SEIPD plaintext (prefix, literal packet, MDC); SEIPD *body* offset
     b = c + 1 (the version octet comes first); *message* offset m in the
     concatenation of the fragments.
+
+    While an archive is written its size is not known yet (``stream_size``
+    None): positions are then computed as if every chunk were a partial one,
+    which is exact for all but the last chunk of each packet.
     """
 
-    def __init__(self, seipd_start: int, stream_size: int):
+    def __init__(self, seipd_start: int, stream_size: int | None):
         self.seipd_start = seipd_start
         self.stream_size = stream_size
+        if stream_size is None:
+            self.literal_body = self.seipd_body = self.message_size = None
+            return
         self.literal_body = stream_size + LITERAL_HEADER_LEN
         self.ciphertext_size = PREFIX_LEN + partial_packet_len(self.literal_body) + MDC_LEN
         self.seipd_body = self.ciphertext_size + 1
         self.message_size = seipd_start + partial_packet_len(self.seipd_body)
 
-    @staticmethod
-    def in_packet(b: int) -> int:
-        """Offset of body byte b from its packet's tag octet."""
-        return 2 + b + b // CHUNK
+    def _in(self, b: int, body_size: int | None) -> int:
+        return in_partial_chunk(b) if body_size is None else in_packet(b, body_size)
 
-    @staticmethod
-    def stream_to_ciphertext(k: int) -> int:
-        return PREFIX_LEN + Layout.in_packet(k + LITERAL_HEADER_LEN)
+    def stream_to_ciphertext(self, k: int) -> int:
+        return PREFIX_LEN + self._in(k + LITERAL_HEADER_LEN, self.literal_body)
 
     def ciphertext_to_message(self, c: int) -> int:
-        return self.seipd_start + self.in_packet(c + 1)
+        return self.seipd_start + self._in(c + 1, self.seipd_body)
+
+    @staticmethod
+    def resume_block(k: int) -> int:
+        """The aligned ciphertext offset c0 whose preceding 16 bytes the seek
+        index records for stream offset k.  The writer picks it before the
+        archive's size is known, as if k's chunk were partial, so it is at
+        most 4 + 15 bytes before k's true ciphertext offset (never after)."""
+        c = PREFIX_LEN + in_partial_chunk(k + LITERAL_HEADER_LEN)
+        return c - c % BLOCK
+
+    def resume_start(self, k: int, fragment_size: int) -> tuple[int, bool]:
+        """Where ``decrypt_from`` reads from for stream offset k: (message
+        offset, whether it starts at the ciphertext block before c0).  That
+        block is read, to be checked against the index, when it lies in the
+        same fragment as c0, so that no earlier fragment is needed."""
+        c0 = self.resume_block(k)
+        m0 = self.ciphertext_to_message(c0)
+        if c0 >= BLOCK:
+            before = self.ciphertext_to_message(c0 - BLOCK)
+            if before // fragment_size == m0 // fragment_size:
+                return before, True
+        return m0, False
 
     @staticmethod
     def chunk_state(b: int, body_size: int) -> tuple[int, bool]:
@@ -400,31 +441,47 @@ def decrypt(src: ByteSource, unlock: Callable[[list[bytes]], tuple[int, bytes]]
     header = literal.read_exact(2, "literal data header")
     literal.read_exact(header[1] + 4, "literal data header")
     yield from literal.rest()
-    trailer = plain.read_exact(MDC_LEN, "modification detection code")
-    if trailer[:2] != MDC_HEADER or plain.read(1):
-        raise IntegrityError("unexpected data after the literal packet: archive damaged")
+    trailer = check_trailer(plain, src)
     if plain.mdc.digest() != trailer[2:]:
         raise IntegrityError("modification detection code mismatch: archive damaged")
+
+
+def check_trailer(plain: Decrypted, src: ByteSource) -> bytes:
+    """After the literal data: the MDC packet, then the end of the SEIPD
+    packet and of the message.  Returns the MDC packet."""
+    trailer = plain.read_exact(MDC_LEN, "modification detection code")
+    if trailer[:2] != MDC_HEADER or plain.read(1):
+        raise IntegrityError("no modification detection code right after the literal data: "
+                             "archive damaged or misread")
     if not src.at_end():
         raise FormatError("data after the end of the OpenPGP message")
+    return trailer
 
 
 def decrypt_from(src: ByteSource, layout: Layout, key: bytes, stream_offset: int,
-                 iv: bytes) -> Iterator[memoryview]:
-    """Literal data from an aligned ciphertext block, without earlier fragments.
+                 iv: bytes, iv_in_src: bool = False) -> Iterator[memoryview]:
+    """Literal data from a seek index entry on, without earlier fragments.
 
-    ``src`` starts at message offset ``layout.ciphertext_to_message(c0)`` where
-    c0 is the 16-aligned ciphertext offset at or before the stream offset;
-    ``iv`` is the ciphertext block before c0 (from the seek index).  No MDC
-    check is possible from the middle: callers verify fragment SHA-256s.
+    ``src`` starts at message offset ``layout.ciphertext_to_message(c0)``,
+    c0 = ``Layout.resume_block(stream_offset)``; ``iv`` is the ciphertext
+    block before c0 (from the seek index).  With ``iv_in_src``, ``src``
+    starts 16 ciphertext bytes earlier and those must equal ``iv``: a check
+    that the reader is where the index says.  The MDC cannot be computed
+    from the middle (callers verify fragment SHA-256s), but when the
+    literal data ends the MDC packet's header must follow, and then the end
+    of the message: a misplaced read cannot get that far unnoticed.
     """
     c = layout.stream_to_ciphertext(stream_offset)
-    c0 = c - c % BLOCK
-    left, partial = Layout.chunk_state(c0 + 1, layout.seipd_body)
+    c0 = Layout.resume_block(stream_offset)
+    first = c0 - BLOCK if iv_in_src else c0
+    left, partial = Layout.chunk_state(first + 1, layout.seipd_body)
     body = BodyReader(src, left, partial, "encrypted data")
+    if iv_in_src and body.read_exact(BLOCK, "encrypted data") != iv:
+        raise IntegrityError(f"the seek index does not match the archive at stream offset "
+                             f"{stream_offset}: archive damaged or misread")
     plain = Decrypted(body, key, iv, check_mdc=False)
     plain.read_exact(c - c0, "encrypted data")
-    lbody = stream_offset + LITERAL_HEADER_LEN
-    left, partial = Layout.chunk_state(lbody, layout.literal_body)
+    left, partial = Layout.chunk_state(stream_offset + LITERAL_HEADER_LEN, layout.literal_body)
     literal = BodyReader(plain, left, partial, "literal data")
     yield from literal.rest()
+    check_trailer(plain, src)

@@ -2,9 +2,11 @@
 
 Blocking: call it from a thread.  Reading on from where the last read
 ended continues the current stream; a read elsewhere restarts at the last
-index entry at or before it (docs/FORMAT.md, "Resuming decryption").  From
-offset 0 the whole message is parsed, so the MDC is checked when the end
-is reached; elsewhere each fragment's SHA-256 is checked before use.
+index entry at or before it (docs/FORMAT.md, "Resuming decryption").  Each
+fragment's SHA-256 is checked before use.  From offset 0 the whole message
+is parsed, so the MDC is checked when a read reaches the end; from a seek,
+the ciphertext block before it must match the index, and at the end the
+MDC packet must follow the literal data.  Frames carry checksums.
 Reading, verifying and decrypting run in a thread of their own, a few MiB
 ahead of decompression in the caller's thread.
 """
@@ -48,15 +50,31 @@ class PlainReader:
         with self.lock:
             if offset >= self.size or size <= 0:
                 return b""
-            size = min(size, self.size - offset)
-            if self.stream is None or offset < self.pos or offset - self.pos > SKIP_LIMIT \
-                    and self._entry(offset)[0] > self.pos:
-                self._seek(offset)
-            self._skip(offset - self.pos)
-            out = bytearray()
-            while len(out) < size:
-                out += self._take(size - len(out))
-            return bytes(out)
+            try:
+                return self._read(offset, size)
+            except BaseException:
+                self.close_stream()       # the next read starts afresh
+                raise
+
+    def _read(self, offset: int, size: int) -> bytes:
+        size = min(size, self.size - offset)
+        if self.stream is None or offset < self.pos or offset - self.pos > SKIP_LIMIT \
+                and self._entry(offset)[0] > self.pos:
+            self._seek(offset)
+        self._skip(offset - self.pos)
+        out = bytearray()
+        while len(out) < size:
+            out += self._take(size - len(out))
+        if self.pos == self.size:
+            self._finish()
+        return bytes(out)
+
+    def _finish(self) -> None:
+        """At the end of the plaintext, run the stream to its end: that checks
+        the MDC (or, from a seek, that the MDC packet is where it belongs) and
+        the last frame, so that no read of the end is served unverified."""
+        if self.buf or any(len(block) for block in self.stream):
+            raise errors.IntegrityError("archive holds more data than its stated size")
 
     def _take(self, n: int) -> memoryview:
         if not self.buf:
@@ -78,7 +96,7 @@ class PlainReader:
 
     def _seek(self, offset: int) -> None:
         plain, stream_offset, iv = self._entry(offset)
-        codec = self.manifest["compression"]
+        codec, frames = self.manifest["compression"], self.manifest.get("frame_size")
         self.buf = memoryview(b"")
         self.close_stream()
         if stream_offset <= 0 or plain == 0:
@@ -86,21 +104,20 @@ class PlainReader:
                 src = openpgp.ByteSource(self._blocks(0))
                 yield from openpgp.decrypt(src, self._unlock_and_remember)
             self.prefetch = Prefetch(literal())
-            self.stream, self.pos = compress.decompress(codec, self.prefetch), 0
+            self.stream, self.pos = compress.decompress(codec, self.prefetch, frames), 0
             return
         if self.key is None:
             src = openpgp.ByteSource(self._blocks(0))
             pkesks, _ = openpgp.read_session_packets(src)
             self._unlock_and_remember(pkesks)
-        c = self.layout.stream_to_ciphertext(stream_offset)
-        start = self.layout.ciphertext_to_message(c - c % openpgp.BLOCK)
+        start, iv_in_src = self.layout.resume_start(stream_offset, self.clear.fragment_size)
 
         def literal_from():
             src = openpgp.ByteSource(self._blocks(start))
-            yield from _until(openpgp.decrypt_from(src, self.layout, self.key, stream_offset, iv),
-                              self.manifest["stream_size"] - stream_offset)
+            yield from openpgp.decrypt_from(src, self.layout, self.key, stream_offset, iv,
+                                            iv_in_src)
         self.prefetch = Prefetch(literal_from())
-        self.stream, self.pos = compress.decompress(codec, self.prefetch), plain
+        self.stream, self.pos = compress.decompress(codec, self.prefetch, frames), plain
 
     def close_stream(self) -> None:
         """Stop the decryption thread of the current stream, if any."""
@@ -128,16 +145,6 @@ class PlainReader:
                 skip = 0
                 while block := f.read(BLOCK_SIZE):
                     yield block
-
-
-def _until(chunks: Iterator[bytes], limit: int) -> Iterator[bytes]:
-    """The literal data stops at stream_size; what follows is the MDC."""
-    for chunk in chunks:
-        if limit <= 0:
-            return
-        chunk = chunk[:limit]
-        limit -= len(chunk)
-        yield chunk
 
 
 _END = object()

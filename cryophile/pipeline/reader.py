@@ -70,7 +70,8 @@ def restore(clear: ClearInfo, manifest: dict, unlock, fragment_path: Callable[[i
     chunks: queue.Queue = queue.Queue(8)
     result: dict = {}
     sink = threading.Thread(target=_sink, name="cryophile-output",
-                            args=(manifest["compression"], chunks, out, result), daemon=True)
+                            args=(manifest["compression"], manifest.get("frame_size"),
+                                  chunks, out, result), daemon=True)
     sink.start()
     try:
         for data in literal:
@@ -78,8 +79,9 @@ def restore(clear: ClearInfo, manifest: dict, unlock, fragment_path: Callable[[i
                 break
             chunks.put(data)     # a view of immutable bytes; the sink drains even after an error
     finally:
-        chunks.put(_DONE)
+        chunks.put(_DONE)        # always, exactly once: the sink waits for it
         sink.join()
+        literal.close()          # stops the verifying thread before the caller goes on
     if "error" in result:
         raise result["error"]
     if result["size"] != manifest["size"]:
@@ -88,13 +90,20 @@ def restore(clear: ClearInfo, manifest: dict, unlock, fragment_path: Callable[[i
     return result["size"]
 
 
-def _sink(codec: str, chunks: queue.Queue, out: BinaryIO, result: dict) -> None:
+def _sink(codec: str, frame_size: int | None, chunks: queue.Queue, out: BinaryIO,
+          result: dict) -> None:
+    """Decompress and write until _DONE; on an error, note it and keep taking
+    items until _DONE, so that the producer never blocks on a full queue."""
+    done = False
+
     def items():
+        nonlocal done
         while (item := chunks.get()) is not _DONE:
             yield item
+        done = True
     size = 0
     try:
-        for data in compress.decompress(codec, items()):
+        for data in compress.decompress(codec, items(), frame_size):
             out.write(data)
             size += len(data)
         out.flush()
@@ -103,6 +112,6 @@ def _sink(codec: str, chunks: queue.Queue, out: BinaryIO, result: dict) -> None:
         result["error"] = errors.from_oserror(exc, "cannot write the output")
     except BaseException as exc:
         result["error"] = exc
-    if "error" in result:
+    if not done:
         while chunks.get() is not _DONE:   # let the producer finish
             pass

@@ -5,6 +5,10 @@ stays flat: frames are compressed by a pool of threads (frames are
 independent); a worker takes them in order and encrypts them (AES-CFB and
 the SHA-1 MDC); a writer hashes (SHA-256) and writes the fragments.  lz4, zstd, cryptography and hashlib release the GIL on large
 buffers, so the stages overlap on several cores.
+
+In the caller's thread, every buffer also goes past a streams.Watcher (no
+copy, per-record work) so that close() knows whether a zfs, btrfs or tar
+stream ended as its kind must, and records what the stream was.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import queue
 import threading
 from typing import Callable
 
-from .. import __version__, errors, keys, manifest
+from .. import __version__, errors, keys, manifest, streams
 from ..ids import BackupId
 from ..spool import BackupLock, Spool, makedirs
 from . import compress, openpgp
@@ -44,8 +48,11 @@ class ArchiveWriter:
     def __init__(self, spool: Spool, bid: BackupId, recipients: list,
                  compression: str = "lz4", fragment_size: int = 64 << 20,
                  name: str | None = None, created: datetime.datetime | None = None,
-                 before_fragment: Callable[[], None] = lambda: None):
-        self.spool, self.bid, self.name = spool, bid, name
+                 before_fragment: Callable[[], None] = lambda: None,
+                 parent: str | None = None):
+        self.spool, self.bid, self.name, self.parent = spool, bid, name, parent
+        self.watcher = streams.Watcher()
+        self.stream: streams.Stream | None = None     # what the input was, once closed
         self.compression = compress.check_codec(compression)
         self.compress = compress.compressor(compression)
         self.created = created or datetime.datetime.now(datetime.timezone.utc)
@@ -62,7 +69,7 @@ class ArchiveWriter:
         self.stamp = int(self.created.timestamp())
         self.enc = openpgp.Encryptor(self.session_key, self.stamp)
         self.split = Splitter(self.work_dir, self.queue_dir, fragment_size, before_fragment)
-        self.layout = openpgp.Layout(len(self.pkesks), 0)
+        self.layout = openpgp.Layout(len(self.pkesks), None)   # size not known yet
         self.split.write(self.pkesks)
         self.frame = bytearray()
         self.plain_size = 0           # input bytes taken (caller's thread)
@@ -79,7 +86,7 @@ class ArchiveWriter:
         self.writer = threading.Thread(target=self._write, name="cryophile-write", daemon=True)
         self.worker.start()
         self.writer.start()
-        self.closed = False
+        self.closed = self.aborted = False
 
     # --- caller's side ------------------------------------------------------
 
@@ -87,6 +94,7 @@ class ArchiveWriter:
         """Take input; ``data`` may be reused by the caller afterwards."""
         self._check()
         view = memoryview(data)
+        self.watcher.feed(view)
         self.plain_size += len(view)
         fs = compress.FRAME_SIZE
         if self.frame:
@@ -115,8 +123,31 @@ class ArchiveWriter:
         if self.error is not None:
             raise self.error
 
-    def close(self) -> str:
-        """Seal the archive (chunk.0); return the backup id."""
+    def close(self, incomplete: str = "refuse", allow_empty: bool = True) -> str:
+        """Seal the archive (chunk.0); return the backup id.
+
+        Input recognised as a zfs, btrfs or tar stream that does not end as
+        its kind must (cut short): with ``incomplete="refuse"`` the archive
+        is abandoned and IncompleteStreamError raised; with ``"mark"`` it is
+        sealed with ``complete: false`` (state ``incomplete``).  Empty input
+        with ``allow_empty=False``: abandoned, EmptyInputError.  Either way
+        ``self.stream`` then tells what the input was.
+        """
+        if incomplete not in ("refuse", "mark"):
+            raise ValueError(f"incomplete={incomplete!r}: use 'refuse' or 'mark'")
+        self._check()
+        self.stream = self.watcher.finish()
+        if self.plain_size == 0 and not allow_empty:
+            self._refuse(errors.EmptyInputError(
+                "the input is empty: nothing was backed up (--allow-empty keeps an "
+                "empty archive)"))
+        if self.stream.complete is False:
+            if incomplete == "refuse":
+                self._refuse(errors.IncompleteStreamError(
+                    f"the input is a {self.stream.kind} stream that is not whole: "
+                    f"{self.stream.reason}; the archive was abandoned"))
+            log.warning("backup %s: the %s stream is not whole (%s): sealed as incomplete",
+                        self.bid, self.stream.kind, self.stream.reason)
         if self.frame or self.plain_size == 0 and self.compression != "none":
             # an empty input still gets one frame, so that `lz4 -d` accepts it
             self._put((len(self.frame), self.pool.submit(self.compress, bytes(self.frame))))
@@ -131,10 +162,15 @@ class ArchiveWriter:
         self._seal(fragments)
         return str(self.bid)
 
+    def _refuse(self, exc: errors.Error):
+        self.abort()
+        raise exc
+
     def abort(self) -> None:
         """Stop and remove everything this backup queued."""
-        if self.closed:
+        if self.closed or self.aborted:
             return
+        self.aborted = True
         self.error = self.error or errors.Interrupted("backup aborted")
         _drain(self.frames)               # only this thread puts: room is left
         self.frames.put(_DONE)
@@ -211,7 +247,8 @@ class ArchiveWriter:
             vault=self.bid.vault, prefix=self.bid.prefix, ulid=self.bid.ulid,
             created=self.created.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             size=self.plain_size, stored=self.split.total,
-            fragment_size=self.split.fragment_size, fragments=fragments)
+            fragment_size=self.split.fragment_size, fragments=fragments,
+            stream=self.stream.clear(), parent=self.parent)
         body = {
             "format": manifest.FORMAT_VERSION, "software": f"cryophile {__version__}",
             "backup_id": str(self.bid), "vault": self.bid.vault, "prefix": self.bid.prefix,
@@ -223,6 +260,7 @@ class ArchiveWriter:
             "fragments": [[f.size, f.sha256] for f in fragments],
             "stream_size": self.stream_size, "seipd_start": len(self.pkesks),
             "partial_chunk": openpgp.CHUNK, "index": self.index,
+            "stream": self.stream.manifest(), "parent": self.parent,
         }
         session_key = os.urandom(32)
         data = manifest.encode(clear, body, keys.make_pkesks(self.recipients, session_key),

@@ -1,0 +1,119 @@
+"""tar archives: 512-byte headers, each followed by ceil(size / 512) blocks
+of data; the archive ends with two zero blocks (then, as GNU tar writes
+it, zero padding up to the record size).
+
+Sizes come from the header (octal, or GNU base-256 for large files) or
+from a preceding pax extended header's ``size`` record.  Links, devices,
+directories and FIFOs carry no data, as Python's tarfile reads them; old
+GNU sparse headers may be followed by extension headers.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+
+from .records import Walker
+
+BLOCK = 512
+MAGICS = (b"ustar\x0000", b"ustar  \x00")
+NO_DATA = b"123456"                 # hard link, symlink, char, block, directory, FIFO
+PAX_SIZE = re.compile(rb"(?:^|\n)\d+ size=(\d+)\n")
+ZERO = bytes(BLOCK)
+
+
+def _sum(data) -> int:
+    """The sum of up to 256 bytes, in C: Adler-32's low half is 1 + that sum
+    (which stays below its modulus, 65521, for 256 bytes)."""
+    return (zlib.adler32(data) & 0xFFFF) - 1
+
+
+def checksum_ok(h) -> bool:
+    field = bytes(h[148:156]).replace(b"\0", b" ").strip()
+    try:
+        want = int(field, 8)
+    except ValueError:
+        return False
+    unsigned = _sum(h[:148]) + _sum(h[156:356]) + _sum(h[356:BLOCK]) + 8 * 32
+    if want == unsigned:
+        return True
+    signed = unsigned - 256 * sum(1 for b in bytes(h) if b >= 128)
+    return want == signed + 256 * sum(1 for b in bytes(h[148:156]) if b >= 128)
+
+
+def is_header(h) -> bool:
+    """A ustar/GNU header with a valid checksum (what recognises tar)."""
+    return len(h) >= BLOCK and bytes(h[257:265]) in MAGICS and checksum_ok(h)
+
+
+def number(field) -> int | None:
+    field = bytes(field)
+    if field and field[0] & 0x80:                       # GNU base-256
+        return int.from_bytes(bytes([field[0] & 0x7F]) + field[1:], "big")
+    text = field.replace(b"\0", b" ").strip()
+    try:
+        return int(text, 8) if text else 0
+    except ValueError:
+        return None
+
+
+def blocks(size: int) -> int:
+    return (size + BLOCK - 1) // BLOCK * BLOCK
+
+
+class TarStream(Walker):
+    header_size = BLOCK
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.zeros = 0              # zero blocks in a row at a header position
+        self.pax_size: int | None = None
+        self.sparse_ext = False     # old GNU sparse extension headers follow
+        self.sparse_size = 0
+        self.pax_body = False
+
+    def header(self, h: memoryview) -> int:
+        if self.sparse_ext:
+            self.sparse_ext = bool(h[504])
+            return 0 if self.sparse_ext else blocks(self.sparse_size)
+        if h == ZERO:
+            self.zeros += 1
+            self.ended = self.ended or self.zeros >= 2
+            return 0
+        if self.zeros and not self.ended:
+            self.fail("a lone zero block inside the tar archive")
+            return 0
+        if not checksum_ok(h):
+            self.fail("data after the end-of-archive blocks" if self.ended
+                      else "a tar header with a bad checksum")
+            return 0
+        self.ended, self.zeros = False, 0     # after an end: another archive (as tar -i reads)
+        size = number(h[124:136])
+        if size is None:
+            self.fail("a tar header with a bad size field")
+            return 0
+        kind = bytes(h[156:157])
+        if self.pax_size is not None and kind not in b"xg":
+            size, self.pax_size = self.pax_size, None
+        if kind == b"S" and h[482]:
+            self.sparse_ext, self.sparse_size = True, size
+            return 0
+        if kind in b"123456" and kind:
+            return 0
+        self.pax_body = kind == b"x" and self.keep(blocks(size))
+        return blocks(size)
+
+    def body(self, data: bytes) -> None:
+        if self.pax_body:
+            m = PAX_SIZE.search(data)
+            if m:
+                self.pax_size = int(m.group(1))
+            self.pax_body = False
+
+    def missing_end(self) -> str:
+        if self.zeros == 1:
+            return "the tar archive ends with one zero block instead of two"
+        return f"the tar archive stops after {self.offset} bytes without its two zero blocks"
+
+    def identity(self) -> tuple[dict, dict]:
+        return {}, {}

@@ -1,0 +1,397 @@
+"""The read path never serves wrong bytes: random access through the seek
+index, the verification a reader can do on its own, and the ends of it.
+
+Archives are written in-process (ArchiveWriter on a spool in a tmp dir, small
+fragments) and read back with PlainReader and reader.restore."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import random
+import tempfile
+import threading
+from pathlib import Path
+
+import lz4.frame
+import pytest
+import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cryophile import errors, ids, keys, manifest
+from cryophile.pipeline import compress, openpgp, plainreader, reader, writer
+from cryophile.spool import Spool
+from tests.fsrig import fskeys  # noqa: F401
+
+VAULT = "0b8c3a7e-5a1d-4f7e-9a53-3f1c2d4e5f60"
+MiB = 1 << 20
+CHUNK = openpgp.CHUNK
+
+
+@pytest.fixture(scope="module")
+def ring(fskeys):
+    return keys.load_certificates([str(fskeys[0])]), keys.load_secret_keys([str(fskeys[1])], None)
+
+
+def mixed(n: int, seed: int = 0) -> bytes:
+    """Runs of random and of repeated bytes: both codecs compress it a little."""
+    rnd = random.Random(seed)
+    out = bytearray()
+    while len(out) < n:
+        if rnd.random() < 0.5:
+            out += rnd.randbytes(rnd.randint(1, 20000))
+        else:
+            out += bytes([rnd.randrange(256)]) * rnd.randint(1, 3000)
+    return bytes(out[:n])
+
+
+class Built:
+    """An archive written to a spool: its fragments, chunk.0 and plaintext."""
+
+    def __init__(self, root: str, recipients, secret, data: bytes, codec: str,
+                 fragment_size: int, pieces: int = 3, bid: ids.BackupId | None = None):
+        self.spool = Spool(root)
+        self.spool.ensure()
+        self.bid = bid or ids.BackupId(VAULT, "p", ids.new_ulid())
+        self.data, self.secret = data, secret
+        w = writer.ArchiveWriter(self.spool, self.bid, recipients, codec, fragment_size)
+        step = max(1, -(-len(data) // pieces))
+        for i in range(0, len(data), step):
+            w.write(data[i:i + step])
+        w.close()
+        self.clear, encrypted = manifest.load(self.path(0))
+        self.body = manifest.read_manifest(encrypted, self.clear, secret.decrypt_session_key)
+
+    def path(self, n: int) -> str:
+        return self.spool.path("freeze", self.bid, n)
+
+    def reader(self) -> plainreader.PlainReader:
+        return plainreader.PlainReader(self.clear, self.body, self.secret.decrypt_session_key,
+                                       self.path)
+
+    def read(self, offset: int, size: int) -> bytes:
+        """A read that seeks through the index, as after an lseek."""
+        r = self.reader()
+        try:
+            return r.read(offset, size)
+        finally:
+            r.close_stream()
+
+    def restore(self) -> bytes:
+        out = io.BytesIO()
+        reader.restore(self.clear, self.body, self.secret.decrypt_session_key, self.path, out)
+        return out.getvalue()
+
+
+# --- the layout, against real framing ----------------------------------------
+
+def framed(tag: int, body: bytes) -> bytes:
+    w = openpgp.PartialWriter(tag)
+    return b"".join(bytes(p) for p in w.write(body) + w.close())
+
+
+def around_chunks(draw_n: int, delta: int) -> int:
+    return max(0, draw_n * CHUNK + delta)
+
+
+EDGE_DELTAS = [-5, -1, 0, 1, 2, 190, 191, 192, 193, 8382, 8383, 8384, 8385, CHUNK - 1]
+body_sizes = st.one_of(st.builds(around_chunks, st.integers(0, 3), st.sampled_from(EDGE_DELTAS)),
+                       st.integers(0, 3 * CHUNK + 9000))
+
+
+@settings(max_examples=60, deadline=None, database=None)
+@given(size=body_sizes, picks=st.lists(st.floats(0, 1), min_size=1, max_size=8))
+def test_in_packet_matches_partial_writer(size, picks):
+    body = random.Random(size).randbytes(size)
+    packet = framed(openpgp.TAG_LITERAL, body)
+    assert len(packet) == openpgp.partial_packet_len(size)
+    edges = [size - 1, size // CHUNK * CHUNK, size // CHUNK * CHUNK - 1]
+    for b in [int(p * size) for p in picks] + edges:
+        if 0 <= b < size:
+            at = openpgp.in_packet(b, size)
+            left, partial = openpgp.Layout.chunk_state(b, size)
+            n = min(16, left)               # the rest of b's chunk
+            assert packet[at:at + n] == body[b:b + n], (size, b)
+            assert partial == (b < size // CHUNK * CHUNK)
+            assert 0 < left <= CHUNK and (partial or b + left == size)
+
+
+@settings(max_examples=40, deadline=None, database=None)
+@given(stream_size=body_sizes, seipd_start=st.integers(0, 2000), pick=st.floats(0, 1))
+def test_layout_places_stream_bytes_in_the_message(stream_size, seipd_start, pick):
+    """Frame a message by hand (no encryption: CFB keeps offsets) and check that
+    every coordinate function lands on the right byte."""
+    rnd = random.Random(stream_size)
+    stream = rnd.randbytes(stream_size)
+    plain = (rnd.randbytes(18) + framed(openpgp.TAG_LITERAL, rnd.randbytes(6) + stream)
+             + openpgp.MDC_HEADER + rnd.randbytes(20))
+    message = bytes(seipd_start) + framed(openpgp.TAG_SEIPD, b"\x01" + plain)
+    layout = openpgp.Layout(seipd_start, stream_size)
+    assert layout.message_size == len(message) and layout.ciphertext_size == len(plain)
+    for k in {int(pick * stream_size), stream_size - 1, 0}:
+        if not 0 <= k < stream_size:
+            continue
+        c = layout.stream_to_ciphertext(k)
+        assert plain[c] == stream[k]
+        m = layout.ciphertext_to_message(c)
+        assert message[m] == plain[c]
+        c0 = layout.resume_block(k)
+        assert c0 % 16 == 0 and c - 19 <= c0 <= c
+        assert message[layout.ciphertext_to_message(c0)] == plain[c0]
+
+
+# --- reading archives of many sizes from every index entry --------------------
+
+def sizes_near(n: int) -> list[int]:
+    return [n * MiB + d for d in (-7, -6, -1, 0, 1, 180, 186, 8000, 8378, 9000) if n * MiB + d >= 0]
+
+
+SIZES = sorted({0, 1, 2, 17, 185, 186, 1000, *sizes_near(1), *sizes_near(2), *sizes_near(3)})
+
+
+def check_every_entry(built: Built, rnd: random.Random, reads: int = 12) -> None:
+    data, frame = built.data, built.body["frame_size"]
+    index = built.body["index"]
+    assert not data or index[0][:2] == [0, 0]
+    for i, (plain, _, _) in enumerate(index):
+        end = len(data) if i >= len(index) - 3 else min(len(data), plain + 2 * frame + 5)
+        assert built.read(plain, end - plain) == data[plain:end], ("entry", plain)
+    for tail in (1, 1000, frame, frame + 1):
+        start = max(0, len(data) - tail)
+        assert built.read(start, tail) == data[start:], ("tail", tail)
+    for _ in range(reads):
+        off = rnd.randrange(len(data) + 1)
+        size = rnd.choice([1, 4096, frame, rnd.randrange(1, 3 * MiB)])
+        assert built.read(off, size) == data[off:off + size], ("read", off, size)
+    whole = built.reader()
+    try:   # sequential reads in kernel-sized pieces from 0: through the MDC check
+        got = b"".join(whole.read(o, 128 << 10) for o in range(0, len(data), 128 << 10))
+        assert got == data and whole.read(len(data), 10) == b""
+    finally:
+        whole.close_stream()
+    assert built.restore() == data
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("codec", compress.CODECS)
+def test_every_seek_lands_right_at_edge_sizes(ring, tmp_path, codec):
+    recipients, secret = ring
+    rnd = random.Random(codec)
+    for i, size in enumerate(SIZES):
+        fragment_size = (MiB, MiB + 7, 300_001)[i % 3]
+        data = os.urandom(size) if codec == "none" else mixed(size, size)
+        built = Built(str(tmp_path / str(size)), recipients, secret, data, codec, fragment_size)
+        check_every_entry(built, rnd, reads=4)
+
+
+@pytest.mark.timeout(600)
+@settings(max_examples=25, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(size=st.one_of(st.sampled_from(SIZES), st.integers(0, 5 * MiB)),
+       codec=st.sampled_from(compress.CODECS),
+       fragment_size=st.sampled_from([MiB, MiB + 7, 300_001, 65536 + 3]),
+       frame_size=st.sampled_from([MiB, 65536 + 13, 200_000]),
+       seed=st.integers(0, 1 << 30))
+def test_every_seek_lands_right_property(ring, monkeypatch, size, codec, fragment_size,
+                                         frame_size, seed):
+    recipients, secret = ring
+    monkeypatch.setattr(compress, "FRAME_SIZE", frame_size)
+    monkeypatch.setattr(writer, "INDEX_INTERVAL", max(frame_size, 256 << 10))
+    data = random.Random(seed).randbytes(size) if seed % 2 else mixed(size, seed)
+    with tempfile.TemporaryDirectory() as root:
+        built = Built(root, recipients, secret, data, codec, fragment_size, pieces=1 + seed % 4)
+        check_every_entry(built, random.Random(seed))
+
+
+@pytest.mark.parametrize("codec", ["lz4", "zstd"])
+def test_archives_without_frame_checksums_still_read(ring, tmp_path, monkeypatch, codec):
+    """As written before frames had checksums (same seek index convention)."""
+    plain = {"lz4": lambda data: lz4.frame.compress(
+                 data, compression_level=0, block_size=lz4.frame.BLOCKSIZE_MAX1MB,
+                 content_checksum=False, store_size=True),
+             "zstd": lambda data: zstandard.ZstdCompressor(level=1).compress(data)}[codec]
+    monkeypatch.setattr(compress, "compressor", lambda name: plain)
+    recipients, secret = ring
+    data = mixed(2 * MiB + 8000, 5)
+    built = Built(str(tmp_path), recipients, secret, data, codec, MiB + 7)
+    check_every_entry(built, random.Random(5), reads=3)
+
+
+@pytest.mark.timeout(300)
+def test_tail_and_dd_of_a_large_uncompressed_archive(ring, tmp_path):
+    """48.5 MiB, -C none, default fragments: `tail -c 1000` and `dd bs=1M skip=48`."""
+    recipients, secret = ring
+    data = os.urandom(48 * MiB + MiB // 2)
+    built = Built(str(tmp_path), recipients, secret, data, "none", 64 * MiB)
+    assert built.read(len(data) - 1000, 1000) == data[-1000:]
+    assert built.read(48 * MiB, MiB) == data[48 * MiB:]
+
+
+# --- what a reader verifies on its own ----------------------------------------
+
+def old_in_packet(b: int, body_size: int | None = None) -> int:
+    """A layout that forgets the last chunk's longer length header."""
+    return 2 + b + b // CHUNK
+
+
+@pytest.mark.parametrize("codec", compress.CODECS)
+def test_a_misplaced_seek_is_never_served(ring, tmp_path, monkeypatch, codec):
+    """With positions off by a few bytes, reads to the end fail rather than
+    return wrong bytes: the IV check, the MDC packet's place, frame checks."""
+    recipients, secret = ring
+    data = os.urandom(3 * MiB + 500_000)
+    built = Built(str(tmp_path), recipients, secret, data, codec, MiB + 7)
+    monkeypatch.setattr(openpgp, "in_packet", old_in_packet)
+    last = built.body["index"][-1][0]
+    for start in (last, len(data) - 1000):
+        try:
+            got = built.read(start, len(data))
+        except errors.IntegrityError:
+            continue
+        assert got == data[start:], "wrong bytes served"
+
+
+def test_reading_to_the_end_checks_the_mdc(ring, tmp_path):
+    """A stream that decrypts but whose MDC does not match fails at the end,
+    even when the reader takes exactly the stated size."""
+    recipients, secret = ring
+    data = os.urandom(200_000)
+    built = Built(str(tmp_path), recipients, secret, data, "none", MiB)
+    # flip a plaintext bit through CFB: the next block garbles, the MDC catches it;
+    # then give the fragment a matching SHA-256 so that only the MDC can tell
+    path = built.path(1)
+    raw = bytearray(Path(path).read_bytes())
+    raw[-100] ^= 1
+    Path(path).write_bytes(raw)
+    built.clear.fragments[0] = manifest.Fragment(len(raw), hashlib.sha256(raw).hexdigest())
+    r = built.reader()
+    with pytest.raises(errors.IntegrityError):
+        r.read(0, len(data))
+    r.close_stream()
+
+
+def test_a_seek_index_entry_that_disagrees_is_refused(ring, tmp_path):
+    recipients, secret = ring
+    data = os.urandom(3 * MiB)
+    built = Built(str(tmp_path), recipients, secret, data, "none", MiB + 7)
+    plain, stream, iv = built.body["index"][-1]
+    built.body["index"][-1] = [plain, stream, bytes(16).hex()]
+    with pytest.raises(errors.IntegrityError, match="seek index"):
+        built.read(plain, 100)
+
+
+def test_a_stream_longer_than_the_stated_size_is_refused(ring, tmp_path):
+    recipients, secret = ring
+    data = os.urandom(MiB + 5000)
+    built = Built(str(tmp_path), recipients, secret, data, "none", MiB)
+    built.body["size"] = len(data) - 10
+    for offset in (0, len(data) - 1000):
+        with pytest.raises(errors.IntegrityError, match="more data"):
+            built.read(offset, len(data))
+
+
+@pytest.mark.parametrize("codec", ["lz4", "zstd"])
+def test_frames_are_checksummed(codec):
+    frame = compress.compressor(codec)(mixed(100_000))
+    if codec == "lz4":
+        assert frame[4] & 0x04                  # FLG: content checksum
+    else:
+        assert frame[4] & 0x04                  # Frame_Header_Descriptor: checksum flag
+    bad = bytearray(frame)
+    bad[-2] ^= 0xFF                              # the checksum itself
+    with pytest.raises(errors.IntegrityError):
+        b"".join(compress.decompress(codec, [bytes(bad)]))
+
+
+@pytest.mark.parametrize("codec", ["lz4", "zstd"])
+def test_only_the_last_frame_may_be_short(codec):
+    c = compress.compressor(codec)
+    good = [c(b"a" * 100), c(b"b" * 100), c(b"c" * 30)]
+    assert b"".join(compress.decompress(codec, good, 100)) == b"a" * 100 + b"b" * 100 + b"c" * 30
+    for frames in ([c(b"a" * 100), c(b"b" * 99), c(b"c" * 30)], [c(b"a" * 101)]):
+        with pytest.raises(errors.IntegrityError):
+            b"".join(compress.decompress(codec, frames, 100))
+
+
+# --- restore ends on every failure --------------------------------------------
+
+class Damaged:
+    """fragment_path for reader.restore that fails or hands back a bad file."""
+
+    def __init__(self, built: Built, tmp: Path, kind: str, n: int):
+        self.built, self.kind, self.n = built, kind, n
+        self.bad = tmp / "bad"
+        raw = bytearray(Path(built.path(n)).read_bytes())
+        if kind == "flipped":
+            raw[len(raw) // 2] ^= 1
+        elif kind == "truncated":
+            raw = raw[:len(raw) // 2]
+        self.bad.write_bytes(raw)
+
+    def __call__(self, n: int) -> str:
+        if n != self.n:
+            return self.built.path(n)
+        if self.kind == "missing":
+            raise errors.MissingFragmentError(f"fragment chunk.{n} is missing")
+        return str(self.bad)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["flipped", "truncated", "missing"])
+@pytest.mark.parametrize("where", ["middle", "last"])
+@pytest.mark.parametrize("codec", compress.CODECS)
+def test_restore_raises_and_ends(ring, tmp_path, codec, kind, where):
+    recipients, secret = ring
+    data = mixed(2 * MiB + 300_000, 3)
+    built = Built(str(tmp_path / "a"), recipients, secret, data, codec, 256 << 10)
+    n = len(built.clear.fragments)
+    damaged = Damaged(built, tmp_path, kind, n // 2 if where == "middle" else n)
+    out = io.BytesIO()
+    result: dict = {}
+
+    def run():
+        try:
+            reader.restore(built.clear, built.body, secret.decrypt_session_key, damaged, out)
+        except BaseException as exc:
+            result["error"] = exc
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(30)
+    assert not t.is_alive(), "restore hangs"
+    assert isinstance(result.get("error"), (errors.IntegrityError, errors.MissingFragmentError))
+    assert threading.active_count() < 20
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("codec", compress.CODECS)
+def test_restore_reports_a_failing_output(ring, tmp_path, codec):
+    recipients, secret = ring
+    built = Built(str(tmp_path), recipients, secret, mixed(MiB + 5, 4), codec, 256 << 10)
+
+    class Broken:
+        def write(self, data):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            pass
+    with pytest.raises(errors.SpoolError):
+        reader.restore(built.clear, built.body, secret.decrypt_session_key, built.path,
+                       Broken())
+
+
+# --- the archive asked for -----------------------------------------------------
+
+def test_check_identity_names_both_archives(ring, tmp_path):
+    recipients, secret = ring
+    built = Built(str(tmp_path), recipients, secret, b"x", "none", MiB)
+    manifest.check_identity(built.clear, built.bid)
+    other = ids.BackupId(VAULT, "p", ids.new_ulid())
+    with pytest.raises(errors.IntegrityError) as info:
+        manifest.check_identity(built.clear, other)
+    assert str(other) in str(info.value) and str(built.bid) in str(info.value)
+    for changed in (ids.BackupId(VAULT, "q", built.bid.ulid),
+                    ids.BackupId("1b8c3a7e-5a1d-4f7e-9a53-3f1c2d4e5f60", "p", built.bid.ulid)):
+        with pytest.raises(errors.IntegrityError):
+            manifest.check_identity(built.clear, changed)

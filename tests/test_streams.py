@@ -1,0 +1,152 @@
+"""The stream parsers: whole streams are complete, every cut is not, in one
+pass over buffers cut anywhere."""
+
+from __future__ import annotations
+
+import uuid
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cryophile.streams import Stream, Watcher, recognise
+from cryophile.streams.zfs import nvlist_strings
+from tests.streamgen import (btrfs_streams, tar_streams, xdr_nvlist, zfs_begin, zfs_end,
+                             zfs_streams, zfs_substream)
+
+SETTINGS = settings(max_examples=150, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+cuts = st.lists(st.integers(1, 1 << 14), max_size=30)
+
+
+def watch(data: bytes, sizes=()) -> Stream:
+    """Feed ``data`` in buffers of the given sizes (then the rest), as memoryviews."""
+    w = Watcher()
+    view, pos = memoryview(data), 0
+    for n in sizes:
+        w.feed(view[pos:pos + n])
+        pos += n
+    w.feed(view[pos:])
+    return w.finish()
+
+
+@SETTINGS
+@given(zfs_streams(), cuts, st.data())
+def test_zfs_whole_and_cut(stream, sizes, data):
+    raw, end, toguid, fromguid, package = stream
+    got = watch(raw, sizes)
+    assert (got.kind, got.complete, got.reason) == ("zfs", True, None)
+    assert got.ids == {"toguid": str(toguid), "fromguid": str(fromguid) if fromguid else None,
+                       "package": package}
+    assert got.names["toname"].startswith("tank/fs@s")
+    for n in data.draw(st.lists(st.integers(0, end - 1), min_size=1, max_size=10)):
+        cut = watch(raw[:n], sizes)
+        assert cut.complete is not True, n
+        assert cut.kind == ("zfs" if n >= 16 else "unknown"), n
+
+
+@SETTINGS
+@given(btrfs_streams(), cuts, st.data())
+def test_btrfs_whole_and_cut(stream, sizes, data):
+    raw, end, uid, ctransid, clone = stream
+    got = watch(raw, sizes)
+    assert (got.kind, got.complete, got.reason) == ("btrfs", True, None)
+    assert got.ids["uuid"] == str(uuid.UUID(bytes=uid)) and got.ids["ctransid"] == ctransid
+    assert got.ids["clone_uuid"] == (str(uuid.UUID(bytes=clone)) if clone else None)
+    assert got.names["path"] == "snap"
+    for n in data.draw(st.lists(st.integers(13, end - 1), min_size=1, max_size=10)):
+        cut = watch(raw[:n], sizes)
+        assert (cut.kind, cut.complete) == ("btrfs", False), n
+
+
+@SETTINGS
+@given(tar_streams(), cuts, st.data())
+def test_tar_whole_and_cut(stream, sizes, data):
+    raw, end = stream
+    got = watch(raw, sizes)
+    assert (got.kind, got.complete, got.reason) == ("tar", True, None)
+    assert watch(raw[:end], sizes).complete          # the padding after the end is optional
+    for n in data.draw(st.lists(st.integers(263, end - 1), min_size=1, max_size=10)):
+        cut = watch(raw[:n], sizes)
+        assert (cut.kind, cut.complete) == ("tar", False), n
+
+
+@SETTINGS
+@given(st.one_of(zfs_streams().map(lambda s: s[0]), btrfs_streams().map(lambda s: s[0]),
+                 tar_streams().map(lambda s: s[0])),
+       st.binary(min_size=1, max_size=600).filter(lambda b: any(b)), cuts)
+def test_data_after_the_end_is_not_a_whole_stream(raw, junk, sizes):
+    got = watch(raw + junk, sizes)
+    assert got.complete is False and "after" in got.reason
+
+
+@SETTINGS
+@given(st.one_of(zfs_streams().map(lambda s: s[0]), btrfs_streams().map(lambda s: s[0]),
+                 tar_streams().map(lambda s: s[0])), cuts)
+def test_two_whole_streams_one_after_the_other_are_whole(raw, sizes):
+    """btrfs receive and zfs receive take them so; tar -i too."""
+    assert watch(raw + raw, sizes).complete is True
+
+
+@SETTINGS
+@given(st.binary(max_size=3000), cuts)
+def test_any_bytes_are_judged_without_error(raw, sizes):
+    got = watch(raw, sizes)
+    assert got.kind in ("zfs", "btrfs", "tar", "unknown")
+    assert got.complete is None or got.kind != "unknown"
+
+
+@SETTINGS
+@given(st.sampled_from([zfs_begin("<", 1, 0, "a@b"), zfs_begin(">", 1, 0, "a@b"),
+                        b"btrfs-stream\0\1\0\0\0"]), st.binary(max_size=3000), cuts)
+def test_garbage_after_a_stream_header_is_never_whole(head, raw, sizes):
+    got = watch(head + raw, sizes)
+    assert got.kind in ("zfs", "btrfs") and got.complete is False and got.reason
+
+
+def test_recognition_needs_only_the_first_bytes():
+    assert recognise(zfs_begin(">", 1, 0, "a@b")[:16]) == "zfs"
+    assert recognise(b"btrfs-stream\0") == "btrfs"
+    assert recognise(b"hello") is None
+    assert recognise(b"hello", final=True) == "unknown"
+    assert recognise(bytes(512)) == "unknown"
+    assert watch(b"").kind == "unknown" and watch(b"").complete is None
+
+
+def test_unknown_input_is_not_checked():
+    got = watch(b"just some text\n" * 1000)
+    assert (got.kind, got.complete, got.ids, got.names) == ("unknown", None, {}, {})
+
+
+names = st.text(st.characters(codec="utf-8"), min_size=1, max_size=40)
+
+
+@SETTINGS
+@given(st.dictionaries(names, names, max_size=5),
+       st.dictionaries(names, st.integers(0, (1 << 64) - 1), max_size=5))
+def test_a_package_header_gives_its_string_pairs(strings, others):
+    others = {k: v for k, v in others.items() if k not in strings}
+    assert nvlist_strings(xdr_nvlist(strings, others)) == strings
+
+
+@SETTINGS
+@given(st.binary(max_size=400))
+def test_a_garbled_package_header_gives_what_parses(raw):
+    assert isinstance(nvlist_strings(b"\1\1\0\0" + raw), dict)
+
+
+def test_a_package_names_its_snapshots_in_the_manifest_only():
+    header = xdr_nvlist({"fromsnap": "s1", "tosnap": "s3"}, {"guid": 5})
+    raw = (zfs_begin("<", 0, 0, "tank/fs@s3", True, header) + zfs_end("<")
+           + zfs_substream("<", 3, 1, "tank/fs@s3", []) + zfs_end("<"))
+    got = watch(raw)
+    assert got.complete and got.ids == {"toguid": "3", "fromguid": "1", "package": True}
+    assert (got.names["fromsnap"], got.names["tosnap"], got.names["package"]) == \
+        ("s1", "s3", "tank/fs@s3")
+    assert "tank" not in str(got.clear()) and "s1" not in str(got.clear())
+
+
+def test_snapshot_name_from_a_manifest():
+    from cryophile.streams import snapshot_name
+    assert snapshot_name({"kind": "zfs", "toname": "tank/fs@s3"}) == "tank/fs@s3"
+    assert snapshot_name({"kind": "btrfs", "path": "snap"}) == "snap"
+    assert snapshot_name({"kind": "tar"}) is None and snapshot_name(None) is None
