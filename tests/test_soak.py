@@ -769,3 +769,36 @@ def test_soak(tmp_path, fskeys, s3client, s3proxy):  # noqa: F811
     print(f"soak: {trials} trials, {len(soak.failures)} failures", flush=True)
     assert not soak.failures, f"soak (seed {BUDGET.seed}): {trials} trials, " \
         f"{len(soak.failures)} failures:\n" + "\n".join(soak.failures)
+
+
+@pytest.mark.timeout(300)
+def test_abandoned_backup_leaves_no_multipart_upload(tmp_path, fskeys, s3client,  # noqa: F811
+                                                     s3proxy):
+    """A backup killed while a freeze was uploading one of its fragments in parts:
+    the next freeze, which drops the dead backup, aborts that upload too (the
+    soak found it open for ever: billed parts nobody sees)."""
+    site = Site("s3", tmp_path, *fskeys, s3=(s3client, s3proxy))
+    ulid = ids.new_ulid()
+    data = os.urandom(6 * MiB + 100 * KiB)
+    backup = Proc("backup", site.argv("backup", "-v", site.vault, "-u", ulid, "-C", "none",
+                                      "-s", "6MiB"), BACKUP_BOUND, data=data,
+                  stall_at=len(data) - 1)
+    try:
+        assert backup.stalled.wait(BACKUP_BOUND)
+        fragment = site.spool / "freeze" / site.vault / ulid / "chunk.1"
+        deadline = time.monotonic() + BACKUP_BOUND
+        while not fragment.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # what a freeze killed mid-upload leaves: an open upload with a part
+        key = f"{ulid}/chunk.1"
+        upload = s3client.create_multipart_upload(Bucket=site.vault, Key=key,
+                                                  StorageClass="GLACIER")["UploadId"]
+        s3client.upload_part(Bucket=site.vault, Key=key, UploadId=upload, PartNumber=1,
+                             Body=data[:5 * MiB])
+    finally:
+        backup.kill()
+        backup.finish()
+    r = run("freeze --once", site.argv("freeze", "--once"), FREEZE_BOUND)
+    assert r.rc == 0, r.stderr.decode(errors="replace")
+    assert site.uploads() == []
+    assert not (site.spool / "freeze" / site.vault / ulid).exists()
