@@ -36,7 +36,6 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import hashlib
-import json
 import os
 import random
 import re
@@ -49,7 +48,6 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
-from cryophile import ids
 
 KiB, MiB = 1 << 10, 1 << 20
 DEFAULT_SEED = 20261126
@@ -65,6 +63,7 @@ DAEMON_BOUND = 240.0        # a daemon's whole life in a trial
 
 # ls states of archives that are not (yet) complete
 NOT_COMPLETE = {"writing", "dead", "incomplete", "damaged", "abandoned", "failed"}
+ULID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
 LS_LINE = re.compile(r"^(?P<id>\S+)\s+(?P<created>\S+)\s+(?P<size>-|\S+ \S+)\s+"
                      r"(?P<frags>-|\d+)\s+(?P<state>\S+)(?:\s+(?P<name>.*))?$")
 
@@ -330,6 +329,15 @@ class Site:
                         continue
                     out.append((q, p.name, st.st_size, st.st_mtime_ns))
         return tuple(out)
+
+    def ulids(self) -> set[str]:
+        """ULIDs of archives without a prefix, in the spool or the vault."""
+        found = {k.split("/", 1)[0] for k in self.objects()}
+        for q in ("backup", "freeze"):
+            d = self.spool / q / self.vault
+            if d.is_dir():
+                found.update(p.name for p in d.iterdir())
+        return {u for u in found if ULID.match(u)}
 
     def queued(self, key: str) -> bool:
         return (self.spool / "freeze" / self.vault / key).is_dir()

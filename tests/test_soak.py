@@ -106,7 +106,7 @@ class Soak:
     def archives(self, site: Site, sealed: bool = True, damaged: bool = False) -> list[Archive]:
         return [a for a in self.model if a.site is site and a.ulid
                 and (not sealed or a.status == "sealed")
-                and (damaged or not a.damaged)]
+                and (damaged or not a.damaged) and not a.reported]
 
     def pick_site(self, rng: random.Random, s3_only: bool = False) -> Site:
         return self.s3 if s3_only else rng.choice(self.sites)
@@ -215,7 +215,7 @@ class Soak:
                  f"({'-- COMMAND' if self.has_command else 'pipe'}): rc {r.rc}")
         if self.has_command:
             if r.rc == 0:
-                self.fail(f"backup -- COMMAND exited 0 though its command exited 3")
+                self.fail("backup -- COMMAND exited 0 though its command exited 3")
             self.add(site, produced, ppath, "sealed" if r.rc == 0 else "failed", False,
                      ulid, prefix)
         else:
@@ -519,6 +519,7 @@ class Soak:
         site = self.pick_site(rng)
         data, path = self.new_input(rng, self.size(rng, site))
         name = f"soak-{self.trial}-w"
+        before = site.ulids()
         mount = Mount(site)
         try:
             if not mount.wait_up():
@@ -556,8 +557,15 @@ class Soak:
                 self.fail(f"cryophilefs exited {mr.rc}: {mr.last_line()!r}")
         else:
             self.ended(mr)
-        self.add(site, data, path, "sealed" if closed else "maybe", wrote_all, None,
-                 name=name)
+        new = sorted(site.ulids() - before)
+        if len(new) > 1:
+            self.fail(f"one file written in the mount made {len(new)} archives: {new}")
+        if closed and not new:
+            self.fail(f"{name} ({len(data)} bytes) was closed with success (mount "
+                      f"{mode}), but it left no archive: lost")
+        if new:
+            self.add(site, data, path, "sealed" if closed else "maybe", wrote_all, new[0],
+                     name=name)
         return [site]
 
     def t_mount_read(self, rng):
@@ -622,9 +630,8 @@ class Soak:
 
     # --- invariants -------------------------------------------------------------------
 
-    def ls(self, site: Site, key: bool = False) -> list[Listed] | None:
-        args = ["ls", "-k", str(site.key), site.vault] if key else ["ls", site.vault]
-        r = run(f"ls {site.name}", site.argv(*args), LS_BOUND)
+    def ls(self, site: Site) -> list[Listed] | None:
+        r = run(f"ls {site.name}", site.argv("ls", site.vault), LS_BOUND)
         if not self.ended(r):
             return None
         if r.rc != 0:
@@ -655,18 +662,9 @@ class Soak:
             if left:
                 self.fail(f"{len(left)} multipart upload(s) left after freeze: {left}")
                 self._abort_uploads(site)
-        pending = [a for a in self.model if a.site is site and a.ulid is None]
-        listing = self.ls(site, key=bool(pending))
+        listing = self.ls(site)
         if listing is None:
             return
-        for a in pending:
-            match = [e for e in listing if e.name == a.name]
-            if match:
-                a.ulid = match[0].key.rsplit("/", 1)[-1]
-            elif a.status == "sealed" and not a.reported:
-                a.reported = True
-                self.fail(f"mount-written {a.name} ({a.size} bytes) was closed with success "
-                          f"but no archive has its name: lost")
         by_key = {a.key: a for a in self.model if a.site is site and a.ulid}
         complete = {e.key: e for e in listing if e.state not in NOT_COMPLETE}
         objects = site.objects()
