@@ -258,6 +258,7 @@ class Site:
         self.name, self.cert, self.key = name, cert, key
         self.s3 = s3            # (s3client, proxy) or None
         self.generation = 0
+        self.buckets: list[str] = []
         self.renew(root)
 
     @property
@@ -279,11 +280,25 @@ class Site:
         if self.is_s3:
             client, proxy = self.s3
             client.create_bucket(Bucket=self.vault)
+            self.buckets.append(self.vault)
             lines += [f'url = "s3://{self.vault}"', f'endpoint_url = "{proxy.endpoint}"',
                       'storage_class = "GLACIER"', 'part_size = "5MiB"']
         else:
             lines += [f'url = "file://{self.vaults}"']
         self.config.write_text("\n".join(lines) + "\n")
+
+    def remove_buckets(self) -> None:
+        """Free the S3 server's memory of every bucket this site made."""
+        client = self.s3[0] if self.s3 else None
+        for bucket in self.buckets:
+            for u in client.list_multipart_uploads(Bucket=bucket).get("Uploads", ()):
+                client.abort_multipart_upload(Bucket=bucket, Key=u["Key"],
+                                              UploadId=u["UploadId"])
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+                for o in page.get("Contents", ()):
+                    client.delete_object(Bucket=bucket, Key=o["Key"])
+            client.delete_bucket(Bucket=bucket)
+        self.buckets.clear()
 
     def argv(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "cryophile", "-S", str(self.spool), "-c",

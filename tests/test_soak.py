@@ -764,6 +764,7 @@ def test_soak(tmp_path, fskeys, s3client, s3proxy):  # noqa: F811
     finally:
         for site in soak.sites:
             subprocess.run(["fusermount3", "-uz", str(site.mnt)], capture_output=True)
+            site.remove_buckets()
     print(f"soak: {trials} trials, {len(soak.failures)} failures", flush=True)
     assert not soak.failures, f"soak (seed {BUDGET.seed}): {trials} trials, " \
         f"{len(soak.failures)} failures:\n" + "\n".join(soak.failures)
@@ -798,5 +799,8 @@ def test_abandoned_backup_leaves_no_multipart_upload(tmp_path, fskeys, s3client,
         backup.finish()
     r = run("freeze --once", site.argv("freeze", "--once"), FREEZE_BOUND)
     assert r.rc == 0, r.stderr.decode(errors="replace")
-    assert site.uploads() == []
-    assert not (site.spool / "freeze" / site.vault / ulid).exists()
+    try:
+        assert site.uploads() == []
+        assert not (site.spool / "freeze" / site.vault / ulid).exists()
+    finally:
+        site.remove_buckets()
