@@ -10,6 +10,7 @@ import urllib.parse
 from . import ids
 from .errors import ConfigError, UsageError
 from .pipeline.compress import CODECS
+from .prices import PriceTable, parse_amount
 
 SEARCH = ("~/.config/cryophile/cryophile.toml", "/etc/cryophile/cryophile.toml")
 STORAGE_CLASSES = ("STANDARD", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING",
@@ -32,6 +33,8 @@ class VaultConfig:
     compression: str = "lz4"
     fragment_size: int = 64 << 20
     part_size: int = 16 << 20
+    thaw_budget_daily: int | None = None        # stored bytes thawed per UTC day
+    thaw_budget_monthly: float | None = None    # in the price table's currency
 
     @property
     def location(self) -> str:
@@ -44,6 +47,11 @@ class Config:
     spool: str = "/var/spool/cryophile"
     spool_max: int | None = None
     vaults: dict[str, VaultConfig] = dataclasses.field(default_factory=dict)
+    prices: PriceTable = dataclasses.field(default_factory=PriceTable)
+    thaw_budget_daily: int | None = None
+    thaw_budget_monthly: float | None = None
+    thaw_on_read: str = "budget"
+    thaw_readahead: int = 1                     # fragments thawed past a mount read
 
     def vault(self, text: str) -> VaultConfig:
         """A vault by UUID or by its alias; an unconfigured UUID gets defaults."""
@@ -83,12 +91,13 @@ def parse_file(path: str) -> Config:
 def parse(data: dict, path: str | None = None) -> Config:
     where = path or "configuration"
     cfg = Config(path=path)
-    unknown = set(data) - {"spool", "spool_max", "vault"}
+    unknown = set(data) - {"spool", "spool_max", "vault"} - THAW_KEYS
     if unknown:
         raise ConfigError(f"{where}: unknown setting {sorted(unknown)[0]!r}")
     cfg.spool = str(data.get("spool", cfg.spool))
     if "spool_max" in data:
         cfg.spool_max = ids.parse_size(data["spool_max"], "spool_max")
+    _thaw_settings(cfg, data, where)
     vaults = data.get("vault", {})
     if not isinstance(vaults, dict):
         raise ConfigError(f"{where}: [vault.UUID] must be tables")
@@ -105,6 +114,7 @@ def _vault(key: str, table: dict, where: str) -> VaultConfig:
         if name not in fields:
             raise ConfigError(f"{where}: [vault.{key}] has unknown setting {name!r}")
         setattr(v, name, value)
+    _budgets(v, table, f"{where}: [vault.{key}]")
     if isinstance(v.keyring, str):
         v.keyring = [v.keyring]
     v.fragment_size = ids.parse_size(v.fragment_size, "fragment_size")
@@ -124,6 +134,37 @@ def _vault(key: str, table: dict, where: str) -> VaultConfig:
         if scheme not in ("file", "s3"):
             raise ConfigError(f"{where}: [vault.{key}] url must start with file:// or s3://")
     return v
+
+
+THAW_KEYS = {"prices", "thaw_budget_daily", "thaw_budget_monthly", "thaw_on_read",
+             "thaw_readahead"}
+THAW_ON_READ = ("budget", "always", "never")
+
+
+def _budgets(obj, table: dict, where: str) -> None:
+    """thaw_budget_daily (a size) and thaw_budget_monthly (an amount), on the
+    config or on one vault."""
+    if "thaw_budget_daily" in table:
+        daily = table["thaw_budget_daily"]   # 0: every thaw needs approval
+        obj.thaw_budget_daily = 0 if daily in (0, "0") else ids.parse_size(
+            daily, f"{where} thaw_budget_daily")
+    if "thaw_budget_monthly" in table:
+        obj.thaw_budget_monthly = parse_amount(table["thaw_budget_monthly"],
+                                               f"{where} thaw_budget_monthly")
+
+
+def _thaw_settings(cfg: Config, data: dict, where: str) -> None:
+    if not isinstance(data.get("prices", {}), dict):
+        raise ConfigError(f"{where}: [prices] must be a table")
+    cfg.prices = PriceTable.from_config(data.get("prices"), f"{where}: [prices]")
+    _budgets(cfg, data, where + ":")
+    cfg.thaw_on_read = data.get("thaw_on_read", cfg.thaw_on_read)
+    if cfg.thaw_on_read not in THAW_ON_READ:
+        raise ConfigError(f"{where}: thaw_on_read must be one of {', '.join(THAW_ON_READ)}")
+    readahead = data.get("thaw_readahead", cfg.thaw_readahead)
+    if not isinstance(readahead, int) or isinstance(readahead, bool) or readahead < 0:
+        raise ConfigError(f"{where}: thaw_readahead must be a number of fragments, 0 or more")
+    cfg.thaw_readahead = readahead
 
 
 def open_store(v: VaultConfig, *, retry_attempts: int | None = None):

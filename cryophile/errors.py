@@ -59,6 +59,11 @@ class NotFoundError(Error):
     errno = _errno.ENOENT
 
 
+class BrokenChainError(NotFoundError):
+    """An incremental archive whose parent (or an earlier link) is not in
+    the vault, or links that loop: the chain cannot be received."""
+
+
 class MissingFragmentError(Error):
     """A fragment is missing or shorter than the manifest says."""
 

@@ -12,6 +12,7 @@ import errno
 import logging
 import os
 import stat
+from typing import Callable
 
 import pyfuse3
 import trio
@@ -19,13 +20,12 @@ import trio
 from cryophile import catalog, ids, keys, manifest
 from cryophile.backpressure import Backpressure
 from cryophile.ids import BackupId
-from cryophile.pipeline.writer import ArchiveWriter
 
 from . import vaults
 from .faults import FsError, guard_all
 from .reader import Fragments, ReadAhead, Thaws, check_readable
 from .tree import INCOMING, Node, Tree
-from .writer import Incoming
+from .writer import HeldWriter, Incoming
 
 log = logging.getLogger("cryophilefs")
 
@@ -57,6 +57,12 @@ class WriteHandle:
     incoming: Incoming
 
 
+@dataclasses.dataclass
+class EntryHandle:
+    """A released incoming entry opened read-only: for fchmod and the like."""
+    node: Node
+
+
 @guard_all
 class Operations(pyfuse3.Operations):
     supports_dot_lookup = False
@@ -74,6 +80,7 @@ class Operations(pyfuse3.Operations):
         self.thaws = Thaws(self.spool, settings.thawer)
         self.backpressure = Backpressure(self.spool, self.config.spool_max)
         self.recipients: dict[str, list] = {}
+        self.announced: set[str] = set()      # vaults whose destination was logged
         self.vault_ids()
 
     # --- the tree -------------------------------------------------------------
@@ -147,7 +154,7 @@ class Operations(pyfuse3.Operations):
     async def lookup(self, parent_inode, name, ctx=None):
         parent = self.tree.get(parent_inode)
         text = os.fsdecode(name)
-        node = parent.children.get(text)
+        node = self._linger(parent.children.get(text))
         if node is None:
             await self.refresh(parent)
             node = parent.children.get(text)
@@ -167,9 +174,24 @@ class Operations(pyfuse3.Operations):
     async def opendir(self, inode, ctx=None):
         node = self.tree.get(inode)
         await self.refresh(node)
+        for child in list(node.children.values()):
+            self._linger(child)                 # names of sealed backups time out here too
         fh = self._new_fh()
-        self.dirs[fh] = sorted(node.children.items())
+        self.dirs[fh] = sorted((name, child) for name, child in node.children.items()
+                               if self._listed(child))
         return fh
+
+    def _linger(self, node: Node | None) -> Node | None:
+        """``node``, unless it is a released incoming entry whose time is up."""
+        if node is not None and node.incoming is not None and node.incoming.expired():
+            self.tree.remove(node)
+            return None
+        return node
+
+    @staticmethod
+    def _listed(node: Node) -> bool:
+        """Released incoming entries linger for stat, but are not listed."""
+        return node.incoming is None or node.incoming.active
 
     async def readdir(self, fh, start_id, token):
         entries = self.dirs.get(fh, [])
@@ -197,18 +219,21 @@ class Operations(pyfuse3.Operations):
         if node.area != INCOMING:
             raise FsError(errno.EROFS, "read-only")
         if node.incoming is not None and fields.update_size:
-            node.incoming.truncate(attr.st_size)
-        # mode, owner and times of incoming entries are accepted and ignored, so
-        # that `cp -p` or `touch` do not fail a backup: archives carry the ULID time
+            await node.incoming.truncate(attr.st_size)
+        if node.incoming is not None and fields.update_mtime:
+            node.incoming.mtime_ns = attr.st_mtime_ns     # rsync's quick check next time
+        # mode and owner of incoming entries are accepted and ignored, so that
+        # `cp -p` or `touch` do not fail a backup: archives carry the ULID time
         return self.tree.attrs(node)
 
     async def mkdir(self, parent_inode, name, mode, ctx=None):
         parent = self.writable_dir(parent_inode, vault_needed=False)
         text = os.fsdecode(name)
-        if text in parent.children:
+        if self._linger(parent.children.get(text)) is not None:
             raise pyfuse3.FUSEError(errno.EEXIST)
         if parent.vault is None:          # incoming/NEW-VAULT: an unconfigured vault
             uuid = ids.parse_vault(text)
+            self._announce(uuid)
             self.tree.add(self.tree.root, uuid, stat.S_IFDIR, area="archive", vault=uuid)
             return self.tree.attrs(self.tree.add(parent, uuid, stat.S_IFDIR, vault=uuid))
         ids.parse_prefix("/".join(parent.rel + (text,)))
@@ -219,8 +244,10 @@ class Operations(pyfuse3.Operations):
         node = self._child(parent, name)
         if not node.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        if node.children:
+        if any(self._listed(child) for child in node.children.values()):
             raise pyfuse3.FUSEError(errno.ENOTEMPTY)
+        for child in list(node.children.values()):
+            self.tree.remove(child)         # lingering entries of sealed backups
         self.tree.remove(node)
 
     async def unlink(self, parent_inode, name, ctx=None):
@@ -228,10 +255,10 @@ class Operations(pyfuse3.Operations):
         node = self._child(parent, name)
         if node.incoming is None:
             raise pyfuse3.FUSEError(errno.EISDIR if node.is_dir else errno.EPERM)
-        node.incoming.aborted = True
-        log.info("%s removed while being written: backup %s cancelled", node.path(),
-                 node.incoming.bid)
-        self.tree.remove(node)
+        if node.incoming.cancel():
+            log.info("%s removed while being written: backup %s cancelled", node.path(),
+                     node.incoming.bid)
+        self.tree.remove(node)              # a sealed backup's entry: just the name goes
 
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags,
                      ctx=None):
@@ -263,24 +290,59 @@ class Operations(pyfuse3.Operations):
     async def create(self, parent_inode, name, mode, flags, ctx=None):
         parent = self.writable_dir(parent_inode)
         text = os.fsdecode(name)
-        if text in parent.children:
+        node = self._linger(parent.children.get(text))
+        if node is not None and node.incoming is None:
+            raise pyfuse3.FUSEError(errno.EEXIST)
+        if node is not None and node.incoming.active:
             raise FsError(errno.EBUSY, "already being written")
+        node = node or self.tree.add(parent, text, stat.S_IFREG)
+        fh = await self._start(node)
+        return pyfuse3.FileInfo(fh=fh, direct_io=True), self.tree.attrs(node)
+
+    async def _start(self, node: Node) -> int:
+        """A new backup written through ``node`` (new, or a released entry reused)."""
+        parent = node.parent
         bid = BackupId(parent.vault, parent.prefix, ids.new_ulid())
-        incoming = Incoming(bid, text, await self._writer(bid, text))
-        node = self.tree.add(parent, text, stat.S_IFREG)
+        try:
+            make_writer = await self._writer(bid, node.name)
+        except BaseException:
+            if node.incoming is None:
+                self.tree.remove(node)
+            raise
+        incoming = Incoming(bid, node.name, make_writer)
         node.incoming = incoming
         fh = self._new_fh()
         self.handles[fh] = WriteHandle(node, incoming)
         self.nursery.start_soon(incoming.feed)
         log.debug("backup %s started for %s", bid, node.path())
-        return pyfuse3.FileInfo(fh=fh, direct_io=True), self.tree.attrs(node)
+        return fh
 
-    async def _writer(self, bid: BackupId, name: str) -> ArchiveWriter:
+    async def _writer(self, bid: BackupId, name: str) -> Callable[[], HeldWriter]:
+        """How to start the backup (at its first write); recipients are checked now."""
         vault = self.config.vault(bid.vault)
         recipients = await self._recipients(vault)
-        return await trio.to_thread.run_sync(lambda: ArchiveWriter(
+        self._announce(bid.vault)
+        return lambda: HeldWriter(
             self.spool, bid, recipients, vault.compression, vault.fragment_size, name=name,
-            before_fragment=self.backpressure.wait))
+            before_fragment=self.backpressure.wait)
+
+    def _announce(self, uuid: str) -> None:
+        """Say once where a vault's archives go, loudly if nothing configured it."""
+        if uuid in self.announced:
+            return
+        self.announced.add(uuid)
+        vault = self.config.vault(uuid)
+        where = vault.location + (f" at {vault.endpoint_url}" if vault.endpoint_url else "")
+        if uuid in self.config.vaults:
+            log.info("vault %s: archives go to %s", uuid, where)
+            return
+        config = self.config.path or "any configuration file (none was found)"
+        env = [v for v in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL") if os.environ.get(v)]
+        service = (f"at {os.environ[env[0]]} (from {env[0]})" if env else
+                   "on AWS (boto3's default region and credentials)")
+        log.warning("vault %s is not configured (no [vault.%s] in %s): its archives go to "
+                    "%s, the S3 bucket named by the UUID %s; configure url or endpoint_url "
+                    "to send them elsewhere", uuid, uuid, config, where, service)
 
     async def _recipients(self, vault) -> list:
         """The vault's configured keyring, else the mount's -k certificates."""
@@ -298,47 +360,29 @@ class Operations(pyfuse3.Operations):
         return await self._handle(fh, WriteHandle).incoming.write(off, buf)
 
     async def flush(self, fh):
+        """Every close(2): the first one after data was written seals the archive."""
         handle = self.handles.get(fh)
-        if isinstance(handle, WriteHandle):
-            await handle.incoming.flush()
+        if isinstance(handle, WriteHandle) and await handle.incoming.flush():
+            await self._publish(handle.incoming)
 
     async def release(self, fh):
         handle = self.handles.pop(fh, None)
         if isinstance(handle, ReadHandle):
             await self._close_reader(handle)
         elif isinstance(handle, WriteHandle):
-            await self._seal(handle)
+            if await handle.incoming.release() and self.s.freezer is not None:
+                self.s.freezer.poke()
 
-    async def _seal(self, handle: WriteHandle) -> None:
-        """The incoming entry goes now; the archive is there, waiting for the seal."""
-        incoming = handle.incoming
-        aborted = incoming.aborted
-        self.tree.remove(handle.node)
-        node = None
-        if not aborted:
-            archive = vaults.Archive(incoming.bid, incoming.offset, name=incoming.name)
-            node = self._place(self.tree.root.children[incoming.bid.vault], archive)
-        try:
-            sealed = await incoming.seal()
-            if sealed and node is not None:
-                await self._sealed(node.archive)
-            elif node is not None:
-                self.tree.remove(node)
-        except BaseException:
-            if node is not None:
-                self.tree.remove(node)
-            raise
-        finally:
-            if node is not None:
-                node.archive.ready.set()
-
-    async def _sealed(self, archive: vaults.Archive) -> None:
+    async def _publish(self, incoming: Incoming) -> None:
+        """A sealed archive shows up at once under VAULT/PREFIX/ULID."""
+        bid = incoming.bid
         data = await trio.to_thread.run_sync(
-            vaults.read_mark, self.spool, self.s.stores(archive.bid.vault), archive.bid)
-        archive.clear, archive.encrypted = manifest.read_clear(data)
+            vaults.read_mark, self.spool, self.s.stores(bid.vault), bid)
+        archive = vaults.Archive.from_mark(bid, data)
+        archive.name = incoming.name
         self.listings.add(archive)
-        if self.s.freezer is not None:
-            self.s.freezer.poke()
+        node = self._place(self.tree.root.children[bid.vault], archive)
+        incoming.on_withdraw = lambda: self.tree.remove(node)
 
     def _handle(self, fh: int, kind: type):
         handle = self.handles.get(fh)
@@ -352,10 +396,19 @@ class Operations(pyfuse3.Operations):
         node = self.tree.get(inode)
         mode = flags & os.O_ACCMODE
         if node.incoming is not None:
+            if mode == os.O_RDONLY and not node.incoming.active:
+                fh = self._new_fh()             # rsync's fchmod after the seal
+                self.handles[fh] = EntryHandle(node)
+                return pyfuse3.FileInfo(fh=fh, direct_io=True)
             if mode != os.O_WRONLY:
                 raise FsError(errno.EACCES, "a backup being written cannot be read "
                               "(its archive appears when it is closed)")
-            raise FsError(errno.EBUSY, "already being written")
+            if node.incoming.active:
+                raise FsError(errno.EBUSY, "already being written")
+            if flags & os.O_APPEND:
+                raise FsError(errno.EPERM, f"cannot append to backup {node.incoming.bid} "
+                              f"({node.incoming.state}): a backup is one stream")
+            return pyfuse3.FileInfo(fh=await self._start(node), direct_io=True)
         if node.archive is None:
             raise pyfuse3.FUSEError(errno.EISDIR if node.is_dir else errno.EACCES)
         if mode != os.O_RDONLY or flags & os.O_TRUNC:
@@ -391,6 +444,9 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EAGAIN)
 
     async def read(self, fh, off, size):
+        if isinstance(self.handles.get(fh), EntryHandle):
+            raise FsError(errno.EACCES, "an incoming file cannot be read: its archive is "
+                          "read as VAULT/PREFIX/ULID (user.cryophile.backup_id)")
         return await self._handle(fh, ReadHandle).reader.read(off, size)
 
     async def _close_reader(self, handle: ReadHandle) -> None:
@@ -411,7 +467,7 @@ class Operations(pyfuse3.Operations):
         node = self.tree.get(inode)
         key = os.fsdecode(name)
         if node.incoming is not None:
-            values = {"state": "writing", "name": node.incoming.name,
+            values = {"state": node.incoming.shown_state, "name": node.incoming.name,
                       "backup_id": str(node.incoming.bid)}
         elif node.archive is not None:
             await node.archive.ready.wait()
@@ -476,12 +532,14 @@ class Operations(pyfuse3.Operations):
     # --- the end -------------------------------------------------------------------
 
     def abort_writers(self) -> None:
-        """At unmount: backups still open are dropped (their data is incomplete)."""
+        """At unmount: backups still open are dropped (their data is incomplete),
+        unless a close sealed them already."""
         for handle in list(self.handles.values()):
             if isinstance(handle, WriteHandle):
-                log.warning("unmounted while %s was being written: backup %s dropped",
-                            handle.node.path(), handle.incoming.bid)
-                handle.incoming.writer.abort()
+                what = handle.incoming.abort_at_unmount()
+                log.log(logging.INFO if what == "kept" else logging.WARNING,
+                        "unmounted while %s was open: backup %s %s", handle.node.path(),
+                        handle.incoming.bid, what)
         self.handles.clear()
 
 

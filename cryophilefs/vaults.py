@@ -106,10 +106,19 @@ def scan(spool: Spool, store, vault: str, known: set[str]) -> tuple[dict[str, Ar
 
 
 def state(spool: Spool, store, archive: Archive) -> tuple[str, str | None]:
-    """(state, storage class): writing, queued, freezing, frozen, thawing, thawed, local."""
+    """(state, storage class): writing, queued, freezing, frozen, thawing, thawed,
+    local, stored; incomplete for a stream sealed although cut short."""
     bid = archive.bid
     if not archive.ready.is_set():
         return "writing", None
+    where, sclass = _where(spool, store, archive)
+    if not getattr(archive.clear, "complete", True):
+        return "incomplete", sclass
+    return where, sclass
+
+
+def _where(spool: Spool, store, archive: Archive) -> tuple[str, str | None]:
+    bid = archive.bid
     n = archive.fragments
     queued = spool.fragments("freeze", bid)
     if os.path.isdir(spool.dir("freeze", bid)) and queued:

@@ -7,19 +7,45 @@ encryption overlap.  The queue is bounded (``DEPTH`` × ``CHUNK``): when
 freeze falls behind ``spool_max``, the writer's backpressure holds the
 feeder, the queue fills and ``write(2)`` waits, rather than failing.
 
-flush (every ``close(2)``) pushes everything through and reports errors to
-the closing process; release (the last close) seals the archive.
+The life of an incoming file (``Incoming.state``)::
+
+    writing ──flush with data──▶ sealed ──release──▶ (freeze may take chunk.0)
+       │                           │
+       │ rejected write/truncate   │ a write or truncate after the seal
+       ▼                           ▼
+    failed ──release──▶ dropped  withdrawn (dropped at once)
+
+    (also: cancelled by unlink while writing; empty if released with nothing
+    written; sealed shows as "incomplete" for a zfs/btrfs/tar stream cut short)
+
+flush (every ``close(2)``, also of a duplicate) seals the archive once data
+was written: ``close`` returning 0 means chunk.0 is fsynced in the freeze
+queue, so a mount killed right after still has the archive (the next mount
+or ``cryophile freeze`` takes it).  Until the last close (release) the
+backup keeps its lock and work directory, so freeze leaves chunk.0 alone and
+the archive can still be withdrawn: a write after the seal means the stream
+went on past what was sealed, and a sealed prefix of a stream is not an
+archive.  A file closed with nothing written seals nothing, and leaves
+nothing in the spool: the ArchiveWriter starts at the first write.
+
+A released entry lingers for ``LINGER`` seconds (not listed, but ``stat``,
+``chmod``, ``utimes`` succeed), so that tools that look at what they just
+wrote (``rsync``) do not fail; opening it again for writing starts a new
+backup under the same name (``O_APPEND`` is refused).
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import os
 import time
+from typing import Callable
 
 import trio
 
 from cryophile import errors
+from cryophile.fsutil import fsync_dir
 from cryophile.ids import BackupId
 from cryophile.pipeline.writer import ArchiveWriter
 
@@ -29,11 +55,55 @@ log = logging.getLogger("cryophilefs")
 
 CHUNK = 1 << 20
 DEPTH = 8
+LINGER = 60.0           # seconds a released incoming entry stays resolvable
+
+WRITING, SEALED = "writing", "sealed"
+FAILED, CANCELLED, WITHDRAWN, EMPTY = "failed", "cancelled", "withdrawn", "empty"
+
+
+class HeldWriter(ArchiveWriter):
+    """An ArchiveWriter that keeps its sealed archive held (backup/…/ULID and
+    its lock) until ``let_go()``; a killed process lets go by dying."""
+
+    held = True
+
+    def finish(self) -> None:
+        if not self.held:
+            super().finish()
+
+    def let_go(self) -> None:
+        self.held = False
+        self.finish()
+
+    def abort(self) -> None:
+        if self.closed:             # the seal failed half way: never let it look sealed
+            self.withdraw()
+        else:
+            super().abort()
+
+    def withdraw(self) -> None:
+        """Drop the sealed, still held archive: freeze never uploads its chunk.0
+        and deletes the fragments it already uploaded."""
+        self.spool.abandon(self.bid)
+        self.lock.release()
+
+
+def fsync_parents(writer: ArchiveWriter) -> None:
+    """The sealed archive's directory survives a crash of the machine too:
+    fsync freeze/VAULT/PREFIX… up to the queue (publish fsynced the rest)."""
+    top = writer.spool.queue("freeze")
+    path = os.path.dirname(writer.queue_dir)
+    while len(path) >= len(top):
+        fsync_dir(path)
+        path = os.path.dirname(path)
 
 
 class Incoming:
-    def __init__(self, bid: BackupId, name: str, writer: ArchiveWriter):
-        self.bid, self.name, self.writer = bid, name, writer
+    def __init__(self, bid: BackupId, name: str, make_writer: Callable[[], HeldWriter]):
+        self.bid, self.name = bid, name
+        self.make_writer = make_writer      # blocking; called at the first write
+        self.writer: HeldWriter | None = None       # and None again once released
+        self.state = WRITING
         self.offset = 0
         self.mtime_ns = time.time_ns()
         self.pending = bytearray()
@@ -41,15 +111,33 @@ class Incoming:
         self.sent = self.taken = 0
         self.progress = trio.Event()
         self.error: BaseException | None = None
-        self.aborted = False
         self.fed = trio.Event()
+        self.lock = trio.Lock()         # writes, seal and release take turns
+        self.released: float | None = None
+        self.complete = True            # False: sealed, but the stream was cut short
+        self.on_withdraw = lambda: None
+
+    @property
+    def shown_state(self) -> str:
+        """user.cryophile.state of the incoming entry."""
+        return "incomplete" if self.state == SEALED and not self.complete else self.state
+
+    @property
+    def active(self) -> bool:
+        """Still open somewhere (not released)."""
+        return self.released is None
+
+    def expired(self) -> bool:
+        return self.released is not None and time.monotonic() - self.released > LINGER
+
+    # --- feeding the ArchiveWriter --------------------------------------------------
 
     async def feed(self) -> None:
         """The feeder task: queued bytes into the ArchiveWriter, in order."""
         try:
             async with self.receive:
                 async for data in self.receive:
-                    if self.error is None:
+                    if self.error is None and self.state == WRITING:
                         await self._write(data)
                     self.taken += 1
                     self.progress.set()
@@ -65,61 +153,170 @@ class Incoming:
         except Exception as exc:
             self.error = exc
 
-    async def write(self, off: int, buf: bytes) -> int:
-        self.check()
-        if off != self.offset:
-            raise FsError(errno.ESPIPE, f"write at byte {off}, but a backup is written in "
-                          f"order: it continues at byte {self.offset}")
-        self.pending += buf
-        self.offset += len(buf)
-        self.mtime_ns = time.time_ns()
-        if len(self.pending) >= CHUNK:
-            await self._push()
-        return len(buf)
-
     async def _push(self) -> None:
         data, self.pending = self.pending, bytearray()
         self.sent += 1
         await self.send.send(data)
 
-    def check(self) -> None:
-        if self.aborted:
-            raise FsError(errno.ECANCELED, "removed while being written: backup cancelled")
-        if self.error is not None:
-            raise self.error
-
-    async def flush(self) -> None:
-        """Everything written so far is in the ArchiveWriter; errors surface here."""
-        if self.pending and not self.aborted:
+    async def _drain(self) -> None:
+        """Everything written so far is in the ArchiveWriter (or failed)."""
+        if self.pending:
             await self._push()
         while self.taken < self.sent:
             await self.progress.wait()
-        if not self.aborted:
-            self.check()
 
-    async def seal(self) -> str | None:
-        """The last close: seal (or drop) the archive; its backup id, if sealed."""
-        try:
-            await self.flush()
-        except Exception as exc:
-            self.error = self.error or exc
+    async def _stop_feeding(self) -> None:
         await self.send.aclose()
         await self.fed.wait()
-        if not self.aborted and self.error is None:
-            try:
-                await trio.to_thread.run_sync(self.writer.close)
-            except Exception as exc:
-                self.error = exc
-        if self.aborted or self.error is not None:
-            await trio.to_thread.run_sync(self.writer.abort)
-            if self.error is not None:
-                log.error("backup %s (%s) failed and was dropped: %s", self.bid, self.name,
-                          self.error)
-            return None
-        log.info("sealed %s (%s, %d bytes)", self.bid, self.name, self.offset)
-        return str(self.bid)
 
-    def truncate(self, size: int) -> None:
-        if size != self.offset:
-            raise FsError(errno.EPERM, "cannot truncate a backup being written "
-                          f"(to {size} bytes; {self.offset} written)")
+    # --- the handlers' side ----------------------------------------------------------
+
+    async def write(self, off: int, buf: bytes) -> int:
+        async with self.lock:
+            await self._refuse_if_done("write")
+            if self.error is not None:
+                self._fail(self.error)          # the ArchiveWriter failed
+            if off != self.offset:
+                self._fail(FsError(errno.ESPIPE, f"write at byte {off}, but a backup is "
+                                   f"written in order (it continues at byte {self.offset}); "
+                                   "the backup failed"))
+            if self.writer is None:
+                await self._start_writer()
+            self.pending += buf
+            self.offset += len(buf)
+            self.mtime_ns = time.time_ns()
+            if len(self.pending) >= CHUNK:
+                await self._push()
+            return len(buf)
+
+    async def _start_writer(self) -> None:
+        """The spool sees a backup only once it has data (``touch`` leaves nothing)."""
+        try:
+            self.writer = await trio.to_thread.run_sync(self.make_writer)
+        except OSError as exc:
+            self._fail(errors.from_oserror(exc, f"backup {self.bid}"))
+        except Exception as exc:
+            self._fail(exc)
+
+    async def truncate(self, size: int) -> None:
+        async with self.lock:
+            if size == self.offset:
+                return                      # O_TRUNC of a new file, rsync's final ftruncate
+            await self._refuse_if_done("truncate")
+            self._fail(FsError(errno.EPERM, f"cannot truncate a backup being written (to "
+                               f"{size} bytes; {self.offset} written); the backup failed"))
+
+    async def _refuse_if_done(self, what: str) -> None:
+        if self.state == CANCELLED:
+            raise FsError(errno.ECANCELED, "removed while being written: backup cancelled")
+        if self.state == FAILED:
+            raise self._failed()
+        if self.state == SEALED and self.active:
+            await self._withdraw(what)
+        if self.state != WRITING:
+            raise FsError(errno.EPERM, f"{what} after the archive was sealed (by the first "
+                          f"close after data was written): backup {self.bid} is "
+                          f"{self.state}; write a new file for a new backup")
+
+    def _failed(self) -> FsError:
+        return FsError(getattr(self.error, "errno", errno.EIO),
+                       f"backup {self.bid} failed, nothing will be sealed: {self.error}")
+
+    def _fail(self, exc: BaseException):
+        if self.state == WRITING:
+            self.state, self.error = FAILED, exc
+        raise exc
+
+    async def _withdraw(self, what: str) -> None:
+        """The stream went on after the seal: what was sealed is only its start."""
+        self.state = WITHDRAWN
+        await trio.to_thread.run_sync(self.writer.withdraw)
+        self.on_withdraw()
+        log.error("%s after backup %s (%s) was sealed by a close: the archive held only "
+                  "the start of the stream and was withdrawn", what, self.bid, self.name)
+
+    async def flush(self) -> bool:
+        """A close: seal if data was written; True if this flush sealed it.
+        Errors of the backup surface here, for the closing process."""
+        async with self.lock:
+            if self.state == WRITING and self.offset:
+                await self._seal()
+                return True
+            if self.state == FAILED:
+                raise self._failed()
+            if self.state == WITHDRAWN:
+                raise FsError(errno.EPERM, f"backup {self.bid} was withdrawn: written to "
+                              "after it was sealed")
+            return False
+
+    async def _seal(self) -> None:
+        try:
+            await self._drain()
+            await self._stop_feeding()
+            if self.error is not None:
+                raise self.error
+            await trio.to_thread.run_sync(self._close_writer)
+        except BaseException as exc:
+            self.state, self.error = FAILED, self.error or exc
+            raise
+        self.state = SEALED
+        log.info("sealed %s (%s, %d bytes)", self.bid, self.name, self.offset)
+
+    def _close_writer(self) -> None:
+        """Blocking: chunk.0 written, fsynced and in the freeze queue.  A zfs,
+        btrfs or tar stream cut short is sealed all the same, marked
+        incomplete (the writing program died; what it wrote is kept, and
+        never listed as a good archive)."""
+        self.writer.close(incomplete="mark")
+        self.complete = self.writer.stream.complete is not False
+        try:
+            fsync_parents(self.writer)
+        except OSError as exc:
+            raise errors.from_oserror(exc, "cannot make the sealed archive durable") from None
+
+    async def release(self) -> bool:
+        """The last close: the archive is let go to freeze, or the backup dropped.
+        True if an archive was let go."""
+        async with self.lock:
+            self.released = time.monotonic()
+            if self.state == WRITING and self.offset:
+                try:                        # no flush came (an unmount): seal now
+                    await self._seal()
+                except Exception as exc:
+                    log.debug("seal at release failed: %s", exc)
+            if self.state == SEALED:
+                await trio.to_thread.run_sync(self.writer.let_go)
+                self.writer = None          # the entry lingers; the writer's memory goes
+                return True
+            if self.state == WITHDRAWN:
+                self.writer = None
+                return False
+            if self.state == WRITING:
+                self.state = EMPTY
+                log.info("%s (%s) was closed with nothing written: no archive", self.name,
+                         self.bid)
+            await self._stop_feeding()
+            if self.writer is not None:
+                await trio.to_thread.run_sync(self.writer.abort)
+            self.writer = None
+            if self.state == FAILED:
+                log.error("backup %s (%s) failed and was dropped, nothing sealed: %s",
+                          self.bid, self.name, self.error)
+            return False
+
+    def cancel(self) -> bool:
+        """unlink while writing: True if the backup is cancelled (else the name
+        just goes: the archive was sealed)."""
+        if self.state == WRITING:
+            self.state = CANCELLED
+            return True
+        return False
+
+    def abort_at_unmount(self) -> str:
+        """Blocking: the mount ends with this file still open."""
+        if self.state == SEALED:
+            self.writer.let_go()
+            return "kept"
+        if self.state != WITHDRAWN and self.writer is not None:
+            self.writer.abort()
+        return "dropped"

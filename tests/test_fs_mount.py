@@ -7,7 +7,7 @@ import hashlib
 import os
 import shutil
 import subprocess
-import threading
+import sys
 import time
 
 import pytest
@@ -58,7 +58,8 @@ def test_dd_and_cp_write_archives(rig, data, fskeys):
 
 
 def test_read_only_violations_and_sequential_writes(rig, data, fskeys):
-    expect = ("read-only", "cannot be read", "written in order", "cannot truncate")
+    expect = ("read-only", "cannot be read", "written in order", "cannot truncate",
+              "failed")
     with rig.mounted("-k", str(fskeys[1]), expect=expect):
         sh(f"cat {data} > {rig.incoming}/one")
         archive = rig.archive()
@@ -71,25 +72,28 @@ def test_read_only_violations_and_sequential_writes(rig, data, fskeys):
             with pytest.raises(OSError) as info:
                 call()
             assert info.value.errno == err
-        path = rig.incoming / "active"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT)
-        try:
-            os.write(fd, b"a" * 1000)
-            with pytest.raises(PermissionError):            # EACCES
-                open(path, "rb")
-            with pytest.raises(OSError) as info:
-                os.pwrite(fd, b"b", 10)
-            assert info.value.errno == errno.ESPIPE
-            with pytest.raises(OSError) as info:
-                os.ftruncate(fd, 10)
-            assert info.value.errno == errno.EPERM
-            os.write(fd, b"c" * 1000)                        # in order: still fine
-            assert os.getxattr(path, "user.cryophile.state") == b"writing"
-        finally:
-            os.close(fd)
-        sealed = rig.archive(name_like="active")
-        with open(sealed, "rb") as f:
-            assert f.read() == b"a" * 1000 + b"c" * 1000
+        for name, reject, err in [("seek", lambda fd: os.pwrite(fd, b"b", 10), errno.ESPIPE),
+                                  ("trunc", lambda fd: os.ftruncate(fd, 10), errno.EPERM)]:
+            path = rig.incoming / name
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+            try:
+                os.write(fd, b"a" * 1000)
+                assert os.getxattr(path, "user.cryophile.state") == b"writing"
+                with pytest.raises(PermissionError):            # EACCES
+                    open(path, "rb")
+                with pytest.raises(OSError) as info:
+                    reject(fd)
+                assert info.value.errno == err
+                with pytest.raises(OSError) as info:             # the backup failed
+                    os.write(fd, b"c" * 1000)
+                assert info.value.errno == err
+                assert os.getxattr(path, "user.cryophile.state") == b"failed"
+            finally:
+                with pytest.raises(OSError) as info:             # and close says so
+                    os.close(fd)
+                assert info.value.errno == err
+        assert len(os.listdir(rig.archives)) == 1                # nothing sealed
+    assert rig.log.count("failed and was dropped, nothing sealed") == 2
 
 
 def test_unmount_with_work_pending_then_remount(rig, data, fskeys, tmp_path):
@@ -120,26 +124,28 @@ def test_unmount_right_after_writing(rig, data, fskeys):
         sh(f"cmp {data} {rig.archives / ulid}")
 
 
+SLOW_WRITER = """
+import sys, time
+data = open(sys.argv[1], "rb").read()
+with open(sys.argv[2], "wb") as f:
+    for i in range(0, len(data), 256 << 10):
+        f.write(data[i:i + (256 << 10)])
+        f.flush()
+        time.sleep(0.01)
+"""
+
+
 def test_reader_and_writer_at_once(rig, data, fskeys):
     with rig.mounted("-k", str(fskeys[1])):
         sh(f"cat {data} > {rig.incoming}/first")
         first = rig.archive()
-        errors = []
-
-        def slow_writer():
-            try:
-                with open(rig.incoming / "second", "wb") as f:
-                    for i in range(0, data.stat().st_size, 256 << 10):
-                        f.write(data.read_bytes()[i:i + (256 << 10)])
-                        time.sleep(0.01)
-            except Exception as exc:
-                errors.append(exc)
-        writer = threading.Thread(target=slow_writer)
-        writer.start()
+        # the writer is a process of its own: one that forks while it holds the
+        # file open closes a copy of it in the child, and that close seals
+        writer = subprocess.Popen([sys.executable, "-c", SLOW_WRITER, str(data),
+                                   str(rig.incoming / "second")])
         for _ in range(3):
             sh(f"cmp {data} {first}")
-        writer.join()
-        assert not errors
+        assert writer.wait(timeout=120) == 0
         sh(f"cmp {data} {rig.archive(name_like='second')}")
 
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import random
 import stat
 
 import pyfuse3
 import pytest
 import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cryophile import config, keys
 from cryophile.freeze import Freezer
@@ -88,23 +91,240 @@ async def test_write_then_read_back(tmp_path, fskeys, nursery):
     await ops.release(info.fh)
 
 
-@pytest.mark.expect_log
-async def test_writes_must_be_in_order(tmp_path, fskeys, nursery, caplog):
-    ops = make_ops(tmp_path, fskeys, nursery)
+class SizeOnly:              # pyfuse3.SetattrFields cannot be set from Python
+    update_size, update_mode, update_mtime = True, False, False
+
+
+class ModeOnly:
+    update_size, update_mode, update_mtime = False, True, False
+
+
+def archives_of(ops: Operations) -> list:
+    return [n for n in ops.tree.walk(ops.tree.root.children[VAULT]) if n.archive]
+
+
+def mark(tmp_path, bid) -> bool:
+    return (tmp_path / "spool" / "freeze" / VAULT / bid.key / "chunk.0").exists()
+
+
+async def start(ops: Operations, filename: str):
     vault = await ops.lookup(await incoming(ops), name(VAULT))
-    info, attrs = await ops.create(vault.st_ino, b"seq", 0o600, os.O_WRONLY, None)
+    info, attrs = await ops.create(vault.st_ino, name(filename), 0o600, os.O_WRONLY, None)
+    return vault, info, attrs
+
+
+@pytest.mark.expect_log
+async def test_a_rejected_write_fails_the_backup(tmp_path, fskeys, nursery, caplog):
+    ops = make_ops(tmp_path, fskeys, nursery)
+    vault, info, attrs = await start(ops, "seq")
+    bid = ops.handles[info.fh].incoming.bid
     await ops.write(info.fh, 0, b"x" * 100)
     await expect_errno(errno.ESPIPE, ops.write(info.fh, 50, b"y"))
-    await expect_errno(errno.ESPIPE, ops.write(info.fh, 200, b"y"))
-    class Fields:           # pyfuse3.SetattrFields cannot be set from Python
-        update_size, update_mode = True, False
-    fields = Fields()
-    attrs.st_size = 0
-    await expect_errno(errno.EPERM, ops.setattr(attrs.st_ino, attrs, fields, info.fh, None))
+    await expect_errno(errno.ESPIPE, ops.write(info.fh, 100, b"y"))    # in order: too late
     await expect_errno(errno.EACCES, ops.open(attrs.st_ino, os.O_RDONLY, None))
     await expect_errno(errno.EBUSY, ops.create(vault.st_ino, b"seq", 0o600, os.O_WRONLY, None))
-    assert "written in order" in caplog.text and "cannot truncate" in caplog.text
+    assert await ops.getxattr(attrs.st_ino, b"user.cryophile.state") == b"failed"
+    await expect_errno(errno.ESPIPE, ops.flush(info.fh))                # close(2) fails
     await ops.release(info.fh)
+    assert not archives_of(ops) and not mark(tmp_path, bid)
+    assert "written in order" in caplog.text
+    assert f"backup {bid} (seq) failed and was dropped, nothing sealed" in caplog.text
+
+
+@pytest.mark.expect_log
+async def test_a_rejected_truncate_fails_the_backup(tmp_path, fskeys, nursery, caplog):
+    ops = make_ops(tmp_path, fskeys, nursery)
+    _, info, attrs = await start(ops, "trunc")
+    attrs.st_size = 0
+    await ops.setattr(attrs.st_ino, attrs, SizeOnly(), info.fh, None)  # O_TRUNC: fine
+    await ops.write(info.fh, 0, b"x" * 100)
+    attrs.st_size = 100
+    await ops.setattr(attrs.st_ino, attrs, SizeOnly(), info.fh, None)  # its own size: fine
+    attrs.st_size = 4096                                              # cp --sparse's hole
+    await expect_errno(errno.EPERM, ops.setattr(attrs.st_ino, attrs, SizeOnly(), info.fh, None))
+    await expect_errno(errno.EPERM, ops.flush(info.fh))
+    await ops.release(info.fh)
+    assert not archives_of(ops)
+    assert "cannot truncate" in caplog.text and "failed and was dropped" in caplog.text
+
+
+async def test_flush_seals_and_release_lets_freeze_take_it(tmp_path, fskeys, nursery):
+    ops = make_ops(tmp_path, fskeys, nursery)
+    _, info, attrs = await start(ops, "sealed")
+    bid = ops.handles[info.fh].incoming.bid
+    await ops.write(info.fh, 0, b"z" * 5000)
+    await ops.flush(info.fh)
+    assert mark(tmp_path, bid)                      # durable when close(2) returns
+    (node,) = archives_of(ops)
+    assert node.archive.size == 5000 and node.archive.name == "sealed"
+    assert await ops.getxattr(attrs.st_ino, b"user.cryophile.state") == b"sealed"
+    backup_dir = tmp_path / "spool" / "backup" / VAULT / bid.key
+    assert backup_dir.exists()                      # held: freeze leaves chunk.0 alone
+    await ops.flush(info.fh)                        # a second close (a dup): nothing new
+    await ops.release(info.fh)
+    assert not backup_dir.exists()
+    assert await read_all(ops, node.ino, 5000) == b"z" * 5000
+
+
+@pytest.mark.expect_log
+async def test_a_write_after_the_seal_withdraws_the_archive(tmp_path, fskeys, nursery, caplog):
+    ops = make_ops(tmp_path, fskeys, nursery)
+    _, info, attrs = await start(ops, "twice")
+    bid = ops.handles[info.fh].incoming.bid
+    await ops.write(info.fh, 0, b"a" * 100)
+    await ops.flush(info.fh)                        # a child closing its copy of the fd
+    assert archives_of(ops)
+    await expect_errno(errno.EPERM, ops.write(info.fh, 100, b"b" * 100))
+    assert not archives_of(ops) and not mark(tmp_path, bid)
+    queue = tmp_path / "spool" / "freeze" / VAULT / bid.key
+    assert (queue / "ABANDONED").exists()           # freeze deletes what it uploaded
+    assert await ops.getxattr(attrs.st_ino, b"user.cryophile.state") == b"withdrawn"
+    await expect_errno(errno.EPERM, ops.flush(info.fh))
+    await ops.release(info.fh)
+    assert not archives_of(ops)
+    assert "was withdrawn" in caplog.text
+    await Freezer(ops.s.spool, ops.s.stores, lambda v: "STANDARD").run(once=True)
+    assert not list((tmp_path / "vaults").rglob("chunk.*"))
+
+
+async def test_close_with_nothing_written_seals_nothing(tmp_path, fskeys, nursery):
+    ops = make_ops(tmp_path, fskeys, nursery)
+    vault, info, attrs = await start(ops, "touched")
+    await ops.flush(info.fh)
+    await ops.release(info.fh)                      # touch: no archive
+    assert not archives_of(ops)
+    assert not [p for p in (tmp_path / "spool").rglob("*") if p.is_file()]  # no trace
+    assert await ops.getxattr(attrs.st_ino, b"user.cryophile.state") == b"empty"
+    # written later through the same name: a backup like any other
+    info = await ops.open(attrs.st_ino, os.O_WRONLY, None)
+    await ops.write(info.fh, 0, b"later")
+    await ops.flush(info.fh)
+    await ops.release(info.fh)
+    (node,) = archives_of(ops)
+    assert node.archive.name == "touched" and node.archive.size == 5
+
+
+@pytest.mark.expect_log
+async def test_a_sealed_name_takes_a_new_backup_but_no_append(tmp_path, fskeys, nursery):
+    ops = make_ops(tmp_path, fskeys, nursery)
+    await backup(ops, b"first", filename="same")
+    vault = await ops.lookup(await incoming(ops), name(VAULT))
+    entry = await ops.lookup(vault.st_ino, b"same")
+    await expect_errno(errno.EPERM, ops.open(entry.st_ino, os.O_WRONLY | os.O_APPEND, None))
+    for flags, data in ((os.O_TRUNC, b"second"), (0, b"third!!")):    # cp, rsync -W
+        info = await ops.open(entry.st_ino, os.O_WRONLY | flags, None)
+        await ops.write(info.fh, 0, data)
+        await ops.flush(info.fh)
+        await ops.release(info.fh)
+    assert sorted(n.archive.size for n in archives_of(ops)) == [5, 6, 7]
+
+
+async def test_a_released_entry_lingers_unlisted(tmp_path, fskeys, nursery, monkeypatch):
+    from cryophilefs import writer
+    ops = make_ops(tmp_path, fskeys, nursery)
+    node = await backup(ops, b"rsync", filename="synced")
+    vault = await ops.lookup(await incoming(ops), name(VAULT))
+    entry = await ops.lookup(vault.st_ino, b"synced")     # rsync's stat after close
+    assert entry.st_size == 5
+    await ops.setattr(entry.st_ino, entry, ModeOnly(), None, None)   # chmod
+    entry.st_mtime_ns = 10**18
+
+    class MtimeOnly:
+        update_size, update_mode, update_mtime = False, False, True
+    await ops.setattr(entry.st_ino, entry, MtimeOnly(), None, None)  # utimes: kept
+    assert (await ops.getattr(entry.st_ino, None)).st_mtime_ns == 10**18
+    assert await ops.getxattr(entry.st_ino, b"user.cryophile.backup_id") == \
+        str(node.archive.bid).encode()
+    info = await ops.open(entry.st_ino, os.O_RDONLY, None)      # rsync's fchmod
+    await ops.setattr(entry.st_ino, entry, ModeOnly(), info.fh, None)
+    await ops.release(info.fh)
+    fh = await ops.opendir(vault.st_ino, None)
+    assert ops.dirs[fh] == []                                   # not listed
+    await ops.releasedir(fh)
+    await ops.unlink(vault.st_ino, b"synced", None)             # the name only
+    assert archives_of(ops) == [node]
+    await backup(ops, b"again", filename="expires")
+    await backup(ops, b"again", filename="expires-too")
+    monkeypatch.setattr(writer, "LINGER", -1.0)
+    await expect_errno(errno.ENOENT, ops.lookup(vault.st_ino, b"expires"))
+    await ops.releasedir(await ops.opendir(vault.st_ino, None))
+    assert ops.tree.get(vault.st_ino).children == {}
+
+
+@pytest.mark.expect_log
+async def test_a_seal_failing_half_way_leaves_no_archive(tmp_path, fskeys, nursery, monkeypatch):
+    from cryophilefs import writer
+
+    def failing(w):
+        raise OSError(errno.EIO, "Input/output error")
+    monkeypatch.setattr(writer, "fsync_parents", failing)
+    ops = make_ops(tmp_path, fskeys, nursery)
+    _, info, _ = await start(ops, "half")
+    bid = ops.handles[info.fh].incoming.bid
+    await ops.write(info.fh, 0, b"h" * 1000)
+    await expect_errno(errno.EIO, ops.flush(info.fh))      # chunk.0 is there, not durable
+    await ops.release(info.fh)
+    assert not archives_of(ops) and not mark(tmp_path, bid)
+    assert not (tmp_path / "spool" / "backup" / VAULT / bid.key).exists()
+
+
+@pytest.mark.expect_log
+async def test_unmount_keeps_a_sealed_open_file_and_drops_the_rest(tmp_path, fskeys, nursery):
+    ops = make_ops(tmp_path, fskeys, nursery)
+    _, sealed, _ = await start(ops, "sealed")
+    _, open_, _ = await start(ops, "open")
+    kept, dropped = (ops.handles[h.fh].incoming.bid for h in (sealed, open_))
+    for info in (sealed, open_):
+        await ops.write(info.fh, 0, b"q" * 1000)
+    await ops.flush(sealed.fh)
+    await trio.to_thread.run_sync(ops.abort_writers)
+    assert mark(tmp_path, kept) and not mark(tmp_path, dropped)
+    assert not (tmp_path / "spool" / "backup" / VAULT / kept.key).exists()     # let go
+    await Freezer(ops.s.spool, ops.s.stores, lambda v: "STANDARD").run(once=True)
+    assert (tmp_path / "vaults" / VAULT / kept.key / "chunk.0").exists()
+    assert not (tmp_path / "vaults" / VAULT / dropped.key).exists()
+
+
+def tar_bytes() -> bytes:
+    import io
+    import tarfile
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for i in range(3):
+            info = tarfile.TarInfo(f"file{i}")
+            info.size = 30_000
+            tar.addfile(info, io.BytesIO(os.urandom(info.size)))
+    return buf.getvalue()
+
+
+@pytest.mark.expect_log
+async def test_a_stream_cut_short_is_sealed_incomplete(tmp_path, fskeys, nursery, caplog):
+    ops = make_ops(tmp_path, fskeys, nursery)
+    whole = tar_bytes()
+    good = await backup(ops, whole, filename="whole.tar")
+    cut = await backup(ops, whole[:50_000], filename="cut.tar")
+    assert await ops.getxattr(good.ino, b"user.cryophile.state") == b"queued"
+    assert await ops.getxattr(cut.ino, b"user.cryophile.state") == b"incomplete"
+    assert not cut.archive.clear.complete and cut.archive.clear.kind == "tar"
+    vault = await ops.lookup(await incoming(ops), name(VAULT))
+    entry = await ops.lookup(vault.st_ino, b"cut.tar")
+    assert await ops.getxattr(entry.st_ino, b"user.cryophile.state") == b"incomplete"
+    assert await read_all(ops, cut.ino, 50_000) == whole[:50_000]    # what was written
+    assert "sealed as incomplete" in caplog.text
+
+
+@pytest.mark.expect_log
+async def test_an_unconfigured_vault_says_where_it_goes(tmp_path, fskeys, nursery, caplog):
+    ops = make_ops(tmp_path, fskeys, nursery)
+    other = "5d7c1f3e-2b4a-4c6d-8e9f-0a1b2c3d4e5f"
+    await ops.mkdir(await incoming(ops), name(other), 0o700, None)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and f"s3://{other}" in warned[0]
+    assert "not configured" in warned[0] and "AWS" in warned[0]
+    vault = await ops.lookup(await incoming(ops), name(other))
+    info, _ = await ops.create(vault.st_ino, b"x", 0o600, os.O_WRONLY, None)
+    await ops.release(info.fh)
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1     # once
 
 
 @pytest.mark.expect_log
@@ -212,3 +432,46 @@ async def test_concurrent_reads_far_apart_on_one_handle(tmp_path, fskeys, nurser
                     readers.start_soon(one, off)
             assert all(got[off] == data[off:off + 200_000] for off in offsets)
     await ops.release(info.fh)
+
+
+deltas = st.one_of(st.just(0), st.just(0), st.integers(-3000, 3000))
+
+
+@pytest.mark.expect_log
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(writes=st.lists(st.tuples(deltas, st.integers(1, 5000)), min_size=1, max_size=6),
+       seed=st.integers(0, 2**32))
+def test_what_is_sealed_is_every_byte_in_order_or_nothing(tmp_path_factory, fskeys, writes,
+                                                          seed):
+    """Any sequence of writes: in order, the archive holds exactly those bytes;
+    one write out of order (back, or over a gap), and nothing is sealed."""
+    root = tmp_path_factory.mktemp("prop")
+    data = random.Random(seed).randbytes(5000)
+
+    async def run():
+        async with trio.open_nursery() as nursery:
+            ops = make_ops(root, fskeys, nursery)
+            _, info, _ = await start(ops, "prop")
+            offset, written, refused = 0, b"", False
+            for delta, size in writes:
+                off, buf = max(0, offset + delta), data[:size]
+                if off != offset:
+                    await expect_errno(errno.ESPIPE, ops.write(info.fh, off, buf))
+                    refused = True
+                    break
+                assert await ops.write(info.fh, off, buf) == size
+                offset, written = offset + size, written + buf
+            if refused:
+                await expect_errno(errno.ESPIPE, ops.flush(info.fh))
+            else:
+                await ops.flush(info.fh)
+            await ops.release(info.fh)
+            found = archives_of(ops)
+            if refused:
+                assert not found and not list((root / "spool" / "freeze").rglob("chunk.0"))
+            else:
+                (node,) = found
+                assert await read_all(ops, node.ino, len(written)) == written
+            nursery.cancel_scope.cancel()
+    trio.run(run)

@@ -275,6 +275,11 @@ class ArchiveWriter:
             publish(self.work_dir, self.queue_dir, "chunk.0")
         except OSError as exc:
             raise errors.from_oserror(exc, "cannot write chunk.0 to the spool") from None
+        self.finish()
+        log.debug("sealed %s: %d bytes in %d fragments", self.bid, self.plain_size, len(fragments))
+
+    def finish(self) -> None:
+        """After the seal: freeze may take chunk.0 once backup/…/ULID and its lock
+        are gone (a subclass may hold them a while to keep the archive withdrawable)."""
         self.spool.retire_backup(self.bid)
         self.lock.release()
-        log.debug("sealed %s: %d bytes in %d fragments", self.bid, self.plain_size, len(fragments))
