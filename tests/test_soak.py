@@ -12,6 +12,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -246,26 +247,45 @@ class Soak:
         return [site]
 
     def t_reuse_ulid(self, rng):
-        """backup -u of an archive that exists (in the spool or the vault) is refused,
-        even when the vault cannot be asked; the archive stays as it was."""
+        """backup -u of an archive that exists is refused when the spool or the
+        vault can tell.  When the vault cannot be asked (S3 faults), the backup may
+        go ahead, but freeze must never replace the sealed archive's objects; the
+        test then drops the second copy from the spool, as its user would."""
         site = self.pick_site(rng)
         old = [a for a in self.archives(site) if not a.prefix]
         if not old:
             self.backup(rng, site)
             return [site]
         a = rng.choice(old)
-        if site.is_s3 and rng.random() < 0.5:
+        where = "spool" if site.queued(a.key) else "vault"
+        blind = site.is_s3 and where == "vault" and rng.random() < 0.5
+        if blind:
             self.proxy.fail_next(50, 503, "SlowDown", methods=["HEAD", "GET"])
         data, _ = self.new_input(rng, rng.randint(1, 64 * KiB))
         argv = site.argv("backup", "-v", site.vault, "-u", a.ulid, "-s", "64KiB")
         r = run(f"backup {site.name} -u {a.ulid} (exists)", argv, BACKUP_BOUND, data=data)
         self.proxy.reset()
-        where = "spool" if site.queued(a.key) else "vault"
-        self.say(f"{site.name}: backup -u {a.ulid} (in the {where}): rc {r.rc}")
-        if self.ended(r) and r.rc == 0:
+        self.say(f"{site.name}: backup -u {a.ulid} (in the {where}"
+                 f"{', vault unreachable' if blind else ''}): rc {r.rc}")
+        a.verified = None       # restore it again now
+        if not self.ended(r) or r.rc != 0:
+            return [site]
+        if not blind:
             self.fail(f"backup -u {a.ulid} of an archive in the {where} exited 0 "
                       "(it would replace a sealed archive)")
-        a.verified = None       # restore it again now
+            return [site]
+        mine = lambda: {k: v for k, v in site.objects().items()     # noqa: E731
+                        if k.startswith(a.key + "/")}
+        before = mine()
+        fr = run(f"freeze --once {site.name} (a second {a.ulid} queued)",
+                 site.argv("freeze", "--once"), FREEZE_BOUND)
+        self.ended(fr)
+        if mine() != before:
+            self.fail(f"freeze replaced the vault objects of sealed archive {a.key} "
+                      f"with a second backup -u {a.ulid} (freeze rc {fr.rc})")
+            a.damaged = "replaced by a second backup of the same ULID"
+        for q in ("backup", "freeze"):
+            shutil.rmtree(site.spool / q / site.vault / a.key, ignore_errors=True)
         return [site]
 
     # --- trials: freeze ---------------------------------------------------------------
