@@ -216,7 +216,10 @@ class Proc:
         overran = not self.wait(self.deadline() - time.monotonic())
         if overran:
             self._killpg(signal.SIGKILL)
-            self.p.wait(30)
+            try:
+                self.p.wait(30)
+            except subprocess.TimeoutExpired:   # stuck in the kernel: reported anyway
+                pass
         self._killpg(signal.SIGKILL)       # leftovers of a killed command's session
         self.ended.set()
         for t in self._threads:
