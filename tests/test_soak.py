@@ -778,9 +778,10 @@ def _quote(arg: str) -> str:
 
 
 @pytest.mark.timeout(BUDGET.timeout())
-def test_soak(tmp_path, fskeys, s3client, s3proxy):  # noqa: F811
-    print(f"\nsoak: seed {BUDGET.seed} (CRYOPHILE_SOAK_SEED), "
-          f"budget {BUDGET.trials or '-'} trials / {BUDGET.seconds or '-'} s", flush=True)
+def test_soak(tmp_path, fskeys, s3client, s3proxy, capsys):  # noqa: F811
+    with capsys.disabled():      # the seed and the count show even when all passes
+        print(f"\nsoak: seed {BUDGET.seed} (CRYOPHILE_SOAK_SEED), "
+              f"budget {BUDGET.trials or '-'} trials / {BUDGET.seconds or '-'} s", flush=True)
     soak = Soak(tmp_path, fskeys, s3client, s3proxy)
     try:
         trials = soak.run()
@@ -788,7 +789,8 @@ def test_soak(tmp_path, fskeys, s3client, s3proxy):  # noqa: F811
         for site in soak.sites:
             subprocess.run(["fusermount3", "-uz", str(site.mnt)], capture_output=True)
             site.remove_buckets()
-    print(f"soak: {trials} trials, {len(soak.failures)} failures", flush=True)
+    with capsys.disabled():
+        print(f"soak: {trials} trials, {len(soak.failures)} failures", flush=True)
     assert not soak.failures, f"soak (seed {BUDGET.seed}): {trials} trials, " \
         f"{len(soak.failures)} failures:\n" + "\n".join(soak.failures)
 
