@@ -525,6 +525,11 @@ class Mount:
             time.sleep(0.05)
         return True
 
+    def why(self) -> str:
+        lines = bytes(self.proc._err).decode(errors="replace").strip().splitlines()
+        state = "running" if self.proc.running() else f"exited {self.proc.p.returncode}"
+        return f"{state}; {lines[-1][:300] if lines else 'no output'}"
+
     def unmount(self) -> tuple[Run, bool]:
         """(the mount's run, whether a clean unmount worked)."""
         clean = False
@@ -542,10 +547,10 @@ class Mount:
         return self.proc.finish(), clean
 
     def lazy(self) -> None:
-        if os.path.ismount(self.site.mnt) or not self.proc.running():
-            subprocess.run(["fusermount3", "-uz", str(self.site.mnt)], capture_output=True,
-                           timeout=30)
-        if self.proc.running() and not os.path.ismount(self.site.mnt):
+        """Always: a killed mount leaves a dead one (ENOTCONN) until this."""
+        subprocess.run(["fusermount3", "-uz", str(self.site.mnt)], capture_output=True,
+                       timeout=30)
+        if self.proc.running():
             self.proc.wait(5)
 
 

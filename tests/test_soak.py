@@ -546,7 +546,7 @@ class Soak:
         mount = Mount(site)
         try:
             if not mount.wait_up():
-                self.fail("the mount did not come up")
+                self.fail(f"the mount did not come up: {mount.why()!r}")
                 return [site]
             target = site.mnt / "incoming" / site.vault / name
             writer = Proc(f"writer of {name}", [sys.executable, "-c", WRITER, str(target),
@@ -609,7 +609,7 @@ class Soak:
         mount = Mount(site)
         try:
             if not mount.wait_up():
-                self.fail("the mount did not come up")
+                self.fail(f"the mount did not come up: {mount.why()!r}")
                 return [site]
             path = site.mnt / site.vault / a.key
             reader = Proc(f"reader of {a.key}", [sys.executable, "-c", READER, str(path),
