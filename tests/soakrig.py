@@ -28,7 +28,8 @@ every command ended within its bound and printed no traceback.
 
 Knobs (environment): CRYOPHILE_SOAK_SEED, CRYOPHILE_SOAK_TRIALS,
 CRYOPHILE_SOAK_SECONDS (default 120 s of trials), CRYOPHILE_SOAK_KINDS (only
-these trial kinds, comma separated).
+these trial kinds, comma separated), CRYOPHILE_SOAK_HELD_BACK=1 (also the kinds
+test_soak.HELD_BACK leaves out while a known bug is being fixed).
 """
 
 from __future__ import annotations

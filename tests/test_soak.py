@@ -31,6 +31,10 @@ from cryophile import ids
 BUDGET = Budget.from_env()
 MAX_ARCHIVES = 10          # per site; then it is swept and replaced
 
+# Trial kinds left out by default while they still find a known, reported bug
+# (kind -> the bug); CRYOPHILE_SOAK_HELD_BACK=1 or CRYOPHILE_SOAK_KINDS runs them.
+HELD_BACK: dict[str, str] = {}
+
 
 class Soak:
     def __init__(self, tmp, keys, s3client, proxy):
@@ -739,6 +743,12 @@ class Soak:
             unknown = set(BUDGET.kinds) - set(names)
             assert not unknown, f"unknown CRYOPHILE_SOAK_KINDS {sorted(unknown)}: {names}"
             names = [n for n in names if n in BUDGET.kinds]
+        elif os.environ.get("CRYOPHILE_SOAK_HELD_BACK") != "1":
+            names = [n for n in names if n not in HELD_BACK]
+        for kind in HELD_BACK:
+            if kind not in names:
+                print(f"soak: {kind} held back: {HELD_BACK[kind]} "
+                      "(CRYOPHILE_SOAK_HELD_BACK=1 runs it)", flush=True)
         start = time.monotonic()
         order: list[str] = []
         while BUDGET.more(self.trial, time.monotonic() - start):
