@@ -93,7 +93,7 @@ class Spool:
             if not os.path.isdir(vdir):
                 continue
             for dirpath, dirnames, filenames in os.walk(vdir):
-                dirnames.sort()
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
                 name = os.path.basename(dirpath)
                 if dirpath != vdir and ULID_RE.match(name) and (
                         filenames or not dirnames):

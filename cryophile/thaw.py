@@ -18,9 +18,9 @@ from typing import Callable
 
 import trio
 
-from . import errors, manifest
+from . import errors, manifest, restorequeue
 from .ids import BackupId
-from .spool import FileLock, Spool, chunk_name, create_in
+from .spool import FileLock, Spool, create_in
 from .pipeline.reader import verify_fragment
 from .store.base import State
 
@@ -49,11 +49,22 @@ def fetch(store, key: str, dest: str, check: Callable[[str], None] | None = None
         if check is not None:
             check(tmp)
         os.rename(tmp, dest)
+    except _SpoolWriteError as exc:
+        raise errors.from_oserror(exc.exc, f"cannot write {dest}") from None
     except OSError as exc:
         raise errors.from_oserror(exc, f"cannot write {dest}") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+class _SpoolWriteError(Exception):
+    """The spool could not take a write (not an OSError: stores would take it
+    for their own failure and blame the vault)."""
+
+    def __init__(self, exc: OSError):
+        super().__init__(str(exc))
+        self.exc = exc
 
 
 class _Hashing:
@@ -65,7 +76,10 @@ class _Hashing:
     def write(self, data) -> int:
         self.hash.update(data)
         self.size += len(data)
-        return self.f.write(data)
+        try:
+            return self.f.write(data)
+        except OSError as exc:
+            raise _SpoolWriteError(exc) from None
 
     def __getattr__(self, name):
         return getattr(self.f, name)
@@ -108,61 +122,165 @@ class DaemonLock(FileLock):
         super().__init__(os.path.join(spool.queue("thaw"), ".daemon"))
 
 
+PERMANENT = (errors.MissingFragmentError, errors.IntegrityError, errors.NotFoundError)
+
+
 class Thawer:
+    """Serves thaw requests, each fragment as a task of its own.
+
+    Concurrency: ``run`` is the only loop; it starts one task per request
+    not already being served (``active``), at most ``DOWNLOADS`` downloading
+    at once, blocking store calls in threads under ``limiter``.  A fragment
+    that is missing or fails its checks after ``VERIFY_TRIES`` downloads is
+    a permanent failure: recorded in the spool (restorequeue.record_failure)
+    with its request dropped, never retried until someone asks again.  Other
+    failures (the vault unreachable…) are retried with backoff, or with
+    ``fail_fast`` end ``run``.
+    """
+
     def __init__(self, spool: Spool, stores: Callable[[str], object],
                  settings: Callable[[str], tuple[str, int]],
                  select: Callable[[BackupId], bool] = lambda bid: True,
                  limiter: trio.CapacityLimiter | None = None,
-                 poll_min: float = POLL_MIN, poll_max: float = POLL_MAX):
+                 poll_min: float = POLL_MIN, poll_max: float = POLL_MAX,
+                 fail_fast: bool = False):
         self.spool, self.stores, self.settings = spool, stores, settings
         self.select = select
         self.limiter = limiter or trio.CapacityLimiter(DOWNLOADS * 2)
         self.downloads = trio.Semaphore(DOWNLOADS)
         self.poll_min, self.poll_max = poll_min, poll_max
+        self.fail_fast = fail_fast
         self.downloaded = 0
-        self.failure: BaseException | None = None
+        self.failure: BaseException | None = None      # what ended run, if anything
+        self.permanent: errors.Error | None = None     # the first permanent failure
+        self.active: set[tuple[BackupId, int, bool]] = set()
+        self.retry_at: dict[BackupId, tuple[float, float]] = {}   # bid -> (when, delay)
+        self.marks: dict[BackupId, manifest.ClearInfo] = {}
+        self.mark_locks: dict[BackupId, trio.Lock] = {}
+        self._wake = trio.Event()
+
+    def poke(self) -> None:
+        """New requests: look now (call in trio, or via trio.from_thread)."""
+        self._wake.set()
 
     async def run(self, once: bool = False) -> None:
-        while True:
-            pending = await trio.to_thread.run_sync(self._pending)
-            if once and not pending:
-                return
-            for bid in pending:
-                try:
-                    await self.thaw_archive(bid)
-                except errors.Error as exc:
-                    if once:
-                        self.failure = exc
-                        raise
-                    log.error("thaw of %s failed, will retry: %s", bid, exc)
-            await trio.sleep(self.poll_min)
-
-    def _pending(self) -> list[BackupId]:
-        return [bid for bid in self.spool.archives("thaw")
-                if self.select(bid) and self.spool.fragments("thaw", bid)]
-
-    async def thaw_archive(self, bid: BackupId) -> None:
-        store = self.stores(bid.vault)
-        clear = await trio.to_thread.run_sync(fetch_mark, self.spool, store, bid,
-                                              limiter=self.limiter)
-        wanted = self.spool.fragments("thaw", bid)
+        """Serve requests; with ``once``, until none is left, then raise the
+        first failure (permanent ones included) if there was one."""
         try:
             async with trio.open_nursery() as nursery:
-                for n in wanted:
-                    nursery.start_soon(self.thaw_fragment, store, bid, n, clear)
+                while True:
+                    pending = await trio.to_thread.run_sync(self._pending)
+                    for req in pending:
+                        if req not in self.active and self._due(req[0]):
+                            self.active.add(req)
+                            nursery.start_soon(self._serve, req, once)
+                    if once and not pending and not self.active:
+                        break
+                    with trio.move_on_after(self.poll_min):
+                        await self._wake.wait()
+                    self._wake = trio.Event()
         except BaseExceptionGroup as group:
-            # one named error for the caller (run's retry, restore's message)
-            match, _ = group.split(errors.Error)
-            if match is None:
+            self.failure = errors.unwrap(group)
+            raise self.failure from None
+        if once and self.permanent is not None:
+            self.failure = self.permanent
+            raise self.permanent
+
+    def _due(self, bid: BackupId) -> bool:
+        return self.retry_at.get(bid, (0.0, 0.0))[0] <= trio.current_time()
+
+    def _pending(self) -> list[tuple[BackupId, int, bool]]:
+        """(archive, fragment, warm only) for each request; requests for what
+        has failed for good are dropped (someone asked without clearing)."""
+        found = []
+        for bid in self.spool.archives("thaw"):
+            if not self.select(bid):
+                continue
+            failed = restorequeue.failures(self.spool, bid)
+            for warm in (False, True):
+                for n in restorequeue.requests(self.spool, bid, warm):
+                    if n in failed or 0 in failed:
+                        restorequeue.drop_request(self.spool, bid, n, warm)
+                    else:
+                        found.append((bid, n, warm))
+        return found
+
+    async def _serve(self, req: tuple[BackupId, int, bool], once: bool) -> None:
+        bid, n, warm = req
+        store = self.stores(bid.vault)
+        which = n
+        try:
+            if not await trio.to_thread.run_sync(self._wanted, bid, n, warm):
+                return          # served or given up on since the requests were listed
+            if warm:
+                await self.warm_fragment(store, bid, n)
+            else:
+                which = 0
+                clear = await self._mark(store, bid)
+                which = n
+                await self.thaw_fragment(store, bid, n, clear)
+            self.retry_at.pop(bid, None)
+        except PERMANENT as exc:
+            await trio.to_thread.run_sync(self._give_up, bid, which, exc, once)
+        except errors.Error as exc:
+            if self.fail_fast or once:
                 raise
-            while isinstance(match, BaseExceptionGroup):
-                match = match.exceptions[0]
-            raise match from None
-        self.spool.remove_dir("thaw", bid)
+            self._failed(bid, exc)
+            _, delay = self.retry_at.get(bid, (0.0, self.poll_min / 2))
+            delay = min(max(delay * 2, self.poll_min), self.poll_max)
+            self.retry_at[bid] = (trio.current_time() + delay, delay)
+            log.error("thaw of %s failed, will retry in %.0f s: %s", bid, delay, exc)
+        finally:
+            self.active.discard(req)
+            self.poke()
+
+    def _wanted(self, bid: BackupId, n: int, warm: bool) -> bool:
+        """Still asked for, and not given up on meanwhile (by another task)."""
+        if restorequeue.failure(self.spool, bid, n) is not None:
+            restorequeue.drop_request(self.spool, bid, n, warm)
+            return False
+        return n in restorequeue.requests(self.spool, bid, warm)
+
+    async def _mark(self, store, bid: BackupId) -> manifest.ClearInfo:
+        """chunk.0's clear part, fetched once for all the archive's tasks."""
+        lock = self.mark_locks.setdefault(bid, trio.Lock())
+        async with lock:
+            if bid not in self.marks or not os.path.exists(self.spool.path("restore", bid, 0)):
+                self.marks[bid] = await trio.to_thread.run_sync(
+                    fetch_mark, self.spool, store, bid, limiter=self.limiter)
+            return self.marks[bid]
+
+    def _give_up(self, bid: BackupId, which: int, exc: errors.Error, once: bool) -> None:
+        restorequeue.record_failure(self.spool, bid, which, exc)
+        # a restore reports what it hits itself; thaw --once its first failure
+        reported = self.fail_fast or (once and self.permanent is None)
+        self.permanent = self.permanent or exc
+        self._failed(bid, exc)
+        level = logging.DEBUG if reported else logging.ERROR
+        log.log(level, "thaw of %s chunk.%d failed for good (not retried until asked "
+                "again): %s", bid, which, exc)
+
+    def _failed(self, bid: BackupId, exc: errors.Error) -> None:
+        """A hook for subclasses (the mount tells waiting readers)."""
+
+    async def warm_fragment(self, store, bid: BackupId, n: int) -> None:
+        """Ask the vault to restore fragment n, without downloading it."""
+        key = bid.fragment_key(n)
+        try:
+            info = await trio.to_thread.run_sync(store.head, key, limiter=self.limiter)
+        except errors.NotFoundError:
+            raise errors.MissingFragmentError(
+                f"fragment chunk.{n} of {bid} is missing from {store.url}") from None
+        if info.state is State.ARCHIVED:
+            tier, days = self.settings(bid.vault)
+            log.debug("requesting restore of %s (%s, %s tier, %d days)",
+                      key, info.storage_class, tier, days)
+            await trio.to_thread.run_sync(
+                lambda: store.request_restore(key, tier=tier, days=days), limiter=self.limiter)
+        restorequeue.drop_request(self.spool, bid, n, warm=True)
 
     async def thaw_fragment(self, store, bid: BackupId, n: int,
                             clear: manifest.ClearInfo) -> None:
-        marker = self.spool.path("thaw", bid, n)
         dest = self.spool.path("restore", bid, n)
         if n < 1 or n > len(clear.fragments):
             log.warning("ignoring thaw request for %s chunk.%d: no such fragment", bid, n)
@@ -174,10 +292,8 @@ class Thawer:
             except errors.NotFoundError:
                 raise errors.MissingFragmentError(
                     f"fragment chunk.{n} of {bid} is missing from {store.url}") from None
-        try:
-            os.unlink(marker)
-        except FileNotFoundError:
-            pass
+        restorequeue.drop_request(self.spool, bid, n, warm=False)
+        await trio.to_thread.run_sync(restorequeue.prune_dir, self.spool, "thaw", bid)
 
     async def _wait_restored(self, store, bid: BackupId, n: int) -> None:
         key = bid.fragment_key(n)
@@ -229,13 +345,13 @@ def drop_damaged(spool: Spool, bid: BackupId, clear: manifest.ClearInfo) -> None
             try:
                 verify_fragment(path, clear.fragments[n - 1], n)
             except errors.Error:
-                os.unlink(path)
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
 
 
 def request(spool: Spool, bid: BackupId, fragments: list[int]) -> None:
     """Queue thaw requests for fragments not yet in the restore queue."""
-    qdir = spool.dir("thaw", bid)
     have = set(spool.fragments("restore", bid))
-    for n in fragments:
-        if n not in have:
-            create_in(qdir, lambda: open(os.path.join(qdir, chunk_name(n)), "a")).close()
+    restorequeue.request(spool, bid, [n for n in fragments if n not in have])

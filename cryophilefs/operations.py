@@ -417,11 +417,17 @@ class Operations(pyfuse3.Operations):
         await archive.ready.wait()
         check_readable(archive, self.s.keyring)
         await self._manifest(archive)
+        await self.thaws.opening(archive)
         fragments = Fragments(self.spool, self.s.stores(archive.bid.vault), archive)
         if flags & os.O_NONBLOCK:
             await self._no_wait(archive, fragments)
         reader = ReadAhead(archive, fragments, self.thaws, self.s.keyring.decrypt_session_key)
         archive.readers += 1
+        try:
+            await self.thaws.opened(archive)
+        except BaseException:
+            archive.readers -= 1
+            raise
         fh = self._new_fh()
         self.handles[fh] = ReadHandle(node, reader)
         self.nursery.start_soon(reader.run)
@@ -436,7 +442,12 @@ class Operations(pyfuse3.Operations):
         return archive.manifest
 
     async def _no_wait(self, archive: vaults.Archive, fragments: Fragments) -> None:
-        """O_NONBLOCK: EAGAIN until every fragment is here; the thaw starts now."""
+        """O_NONBLOCK: EAGAIN until every fragment is here; the thaw starts now.
+        EIO if thaw gave up on a fragment (the next open asks again)."""
+        failure = await self.thaws.permanent(archive)
+        if failure is not None:
+            raise type(failure)(f"{archive.bid} cannot be read: {failure} (open it again "
+                                "to ask again)")
         missing = await trio.to_thread.run_sync(fragments.missing)
         if missing:
             await self.thaws.request(archive, missing[0])
@@ -454,12 +465,7 @@ class Operations(pyfuse3.Operations):
         archive = handle.node.archive
         archive.readers -= 1
         if archive.readers == 0:
-            await trio.to_thread.run_sync(self._drop_restored, archive.bid)
-
-    def _drop_restored(self, bid: BackupId) -> None:
-        """Thawed copies go with the last reader, unless a thaw is still wanted."""
-        if not self.spool.fragments("thaw", bid):
-            self.spool.remove_dir("restore", bid)
+            await self.thaws.closed(archive)
 
     # --- extended attributes -------------------------------------------------------
 
@@ -523,6 +529,7 @@ class Operations(pyfuse3.Operations):
         if value.strip() not in (b"1", b"yes", b"true"):
             raise FsError(errno.EINVAL, f"set {XATTR}thaw to 1 to start a thaw")
         await node.archive.ready.wait()
+        await self.thaws.ask_again(node.archive)
         await self.thaws.request(node.archive)
         log.info("thaw of %s requested", node.archive.bid)
 

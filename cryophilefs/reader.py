@@ -20,7 +20,7 @@ import time
 
 import trio
 
-from cryophile import errors, thaw
+from cryophile import errors, restorequeue, thaw
 from cryophile.ids import BackupId
 from cryophile.pipeline.plainreader import PlainReader
 from cryophile.spool import Spool
@@ -67,30 +67,94 @@ class Fragments:
         return [n for n in range(1, self.archive.fragments + 1) if self.find(n) is None]
 
 class Thaws:
-    """Requests thaws and waits for them; knows the in-process thawer's failures."""
+    """Requests thaws and waits for them; knows the thawer's failures.
+
+    A fragment thaw gave up on (a failure record in the spool, see
+    cryophile.restorequeue) fails reads at once instead of being asked for
+    again.  Once a failure has been reported to a reader, the next open of
+    the archive (or ``setfattr user.cryophile.thaw``) clears it: the user
+    asks again.  While an archive is open, the mount is registered as one of
+    its readers, so that a concurrent `cryophile restore` leaves its thawed
+    fragments alone.
+    """
 
     def __init__(self, spool: Spool, thawer=None):
         self.spool, self.thawer = spool, thawer
+        self.reported: set[BackupId] = set()
+        self.readers: dict[BackupId, restorequeue.Reader] = {}
 
     async def request(self, archive: Archive, first: int = 1) -> None:
         wanted = list(range(first, archive.fragments + 1))
         await trio.to_thread.run_sync(thaw.request, self.spool, archive.bid, wanted)
+        if self.thawer is not None:
+            self.thawer.poke()
+
+    async def ask_again(self, archive: Archive) -> None:
+        """Forget the archive's permanent failures (the user asks again)."""
+        self.reported.discard(archive.bid)
+        if await trio.to_thread.run_sync(restorequeue.clear_failures, self.spool, archive.bid):
+            log.info("%s: asking again for what could not be thawed before", archive.bid)
+
+    async def opening(self, archive: Archive) -> None:
+        """An open after a failure was reported asks again."""
+        if archive.bid in self.reported:
+            await self.ask_again(archive)
+
+    async def permanent(self, archive: Archive) -> errors.Error | None:
+        """The archive's recorded permanent failure, if any (now reported)."""
+        found = await trio.to_thread.run_sync(restorequeue.failures, self.spool, archive.bid)
+        if not found:
+            return None
+        self.reported.add(archive.bid)
+        return found[min(found)]
 
     async def wait(self, fragments: Fragments, n: int) -> None:
         since = time.monotonic()
-        await self.request(fragments.archive, n)
-        log.info("thawing %s from chunk.%d on; reads wait for it", fragments.bid, n)
-        while await trio.to_thread.run_sync(fragments.find, n) is None:
-            failure = self.failure(fragments.bid, since)
+        bid = fragments.bid
+        failure = await trio.to_thread.run_sync(restorequeue.failure, self.spool, bid, n)
+        if failure is None:
+            await self.request(fragments.archive, n)
+            log.info("thawing %s from chunk.%d on; reads wait for it", bid, n)
+        while True:
+            if failure is None:
+                failure = self.failure(bid, since)
             if failure is not None:
+                self.reported.add(bid)
                 raise failure
+            found, failure, asked = await trio.to_thread.run_sync(self._look, fragments, n)
+            if found:
+                return
+            if failure is None and not asked:      # taken away by another's cleanup
+                await self.request(fragments.archive, n)
             await trio.sleep(WAIT_POLL)
+
+    def _look(self, fragments: Fragments, n: int) -> tuple[bool, errors.Error | None, bool]:
+        if fragments.find(n) is not None:
+            return True, None, True
+        failure = restorequeue.failure(self.spool, fragments.bid, n)
+        return False, failure, n in restorequeue.requests(self.spool, fragments.bid)
 
     def failure(self, bid: BackupId, since: float) -> errors.Error | None:
         if self.thawer is None:
             return None
         when, exc = self.thawer.failures.get(bid, (0.0, None))
         return exc if when >= since else None
+
+    async def opened(self, archive: Archive) -> None:
+        """The first open of an archive registers the mount as its reader."""
+        if archive.bid not in self.readers:
+            reader = restorequeue.Reader(self.spool, archive.bid, kind="mount")
+            self.readers[archive.bid] = reader
+            await trio.to_thread.run_sync(reader.register)
+
+    async def closed(self, archive: Archive) -> None:
+        """The last close: thawed copies go, unless a thaw is still wanted."""
+        reader = self.readers.pop(archive.bid, None)
+        if reader is not None:
+            await trio.to_thread.run_sync(self._unregister, reader)
+
+    def _unregister(self, reader: restorequeue.Reader) -> None:
+        reader.close(not restorequeue.requests(self.spool, reader.bid))
 
 
 class FsThawer(thaw.Thawer):
@@ -100,12 +164,8 @@ class FsThawer(thaw.Thawer):
         super().__init__(*args, **kwargs)
         self.failures: dict[BackupId, tuple[float, errors.Error]] = {}
 
-    async def thaw_archive(self, bid: BackupId) -> None:
-        try:
-            await super().thaw_archive(bid)
-        except errors.Error as exc:
-            self.failures[bid] = (time.monotonic(), exc)
-            raise
+    def _failed(self, bid: BackupId, exc: errors.Error) -> None:
+        self.failures[bid] = (time.monotonic(), exc)
 
 
 class ReadAhead:

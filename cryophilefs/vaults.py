@@ -17,7 +17,7 @@ import time
 
 import trio
 
-from cryophile import catalog, errors, manifest
+from cryophile import catalog, errors, manifest, restorequeue
 from cryophile.ids import BackupId, ulid_time
 from cryophile.spool import Spool
 from cryophile.store.base import State
@@ -120,6 +120,8 @@ def state(spool: Spool, store, archive: Archive) -> tuple[str, str | None]:
 def _where(spool: Spool, store, archive: Archive) -> tuple[str, str | None]:
     bid = archive.bid
     n = archive.fragments
+    if restorequeue.failures(spool, bid):
+        return "damaged", None          # thaw gave up on a fragment (until asked again)
     queued = spool.fragments("freeze", bid)
     if os.path.isdir(spool.dir("freeze", bid)) and queued:
         return ("queued" if len(queued) == n + 1 else "freezing"), None

@@ -9,7 +9,7 @@ import time
 
 import trio
 
-from .. import errors, manifest, thaw
+from .. import backpressure, errors, manifest, restorequeue, thaw
 from ..ids import BackupId
 from ..pipeline import reader
 from ..spool import BackupLock
@@ -17,6 +17,7 @@ from .common import Context, Progress, backup_id, secret_keys
 
 log = logging.getLogger("cryophile.restore")
 WAIT_POLL = 0.05
+TAKE_OVER_POLL = 0.5      # how often a waiting restore checks that a thawer still runs
 
 
 def add_parser(sub) -> None:
@@ -92,48 +93,70 @@ class Output:
 
 
 class Restore:
+    """One restore: fragments taken from the restore queue as links of its own
+    (restorequeue.Reader), thawed a window ahead of decryption and dropped as
+    soon as they are consumed, so that the spool holds at most ``window``
+    fragments (spool_max, at least two) and concurrent restores of one
+    archive never pull files from under each other.
+
+    Thawing: the running `cryophile thaw` (or mount) serves the requests if
+    there is one; otherwise this restore serves its own, in this process,
+    and takes over whenever the one serving goes away.
+    """
+
     def __init__(self, ctx: Context, bid: BackupId, keyring):
         self.ctx, self.spool, self.bid, self.keyring = ctx, ctx.spool, bid, keyring
         self.thawer: thaw.Thawer | None = None
-        self.thaw_finished = False
         self.daemon = False
         self.decrypt_error: errors.Error | None = None
+        self.reader = restorequeue.Reader(self.spool, bid)
+        self.window = 2
+        self.fragments = 0
+        self.token = None
 
     async def run(self, out) -> int:
+        self.token = trio.lowlevel.current_trio_token()
+        await trio.to_thread.run_sync(restorequeue.clear_failures, self.spool, self.bid)
+        await trio.to_thread.run_sync(self.reader.register)
         try:
-            clear = await trio.to_thread.run_sync(self.mark)
-            manifest.check_identity(clear, self.bid)
-        except errors.Error:
-            self._drop_empty()
-            raise
+            return await self._run(out)
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self.leave)
+
+    def leave(self) -> None:
+        """Unregister; the last reader out also removes what a thaw that died
+        left half-downloaded, if no thaw runs now."""
+        if self.reader.close():
+            lock = thaw.DaemonLock(self.spool)
+            if lock.acquire():
+                try:
+                    restorequeue.drop_partial(self.spool, self.bid)
+                finally:
+                    lock.release()
+
+    async def _run(self, out) -> int:
+        clear = await trio.to_thread.run_sync(self.mark)
+        manifest.check_identity(clear, self.bid)
         encrypted = manifest.load(self.spool.path("restore", self.bid, 0))[1]
         body = await trio.to_thread.run_sync(manifest.read_manifest, encrypted, clear,
                                              self.keyring.decrypt_session_key)
-        await trio.to_thread.run_sync(self.queue, clear)
+        self.fragments = len(clear.fragments)
+        self.window = window(self.ctx, self.spool, clear)
+        await trio.to_thread.run_sync(self.queue)
         try:
             async with trio.open_nursery() as nursery:
-                if self.spool.fragments("thaw", self.bid):
-                    self.start_thaw(nursery)
+                nursery.start_soon(self.keep_thawer, nursery)
                 size = await trio.to_thread.run_sync(self.decrypt, clear, body, out)
                 nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             raise self.decrypt_error or errors.unwrap(group) from None
-        self.spool.remove_dir("restore", self.bid)
-        self.spool.remove_dir("thaw", self.bid)
         return size
-
-    def _drop_empty(self) -> None:
-        """No restore directory left behind by a restore that found nothing."""
-        try:
-            os.rmdir(self.spool.dir("restore", self.bid))
-        except OSError:
-            return
-        self.spool.prune("restore", self.bid)
 
     def mark(self) -> manifest.ClearInfo:
         """chunk.0 into the restore queue: from the spool if not yet frozen, else the vault."""
         dest = self.spool.path("restore", self.bid, 0)
-        if not os.path.exists(dest) and not self.link_queued(0):
+        if not os.path.exists(dest) and not self.spool.link_queued(self.bid, 0):
             if os.path.isdir(self.spool.dir("backup", self.bid)):
                 lock = BackupLock(self.spool, self.bid)
                 busy = not lock.try_acquire()
@@ -143,52 +166,78 @@ class Restore:
             return thaw.fetch_mark(self.spool, self.ctx.store(self.bid.vault), self.bid)
         return manifest.load(dest)[0]
 
-    def link_queued(self, n: int) -> bool:
-        return self.spool.link_queued(self.bid, n)
+    def local(self, n: int) -> bool:
+        return (self.reader.has(n) or os.path.exists(self.spool.path("restore", self.bid, n))
+                or os.path.exists(self.spool.path("freeze", self.bid, n)))
 
-    def queue(self, clear: manifest.ClearInfo) -> None:
-        missing = [n for n in range(1, len(clear.fragments) + 1)
-                   if not os.path.exists(self.spool.path("restore", self.bid, n))
-                   and not self.link_queued(n)]
-        if missing:
-            thaw.request(self.spool, self.bid, missing)
+    def queue(self) -> None:
+        """Ask for the first window; ask the vault to restore the rest already
+        (a Glacier restore takes hours: they run while earlier fragments are read)."""
+        later = [n for n in range(self.window, self.fragments + 1) if not self.local(n)]
+        if later:
+            restorequeue.request(self.spool, self.bid, later, warm=True)
+        self.request_window(1)
 
-    def start_thaw(self, nursery) -> None:
+    def request_window(self, n: int) -> None:
+        """Fragments n … n+window-2 (n-1 is being read: window in all)."""
+        wanted = [k for k in range(n, min(n + self.window - 1, self.fragments + 1))
+                  if not self.local(k)]
+        if wanted:
+            restorequeue.request(self.spool, self.bid, wanted)
+            self.poke()
+
+    def poke(self) -> None:
+        if self.thawer is not None:
+            try:
+                trio.from_thread.run_sync(self.thawer.poke, trio_token=self.token)
+            except trio.RunFinishedError:
+                pass
+
+    async def keep_thawer(self, nursery) -> None:
+        """Serve this archive's requests whenever nobody else does."""
         lock = thaw.DaemonLock(self.spool)
-        if not lock.acquire():
+        told = False
+        while True:
+            if await trio.to_thread.run_sync(lock.acquire):
+                break
             self.daemon = True
-            log.info("waiting for the running `cryophile thaw` to fetch %s", self.bid)
-            return
+            if not told:
+                log.info("waiting for the running `cryophile thaw` (or the mount or restore "
+                         "holding its lock) to fetch %s", self.bid)
+                told = True
+            await trio.sleep(TAKE_OVER_POLL)
         vault = self.ctx.vault(self.bid.vault)
         self.thawer = thaw.Thawer(self.spool, self.ctx.store,
                                   lambda v: (vault.restore_tier, vault.restore_days),
-                                  select=lambda b: b == self.bid)
-
-        async def serve():
-            try:
-                await self.thawer.run(once=True)
-            except BaseException as exc:
-                self.thawer.failure = self.thawer.failure or exc
-                raise
-            finally:
-                self.thaw_finished = True
-                lock.release()
-        nursery.start_soon(serve)
+                                  select=lambda b: b == self.bid, fail_fast=True)
+        self.daemon = False
+        try:
+            await self.thawer.run()
+        finally:
+            lock.release()
 
     def wait_for(self, n: int) -> str:
-        path = self.spool.path("restore", self.bid, n)
-        while not os.path.exists(path):
-            if self.thawer is not None and self.thawer.failure is not None:
+        """Fragment n as a link of our own; what came before n-1 is consumed."""
+        self.reader.advance(n - 1)
+        self.request_window(n)
+        while True:
+            path = self.reader.take(n)
+            if path is not None:
+                return path
+            failure = restorequeue.failure(self.spool, self.bid, n)
+            if failure is None and self.thawer is not None:
                 failure = self.thawer.failure
+            if failure is not None:
                 if isinstance(failure, errors.Error):
                     raise type(failure)(failure.message)
                 raise errors.Interrupted("thaw failed")
-            if (self.thawer is None or self.thaw_finished) and not self.daemon:
-                if os.path.exists(path):
-                    break
-                raise errors.MissingFragmentError(f"fragment chunk.{n} of {self.bid} is missing")
+            if n not in restorequeue.requests(self.spool, self.bid):
+                path = self.reader.take(n)          # (it may have arrived meanwhile)
+                if path is not None:
+                    return path
+                restorequeue.request(self.spool, self.bid, [n])     # taken away meanwhile
+                self.poke()
             time.sleep(WAIT_POLL)
-        return path
 
     def decrypt(self, clear, body, out) -> int:
         progress = Progress("restore", clear.size)
@@ -202,6 +251,13 @@ class Restore:
             raise self.decrypt_error from None
         finally:
             progress.finish()
+
+
+def window(ctx: Context, spool, clear: manifest.ClearInfo) -> int:
+    """How many fragments a restore may hold in the spool: spool_max's worth,
+    at least two (one being read, the next arriving)."""
+    bound = ctx.config.spool_max or backpressure.default_bound(spool)
+    return max(2, bound // max(clear.fragment_size, 1))
 
 
 class Counting:
