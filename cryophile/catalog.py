@@ -1,7 +1,11 @@
-"""What archives exist: the spool's queues and the vault's objects, merged."""
+"""What archives exist: the spool's queues and the vault's objects, merged.
+
+A vault is read with one listing (LIST requests only) plus the chunk.0s
+not yet in the spool's cache (markcache.py), fetched in parallel."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import io
 import logging
@@ -10,8 +14,12 @@ import re
 
 from . import errors, manifest
 from .ids import BackupId, ulid_time
+from .markcache import MarkCache
 from .spool import ABANDONED, BackupLock, Spool
-from .store.base import State
+from .store.base import ObjectInfo, State
+from .streams import snapshot_name
+
+ARCHIVED_CLASSES = ("GLACIER", "DEEP_ARCHIVE")
 
 log = logging.getLogger("cryophile.catalog")
 MARK_RE = re.compile(r"^(?:(.+)/)?([0-9A-HJKMNP-TV-Z]{26})/chunk\.0$")
@@ -27,6 +35,10 @@ class Entry:
     name: str | None = None
     storage_class: str | None = None
     kind: str = "unknown"         # zfs, btrfs, tar, unknown
+    stored: int | None = None     # ciphertext bytes
+    stream: dict | None = None    # chunk.0's clear stream identity (chains.py)
+    parent: str | None = None     # ULID given with backup --parent
+    snapshot: str | None = None   # zfs/btrfs snapshot name (with the secret key)
 
 
 def spool_vaults(spool: Spool) -> set[str]:
@@ -74,7 +86,8 @@ def spool_entries(spool: Spool, vault: str, prefix: str) -> dict[str, Entry]:
                 partly = len(spool.fragments("freeze", bid)) < len(clear.fragments) + 1
                 entries[bid.key] = Entry(bid, clear.created, clear.size, len(clear.fragments),
                                          _sealed(clear, "freezing" if partly else "queued"),
-                                         kind=clear.kind)
+                                         kind=clear.kind, stored=clear.stored,
+                                         stream=clear.stream, parent=clear.parent)
             else:
                 entries[bid.key] = Entry(bid, _created(bid.ulid), None, None, unsealed)
     return entries
@@ -84,66 +97,132 @@ def _under(prefix: str, wanted: str) -> bool:
     return not wanted or prefix == wanted or prefix.startswith(wanted + "/")
 
 
-def vault_entries(store, vault: str, prefix: str) -> dict[str, Entry]:
-    entries = {}
+FRAGMENT_RE = re.compile(r"^(?:(.+)/)?([0-9A-HJKMNP-TV-Z]{26})/chunk\.(\d+)$")
+FETCHERS = 8        # chunk.0s fetched at once (boto3's client is thread-safe)
+
+
+def vault_entries(store, vault: str, prefix: str, cache: MarkCache | None = None,
+                  spool: Spool | None = None) -> dict[str, Entry]:
+    """The vault's sealed archives, from one listing (LIST requests only)
+    and their chunk.0s: from the cache, else fetched in parallel (and
+    cached).  State and storage class come from the listing: an archive
+    whose fragments are not all there, at their sizes, is ``damaged``."""
+    objects: dict[str, dict[int, ObjectInfo]] = {}
     for info in store.list(prefix + "/" if prefix else ""):
-        m = MARK_RE.match(info.key)
-        if not m:
+        m = FRAGMENT_RE.match(info.key)
+        if m:
+            key = f"{m.group(1)}/{m.group(2)}" if m.group(1) else m.group(2)
+            objects.setdefault(key, {})[int(m.group(3))] = info
+    if cache is None and spool is not None:
+        cache = MarkCache(spool)
+    if cache is not None:
+        cache.forget_missing(vault, prefix, {k for k, o in objects.items() if 0 in o})
+    bids = [_bid(vault, key) for key, objs in objects.items() if 0 in objs]
+    marks = _marks(store, bids, cache)
+    entries = {}
+    for bid in bids:
+        clear = marks.get(bid.key)
+        if clear is None:
             continue
-        bid = BackupId(vault, m.group(1) or "", m.group(2))
-        buf = io.BytesIO()
-        try:
-            store.get(info.key, buf)
-            clear = manifest.read_clear(buf.getvalue())[0]
-            manifest.check_identity(clear, bid)
-        except errors.Error as exc:
-            log.warning("skipping %s: %s", bid, exc)
-            continue
-        state, sclass = _state(store, bid, clear)
+        state, sclass = _listed_state(objects[bid.key], clear)
         entries[bid.key] = Entry(bid, clear.created, clear.size, len(clear.fragments),
-                                 _sealed(clear, state), storage_class=sclass, kind=clear.kind)
+                                 _sealed(clear, state), storage_class=sclass, kind=clear.kind,
+                                 stored=clear.stored, stream=clear.stream, parent=clear.parent)
     return entries
 
 
-def _state(store, bid: BackupId, clear) -> tuple[str, str | None]:
-    """frozen / thawing / thawed / local, judged by the first fragment."""
+def _bid(vault: str, key: str) -> BackupId:
+    prefix, _, ulid = key.rpartition("/")
+    return BackupId(vault, prefix, ulid)
+
+
+def _marks(store, bids: list[BackupId], cache: MarkCache | None) -> dict[str, manifest.ClearInfo]:
+    found: dict[str, manifest.ClearInfo] = {}
+    todo = []
+    for bid in bids:
+        hit = cache.get(bid) if cache is not None else None
+        if hit is None:
+            todo.append(bid)
+        else:
+            found[bid.key] = hit[0]
+    if todo:
+        with concurrent.futures.ThreadPoolExecutor(FETCHERS) as pool:
+            for bid, clear in zip(todo, pool.map(lambda b: _fetch_mark(store, b, cache), todo)):
+                if clear is not None:
+                    found[bid.key] = clear
+    return found
+
+
+def _fetch_mark(store, bid: BackupId, cache: MarkCache | None) -> manifest.ClearInfo | None:
+    buf = io.BytesIO()
+    try:
+        store.get(bid.fragment_key(0), buf)
+        clear = manifest.read_clear(buf.getvalue())[0]
+        manifest.check_identity(clear, bid)
+    except errors.NotFoundError:
+        return None                     # removed since the listing
+    except (errors.IntegrityError, errors.NotRestoredError) as exc:
+        log.warning("skipping %s: %s", bid, exc)
+        return None
+    if cache is not None:
+        cache.put(bid, buf.getvalue())
+    return clear
+
+
+def _listed_state(objs: dict[int, ObjectInfo], clear) -> tuple[str, str | None]:
+    """frozen / thawing / thawed / stored / local, or damaged when a
+    fragment is missing or not its size; judged from the listing."""
     if not clear.fragments:
         return "local", None
-    try:
-        info = store.head(bid.fragment_key(1))
-    except errors.NotFoundError:
-        return "damaged", None
+    for n, frag in enumerate(clear.fragments, 1):
+        if n not in objs or objs[n].size != frag.size:
+            return "damaged", objs[1].storage_class if 1 in objs else None
+    info = objs[1]
     if info.storage_class == "LOCAL":
         return "local", info.storage_class
     return ({State.ARCHIVED: "frozen", State.RESTORING: "thawing",
-             State.AVAILABLE: "thawed" if info.storage_class in ("GLACIER", "DEEP_ARCHIVE")
+             State.AVAILABLE: "thawed" if info.storage_class in ARCHIVED_CLASSES
              else "stored"}[info.state], info.storage_class)
 
 
 def list_archives(spool: Spool, store, vault: str, prefix: str = "", keyring=None) -> list[Entry]:
-    entries = vault_entries(store, vault, prefix)
+    entries = vault_entries(store, vault, prefix, spool=spool)
     for key, entry in spool_entries(spool, vault, prefix).items():
         entries.setdefault(key, entry)
     result = sorted(entries.values(), key=lambda e: (e.bid.ulid, e.bid.prefix))
     if keyring is not None:
+        cache = MarkCache(spool)
         for e in result:
-            e.name = _name(spool, store, e, keyring)
+            secret = _manifest(spool, store, cache, e.bid, keyring)
+            e.name = secret.get("name")
+            e.snapshot = snapshot_name(secret.get("stream"))
     return result
 
 
-def _name(spool: Spool, store, entry: Entry, keyring) -> str | None:
+def mark_bytes(spool: Spool, store, bid: BackupId, cache: MarkCache | None = None) -> bytes:
+    """A sealed archive's chunk.0: from the spool, the cache, else the vault."""
+    path = spool.path("freeze", bid, 0)
+    if os.path.exists(path):
+        with open(path, "rb") as f:
+            return f.read()
+    cache = cache or MarkCache(spool)
+    hit = cache.get(bid)
+    if hit is not None:
+        return hit[1]
+    buf = io.BytesIO()
+    store.get(bid.fragment_key(0), buf)
+    manifest.check_identity(manifest.read_clear(buf.getvalue())[0], bid)
+    cache.put(bid, buf.getvalue())
+    return buf.getvalue()
+
+
+def _manifest(spool: Spool, store, cache: MarkCache, bid: BackupId, keyring) -> dict:
+    """The decrypted manifest, or {} when it cannot be read."""
     try:
-        path = spool.path("freeze", entry.bid, 0)
-        if os.path.exists(path):
-            data = open(path, "rb").read()
-        else:
-            buf = io.BytesIO()
-            store.get(entry.bid.fragment_key(0), buf)
-            data = buf.getvalue()
-        clear, enc = manifest.read_clear(data)
-        return manifest.read_manifest(enc, clear, keyring.decrypt_session_key).get("name")
+        clear, enc = manifest.read_clear(mark_bytes(spool, store, bid, cache))
+        return manifest.read_manifest(enc, clear, keyring.decrypt_session_key)
     except errors.NotFoundError:
-        return None
+        return {}
     except errors.KeyringError as exc:
-        log.debug("no name for %s: %s", entry.bid, exc)
-        return None
+        log.debug("no name for %s: %s", bid, exc)
+        return {}

@@ -34,6 +34,19 @@ class Missing:
     what: str                 # e.g. "the zfs snapshot with guid 123"
 
 
+@dataclasses.dataclass(frozen=True)
+class Link:
+    """An entry made from a chunk.0's clear metadata alone."""
+
+    bid: object
+    stream: dict | None
+    parent: str | None
+
+    @classmethod
+    def of(cls, bid, clear) -> "Link":
+        return cls(bid, getattr(clear, "stream", None), getattr(clear, "parent", None))
+
+
 def _stream(entry) -> dict:
     s = getattr(entry, "stream", None)
     return s if isinstance(s, dict) else {}

@@ -33,6 +33,7 @@ class VaultConfig:
     compression: str = "lz4"
     fragment_size: int = 64 << 20
     part_size: int = 16 << 20
+    conditional_writes: bool = True     # If-None-Match on uploads (S3 since 2024)
     thaw_budget_daily: int | None = None        # stored bytes thawed per UTC day
     thaw_budget_monthly: float | None = None    # in the price table's currency
 
@@ -129,6 +130,8 @@ def _vault(key: str, table: dict, where: str) -> VaultConfig:
         raise ConfigError(f"{where}: [vault.{key}] restore_tier must be one of {', '.join(TIERS)}")
     if not isinstance(v.restore_days, int) or v.restore_days < 1:
         raise ConfigError(f"{where}: [vault.{key}] restore_days must be a positive integer")
+    if not isinstance(v.conditional_writes, bool):
+        raise ConfigError(f"{where}: [vault.{key}] conditional_writes must be true or false")
     if v.url is not None:
         scheme = urllib.parse.urlsplit(v.url).scheme
         if scheme not in ("file", "s3"):
@@ -167,6 +170,18 @@ def _thaw_settings(cfg: Config, data: dict, where: str) -> None:
     cfg.thaw_readahead = readahead
 
 
+def _tell_unconfigured(cfg: Config, v: VaultConfig, store) -> None:
+    """Say once which bucket an unconfigured vault becomes: a mistyped UUID
+    should not go to Amazon S3 unnoticed."""
+    import logging
+    endpoint = getattr(getattr(store, "inner", store), "endpoint", "Amazon S3")
+    logging.getLogger("cryophile").info(
+        "vault %s has no [vault.%s] table in %s: using the S3 bucket %s at %s "
+        "(boto3's default endpoint and region); configure url or endpoint_url to "
+        "store it elsewhere", v.uuid, v.uuid, cfg.path or "the configuration (none found)",
+        v.uuid, endpoint)
+
+
 def open_store(v: VaultConfig, *, retry_attempts: int | None = None):
     """The Store for a vault (local directory or S3), wrapped for retries."""
     parts = urllib.parse.urlsplit(v.location)
@@ -177,7 +192,8 @@ def open_store(v: VaultConfig, *, retry_attempts: int | None = None):
     from .store.s3 import S3Store
     store = S3Store(parts.netloc, prefix=parts.path.strip("/"), endpoint_url=v.endpoint_url,
                     region=v.region, profile=v.profile, storage_class=v.storage_class,
-                    part_size=v.part_size, multipart_threshold=v.part_size + 1)
+                    part_size=v.part_size, multipart_threshold=v.part_size + 1,
+                    conditional_writes=v.conditional_writes)
     if retry_attempts is None and os.environ.get("CRYOPHILE_S3_ATTEMPTS"):
         retry_attempts = int(os.environ["CRYOPHILE_S3_ATTEMPTS"])
     kwargs = {} if retry_attempts is None else {"attempts": retry_attempts}
@@ -192,7 +208,10 @@ class Stores:
 
     def __call__(self, vault: str):
         if vault not in self.made:
-            self.made[vault] = open_store(self.cfg.vault(vault))
+            v = self.cfg.vault(vault)
+            self.made[vault] = open_store(v)
+            if vault not in self.cfg.vaults:
+                _tell_unconfigured(self.cfg, v, self.made[vault])
         return self.made[vault]
 
     def close(self) -> None:

@@ -96,6 +96,13 @@ class AccessDeniedError(StoreError):
     errno = _errno.EACCES
 
 
+class ConflictError(StoreError):
+    """The vault already holds another object under a key we would write:
+    it is never overwritten, and the local copy stays in the spool."""
+
+    errno = _errno.EEXIST
+
+
 class NotRestoredError(StoreError):
     """The object is in an archived storage class and not restored yet."""
 

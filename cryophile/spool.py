@@ -4,7 +4,10 @@ A fragment is written in backup/, fsynced, hard-linked into freeze/ and
 unlinked from backup/: a fragment in freeze/ is always whole.  chunk.0 comes
 last.  A backup holds an flock on backup/…/ULID/.lock while it runs; a
 backup/ directory whose lock is free belongs to a backup that died, and is
-removed (with what it queued) by the next run.
+removed (with what it queued) by the next run.  A process freezing an
+archive holds an flock on freeze/…/ULID/.freezing (one freezer per archive)
+and a freeze daemon holds freeze/.daemon shared (backups then wait for it
+rather than freeze inline); freeze/…/ULID/.ledger lists what was uploaded.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ QUEUES = ("backup", "freeze", "thaw", "restore")
 DEFAULT = "/var/spool/cryophile"
 CHUNK_RE = re.compile(r"^chunk\.(\d+)$")
 ABANDONED = "ABANDONED"      # in freeze/…/ULID: delete what the vault has of it
+FREEZING = ".freezing"       # in freeze/…/ULID: flock held by the process freezing it
 
 
 def chunk_name(n: int) -> str:
@@ -261,3 +265,71 @@ class BackupLock(FileLock):
 
     def try_acquire(self) -> bool:
         return self.acquire(create=False)
+
+
+class ArchiveFreezeLock:
+    """freeze/…/ULID/.freezing: only one process (freeze daemon, mount, inline
+    freeze of a backup) uploads or sweeps an archive at a time.  Never
+    waited for: a busy archive is somebody else's work."""
+
+    def __init__(self, spool: Spool, bid: BackupId):
+        self.path = os.path.join(spool.dir("freeze", bid), FREEZING)
+        self.fd: int | None = None
+
+    def acquire(self) -> bool:
+        try:    # no makedirs: a directory that is gone was frozen and removed
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # the previous holder may have removed the directory meanwhile
+            same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+        except (BlockingIOError, FileNotFoundError):
+            same = False
+        if not same:
+            os.close(fd)
+            return False
+        self.fd = fd
+        return True
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+class FreezeDaemonLock:
+    """freeze/.daemon, held shared by every process that keeps freezing the
+    whole spool (`cryophile freeze`, a mount): a backup that finds it free
+    knows that nobody will make room for it."""
+
+    def __init__(self, spool: Spool):
+        self.path = os.path.join(spool.queue("freeze"), ".daemon")
+        self.fd: int | None = None
+
+    def _open(self) -> int:
+        makedirs(os.path.dirname(self.path))
+        try:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise errors.from_oserror(exc, f"cannot open {self.path}") from None
+
+    def hold(self) -> None:
+        self.fd = self._open()
+        fcntl.flock(self.fd, fcntl.LOCK_SH)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def anyone_freezing(self) -> bool:
+        fd = self._open()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)

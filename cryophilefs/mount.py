@@ -23,7 +23,7 @@ import trio
 from cryophile import __version__, config as configuration, errors, keys, log as logsetup, thaw
 from cryophile.cli.common import add_spool_options, passphrase_reader
 from cryophile.freeze import Freezer
-from cryophile.spool import Spool
+from cryophile.spool import FreezeDaemonLock, Spool
 
 from .operations import Operations, Settings
 from .reader import FsThawer
@@ -217,6 +217,8 @@ def mount(args) -> int:
 async def serve(settings: Settings, opts: Options, mountpoint: str, mounted) -> None:
     spool, cfg = settings.spool, settings.config
     settings.freezer = Freezer(spool, settings.stores, lambda v: cfg.vault(v).storage_class)
+    freezing = FreezeDaemonLock(spool)      # backups wait for this freezer
+    freezing.hold()
     lock = thaw.DaemonLock(spool)
     if lock.acquire():
         settings.thawer = FsThawer(spool, settings.stores, lambda v: _tier(cfg, opts, v),
@@ -245,6 +247,7 @@ async def serve(settings: Settings, opts: Options, mountpoint: str, mounted) -> 
         raise errors.Error(f"cannot mount on {mountpoint}: {exc}") from None
     finally:
         lock.release()
+        freezing.release()
     log.info("unmounted %s", mountpoint)
 
 

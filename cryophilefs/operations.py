@@ -17,9 +17,10 @@ from typing import Callable
 import pyfuse3
 import trio
 
-from cryophile import catalog, ids, keys, manifest
+from cryophile import catalog, chains, ids, keys, manifest
 from cryophile.backpressure import Backpressure
 from cryophile.ids import BackupId
+from cryophile.streams import snapshot_name
 
 from . import vaults
 from .faults import FsError, guard_all
@@ -501,7 +502,27 @@ class Operations(pyfuse3.Operations):
             values["thaw"] = f"{local}/{archive.fragments}"
         elif field == "name":
             values["name"] = await self._name(archive)
+        elif field in ("stream", "parent", "snapshot"):
+            values.update(await self._stream_xattr(archive, field))
         return values
+
+    async def _stream_xattr(self, archive: vaults.Archive, field: str) -> dict:
+        """stream kind and parent from the clear chunk.0s (parent: resolved
+        among the vault's archives the mount knows); snapshot needs the key."""
+        if field == "stream":
+            return {"stream": archive.clear.kind}
+        if field == "parent":
+            top = self.tree.root.children.get(archive.bid.vault)
+            known = [n.archive for n in (self.tree.walk(top) if top else ())
+                     if n.archive is not None and n.archive.clear is not None]
+            up = chains.parents([chains.Link.of(a.bid, a.clear) for a in known]).get(
+                archive.bid.ulid)
+            return {"parent": "MISSING" if isinstance(up, chains.Missing) else up}
+        if archive.manifest is None and self.s.keyring is None:
+            raise FsError(errno.ENOKEY, f"the snapshot of {archive.bid} is encrypted: mount "
+                          "with -k SECRET_KEY_FILE to see it")
+        await self._manifest(archive)
+        return {"snapshot": snapshot_name(archive.manifest.get("stream"))}
 
     async def _name(self, archive: vaults.Archive) -> str | None:
         if archive.name is None and archive.manifest is None:
@@ -517,7 +538,7 @@ class Operations(pyfuse3.Operations):
             fields = ("state", "name", "backup_id")
         elif node.archive is not None:
             fields = ("state", "name", "storage_class", "fragments", "thaw", "backup_id",
-                      "created", "size", "stored")
+                      "created", "size", "stored", "stream", "parent", "snapshot")
         else:
             fields = ()
         return [os.fsencode(XATTR + f) for f in fields]

@@ -44,6 +44,9 @@ def aws_test_env(tmpdir: str) -> dict[str, str]:
         "AWS_CONFIG_FILE": os.path.join(tmpdir, "no-aws-config"),
         "AWS_SHARED_CREDENTIALS_FILE": os.path.join(tmpdir, "no-aws-credentials"),
         "AWS_EC2_METADATA_DISABLED": "true",
+        # A vault a test forgot to configure fails fast here instead of
+        # reaching Amazon S3 (port 9, discard: nothing listens).
+        "AWS_ENDPOINT_URL": f"http://{HOST}:9",
     }
 
 

@@ -15,7 +15,7 @@ import os
 
 import pytest
 
-from cryophile.errors import NotFoundError
+from cryophile.errors import ConflictError, NotFoundError
 from cryophile.store.base import State
 
 
@@ -77,6 +77,23 @@ class StoreContract:
         put_bytes(store, tmp_path, "k", self.DATA)
         put_bytes(store, tmp_path, "k", self.DATA)
         assert get_bytes(store, "k") == self.DATA
+
+    def test_put_again_without_sha256_is_harmless(self, store, tmp_path):
+        put_bytes(store, tmp_path, "k", self.DATA)
+        path, size, _ = write_file(tmp_path, self.DATA, "again")
+        store.put("k", path, size=size)
+        assert get_bytes(store, "k") == self.DATA
+
+    @pytest.mark.parametrize("other", [b"same size, other bytes".ljust(100_000, b"!"),
+                                       b"shorter"])
+    def test_put_never_replaces_other_bytes(self, store, tmp_path, other):
+        put_bytes(store, tmp_path, "p/01ULID/chunk.1", self.DATA)
+        path, size, sha256 = write_file(tmp_path, other, "other")
+        with pytest.raises(ConflictError) as exc:
+            store.put("p/01ULID/chunk.1", path, size=size, sha256=sha256)
+        assert "p/01ULID/chunk.1" in str(exc.value) and "\n" not in str(exc.value)
+        assert get_bytes(store, "p/01ULID/chunk.1") == self.DATA
+        assert os.path.exists(path), "the local copy is left alone"
 
     def test_list_by_prefix(self, store, tmp_path):
         keys = ["a/01X/chunk.0", "a/01X/chunk.1", "a/01Y/chunk.1", "b/01Z/chunk.1"]

@@ -77,7 +77,7 @@ def test_status_shows_the_queues(tmp_path, recipes):
     freeze = next(line for line in out.splitlines() if line.startswith("freeze "))
     assert freeze.split()[1:3] == ["1", "4"], out
     assert f"{ulid}: 4 fragment(s), sealed" in out
-    assert "thaw daemon: not running" in out
+    assert "thaw daemon: not running" in out and "freeze daemon: not running" in out
     rig.run("freeze", "--once", check=True)
     out = rig.run("status", check=True).stdout.decode()
     assert next(line for line in out.splitlines() if line.startswith("freeze ")).split()[1] == "0"

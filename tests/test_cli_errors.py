@@ -251,6 +251,8 @@ def test_disk_full(rig, recipes, tmp_path):
     mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2M", "tmpfs", str(small)],
                            capture_output=True)
     assert mount.returncode == 0, f"cannot mount a tmpfs (tests run as root): {mount.stderr}"
+    # a bound above the disk's size: nothing waits or freezes before the disk is full
+    rig.config.write_text('spool_max = "64MiB"\n' + rig.config.read_text())
     try:
         spool = small / "spool"
         proc = backup(rig, recipes["sq"].cert, "-C", "none", "-s", "256KiB",

@@ -65,3 +65,33 @@ def test_write_only_backup_host_and_separate_restore_identity(iam_server, recipe
     assert out.stdout == data
     listing = fresh.run("ls", VAULT, env=restore_env, check=True).stdout.decode()
     assert ulid in listing
+
+
+@pytest.mark.timeout(300)
+def test_write_only_host_never_overwrites_an_archive(iam_server, recipes, tmp_path):
+    """The backup identity cannot ask whether -u ULID is taken (HeadObject is
+    denied): the conditional upload refuses, and the archive stays whole."""
+    endpoint, creds = iam_server
+    backup_env = {**creds["backup"], "CRYOPHILE_S3_ATTEMPTS": "1"}
+    rig = S3Rig(tmp_path, VAULT, endpoint)
+    data = os.urandom(200_000)
+    cert = str(recipes["gpg"].cert)
+    ulid = rig.run("backup", "-v", VAULT, "-k", cert, "-s", "64KiB", input=data,
+                   env=backup_env, check=True).stdout.decode().strip()
+    rig.run("freeze", "--once", env=backup_env, check=True)
+
+    again = S3Rig(tmp_path / "same-ulid", VAULT, endpoint)
+    again.run("backup", "-v", VAULT, "-k", cert, "-s", "64KiB", "-u", ulid,
+              input=os.urandom(200_000), env=backup_env, check=True)
+    proc = again.run("freeze", "--once", env=backup_env)
+    err = proc.stderr.decode()
+    assert proc.returncode == 10, err
+    assert "already exists" in err and "HeadObject is denied" in err and ulid in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert list((again.spool / "freeze").glob(f"*/{ulid}/chunk.1")), "the local copy stays"
+
+    fresh = S3Rig(tmp_path / "restore-host", VAULT, endpoint)
+    restore_env = {**creds["restore"], "CRYOPHILE_S3_ATTEMPTS": "1"}
+    out = fresh.run("restore", "-v", VAULT, "-u", ulid, "-k", str(recipes["gpg"].key),
+                    input=None, env=restore_env, check=True)
+    assert out.stdout == data

@@ -13,7 +13,8 @@ import time
 import pytest
 
 from cryophile.errors import (
-    IntegrityError, NotFoundError, NotRestoredError, StoreError, TransientStoreError,
+    ConflictError, IntegrityError, NotFoundError, NotRestoredError, StoreError,
+    TransientStoreError,
 )
 from cryophile.store.base import State
 from cryophile.store.retry import RetryingStore
@@ -42,10 +43,14 @@ def s3(bucket, s3proxy):
     store.close()
 
 
-@pytest.fixture(params=["s3", "s3-prefix-retrying-proxy"])
+@pytest.fixture(params=["s3", "s3-prefix-retrying-proxy", "s3-unconditional"])
 def store(request, bucket, moto_endpoint):
     if request.param == "s3":
         inner = make_s3(bucket, moto_endpoint, storage_class="STANDARD")
+        yield inner
+    elif request.param == "s3-unconditional":
+        inner = make_s3(bucket, moto_endpoint, storage_class="STANDARD",
+                        conditional_writes=False)
         yield inner
     else:
         proxy = request.getfixturevalue("s3proxy")
@@ -378,3 +383,43 @@ def test_unreachable_endpoint():
 def test_profile_not_found():
     with pytest.raises(StoreError, match="credentials"):
         S3Store("some-bucket", profile="no-such-profile")
+
+
+# -- never overwriting ---------------------------------------------------
+
+def test_multipart_put_never_replaces_other_bytes(bucket, s3proxy, s3client, tmp_path):
+    store = retrying(make_s3(bucket, s3proxy.endpoint, storage_class="STANDARD", **SMALL_PARTS))
+    first = os.urandom(6 * MiB)
+    put_bytes(store, tmp_path, "01X/chunk.1", first)
+    path, size, sha256 = write_file(tmp_path, os.urandom(6 * MiB), "other")
+    with pytest.raises(ConflictError) as exc:
+        store.put("01X/chunk.1", path, size=size, sha256=sha256)
+    assert "01X/chunk.1" in one_line(exc) and "different content" in str(exc.value)
+    assert get_bytes(store, "01X/chunk.1") == first
+    assert not s3client.list_multipart_uploads(Bucket=bucket).get("Uploads")
+    # the same bytes again (a freeze killed before it dropped its copy): stored
+    path, size, sha256 = write_file(tmp_path, first, "same")
+    store.put("01X/chunk.1", path, size=size, sha256=sha256)
+    assert len(s3proxy.requests("POST", "uploadId=")) == 3, "completes were conditional"
+
+
+def test_put_records_its_sha256(s3, s3client, bucket, tmp_path):
+    put_bytes(s3, tmp_path, "k", b"cold")
+    assert s3.head("k").sha256 == hashlib.sha256(b"cold").digest()
+    meta = s3client.head_object(Bucket=bucket, Key="k")["Metadata"]
+    assert meta["sha256"] == hashlib.sha256(b"cold").hexdigest()
+
+
+def test_object_without_checksum_is_a_conflict(s3, s3client, bucket, tmp_path):
+    s3client.put_object(Bucket=bucket, Key="k", Body=b"cold")   # no checksum, no metadata
+    with pytest.raises(ConflictError) as exc:
+        put_bytes(s3, tmp_path, "k", b"cold")
+    assert "cannot be compared" in one_line(exc)
+
+
+def test_store_without_conditional_writes_gets_a_hint(bucket, s3proxy, tmp_path):
+    s3proxy.fail_next(1, 501, "NotImplemented", methods=["PUT"])
+    store = make_s3(bucket, s3proxy.endpoint)
+    with pytest.raises(StoreError) as exc:
+        put_bytes(store, tmp_path, "k", b"cold")
+    assert "conditional_writes = false" in one_line(exc)

@@ -12,6 +12,7 @@ from .. import config, errors, ids, keys
 from ..pipeline.compress import CODECS
 from ..pipeline.writer import ArchiveWriter
 from ..backpressure import Backpressure
+from ..freeze import InlineFreeze
 from .common import Context, Progress
 
 log = logging.getLogger("cryophile.backup")
@@ -84,7 +85,8 @@ def run(args) -> int:
     ctx.spool.ensure()
     ctx.spool.clean_dead_backups()
     source = source or Producer(args.producer)
-    pressure = Backpressure(ctx.spool, ctx.config.spool_max)
+    pressure = Backpressure(ctx.spool, ctx.config.spool_max, freeze_inline=InlineFreeze(
+        ctx.spool, ctx.store, lambda v: ctx.vault(v).storage_class))
     try:
         writer = ArchiveWriter(ctx.spool, bid, recipients, compression, fragment_size,
                                name=args.name, created=ids.ulid_time(ulid),

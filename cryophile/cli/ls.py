@@ -2,28 +2,47 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import json
 import logging
 import sys
 
-from .. import catalog, ids
+from .. import catalog, chains, errors, ids
 from .common import Context, human, passphrase_reader
 
 log = logging.getLogger("cryophile")
+
+COLUMNS = ("ARCHIVE", "CREATED", "SIZE", "FRAGS", "STATE", "STORED", "CLASS", "KIND",
+           "PARENT", "NAME")
+RIGHT = {"SIZE", "STORED", "FRAGS"}
+VAULTS = 4          # vaults listed at once (one slow or unreachable vault delays no other)
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "ls", help="list archives",
         description="List the archives of a vault (or of every configured vault and every "
-                    "vault in the spool): backup id, creation time, plaintext size, "
-                    "fragments and state.  Names are encrypted: give the secret key with "
-                    "-k to show them.")
+                    "vault in the spool): backup id, creation time, plaintext and stored "
+                    "size, fragments, storage class, state, stream kind and the parent an "
+                    "incremental is received on.  Names are encrypted: give the secret key "
+                    "with -k to show them (and the snapshot of zfs and btrfs streams).  "
+                    "chunk.0s are cached in the spool, so listing again costs only LIST "
+                    "requests.")
     p.add_argument("target", nargs="?", metavar="VAULT[/PREFIX]",
                    help="a vault (UUID or alias), optionally with a prefix")
     p.add_argument("-k", "--keyring", action="append", default=[], metavar="KEYRING",
                    help="secret key file(s), to show archive names")
     p.add_argument("-P", "--pass-fd", type=int, metavar="FD",
                    help="read the secret key's passphrase from file descriptor FD")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true",
+                     help="a JSON array of archives, sizes in bytes")
+    fmt.add_argument("-H", dest="scripted", action="store_true",
+                     help="for scripts: no header, tab-separated columns, sizes in bytes")
+    p.add_argument("--since", metavar="TIME", type=ids.parse_timestamp,
+                   help="only archives created at or after TIME (ISO 8601 or epoch seconds)")
+    p.add_argument("--until", metavar="TIME", type=ids.parse_timestamp,
+                   help="only archives created before TIME")
     p.set_defaults(run=run)
 
 
@@ -40,20 +59,82 @@ def run(args) -> int:
     if args.keyring:
         from .. import keys
         keyring = keys.load_secret_keys(args.keyring, passphrase_reader(args.pass_fd))
-    out = sys.stdout
-    out.write(f"{'ARCHIVE':<40} {'CREATED':<21} {'SIZE':>10} {'FRAGS':>5} {'STATE':<10} NAME\n")
+    rows, failure = [], None
     try:
-        for vault in vaults:
-            for entry in catalog.list_archives(ctx.spool, ctx.store(vault), vault, prefix,
-                                               keyring):
-                out.write(f"{entry.bid.key if args.target else str(entry.bid):<40} "
-                          f"{entry.created[:19] + 'Z':<21} {_size(entry.size):>10} "
-                          f"{entry.fragments if entry.fragments is not None else '-':>5} "
-                          f"{entry.state:<10} {entry.name or ''}\n")
+        stores = {}
+        for vault in vaults:                # made here, used in the threads
+            try:
+                stores[vault] = ctx.store(vault)
+            except errors.Error as exc:
+                stores[vault] = exc
+
+        def listing(vault):
+            if isinstance(stores[vault], errors.Error):
+                return stores[vault]
+            try:
+                return catalog.list_archives(ctx.spool, stores[vault], vault, prefix, keyring)
+            except errors.Error as exc:
+                return exc
+        # with a key, one vault at a time: unlocking it may ask for a passphrase
+        workers = 1 if keyring is not None else max(1, min(len(vaults), VAULTS))
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            for vault, entries in zip(vaults, pool.map(listing, vaults)):
+                if isinstance(entries, errors.Error):      # show the other vaults all the same
+                    log.error("cannot list vault %s: %s", vault, entries)
+                    failure = failure or entries
+                    continue
+                links = chains.parents(entries)
+                rows += [row(e, links.get(e.bid.ulid)) for e in entries if _wanted(e, args)]
     finally:
         ctx.close()
-    return 0
+    if args.json:
+        json.dump(rows, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        write_table(rows, full_ids=not args.target, scripted=args.scripted)
+    return failure.exit_code if failure else 0
 
 
-def _size(n: int | None) -> str:
-    return "-" if n is None else human(n)
+def _wanted(entry: catalog.Entry, args) -> bool:
+    if args.since is None and args.until is None:
+        return True
+    when = ids.ulid_time(entry.bid.ulid)
+    return ((args.since is None or when >= args.since)
+            and (args.until is None or when < args.until))
+
+
+def row(e: catalog.Entry, parent) -> dict:
+    return {
+        "id": str(e.bid), "vault": e.bid.vault, "prefix": e.bid.prefix, "ulid": e.bid.ulid,
+        "created": e.created, "size": e.size, "stored": e.stored, "fragments": e.fragments,
+        "storage_class": e.storage_class, "state": e.state, "kind": e.kind,
+        "parent": parent if isinstance(parent, str) else None,
+        "parent_missing": parent.what if isinstance(parent, chains.Missing) else None,
+        "name": e.name, "snapshot": e.snapshot,
+    }
+
+
+def _cells(r: dict, full_ids: bool, scripted: bool) -> list[str]:
+    def size(n):
+        return "-" if n is None else (str(n) if scripted else human(n))
+    parent = r["parent"] or ("MISSING" if r["parent_missing"] else "-")
+    name = r["name"] or ""
+    if r["snapshot"]:
+        name = f"{name} ({r['snapshot']})" if name else r["snapshot"]
+    return [r["id"] if full_ids else r["id"].split("/", 1)[1],
+            r["created"][:19] + "Z", size(r["size"]),
+            "-" if r["fragments"] is None else str(r["fragments"]), r["state"],
+            size(r["stored"]), r["storage_class"] or "-", r["kind"], parent, name or "-"]
+
+
+def write_table(rows: list[dict], *, full_ids: bool, scripted: bool) -> None:
+    out = sys.stdout
+    cells = [_cells(r, full_ids, scripted) for r in rows]
+    if scripted:
+        for c in cells:
+            out.write("\t".join(c) + "\n")
+        return
+    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(COLUMNS)]
+    for c in [list(COLUMNS)] + cells:
+        line = [v.rjust(w) if h in RIGHT else v.ljust(w) for v, w, h in zip(c, widths, COLUMNS)]
+        out.write("  ".join(line).rstrip() + "\n")

@@ -8,10 +8,10 @@ import signal
 import sys
 
 from .. import __version__, errors, log
-from . import backup, freeze, ls, restore, status, thaw
+from . import backup, chain, freeze, ls, restore, status, thaw
 from .common import add_spool_options
 
-COMMANDS = (backup, freeze, thaw, restore, ls, status)
+COMMANDS = (backup, freeze, thaw, restore, ls, chain, status)
 PROG = "cryophile"
 
 DESCRIPTION = """\

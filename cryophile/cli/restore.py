@@ -13,7 +13,8 @@ from .. import backpressure, errors, manifest, restorequeue, thaw
 from ..ids import BackupId
 from ..pipeline import reader
 from ..spool import BackupLock
-from .common import Context, Progress, backup_id, secret_keys
+from . import target
+from .common import Context, Progress, secret_keys
 
 log = logging.getLogger("cryophile.restore")
 WAIT_POLL = 0.05
@@ -27,23 +28,31 @@ def add_parser(sub) -> None:
                     "needed; no separate `cryophile thaw` is required), verify, join, "
                     "decrypt and decompress them to stdout or -o OUTPUT.  With -o, the "
                     "file appears only once the whole archive has been verified.")
-    p.add_argument("-v", "--vault", required=True, metavar="VAULT",
+    p.add_argument("-v", "--vault", metavar="VAULT",
                    help="vault UUID (or its alias)")
     p.add_argument("-p", "--prefix", metavar="PREFIX", help="the archive's prefix")
-    p.add_argument("-u", "--ulid", required=True, metavar="ULID", help="the archive's ULID")
+    p.add_argument("-u", "--ulid", metavar="ULID", help="the archive's ULID")
     p.add_argument("-k", "--keyring", action="append", default=[], metavar="KEYRING",
                    help="secret key file(s); repeatable; any one recipient's key will do")
     p.add_argument("-P", "--pass-fd", type=int, metavar="FD",
                    help="read the secret key's passphrase from file descriptor FD")
     p.add_argument("-o", "--output", default="-", metavar="OUTPUT",
                    help="write to this file instead of stdout")
+    target.add_options(p)
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
     ctx = Context(args)
-    bid = backup_id(ctx, args)
+    target.split_words(args)                  # options may follow VAULT/PREFIX/ULID
     keyring = secret_keys(args.keyring, args.pass_fd)
+    bid = target.resolve(ctx, args, keyring)
+    if args.chain:
+        try:
+            ctx.spool.ensure()
+            return target.restore_chain(ctx, bid, keyring, args.command, Restore)
+        finally:
+            ctx.close()
     output = Output(args.output)
     try:
         ctx.spool.ensure()

@@ -6,7 +6,7 @@ import os
 import sys
 
 from ..catalog import unsealed_state
-from ..spool import QUEUES
+from ..spool import QUEUES, FreezeDaemonLock
 from ..thaw import DaemonLock
 from .common import Context, human
 
@@ -19,8 +19,8 @@ def add_parser(sub) -> None:
         "status", help="show the spool's queues",
         description="Show what the spool's queues hold: archives being written, fragments "
                     "waiting to be frozen, thaws asked for and fragments thawed, and whether "
-                    "a `cryophile thaw` serves the spool.  Works while backups, freezes, "
-                    "thaws or a cryophilefs mount run.")
+                    "a `cryophile thaw` and a `cryophile freeze` (or a mount) serve the "
+                    "spool.  Works while backups, freezes, thaws or a cryophilefs mount run.")
     p.set_defaults(run=run)
 
 
@@ -48,6 +48,9 @@ def run(args) -> int:
     serving = os.path.exists(lock.path) and not lock.acquire(create=False)
     lock.release()
     out.write(f"thaw daemon: {'running' if serving else 'not running'}\n")
+    freezing = FreezeDaemonLock(ctx.spool)
+    freezing = os.path.exists(freezing.path) and freezing.anyone_freezing()
+    out.write(f"freeze daemon: {'running' if freezing else 'not running'}\n")
     if details:
         out.write("\n".join(details) + "\n")
     return 0

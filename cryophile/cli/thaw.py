@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 
+import trio
+
 from .. import errors
+from ..freeze import backoff_loop
 from ..thaw import DaemonLock, Thawer
 from .common import Context, run_service
 
@@ -17,7 +20,8 @@ def add_parser(sub) -> None:
         description="Serve the spool's thaw queue: ask the vault to restore archived "
                     "fragments (the vault's restore_tier and restore_days), wait for them, "
                     "download and verify them into the restore queue.  Keeps watching "
-                    "unless --once.  Needs no secret key.")
+                    "unless --once, retrying failures with exponential backoff.  Needs no "
+                    "secret key.")
     p.add_argument("--once", action="store_true",
                    help="serve the requests queued now, then exit")
     p.set_defaults(run=run)
@@ -31,8 +35,14 @@ def run(args) -> int:
         raise errors.SpoolError(f"another `cryophile thaw` is already serving {ctx.spool.root}")
     thawer = Thawer(ctx.spool, ctx.store, lambda v: (ctx.vault(v).restore_tier,
                                                      ctx.vault(v).restore_days))
+
+    async def serve():
+        if args.once:
+            return await thawer.run(once=True)
+        await backoff_loop(lambda: thawer.run(once=True), "thaw",
+                           lambda: trio.sleep(thawer.poll_min), logger=log)
     try:
-        run_service(thawer.run, args.once)
+        run_service(serve)
     finally:
         lock.release()
         ctx.close()

@@ -7,7 +7,11 @@ Backends are synchronous and thread-safe: callers in trio run them through
 ``trio.to_thread.run_sync`` with a capacity limiter.  Methods raise
 ``cryophile.errors.StoreError`` (``TransientStoreError`` for retryable
 failures, ``NotRestoredError`` when an archived object must be thawed first,
-``NotFoundError`` for a missing key).
+``NotFoundError`` for a missing key, ``ConflictError`` when a put meets
+another object under its key).
+
+Objects are never replaced: a vault may hold archives written by other
+hosts, and a backup named with ``-u ULID`` must not clobber one of them.
 """
 
 from __future__ import annotations
@@ -15,7 +19,12 @@ from __future__ import annotations
 import abc
 import dataclasses
 import enum
+import hashlib
 from typing import BinaryIO, Iterator
+
+from cryophile.errors import ConflictError
+
+HASH_BLOCK = 1 << 20
 
 
 class State(enum.Enum):
@@ -30,6 +39,7 @@ class ObjectInfo:
     size: int
     state: State = State.AVAILABLE
     storage_class: str = "STANDARD"
+    sha256: bytes | None = None      # when the store knows it (head only)
 
 
 class Store(abc.ABC):
@@ -41,7 +51,11 @@ class Store(abc.ABC):
     def put(self, key: str, path: str, *, size: int, sha256: bytes | None = None,
             storage_class: str | None = None) -> None:
         """Store the file at ``path`` under ``key``, atomically: afterwards the
-        object is whole or absent.  Putting the same bytes again is harmless."""
+        object is whole or absent.  Never replaces an object: if ``key``
+        exists with the same size and SHA-256 (an earlier put of these bytes
+        whose answer was lost) the put succeeds; otherwise it raises
+        ConflictError and leaves the object alone.  ``sha256`` is computed
+        from the file when not given."""
 
     @abc.abstractmethod
     def get(self, key: str, out: BinaryIO, *, start: int = 0, end: int | None = None) -> int:
@@ -59,8 +73,9 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        """Every object whose key starts with ``prefix``; state may be
-        AVAILABLE for archived objects (listing does not call head)."""
+        """Every object whose key starts with ``prefix``; state as far as
+        the listing tells (S3 sends the restore status of archived objects;
+        listing does not call head)."""
 
     @abc.abstractmethod
     def delete(self, key: str) -> None:
@@ -73,3 +88,22 @@ class Store(abc.ABC):
 
     def close(self) -> None:
         """Release connections."""
+
+
+def file_sha256(path: str) -> bytes:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(HASH_BLOCK):
+            h.update(block)
+    return h.digest()
+
+
+def check_same(url: str, key: str, size: int, sha256: bytes, existing: ObjectInfo) -> None:
+    """A put found ``existing`` under ``key``: fine if it holds the same
+    bytes, else ConflictError (the object is not touched)."""
+    if existing.size == size and existing.sha256 == sha256:
+        return
+    why = ("with different content" if existing.size != size or existing.sha256 is not None
+           else "and its SHA-256 is unknown, so it cannot be compared")
+    raise ConflictError(f"{key} already exists in {url} {why}: not overwritten "
+                        "(the local copy stays in the spool)")

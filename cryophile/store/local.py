@@ -1,8 +1,10 @@
 """A vault in a local directory (``file:///srv/vaults`` → /srv/vaults/VAULT/…).
 
-Objects are written to a temporary name, fsynced and renamed, so an object
-is whole or absent; a file on the same filesystem as the spool is
-hard-linked instead of copied.
+Objects are written to a temporary name, fsynced and hard-linked to their
+key, so an object is whole or absent and never replaced: link(2) fails with
+EEXIST where rename(2) would overwrite, and an existing object then counts
+only if it holds the same bytes.  A file on the same filesystem as the spool
+is hard-linked instead of copied.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import BinaryIO, Iterator
 
 from .. import errors
 from ..fsutil import fsync_dir
-from .base import ObjectInfo, State, Store
+from .base import ObjectInfo, State, Store, check_same, file_sha256
 
 COPY_BLOCK = 1 << 20
 
@@ -40,16 +42,31 @@ class LocalStore(Store):
             except OSError:
                 self._copy(path, tmp)
             try:
-                os.rename(tmp, dst)
+                os.link(tmp, dst)
+            except FileExistsError:
+                self._settle(key, path, size, sha256)
             except FileNotFoundError:
                 if not os.path.exists(dst):
                     raise
-                # a concurrent put of the same key stored it and swept our tmp
+                # a concurrent put of the same key swept our temporary
+                self._settle(key, path, size, sha256)
             fsync_dir(os.path.dirname(dst))
         except OSError as exc:
-            _unlink(tmp)
             raise _error(exc, f"cannot store {key} in {self.url}") from None
+        finally:
+            _unlink(tmp)
         _sweep(dst)
+
+    def _settle(self, key: str, path: str, size: int, sha256: bytes | None) -> None:
+        """``key`` exists: success if it holds our bytes, else ConflictError."""
+        try:
+            existing = file_sha256(self._path(key))
+        except FileNotFoundError:       # deleted meanwhile: let the caller retry
+            raise errors.TransientStoreError(f"{key} in {self.url} vanished while "
+                                             "being stored") from None
+        info = self.head(key)
+        check_same(self.url, key, size, sha256 or file_sha256(path),
+                   ObjectInfo(key, info.size, sha256=existing))
 
     @staticmethod
     def _copy(src: str, dst: str) -> None:
@@ -94,13 +111,14 @@ class LocalStore(Store):
     def list(self, prefix="") -> Iterator[ObjectInfo]:
         if not os.path.isdir(self.root):
             return
+        top = os.path.join(self.root, "")
         for dirpath, dirnames, filenames in os.walk(self.root):
             dirnames.sort()
             for name in sorted(filenames):
                 if ".tmp-" in name:
                     continue
                 full = os.path.join(dirpath, name)
-                key = os.path.relpath(full, self.root)
+                key = full[len(top):]            # relpath, without its cost per file
                 if key.startswith(prefix):
                     try:
                         size = os.stat(full).st_size

@@ -7,6 +7,15 @@ method in a worker thread (``trio.to_thread.run_sync``); a multipart ``put``
 adds up to ``max_concurrency`` threads of its own, so the connection pool is
 sized for several such callers at once.
 
+Never overwriting: every put is conditional (``If-None-Match: *`` on
+PutObject and CompleteMultipartUpload, which S3 has honoured since 2024), and
+carries its SHA-256 (as the object's checksum and in ``x-amz-meta-sha256``).
+A put that meets an existing object asks HeadObject whether it holds the
+same bytes (a re-upload after a lost answer or a crash: success) or not
+(ConflictError).  For stores without conditional writes the vault setting
+``conditional_writes = false`` checks with HeadObject before uploading
+instead, which leaves a small race and needs read access to be safe.
+
 Retries: botocore's own ``standard`` retry mode smooths over single hiccups;
 ``RetryingStore`` (retry.py) retries the whole operation with backoff when an
 error is still transient after that.  Credentials come only from boto3's
@@ -29,10 +38,10 @@ import botocore.exceptions
 import urllib3.exceptions
 
 from cryophile.errors import (
-    AccessDeniedError,
+    AccessDeniedError, ConflictError,
     IntegrityError, NotFoundError, NotRestoredError, StoreError, TransientStoreError,
 )
-from cryophile.store.base import ObjectInfo, State, Store
+from cryophile.store.base import ObjectInfo, State, Store, check_same, file_sha256
 
 log = logging.getLogger("cryophile.store")
 
@@ -51,6 +60,10 @@ _TRANSIENT = frozenset({
     "SlowDown", "RequestTimeout", "Throttling", "ThrottlingException",
 })
 _NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
+_EXISTS = frozenset({"PreconditionFailed", "412"})
+# Another conditional write of the key is in flight: S3 asks to try again.
+_CONCURRENT = frozenset({"ConditionalRequestConflict", "409"})
+_UNSUPPORTED = frozenset({"NotImplemented", "501"})
 _BAD_DIGEST = frozenset({"BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch"})
 _NETWORK = (
     botocore.exceptions.EndpointConnectionError,    # includes ConnectTimeoutError
@@ -83,7 +96,7 @@ class S3Store(Store):
                  storage_class: str = "GLACIER", multipart_threshold: int = 64 * MiB,
                  part_size: int = 16 * MiB, max_concurrency: int = 4,
                  sdk_attempts: int = 3, connect_timeout: float = 10.0,
-                 read_timeout: float = 60.0):
+                 read_timeout: float = 60.0, conditional_writes: bool = True):
         """``prefix`` is a folder inside the bucket ("a/b" and "a/b/" are the
         same).  ``sdk_attempts``, ``connect_timeout`` and ``read_timeout`` tune
         botocore underneath our own retries (tests make them small)."""
@@ -93,6 +106,7 @@ class S3Store(Store):
         self.multipart_threshold = max(multipart_threshold, 1)
         self.part_size = max(part_size, MIN_PART_SIZE)
         self.max_concurrency = max(max_concurrency, 1)
+        self.conditional_writes = conditional_writes
         self.endpoint = endpoint_url or "AWS S3"
         self.url = f"s3://{bucket}/{self.prefix}"
         config = botocore.config.Config(
@@ -114,12 +128,59 @@ class S3Store(Store):
             storage_class: str | None = None) -> None:
         storage_class = storage_class or self.storage_class
         try:
+            if sha256 is None:
+                sha256 = file_sha256(path)
+            if not self.conditional_writes:
+                existing = self._existing(key)
+                if existing is not None:
+                    return check_same(self.url, key, size, sha256, existing)
             if size < self.multipart_threshold:
                 self._put_single(key, path, sha256, storage_class)
             else:
                 _MultipartUpload(self, key, storage_class).run(path, size, sha256)
+        except botocore.exceptions.ClientError as exc:
+            code = _code(exc)
+            if code in _EXISTS:
+                return self._settle(key, size, sha256)
+            if code in _CONCURRENT:
+                raise TransientStoreError(f"upload of {key} in bucket {self.bucket} met a "
+                                          "concurrent write of the same key") from exc
+            if code in _UNSUPPORTED and self.conditional_writes:
+                raise StoreError(f"upload of {key} to bucket {self.bucket} at {self.endpoint} "
+                                 f"failed ({code}): this store may not support conditional "
+                                 "writes (If-None-Match); set conditional_writes = false "
+                                 "for this vault (see docs/S3.md)") from exc
+            raise self._error(exc, "upload", key) from exc
         except _FAILURES as exc:
             raise self._error(exc, "upload", key) from exc
+        except OSError as exc:
+            raise StoreError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+    def _existing(self, key: str) -> ObjectInfo | None:
+        """The object under ``key``, or None when absent or when the
+        credentials may not ask (a write-only identity)."""
+        try:
+            return self.head(key, checksum=True)
+        except NotFoundError:
+            return None
+        except AccessDeniedError:
+            log.debug("cannot check whether %s exists in bucket %s: HeadObject denied",
+                      key, self.bucket)
+            return None
+
+    def _settle(self, key: str, size: int, sha256: bytes) -> None:
+        """A conditional put found ``key`` taken: ours (same bytes) or a conflict."""
+        try:
+            existing = self.head(key, checksum=True)
+        except NotFoundError:
+            raise TransientStoreError(f"{key} in bucket {self.bucket} existed and then "
+                                      "vanished during the upload") from None
+        except AccessDeniedError:
+            raise ConflictError(
+                f"{key} already exists in {self.url} and HeadObject is denied, so it "
+                "cannot be compared: not overwritten (the local copy stays in the "
+                "spool)") from None
+        check_same(self.url, key, size, sha256, existing)
 
     def get(self, key: str, out: BinaryIO, *, start: int = 0, end: int | None = None) -> int:
         if end is not None and end <= start:
@@ -144,9 +205,13 @@ class S3Store(Store):
             raise self._error(exc, "download", key) from exc
         return written
 
-    def head(self, key: str) -> ObjectInfo:
+    def head(self, key: str, *, checksum: bool = False) -> ObjectInfo:
+        """``checksum`` also asks for S3's own checksum (ChecksumMode, which
+        needs kms:Decrypt on KMS-encrypted buckets): only to settle a
+        conflict with an object that lacks our x-amz-meta-sha256."""
+        args = {"ChecksumMode": "ENABLED"} if checksum else {}
         try:
-            resp = self._client.head_object(Bucket=self.bucket, Key=self.prefix + key)
+            resp = self._client.head_object(Bucket=self.bucket, Key=self.prefix + key, **args)
         except botocore.exceptions.ClientError as exc:
             if _code(exc) in _NOT_FOUND:
                 self._check_bucket()    # a HEAD 404 does not say which is missing
@@ -155,7 +220,8 @@ class S3Store(Store):
             raise self._error(exc, "head", key) from exc
         storage_class = resp.get("StorageClass") or "STANDARD"
         return ObjectInfo(key=key, size=resp["ContentLength"], storage_class=storage_class,
-                          state=_state(storage_class, resp.get("Restore")))
+                          state=_state(storage_class, resp.get("Restore")),
+                          sha256=_sha256(resp))
 
     def request_restore(self, key: str, *, tier: str, days: int) -> None:
         """Start a restore; tolerate one already running or one not needed.
@@ -184,12 +250,15 @@ class S3Store(Store):
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         pages = self._client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=self.prefix + prefix)
+            Bucket=self.bucket, Prefix=self.prefix + prefix,
+            OptionalObjectAttributes=["RestoreStatus"])     # thaw state without a HEAD each
         try:
             for page in pages:
                 for obj in page.get("Contents", ()):
+                    sclass = obj.get("StorageClass") or "STANDARD"
                     yield ObjectInfo(key=obj["Key"][len(self.prefix):], size=obj["Size"],
-                                     storage_class=obj.get("StorageClass") or "STANDARD")
+                                     state=_listed_state(sclass, obj.get("RestoreStatus")),
+                                     storage_class=sclass)
         except _FAILURES as exc:
             raise self._error(exc, "list", prefix) from exc
 
@@ -213,7 +282,7 @@ class S3Store(Store):
                         Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
                     aborted += 1
         except _FAILURES as exc:
-            raise self._error(exc, "abort unfinished uploads of", prefix) from exc
+            raise self._error(exc, "abort unfinished uploads", prefix) from exc
         return aborted
 
     def close(self) -> None:
@@ -221,11 +290,11 @@ class S3Store(Store):
 
     # -- helpers ----------------------------------------------------------
 
-    def _put_single(self, key: str, path: str, sha256: bytes | None,
-                    storage_class: str) -> None:
-        args = {"ChecksumAlgorithm": "SHA256"}
-        if sha256 is not None:
-            args["ChecksumSHA256"] = _b64(sha256)   # S3 checks it: BadDigest if not
+    def _put_single(self, key: str, path: str, sha256: bytes, storage_class: str) -> None:
+        args = {"ChecksumAlgorithm": "SHA256", "ChecksumSHA256": _b64(sha256),
+                "Metadata": {"sha256": sha256.hex()}}     # S3 checks it: BadDigest if not
+        if self.conditional_writes:
+            args["IfNoneMatch"] = "*"
         with open(path, "rb") as body:
             self._client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=body,
                                     StorageClass=storage_class, **args)
@@ -294,6 +363,31 @@ def _first_failure_or_results(futures: list[concurrent.futures.Future]) -> list:
     return [fut.result() for fut in futures]
 
 
+def _sha256(resp: dict) -> bytes | None:
+    """The whole object's SHA-256 from HeadObject: our metadata, else a
+    full-object checksum (a multipart one is a hash of the parts' hashes)."""
+    try:
+        meta = resp.get("Metadata", {}).get("sha256")
+        if meta:
+            return bytes.fromhex(meta)
+        checksum = resp.get("ChecksumSHA256")
+        if checksum and "-" not in checksum and resp.get("ChecksumType") != "COMPOSITE":
+            return base64.b64decode(checksum)
+    except ValueError:
+        pass
+    return None
+
+
+def _listed_state(storage_class: str, restore: dict | None) -> State:
+    """Thaw state from a listing's ``RestoreStatus`` (stores that do not
+    send it: archived classes look ARCHIVED)."""
+    if storage_class not in ARCHIVED_CLASSES:
+        return State.AVAILABLE
+    if not restore:
+        return State.ARCHIVED
+    return State.RESTORING if restore.get("IsRestoreInProgress") else State.AVAILABLE
+
+
 def _state(storage_class: str, restore: str | None) -> State:
     """Thaw state from ``StorageClass`` and the ``x-amz-restore`` header."""
     if restore and 'ongoing-request="true"' in restore:
@@ -319,17 +413,18 @@ class _MultipartUpload:
         self.storage_class = storage_class
         self.upload_id: str | None = None
 
-    def run(self, path: str, size: int, sha256: bytes | None) -> None:
+    def run(self, path: str, size: int, sha256: bytes) -> None:
         # S3 allows at most 10,000 parts: grow the part size for huge files.
         part_size = max(self.store.part_size, -(-size // MAX_PARTS))
         self.upload_id = self.client.create_multipart_upload(
             Bucket=self.store.bucket, Key=self.key, StorageClass=self.storage_class,
-            ChecksumAlgorithm="SHA256")["UploadId"]
+            ChecksumAlgorithm="SHA256", Metadata={"sha256": sha256.hex()})["UploadId"]
         try:
             parts = self._upload_parts(path, part_size, sha256)
+            condition = {"IfNoneMatch": "*"} if self.store.conditional_writes else {}
             self.client.complete_multipart_upload(
                 Bucket=self.store.bucket, Key=self.key, UploadId=self.upload_id,
-                MultipartUpload={"Parts": parts})
+                MultipartUpload={"Parts": parts}, **condition)
         except BaseException:
             self._abort()
             raise

@@ -1,0 +1,185 @@
+"""ls and chain on a vault of 10,000 archives: time and S3 requests.
+
+    .venv/bin/python benchmarks/catalog.py [--archives 10000]
+
+The archives are made with the project's own code but not by 10,000
+backups: each gets a real chunk.0 (manifest.encode, encrypted to a real
+key, its clear JSON naming the archive, a zfs stream identity: chains of
+ten, a full send then nine incrementals) and a 512-byte chunk.1.  The
+vault is written once as a local directory and once into a moto S3 server
+(chunk.1 in GLACIER), read through the counting proxy of the tests.
+
+Each figure is the whole command (`cryophile ls -H`, `cryophile chain -H`,
+Python's start included): cold (no chunk.0 cache in the spool) and warm.
+The baseline is what listing cost before the cache: for each archive, a
+GET of its chunk.0 and a HEAD of its first fragment, one after the other;
+it is run on the first 1,000 archives only (its cost is linear in them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import datetime
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import CRYOPHILE, WORK, gpg_key  # noqa: E402
+from tests.s3rig import FaultProxy, MotoServer, aws_test_env  # noqa: E402
+
+from cryophile import keys, manifest  # noqa: E402
+from cryophile.ids import new_ulid  # noqa: E402
+
+PREFIX = "tank/fs"
+FRAGMENT = os.urandom(512)
+CHAIN = 10
+SAMPLE = 1000       # the baseline reads this many archives (it is linear; scale it)
+
+
+def make_marks(vault: str, n: int, cert: Path) -> dict[str, bytes]:
+    """key → bytes for n archives (chunk.0 and chunk.1 each)."""
+    recipients = keys.load_certificates([str(cert)])
+    session_key = os.urandom(32)
+    pkesks = keys.make_pkesks(recipients, session_key)
+    start = datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc)
+    objects = {}
+    for i in range(n):
+        when = start + datetime.timedelta(hours=i)
+        ulid = new_ulid(when)
+        created = when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        stream = {"kind": "zfs", "complete": True, "toguid": str(1000 + i),
+                  "fromguid": None if i % CHAIN == 0 else str(999 + i), "package": False}
+        frag = [manifest.Fragment(len(FRAGMENT), "0" * 64)]
+        clear = manifest.ClearInfo(vault, PREFIX, ulid, created, 100, len(FRAGMENT),
+                                   64 << 20, frag, stream=stream)
+        body = {"format": 1, "backup_id": f"{vault}/{PREFIX}/{ulid}", "vault": vault,
+                "prefix": PREFIX, "ulid": ulid, "name": f"snap{i}", "created": created,
+                "size": 100, "fragments": [[len(FRAGMENT), "0" * 64]],
+                "stream": {**stream, "toname": f"tank/fs@s{i}"}}
+        objects[f"{PREFIX}/{ulid}/chunk.0"] = manifest.encode(clear, body, pkesks, session_key,
+                                                              int(when.timestamp()))
+        objects[f"{PREFIX}/{ulid}/chunk.1"] = FRAGMENT
+    return objects
+
+
+def timed(cmd, env) -> str:
+    """Wall-clock and CPU (user + system) seconds of a command: the machine is
+    shared, so CPU time is the steadier figure."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{cmd} failed with {os.waitstatus_to_exitcode(status)}")
+    return f"{wall:6.2f} s wall {usage.ru_utime + usage.ru_stime:6.2f} s CPU"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--archives", type=int, default=10_000)
+    ap.add_argument("--no-local", action="store_true")
+    opts = ap.parse_args()
+    n = opts.archives
+    _, cert, _ = gpg_key(WORK / "gpg")
+    root = Path(tempfile.mkdtemp(prefix="catalog-", dir=WORK))
+    env = {**os.environ, **aws_test_env(str(root)), "CRYOPHILE_LOG_STYLE": "never"}
+    os.environ.update(env)
+    try:
+        if not opts.no_local:
+            local(root, n, cert, env)
+        s3(root, n, cert, env)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def local(root: Path, n: int, cert: Path, env) -> None:
+    vault = str(uuid.uuid4())
+    t0 = time.perf_counter()
+    objects = make_marks(vault, n, cert)
+    print(f"made {n} archives' objects in {time.perf_counter() - t0:.1f} s")
+    for key, data in objects.items():
+        path = root / "vaults" / vault / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    config = root / "local.toml"
+    config.write_text(f'[vault.{vault}]\nurl = "file://{root / "vaults"}"\n')
+    spool = root / "spool-local"
+    cli = [*CRYOPHILE, "-S", str(spool), "-c", str(config)]
+    last = sorted(objects)[-1].split("/")[-2]
+    print(f"\nlocal vault, {n} archives ({len(objects)} files)")
+    print(f"  ls cold    {timed([*cli, 'ls', '-H', vault], env)}")
+    print(f"  ls warm    {timed([*cli, 'ls', '-H', vault], env)}")
+    print(f"  chain warm {timed([*cli, 'chain', '-H', f'{vault}/{PREFIX}/{last}'], env)}")
+
+
+def s3(root: Path, n: int, cert: Path, env) -> None:
+    import boto3
+    server = MotoServer().start()
+    proxy = FaultProxy(server.endpoint, max_log=10 * n).start()
+    try:
+        vault = str(uuid.uuid4())
+        client = boto3.session.Session().client("s3", endpoint_url=server.endpoint)
+        client.create_bucket(Bucket=vault)
+        objects = make_marks(vault, n, cert)
+        t0 = time.perf_counter()
+
+        def put(item):
+            key, data = item
+            client.put_object(Bucket=vault, Key=key, Body=data,
+                              StorageClass="GLACIER" if key.endswith("chunk.1") else "STANDARD")
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            list(pool.map(put, objects.items()))
+        print(f"\nS3 (moto through the proxy), {n} archives ({len(objects)} objects; "
+              f"uploaded in {time.perf_counter() - t0:.0f} s)")
+        config = root / "s3.toml"
+        config.write_text(f'[vault.{vault}]\nendpoint_url = "{proxy.endpoint}"\n')
+        spool = root / "spool-s3"
+        cli = [*CRYOPHILE, "-S", str(spool), "-c", str(config)]
+        last = sorted(objects)[-1].split("/")[-2]
+
+        def measure(what, cmd):
+            proxy.reset()
+            took = timed(cmd, env)
+            reqs = proxy.requests()
+            lists = sum(1 for r in reqs if r.method == "GET" and "list-type" in r.query)
+            print(f"  {what:<24} {took} {len(reqs):6d} requests "
+                  f"({lists} LIST, {sum(1 for r in reqs if r.method == 'GET') - lists} GET, "
+                  f"{sum(1 for r in reqs if r.method == 'HEAD')} HEAD)")
+        measure(f"baseline, {SAMPLE} archives", [sys.executable, __file__, "--baseline",
+                                                 proxy.endpoint, vault])
+        measure("ls cold", [*cli, "ls", "-H", vault])
+        measure("ls warm", [*cli, "ls", "-H", vault])
+        shutil.rmtree(spool / "cache")
+        measure("chain cold", [*cli, "chain", "-H", f"{vault}/{PREFIX}/{last}"])
+        measure("chain warm", [*cli, "chain", "-H", f"{vault}/{PREFIX}/{last}"])
+    finally:
+        proxy.stop()
+        server.stop()
+
+
+def baseline(endpoint: str, vault: str) -> None:
+    """The listing as it was: a LIST, then per archive GET chunk.0 + HEAD chunk.1."""
+    from cryophile.store.s3 import S3Store
+    store = S3Store(vault, endpoint_url=endpoint)
+    marks = [i.key for i in store.list("") if i.key.endswith("/chunk.0")]
+    for key in marks[:SAMPLE]:
+        buf = io.BytesIO()
+        store.get(key, buf)
+        manifest.read_clear(buf.getvalue())
+        store.head(key[:-1] + "1")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--baseline"]:
+        baseline(sys.argv[2], sys.argv[3])
+    else:
+        main()
