@@ -65,8 +65,6 @@ DAEMON_BOUND = 240.0        # a daemon's whole life in a trial
 # ls states of archives that are not (yet) complete
 NOT_COMPLETE = {"writing", "dead", "incomplete", "damaged", "abandoned", "failed"}
 ULID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
-LS_LINE = re.compile(r"^(?P<id>\S+)\s+(?P<created>\S+)\s+(?P<size>-|\S+ \S+)\s+"
-                     r"(?P<frags>-|\d+)\s+(?P<state>\S+)(?:\s+(?P<name>.*))?$")
 
 
 # --- budget ------------------------------------------------------------------------

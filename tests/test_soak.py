@@ -22,7 +22,7 @@ import pytest
 
 from tests.fsrig import fskeys  # noqa: F401
 from tests.soakrig import (
-    BACKUP_BOUND, DAEMON_BOUND, FREEZE_BOUND, LS_BOUND, LS_LINE, MOUNT_BOUND, NOT_COMPLETE,
+    BACKUP_BOUND, DAEMON_BOUND, FREEZE_BOUND, LS_BOUND, MOUNT_BOUND, NOT_COMPLETE,
     READER, RESTORE_BOUND, WRITER, Archive, Budget, KiB, Listed, MiB, Mount, Proc, Run,
     Site, fuse_available, help_text, make_data, run, sha, thaw_daemon_running,
 )
@@ -658,20 +658,19 @@ class Soak:
     # --- invariants -------------------------------------------------------------------
 
     def ls(self, site: Site) -> list[Listed] | None:
-        r = run(f"ls {site.name}", site.argv("ls", site.vault), LS_BOUND)
+        r = run(f"ls {site.name}", site.argv("ls", "--json", site.vault), LS_BOUND)
         if not self.ended(r):
             return None
         if r.rc != 0:
             self.fail(f"ls exited {r.rc}: {r.last_line()!r}")
             return None
-        out = []
-        for line in r.stdout.decode().splitlines()[1:]:
-            m = LS_LINE.match(line)
-            if not m:
-                self.fail(f"cannot read the ls line {line!r}")
-                continue
-            out.append(Listed(m["id"], m["state"], (m["name"] or "").strip()))
-        return out
+        try:
+            entries = json.loads(r.stdout)
+            return [Listed(f"{e['prefix']}/{e['ulid']}" if e["prefix"] else e["ulid"],
+                           e["state"], e.get("name") or "") for e in entries]
+        except (ValueError, KeyError, TypeError) as exc:
+            self.fail(f"cannot read ls --json ({exc}): {r.stdout[:300]!r}")
+            return None
 
     def check(self, sites: list[Site], rng: random.Random, full: bool = False) -> None:
         self.proxy.reset()
