@@ -37,7 +37,8 @@ HELD_BACK: dict[str, str] = {}
 
 
 class Soak:
-    def __init__(self, tmp, keys, s3client, proxy):
+    def __init__(self, tmp, keys, s3client, proxy, show=print):
+        self.show = show        # progress lines (to the terminal with -s)
         self.tmp = tmp
         self.cert, self.key = keys
         self.proxy, self.s3client = proxy, s3client
@@ -75,12 +76,12 @@ class Soak:
     # --- bookkeeping -------------------------------------------------------------
 
     def say(self, text: str) -> None:
-        print(f"soak: trial {self.trial} [{self.kind}] {text}", flush=True)
+        self.show(f"soak: trial {self.trial} [{self.kind}] {text}")
 
     def fail(self, text: str) -> None:
         entry = f"seed {BUDGET.seed} trial {self.trial} [{self.kind}]: {text}"
         self.failures.append(entry)
-        print(f"soak: FAILURE {entry}", flush=True)
+        self.show(f"soak: FAILURE {entry}")
 
     def ended(self, r: Run) -> bool:
         """Checks every command: within its bound, no traceback.  True if it ended
@@ -746,8 +747,8 @@ class Soak:
             names = [n for n in names if n not in HELD_BACK]
         for kind in HELD_BACK:
             if kind not in names:
-                print(f"soak: {kind} held back: {HELD_BACK[kind]} "
-                      "(CRYOPHILE_SOAK_HELD_BACK=1 runs it)", flush=True)
+                self.show(f"soak: {kind} held back: {HELD_BACK[kind]} "
+                          "(CRYOPHILE_SOAK_HELD_BACK=1 runs it)")
         start = time.monotonic()
         order: list[str] = []
         while BUDGET.more(self.trial, time.monotonic() - start):
@@ -787,19 +788,24 @@ def _quote(arg: str) -> str:
 
 
 @pytest.mark.timeout(BUDGET.timeout())
-def test_soak(tmp_path, fskeys, s3client, s3proxy, capsys):  # noqa: F811
-    with capsys.disabled():      # the seed and the count show even when all passes
-        print(f"\nsoak: seed {BUDGET.seed} (CRYOPHILE_SOAK_SEED), "
-              f"budget {BUDGET.trials or '-'} trials / {BUDGET.seconds or '-'} s", flush=True)
-    soak = Soak(tmp_path, fskeys, s3client, s3proxy)
+def test_soak(tmp_path, fskeys, s3client, s3proxy, capsys, request):  # noqa: F811
+    def terminal(text: str) -> None:
+        with capsys.disabled():
+            print(text, flush=True)
+
+    def show(text: str) -> None:
+        """With -s on the terminal as they come, else kept for a failure's report."""
+        (terminal if request.config.getoption("capture") == "no" else print)(text)
+    terminal(f"\nsoak: seed {BUDGET.seed} (CRYOPHILE_SOAK_SEED), "
+             f"budget {BUDGET.trials or '-'} trials / {BUDGET.seconds or '-'} s")
+    soak = Soak(tmp_path, fskeys, s3client, s3proxy, show)
     try:
         trials = soak.run()
     finally:
         for site in soak.sites:
             subprocess.run(["fusermount3", "-uz", str(site.mnt)], capture_output=True)
             site.remove_buckets()
-    with capsys.disabled():
-        print(f"soak: {trials} trials, {len(soak.failures)} failures", flush=True)
+    terminal(f"soak: {trials} trials, {len(soak.failures)} failures")
     assert not soak.failures, f"soak (seed {BUDGET.seed}): {trials} trials, " \
         f"{len(soak.failures)} failures:\n" + "\n".join(soak.failures)
 
