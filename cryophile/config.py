@@ -41,6 +41,12 @@ class VaultConfig:
     def location(self) -> str:
         return self.url or f"s3://{self.uuid}"
 
+    @property
+    def key_base(self) -> str:
+        """The path inside the bucket every key starts with (s3://BUCKET/PATH), or ''."""
+        parts = urllib.parse.urlsplit(self.location)
+        return parts.path.strip("/") if parts.scheme == "s3" else ""
+
 
 @dataclasses.dataclass
 class Config:
@@ -95,17 +101,84 @@ def parse(data: dict, path: str | None = None) -> Config:
     unknown = set(data) - {"spool", "spool_max", "vault"} - THAW_KEYS
     if unknown:
         raise ConfigError(f"{where}: unknown setting {sorted(unknown)[0]!r}")
-    cfg.spool = str(data.get("spool", cfg.spool))
+    if "spool" in data:
+        cfg.spool = _checked(data["spool"], (str,), "a string", f"{where}: spool")
     if "spool_max" in data:
         cfg.spool_max = ids.parse_size(data["spool_max"], "spool_max")
     _thaw_settings(cfg, data, where)
     vaults = data.get("vault", {})
-    if not isinstance(vaults, dict):
-        raise ConfigError(f"{where}: [vault.UUID] must be tables")
+    if not isinstance(vaults, dict) or not all(isinstance(t, dict) for t in vaults.values()):
+        raise ConfigError(f"{where}: vaults must be tables: [vault.UUID]")
     for key, table in vaults.items():
         v = _vault(key, table, where)
+        if v.uuid in cfg.vaults:
+            raise ConfigError(f"{where}: vault {v.uuid} is configured twice")
         cfg.vaults[v.uuid] = v
+    _check_names(cfg, where)
     return cfg
+
+
+def _check_alias(name: str | None, here: str) -> None:
+    """An alias names a directory in the mount and stands for a vault on the command
+    line: a plain file name, and never a UUID (which would mean another vault)."""
+    if name is None:
+        return
+    if name in ("", ".", "..") or "/" in name or "\0" in name:
+        raise ConfigError(f"{here} name {name!r} must be a plain name (no '/', not '.' or '..')")
+    try:
+        ids.parse_vault(name)
+    except UsageError:
+        return
+    raise ConfigError(f"{here} name {name!r} is a UUID: an alias must not look like a vault")
+
+
+def _check_names(cfg: Config, where: str) -> None:
+    seen: dict[str, str] = {}
+    for v in cfg.vaults.values():
+        if v.name is None:
+            continue
+        if v.name in seen:
+            raise ConfigError(f"{where}: vaults {seen[v.name]} and {v.uuid} share the "
+                              f"name {v.name!r}: an alias must name one vault")
+        seen[v.name] = v.uuid
+
+
+# Settings whose TOML type is not their type once parsed
+_DESCRIBED = {
+    "fragment_size": ((str, int), 'a size like "64MiB" or a number of bytes'),
+    "part_size": ((str, int), 'a size like "64MiB" or a number of bytes'),
+    "keyring": ((str, list), "a file name or a list of file names"),
+    "thaw_budget_daily": ((str, int), 'a size like "20GiB" or a number of bytes'),
+    "thaw_budget_monthly": ((str, int, float), "an amount like 5 or 2.50"),
+}
+_BY_ANNOTATION = (("bool", (bool,), "true or false"), ("int", (int,), "a whole number"),
+                  ("float", (int, float), "a number"), ("", (str,), "a string"))
+_TOML_TYPES = {bool: "a boolean", int: "a number", float: "a number", str: "a string",
+               list: "a list", dict: "a table"}
+
+
+def _checked(value, types: tuple, description: str, what: str):
+    """``value`` if it has one of ``types`` (a boolean is not a number), else a
+    ConfigError naming ``what``, what it must be, and what it is."""
+    if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+        found = next((n for t, n in _TOML_TYPES.items() if isinstance(value, t)), "a value")
+        raise ConfigError(f"{what} must be {description}, not {found} ({value!r})")
+    return value
+
+
+def _typed(name: str, value, here: str):
+    """A vault setting's value, of the type VaultConfig declares for it."""
+    if name in _DESCRIBED:
+        types, description = _DESCRIBED[name]
+    else:
+        annotation = str(VaultConfig.__dataclass_fields__[name].type)
+        types, description = next((t, d) for prefix, t, d in _BY_ANNOTATION
+                                  if annotation.startswith(prefix))
+    _checked(value, types, description, f"{here} {name}")
+    if name == "keyring" and isinstance(value, list):
+        for item in value:
+            _checked(item, (str,), "a list of file names", f"{here} keyring")
+    return value
 
 
 def _vault(key: str, table: dict, where: str) -> VaultConfig:
@@ -114,7 +187,7 @@ def _vault(key: str, table: dict, where: str) -> VaultConfig:
     for name, value in table.items():
         if name not in fields:
             raise ConfigError(f"{where}: [vault.{key}] has unknown setting {name!r}")
-        setattr(v, name, value)
+        setattr(v, name, _typed(name, value, f"{where}: [vault.{key}]"))
     _budgets(v, table, f"{where}: [vault.{key}]")
     if isinstance(v.keyring, str):
         v.keyring = [v.keyring]
@@ -136,6 +209,7 @@ def _vault(key: str, table: dict, where: str) -> VaultConfig:
         scheme = urllib.parse.urlsplit(v.url).scheme
         if scheme not in ("file", "s3"):
             raise ConfigError(f"{where}: [vault.{key}] url must start with file:// or s3://")
+    _check_alias(v.name, f"{where}: [vault.{key}]")
     return v
 
 

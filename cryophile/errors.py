@@ -138,6 +138,23 @@ class EmptyInputError(Error):
     exit_code = 15
 
 
+class BudgetError(Error):
+    """A thaw refused: it would pass thaw_budget_daily or thaw_budget_monthly
+    (or the mount's thaw_on_read policy) and was not approved.  In the mount:
+    EDQUOT, which tools report as "Disk quota exceeded"."""
+
+    exit_code = 16
+    errno = _errno.EDQUOT
+
+
+class OutputClosedError(SpoolError):
+    """The reader of our output went away (``| head``): not a failure to report.
+    The exit code is what a shell reports for a command killed by SIGPIPE."""
+
+    exit_code = 141
+    errno = _errno.EPIPE
+
+
 class Interrupted(Error):
     exit_code = 130
     errno = _errno.EINTR
@@ -145,6 +162,8 @@ class Interrupted(Error):
 
 def from_oserror(exc: OSError, what: str) -> Error:
     """Turn an OSError on ``what`` (a path and a verb) into a named error."""
+    if exc.errno == _errno.EPIPE:
+        return OutputClosedError(f"{what}: the reader went away (broken pipe)")
     if exc.errno in (_errno.ENOSPC, _errno.EDQUOT):
         return DiskFullError(f"{what}: no space left on device")
     if exc.errno in (_errno.EACCES, _errno.EPERM, _errno.EROFS):

@@ -4,19 +4,35 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import decimal
+import os
 import re
 import uuid
-
-import ulid as _ulid
 
 from .errors import UsageError
 
 PREFIX_CHARS = re.compile(r"^[A-Za-z0-9/()!'*._-]+$")
 ULID_RE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
-MAX_KEY = 1024
-# "ULID/chunk." and room for the separators: see design.md (997 - digits).
-PREFIX_BUDGET = 997
+MAX_KEY = 1024             # bytes in an S3 object key
+# Room kept in every key for fragment numbers: up to 999999 fragments (61 TiB
+# at the default 64 MiB).  A fragment past that with a prefix at the limit is
+# refused when its key is made (BackupId.fragment_key).
+FRAGMENT_DIGITS = 6
 MAX_SEGMENT = 255          # NAME_MAX: the spool keeps prefix segments as directories
+EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+MS = datetime.timedelta(milliseconds=1)
+# The last time an archive can carry: its OpenPGP literal data packet keeps the
+# time as 32-bit seconds (RFC 4880 5.9), so 2106-02-07T06:28:15Z, whatever
+# the ULID's 48-bit milliseconds (until 10889) could hold.
+LAST_ARCHIVE_MS = (2 ** 32) * 1000 - 1
+CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def prefix_limit(fragments: int = 10 ** FRAGMENT_DIGITS - 1, base: str = "") -> int:
+    """The longest prefix (bytes) whose keys ``[BASE/]PREFIX/ULID/chunk.N`` stay within
+    MAX_KEY for every N up to ``fragments``; ``base`` is the vault URL's path."""
+    longest = BackupId("", "", "0" * 26).fragment_key(fragments)      # ULID/chunk.N
+    return MAX_KEY - len(longest.encode()) - 1 - (len(base.encode()) + 1 if base else 0)
 
 
 def parse_vault(text: str) -> str:
@@ -30,7 +46,10 @@ def parse_vault(text: str) -> str:
     return str(value)
 
 
-def parse_prefix(text: str | None, last_fragment: int = 1) -> str:
+def parse_prefix(text: str | None, fragments: int = 10 ** FRAGMENT_DIGITS - 1,
+                 base: str = "") -> str:
+    """A prefix as the user wrote it, checked; ``fragments`` and ``base`` as for
+    prefix_limit."""
     if not text:
         return ""
     if text.startswith("/"):
@@ -45,10 +64,14 @@ def parse_prefix(text: str | None, last_fragment: int = 1) -> str:
     if longest > MAX_SEGMENT:
         raise UsageError(f"prefix has a {longest}-byte segment; at most {MAX_SEGMENT} fit in "
                          "a directory name in the spool")
-    limit = PREFIX_BUDGET - len(str(last_fragment))
+    text = text.rstrip("/")
+    limit = prefix_limit(fragments, base)
     if len(text.encode()) > limit:
-        raise UsageError(f"prefix is {len(text)} bytes long; at most {limit} fit in an S3 key")
-    return text.rstrip("/")
+        where = f"{base}/" if base else ""
+        raise UsageError(f"prefix is {len(text.encode())} bytes long; at most {limit} fit in "
+                         f"an S3 key ({where}PREFIX/ULID/chunk.N, at most {MAX_KEY} bytes, with "
+                         f"room for {10 ** FRAGMENT_DIGITS - 1} fragments)")
+    return text
 
 
 def parse_ulid(text: str) -> str:
@@ -57,32 +80,80 @@ def parse_ulid(text: str) -> str:
         raise UsageError(f"{text!r} is not a ULID (26 characters of Crockford base32)")
     if text[0] > "7":
         raise UsageError(f"ULID {text!r} is out of range")
+    if ulid_ms(text) > LAST_ARCHIVE_MS:
+        raise UsageError(f"ULID {text!r} is dated {_show_ms(ulid_ms(text))}, after "
+                         f"{_show_ms(LAST_ARCHIVE_MS)}: no archive can carry that time "
+                         "(OpenPGP keeps it in 32 bits)")
     return text
+
+
+NUMBER_RE = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)")
 
 
 def parse_timestamp(text: str) -> datetime.datetime:
     """ISO 8601 (or 'YYYY-MM-DD HH:MM:SS'), or seconds since the epoch; UTC if no zone."""
+    text = text.strip()
+    if NUMBER_RE.fullmatch(text):
+        ms = int((decimal.Decimal(text) * 1000).to_integral_value(decimal.ROUND_FLOOR))
+        try:
+            return EPOCH + ms * MS
+        except OverflowError:
+            raise UsageError(f"timestamp {text!r} is out of range: seconds since the epoch "
+                             "must fall within the years 1 to 9999") from None
     try:
-        if re.fullmatch(r"\d+(\.\d+)?", text):
-            return datetime.datetime.fromtimestamp(float(text), datetime.timezone.utc)
         value = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except (ValueError, OverflowError):
-        raise UsageError(f"timestamp {text!r} is not ISO 8601 or seconds since the epoch") from None
+    except ValueError:
+        raise UsageError(f"timestamp {text!r} is not ISO 8601 (years 1 to 9999) or seconds "
+                         "since the epoch") from None
     if value.tzinfo is None:
         value = value.replace(tzinfo=datetime.timezone.utc)
     return value
 
 
+def _ms(timestamp: datetime.datetime) -> int:
+    """Whole milliseconds since the epoch, exactly (no float rounding)."""
+    return (timestamp - EPOCH) // MS
+
+
+def _show_ms(ms: int) -> str:
+    try:
+        return (EPOCH + ms * MS).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    except OverflowError:
+        return "a time after the year 9999"
+
+
 def new_ulid(timestamp: datetime.datetime | None = None) -> str:
+    """A ULID at ``timestamp`` (else now) with 80 fresh random bits: two ULIDs made
+    for the same millisecond, in one process or two, never collide."""
     if timestamp is None:
-        return str(_ulid.ULID())
-    if timestamp.timestamp() < 0:
-        raise UsageError("timestamp is before 1970")
-    return str(_ulid.ULID.from_datetime(timestamp))
+        ms = _ms(datetime.datetime.now(datetime.timezone.utc))
+    else:
+        ms = _ms(timestamp)
+        if ms < 0:
+            raise UsageError(f"timestamp {_show_ms(ms)} is before 1970-01-01T00:00:00Z, where "
+                             "ULIDs begin")
+        if ms > LAST_ARCHIVE_MS:
+            raise UsageError(f"timestamp {_show_ms(ms)} is after {_show_ms(LAST_ARCHIVE_MS)}: no "
+                             "archive can carry that time (OpenPGP keeps it in 32 bits)")
+    value = (ms << 80) | int.from_bytes(os.urandom(10), "big")
+    return "".join(CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+
+
+def ulid_ms(text: str) -> int:
+    """The ULID's 48-bit time: milliseconds since the epoch."""
+    ms = 0
+    for char in text[:10].upper():
+        ms = ms * 32 + CROCKFORD.index(char)
+    return ms
 
 
 def ulid_time(text: str) -> datetime.datetime:
-    return _ulid.ULID.from_str(text).datetime
+    """The ULID's time; a name past the year 9999 (not a ULID we could have made)
+    gives the largest time there is rather than an error."""
+    try:
+        return EPOCH + ulid_ms(text) * MS
+    except OverflowError:
+        return datetime.datetime.max.replace(tzinfo=datetime.timezone.utc)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +168,12 @@ class BackupId:
         return f"{self.prefix}/{self.ulid}" if self.prefix else self.ulid
 
     def fragment_key(self, n: int) -> str:
-        return f"{self.key}/chunk.{n}"
+        key = f"{self.key}/chunk.{n}"
+        if len(key.encode()) > MAX_KEY:
+            raise UsageError(f"archive {self} has too many fragments: the key of chunk.{n} "
+                             f"would pass {MAX_KEY} bytes (use larger fragments or a "
+                             "shorter prefix)")
+        return key
 
     def __str__(self) -> str:
         return f"{self.vault}/{self.key}"
@@ -111,18 +187,23 @@ class BackupId:
                    parse_ulid(parts[-1]))
 
 
-SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGTP]?)(i?B?)?\s*$", re.IGNORECASE)
+SIZE_RE = re.compile(r"^\s*(\d+)\s*(?:([KMGTP])(iB|B)?|B)?\s*$", re.IGNORECASE)
 
 
 def parse_size(text: str | int, what: str = "size") -> int:
-    """'64MiB', '64M', '1G', '512' → bytes (binary multiples)."""
+    """Bytes from '512', '512B', '64MiB' or '64M' (binary: 1024²), '20GB' or '20kB'
+    (decimal: 1000³, 1000), as coreutils reads them."""
+    if isinstance(text, bool) or not isinstance(text, (str, int)):
+        raise UsageError(f"{what} must be a size like 512, \"64MiB\" or \"1G\", not {text!r}")
     if isinstance(text, int):
         value = text
     else:
-        m = SIZE_RE.match(str(text))
+        m = SIZE_RE.match(text)
         if not m:
-            raise UsageError(f"{what} {text!r} is not a size like 512, 64MiB or 1G")
-        value = int(m.group(1)) * 1024 ** " KMGTP".index(m.group(2).upper() or " ")
+            raise UsageError(f"{what} {text!r} is not a size like 512, 64MiB, 1G or 20GB")
+        power = " KMGTP".index((m.group(2) or " ").upper())
+        base = 1000 if (m.group(3) or "").upper() == "B" else 1024
+        value = int(m.group(1)) * base ** power
     if value <= 0:
         raise UsageError(f"{what} must be greater than zero")
     return value

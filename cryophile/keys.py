@@ -14,7 +14,10 @@ key operations are small and rare (once per archive).
 
 from __future__ import annotations
 
+import logging
+import os
 import re
+import stat
 import threading
 import warnings
 from contextlib import contextmanager
@@ -25,6 +28,8 @@ from typing import Callable, Iterator
 from cryophile.errors import BadPassphraseError, FormatError, KeyringError, NoMatchingKeyError
 
 _PGPY_LOCK = threading.RLock()
+log = logging.getLogger("cryophile.keys")
+_warned: set[tuple[str, str]] = set()     # (what, path): each warning once per process
 
 
 @contextmanager
@@ -113,6 +118,23 @@ def _keys_in(path: str) -> list:
     return keys
 
 
+def _warn_once(what: str, path: str, message: str) -> None:
+    if (what, path) not in _warned:
+        _warned.add((what, path))
+        log.warning("%s", message)
+
+
+def _check_private(path: str) -> None:
+    """A secret key file any user can read is worth a warning."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return
+    if stat.S_ISREG(st.st_mode) and st.st_mode & stat.S_IROTH:
+        _warn_once("readable", path, f"secret key file {path} is readable by every user "
+                                     f"(mode {stat.S_IMODE(st.st_mode):04o}): chmod 600 {path}")
+
+
 def _fpr(key) -> str:
     return str(key.fingerprint).replace(" ", "").upper()
 
@@ -194,15 +216,24 @@ def _recipient(cert, key) -> Recipient:
     )
 
 
-def load_certificates(paths: list[str]) -> list[Recipient]:
+def load_certificates(paths: list[str], secret_ok: bool = False) -> list[Recipient]:
     """One Recipient per valid storage-encryption (sub)key of every certificate.
 
-    Secret keys work too (their public part is used). Raises KeyringError for
-    a file that cannot be used or a certificate that cannot receive backups.
+    Secret keys work too (their public part is used), with a warning unless
+    ``secret_ok``: the backup host should hold only certificates. Raises
+    KeyringError for a file that cannot be used or a certificate that cannot
+    receive backups.
     """
     found: dict[str, Recipient] = {}
     for path in paths:
-        for key in _keys_in(path):
+        keys = _keys_in(path)
+        if any(not k.is_public for k in keys):
+            _check_private(path)
+            if not secret_ok:
+                _warn_once("secret", path, f"{path} holds a secret key: backups need only the "
+                           "certificate (sq key extract-cert, gpg --export); keep the secret "
+                           "key off the backup host")
+        for key in keys:
             with _quiet():
                 cert = key if key.is_public else key.pubkey
             keys = _encryption_keys(cert)
@@ -422,6 +453,7 @@ def load_secret_keys(paths: list[str], passphrase: Callable[[str], str] | None) 
                 f"{path} holds no secret key, only a certificate:"
                 " restore needs the secret key, not the certificate"
             )
+        _check_private(path)
         for key in keys:
             secrets += _decryption_keys(key)
     unique: dict[str, _Secret] = {}

@@ -3,13 +3,23 @@
 ``CRYOPHILE_LOG=warn,cryophile.freeze=trace`` (``::`` works like ``.``):
 a bare level sets the default, ``target=level`` one logger and below.
 Levels: error, warn, info (the default), debug, trace, off.
+
+Every handler we install redacts credentials (``Redact``): boto3's own debug
+and trace output carries Authorization headers, session tokens and request
+signatures, and credentials must never reach a log.
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
+import logging.handlers
 import os
+import re
 import sys
+import urllib.parse
+
+from . import errors
 
 TRACE = 5
 logging.addLevelName(TRACE, "TRACE")
@@ -20,10 +30,67 @@ COLORS = {logging.ERROR: "\033[31m", logging.WARNING: "\033[33m", logging.DEBUG:
           TRACE: "\033[2m"}
 
 
+REDACTED = "[REDACTED]"
+_NAMES = ("x-amz-security-token|x-amz-signature|aws_secret_access_key|aws_session_token|"
+          "aws_security_token|secret_?access_?key|secret_key|session_?token|security_?token|"
+          "\\btoken|signature")
+# Each keeps group "pre" and replaces group "secret".
+_SECRETS = [
+    # a quoted Authorization header: the value holds spaces and commas
+    re.compile(r"""(?P<pre>authorization['"]?\s*[:=]\s*b?(?P<q>['"]))(?P<secret>.*?)(?=(?P=q))""",
+               re.I | re.S),
+    # a raw Authorization header line
+    re.compile(r"""(?P<pre>(?:^|(?<=\s))authorization\s*:\s*)(?P<secret>[^\r\n'"]+)""",
+               re.I | re.M),
+    # session tokens, secret keys, signatures: in headers, URLs, dicts, files, JSON
+    re.compile(rf"""(?P<pre>(?:{_NAMES})['"]?\s*[:=]\s*b?['"]?)(?P<secret>[^'"\s,;&}}<>]+)""",
+               re.I),
+    # XML answers of STS or the instance metadata service
+    re.compile(r"(?P<pre><(?:SecretAccessKey|SessionToken|Token|Signature)>)(?P<secret>[^<]*)",
+               re.I),
+    # botocore.auth's "Signature:\n<hex>"
+    re.compile(r"(?P<pre>Signature:\s*)(?P<secret>[0-9a-f]{32,})", re.I),
+]
+_ENV_SECRETS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+
+
+def redact(text: str) -> str:
+    """``text`` without credentials: known header, parameter and field names'
+    values, and the values of the credential variables in the environment."""
+    for name in _ENV_SECRETS:
+        value = os.environ.get(name, "")
+        if len(value) >= 4:
+            for form in {value, urllib.parse.quote(value, safe=""), urllib.parse.quote(value)}:
+                text = text.replace(form, REDACTED)
+    for pattern in _SECRETS:
+        text = pattern.sub(lambda m: m.group("pre") + REDACTED, text)
+    return text
+
+
+class Redact(logging.Filter):
+    """On a handler: every record it emits, message and traceback, is redacted."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        return True
+
+
 class Formatter(logging.Formatter):
-    def __init__(self, program: str, color: bool):
+    """``PROGRAM: error: message``; with ``timestamps``, a UTC time and the pid
+    first (a log file shared by long-running processes)."""
+
+    def __init__(self, program: str, color: bool, timestamps: bool = False):
         super().__init__()
-        self.program, self.color = program, color
+        self.program, self.color, self.timestamps = program, color, timestamps
 
     def format(self, record: logging.LogRecord) -> str:
         msg = record.getMessage()
@@ -33,10 +100,14 @@ class Formatter(logging.Formatter):
             msg = f"warning: {msg}"
         elif record.levelno < logging.INFO:
             msg = f"{record.levelname.lower()} {record.name}: {msg}"
-        if record.exc_info:
-            msg += "\n" + self.formatException(record.exc_info)
+        if record.exc_text or record.exc_info:
+            msg += "\n" + (record.exc_text or self.formatException(record.exc_info))
         if self.color and record.levelno in COLORS:
             msg = f"{COLORS[record.levelno]}{msg}\033[0m"
+        if self.timestamps:
+            when = datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc)
+            return f"{when.isoformat(timespec='milliseconds')[:-6]}Z " \
+                   f"{self.program}[{record.process}]: {msg}"
         return f"{self.program}: {msg}"
 
 
@@ -56,15 +127,38 @@ def parse(spec: str) -> tuple[int | None, dict[str, int]]:
     return default, targets
 
 
-def setup(program: str = "cryophile", verbosity: int = 0, stream=None) -> None:
-    """verbosity: -q → -1, default 0, -d → 1 (debug), -dd → 2 (trace)."""
-    stream = stream or sys.stderr
-    style = os.environ.get("CRYOPHILE_LOG_STYLE", "auto").lower()
-    color = style == "always" or (style == "auto" and stream.isatty())
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(Formatter(program, color))
+def file_handler(program: str, path: str) -> logging.Handler:
+    """A handler appending to ``path`` (created 0600), with timestamps; it reopens
+    the file when logrotate moved it away."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        handler = logging.handlers.WatchedFileHandler(path, encoding="utf-8")
+    except OSError as exc:
+        raise errors.from_oserror(exc, f"cannot write the log file {path}") from None
+    handler.setFormatter(Formatter(program, False, timestamps=True))
+    return handler
+
+
+def install(handler: logging.Handler) -> None:
+    """``handler`` becomes the only one, redacting like every handler of ours."""
+    handler.addFilter(Redact())
+    logging.getLogger().handlers[:] = [handler]
+
+
+def setup(program: str = "cryophile", verbosity: int = 0, stream=None,
+          log_file: str | None = None) -> None:
+    """verbosity: -q → -1, default 0, -d → 1 (debug), -dd → 2 (trace).
+    ``log_file``: append there, with timestamps, instead of ``stream`` (stderr)."""
+    if log_file:
+        handler = file_handler(program, log_file)
+    else:
+        stream = stream or sys.stderr
+        style = os.environ.get("CRYOPHILE_LOG_STYLE", "auto").lower()
+        color = style == "always" or (style == "auto" and stream.isatty())
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(Formatter(program, color))
+    install(handler)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
     level = {-2: logging.ERROR, -1: logging.WARNING, 0: logging.INFO,
              1: logging.DEBUG}.get(verbosity, TRACE if verbosity > 1 else logging.ERROR)
     try:

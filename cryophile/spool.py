@@ -45,15 +45,30 @@ PRUNE_RACES = 5     # tries when another process prunes a directory we create in
 
 
 def makedirs(path: str) -> None:
+    """``path`` and any missing parent, each created 0700 (os.makedirs would give
+    the parents, the spool root and vault and prefix directories, its default mode)."""
     for _ in range(PRUNE_RACES):
         try:
-            os.makedirs(path, mode=0o700, exist_ok=True)
+            _makedirs_private(path)
             return
         except FileNotFoundError:   # a parent pruned by another process meanwhile
             continue
         except OSError as exc:
             raise errors.from_oserror(exc, f"cannot create {path}") from None
     raise errors.SpoolError(f"cannot create {path}: its parent keeps disappearing")
+
+
+def _makedirs_private(path: str) -> None:
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path)
+    if parent and parent != path:
+        _makedirs_private(parent)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise
 
 
 def create_in(directory: str, make):

@@ -143,8 +143,9 @@ class Thawer:
                  select: Callable[[BackupId], bool] = lambda bid: True,
                  limiter: trio.CapacityLimiter | None = None,
                  poll_min: float = POLL_MIN, poll_max: float = POLL_MAX,
-                 fail_fast: bool = False):
+                 fail_fast: bool = False, guard=None):
         self.spool, self.stores, self.settings = spool, stores, settings
+        self.guard = guard          # ledger.Guard: charges (or refuses) each restore request
         self.select = select
         self.limiter = limiter or trio.CapacityLimiter(DOWNLOADS * 2)
         self.downloads = trio.Semaphore(DOWNLOADS)
@@ -275,9 +276,15 @@ class Thawer:
             tier, days = self.settings(bid.vault)
             log.debug("requesting restore of %s (%s, %s tier, %d days)",
                       key, info.storage_class, tier, days)
+            await self._charge(bid, n, info, tier, days)
             await trio.to_thread.run_sync(
                 lambda: store.request_restore(key, tier=tier, days=days), limiter=self.limiter)
         restorequeue.drop_request(self.spool, bid, n, warm=True)
+
+    async def _charge(self, bid: BackupId, n: int, info, tier: str, days: int) -> None:
+        """The thaw budget's ledger, before each RestoreObject (BudgetError if refused)."""
+        if self.guard is not None:
+            await trio.to_thread.run_sync(self.guard.request, bid, n, info, tier, days)
 
     async def thaw_fragment(self, store, bid: BackupId, n: int,
                             clear: manifest.ClearInfo) -> None:
@@ -307,6 +314,7 @@ class Thawer:
             if info.state is State.ARCHIVED and not requested:
                 log.debug("requesting restore of %s (%s, %s tier, %d days)",
                          key, info.storage_class, tier, days)
+                await self._charge(bid, n, info, tier, days)
                 await trio.to_thread.run_sync(
                     lambda: store.request_restore(key, tier=tier, days=days),
                     limiter=self.limiter)

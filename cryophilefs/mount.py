@@ -5,12 +5,17 @@ the terminal), then the process detaches (unless -f) and mounts; the parent
 exits only once the mount is up, so `mount` and fstab see its real status.
 pyfuse3's loop, freeze and thaw run in one trio nursery; SIGTERM, SIGINT
 and SIGHUP unmount cleanly.
+
+Detached, the log goes to --log-file (stderr too, so that nothing written
+there is lost), else to syslog; with neither, the mount refuses to detach
+rather than log nowhere.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import logging
 import logging.handlers
 import os
@@ -18,15 +23,19 @@ import signal
 import sys
 
 import pyfuse3
+import shtab
 import trio
 
 from cryophile import __version__, config as configuration, errors, keys, log as logsetup, thaw
-from cryophile.cli.common import add_spool_options, passphrase_reader
+from cryophile import sdnotify
+from cryophile.options import add_log_file_option, add_spool_options, passphrase_reader
 from cryophile.freeze import Freezer
+from cryophile.ledger import Guard
 from cryophile.spool import FreezeDaemonLock, Spool
 
 from .operations import Operations, Settings
 from .reader import FsThawer
+from .thawpolicy import ReadPolicy
 
 log = logging.getLogger("cryophilefs")
 PROG = "cryophilefs"
@@ -40,6 +49,7 @@ PASSED = {"allow_other", "default_permissions", "ro", "nosuid", "suid", "nodev",
           "auto_unmount"}
 PASSED_VALUES = {"fsname", "subtype", "max_read"}
 TIERS = ("Expedited", "Standard", "Bulk")
+SYSLOG = "/dev/log"
 
 DESCRIPTION = """\
 Mount cryophile vaults as a filesystem.  Write a backup by writing a file:
@@ -50,8 +60,9 @@ and read an archive back (thawing it from cold storage if needed):
 EPILOG = """\
 mount options (-o, comma separated):
   spool=DIR, config=FILE, keyring=FILE   as -S, -c and -k (keyring repeatable)
-  pass_fd=FD                             as -P
+  pass_fd=FD, log_file=PATH              as -P and --log-file
   allow_other                            let other users in (adds default_permissions)
+  allow_delete                           unlink of an archive deletes it (as cryophile rm)
   restore_tier=Expedited|Standard|Bulk   thaw tier instead of the vault's
   restore_days=N                         days a thawed copy stays in the vault
   thaw_poll=SECONDS                      first wait between restore polls
@@ -71,6 +82,7 @@ def parser() -> argparse.ArgumentParser:
                    help="read the secret key's passphrase from file descriptor FD")
     p.add_argument("-f", "--foreground", action="store_true",
                    help="stay in the foreground, logging to stderr")
+    add_log_file_option(p)
     p.add_argument("-o", "--options", action="append", default=[], metavar="OPTS",
                    help="mount options, comma separated (see below)")
     p.add_argument("-d", "--debug", action="count", default=0,
@@ -78,6 +90,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="count", default=0,
                    help="less log output: warnings and errors only")
     p.add_argument("-V", "--version", action="version", version=f"{PROG} {__version__}")
+    shtab.add_argument_to(p, "--print-completion", help="print a completion script for that shell")
     p.add_argument("where", nargs="+", metavar="MOUNTPOINT",
                    help="where to mount (mount(8) style `SOURCE MOUNTPOINT` works too)")
     return p
@@ -87,6 +100,7 @@ def parser() -> argparse.ArgumentParser:
 class Options:
     fuse: set
     allow_other: bool = False
+    allow_delete: bool = False
     restore_tier: str | None = None
     restore_days: int | None = None
     thaw_poll: float = thaw.POLL_MIN
@@ -115,7 +129,7 @@ def parse_options(args) -> Options:
 
 def _ours(args, opts: Options, name: str, value: str, has_value: bool) -> bool:
     if name in ("spool", "config", "keyring", "pass_fd", "restore_tier", "restore_days",
-                "thaw_poll") and not has_value:
+                "thaw_poll", "log_file") and not has_value:
         raise errors.UsageError(f"mount option {name} needs a value ({name}=…)")
     if name == "spool":
         args.spool = args.spool or value
@@ -123,6 +137,8 @@ def _ours(args, opts: Options, name: str, value: str, has_value: bool) -> bool:
         args.config = args.config or value
     elif name == "keyring":
         args.keyring.append(value)
+    elif name == "log_file":
+        args.log_file = args.log_file or value
     elif name == "pass_fd":
         args.pass_fd = _number(name, value, int)
     elif name == "restore_tier":
@@ -133,6 +149,8 @@ def _ours(args, opts: Options, name: str, value: str, has_value: bool) -> bool:
         opts.restore_days = _number(name, value, int)
     elif name == "thaw_poll":
         opts.thaw_poll = _number(name, value, float)
+    elif name == "allow_delete" and not has_value:
+        opts.allow_delete = True
     else:
         return False
     return True
@@ -164,7 +182,7 @@ def load_keys(paths: list[str], pass_fd: int | None):
     certificates, secret = [], []
     for path in paths:
         try:
-            certificates += keys.load_certificates([path])
+            certificates += keys.load_certificates([path], secret_ok=True)
         except errors.KeyringError as exc:
             log.debug("%s gives no recipient: %s", path, exc)
         try:
@@ -196,6 +214,9 @@ def mount(args) -> int:
         raise errors.UsageError("give one MOUNTPOINT (or SOURCE MOUNTPOINT)")
     mountpoint = os.path.abspath(args.where[-1])
     opts = parse_options(args)
+    if args.log_file:
+        args.log_file = os.path.abspath(args.log_file)      # detaching changes to /
+        logsetup.install(logsetup.file_handler(PROG, args.log_file))
     if not os.path.isdir(mountpoint):
         raise errors.UsageError(f"mount point {mountpoint} is not a directory")
     cfg = configuration.load(args.config)
@@ -204,9 +225,10 @@ def mount(args) -> int:
     certificates, keyring = load_keys(args.keyring, args.pass_fd)
     if keyring is None:
         log.info("no secret key loaded: backups only (mount with -k SECRET_KEY to read)")
-    mounted = None if args.foreground else detach()
+    mounted = None if args.foreground else detach(daemon_log(args.log_file), args.log_file)
     stores = configuration.Stores(cfg)
-    settings = Settings(cfg, spool, stores, certificates, keyring, opts.allow_other)
+    settings = Settings(cfg, spool, stores, certificates, keyring, opts.allow_other,
+                        allow_delete=opts.allow_delete)
     try:
         trio.run(serve, settings, opts, mountpoint, mounted)
     finally:
@@ -222,9 +244,10 @@ async def serve(settings: Settings, opts: Options, mountpoint: str, mounted) -> 
     lock = thaw.DaemonLock(spool)
     if lock.acquire():
         settings.thawer = FsThawer(spool, settings.stores, lambda v: _tier(cfg, opts, v),
-                                   poll_min=opts.thaw_poll)
+                                   poll_min=opts.thaw_poll, guard=Guard(spool, cfg))
     else:
         log.info("a `cryophile thaw` is running: it fetches what reads need")
+    settings.policy = ReadPolicy(cfg, spool, settings.stores, lambda v: _tier(cfg, opts, v))
     ops = Operations(settings)
     try:
         async with trio.open_nursery() as nursery:
@@ -233,6 +256,7 @@ async def serve(settings: Settings, opts: Options, mountpoint: str, mounted) -> 
             try:
                 _report_mounted(mounted, True)
                 log.info("mounted %s on %s", spool.root, mountpoint)
+                sdnotify.notify("READY=1", f"STATUS=mounted on {mountpoint}")  # Type=notify
                 nursery.start_soon(supervise, "freeze", settings.freezer.run)
                 if settings.thawer is not None:
                     nursery.start_soon(supervise, "thaw", settings.thawer.run)
@@ -293,7 +317,44 @@ async def unmount_on_signal() -> None:
 
 # --- detaching -------------------------------------------------------------------
 
-def detach() -> int:
+@dataclasses.dataclass
+class Detached:
+    fd: int                             # the parent waits on this for "1" (mounted)
+    syslog: logging.Handler | None      # None: the log file is already in place
+    log_file: str | None
+
+
+def daemon_log(log_file: str | None) -> logging.Handler | None:
+    """Where a detached mount will log: checked before detaching, while errors
+    still reach the terminal.  None when --log-file is in use."""
+    if log_file:
+        return None
+    try:
+        _probe_syslog()
+    except OSError as exc:
+        raise errors.UsageError(
+            f"cannot detach: no syslog to log to ({SYSLOG}: {exc.strerror}); give "
+            "--log-file PATH (-o log_file=PATH) or stay in the foreground with -f") from None
+    handler = logging.handlers.SysLogHandler(SYSLOG)
+    handler.setFormatter(logging.Formatter(f"{PROG}[{os.getpid()}]: %(message)s"))
+    return handler
+
+
+def _probe_syslog() -> None:
+    """Raise OSError unless something listens on SYSLOG (SysLogHandler itself
+    says nothing and drops every line when nobody does)."""
+    import socket
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(socket.AF_UNIX, kind) as probe:
+            try:
+                probe.connect(SYSLOG)
+                return
+            except OSError as exc:
+                if exc.errno != errno.EPROTOTYPE:
+                    raise
+
+
+def detach(syslog: logging.Handler | None, log_file: str | None) -> Detached:
     """Fork; the parent waits for the child's word that the mount is up."""
     r, w = os.pipe()
     if os.fork():
@@ -303,31 +364,34 @@ def detach() -> int:
     os.close(r)
     os.setsid()
     os.chdir("/")
-    return w
+    if syslog is not None:      # the pid in its lines is the daemon's
+        syslog.setFormatter(logging.Formatter(f"{PROG}[{os.getpid()}]: %(message)s"))
+    return Detached(w, syslog, log_file)
 
 
-def _report_mounted(fd: int | None, ok: bool) -> None:
-    if fd is None:
+def _report_mounted(detached: Detached | None, ok: bool) -> None:
+    if detached is None:
         return
-    os.write(fd, b"1" if ok else b"0")
-    os.close(fd)
+    os.write(detached.fd, b"1" if ok else b"0")
+    os.close(detached.fd)
     if ok:
-        _to_syslog()
+        _to_daemon_log(detached)
 
 
-def _to_syslog() -> None:
-    """Detached: stdio goes to /dev/null and the log to syslog."""
+def _to_daemon_log(detached: Detached) -> None:
+    """Detached: stdin and stdout go to /dev/null; stderr to the log file if there
+    is one (so that even what bypasses logging is kept), and the log to syslog
+    unless it goes to the file."""
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
     os.close(null)
-    root = logging.getLogger()
-    if os.path.exists("/dev/log"):
-        handler = logging.handlers.SysLogHandler("/dev/log")
-        handler.setFormatter(logging.Formatter(f"{PROG}[{os.getpid()}]: %(message)s"))
-        root.handlers[:] = [handler]
-    else:
-        root.handlers[:] = [logging.NullHandler()]
+    if detached.log_file:
+        fd = os.open(detached.log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.dup2(fd, 2)
+        os.close(fd)
+    if detached.syslog is not None:
+        logsetup.install(detached.syslog)
 
 
 # --- mount(8) ------------------------------------------------------------------------

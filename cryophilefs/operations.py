@@ -17,7 +17,7 @@ from typing import Callable
 import pyfuse3
 import trio
 
-from cryophile import catalog, chains, ids, keys, manifest
+from cryophile import catalog, chains, errors, ids, keys, manifest, remove
 from cryophile.backpressure import Backpressure
 from cryophile.ids import BackupId
 from cryophile.streams import snapshot_name
@@ -31,6 +31,7 @@ from .writer import HeldWriter, Incoming
 log = logging.getLogger("cryophilefs")
 
 XATTR = "user.cryophile."
+RELEASE_GRACE = 2.0     # seconds unlink waits for the release of a just-closed archive
 FH_HANDLERS = {"read", "write", "flush", "release", "fsync", "readdir", "releasedir"}
 
 
@@ -42,8 +43,10 @@ class Settings:
     certificates: list | None = None    # -k certificates: recipients for any vault
     keyring: object = None              # -k secret keys: SecretKeyring, or None
     allow_other: bool = False
+    allow_delete: bool = False          # -o allow_delete: unlink deletes archives
     thawer: object = None               # reader.FsThawer running in this process
     freezer: object = None              # cryophile.freeze.Freezer running in this process
+    policy: object = None               # thawpolicy.ReadPolicy: when reads may thaw
 
 
 @dataclasses.dataclass
@@ -78,7 +81,7 @@ class Operations(pyfuse3.Operations):
         self.dirs: dict[int, list] = {}
         self.next_fh = 1
         self.listings = vaults.Listings(self.spool, settings.stores, self._found)
-        self.thaws = Thaws(self.spool, settings.thawer)
+        self.thaws = Thaws(self.spool, settings.thawer, settings.policy)
         self.backpressure = Backpressure(self.spool, self.config.spool_max)
         self.recipients: dict[str, list] = {}
         self.announced: set[str] = set()      # vaults whose destination was logged
@@ -252,6 +255,9 @@ class Operations(pyfuse3.Operations):
         self.tree.remove(node)
 
     async def unlink(self, parent_inode, name, ctx=None):
+        if self.tree.get(parent_inode).area != INCOMING:
+            await self._delete_archive(self._child(self.tree.get(parent_inode), name))
+            return
         parent = self.writable_dir(parent_inode)
         node = self._child(parent, name)
         if node.incoming is None:
@@ -260,6 +266,30 @@ class Operations(pyfuse3.Operations):
             log.info("%s removed while being written: backup %s cancelled", node.path(),
                      node.incoming.bid)
         self.tree.remove(node)              # a sealed backup's entry: just the name goes
+
+    async def _delete_archive(self, node: Node) -> None:
+        """unlink of an archive: with -o allow_delete, as `cryophile rm`."""
+        if node.archive is None or not self.s.allow_delete:
+            raise FsError(errno.EROFS, "archives are read-only (mount with -o allow_delete "
+                          "to delete them)" if node.archive is not None else "read-only")
+        bid = node.archive.bid
+        with trio.move_on_after(RELEASE_GRACE):    # the kernel releases after close returns
+            while node.archive.readers:
+                await trio.sleep(0.02)
+        if node.archive.readers:
+            raise FsError(errno.EBUSY, f"{bid} is open: not deleted")
+        if self.s.freezer is not None and os.path.isdir(self.spool.dir("freeze", bid)):
+            # this process's freeze may be uploading it right now
+            raise FsError(errno.EBUSY, f"{bid} is still being frozen: not deleted (try again "
+                          "once it is frozen)")
+        try:
+            await trio.to_thread.run_sync(remove.remove, self.spool, self.s.stores(bid.vault),
+                                          bid)
+        except errors.NotFoundError:
+            pass                            # gone already (another host, cryophile rm)
+        self.listings.forget(bid)
+        self.tree.remove(node)
+        log.info("%s deleted", bid)
 
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags,
                      ctx=None):
@@ -420,6 +450,7 @@ class Operations(pyfuse3.Operations):
         await self._manifest(archive)
         await self.thaws.opening(archive)
         fragments = Fragments(self.spool, self.s.stores(archive.bid.vault), archive)
+        fragments.pid = ctx.pid if ctx is not None else 0      # the thaw guard's "who"
         if flags & os.O_NONBLOCK:
             await self._no_wait(archive, fragments)
         reader = ReadAhead(archive, fragments, self.thaws, self.s.keyring.decrypt_session_key)
@@ -451,7 +482,7 @@ class Operations(pyfuse3.Operations):
                                 "to ask again)")
         missing = await trio.to_thread.run_sync(fragments.missing)
         if missing:
-            await self.thaws.request(archive, missing[0])
+            await self.thaws.request(archive, missing[0], fragments.pid)
             log.info("%s is not thawed yet (O_NONBLOCK open): thaw requested", archive.bid)
             raise pyfuse3.FUSEError(errno.EAGAIN)
 
@@ -504,6 +535,8 @@ class Operations(pyfuse3.Operations):
             values["name"] = await self._name(archive)
         elif field in ("stream", "parent", "snapshot"):
             values.update(await self._stream_xattr(archive, field))
+        elif field == "thaw_plan" and self.thaws.policy is not None:
+            values["thaw_plan"] = (await self.thaws.policy.plan(archive)).summary()
         return values
 
     async def _stream_xattr(self, archive: vaults.Archive, field: str) -> dict:
@@ -538,7 +571,8 @@ class Operations(pyfuse3.Operations):
             fields = ("state", "name", "backup_id")
         elif node.archive is not None:
             fields = ("state", "name", "storage_class", "fragments", "thaw", "backup_id",
-                      "created", "size", "stored", "stream", "parent", "snapshot")
+                      "created", "size", "stored", "stream", "parent", "snapshot",
+                      "thaw_plan")
         else:
             fields = ()
         return [os.fsencode(XATTR + f) for f in fields]
@@ -547,11 +581,13 @@ class Operations(pyfuse3.Operations):
         node = self.tree.get(inode)
         if os.fsdecode(name) != XATTR + "thaw" or node.archive is None:
             raise pyfuse3.FUSEError(errno.ENOTSUP)
-        if value.strip() not in (b"1", b"yes", b"true"):
-            raise FsError(errno.EINVAL, f"set {XATTR}thaw to 1 to start a thaw")
+        if value.strip() not in (b"1", b"yes", b"true", b"approve"):
+            raise FsError(errno.EINVAL, f"set {XATTR}thaw to 1 to start a thaw (approve: "
+                          "past the thaw budget and guards)")
         await node.archive.ready.wait()
         await self.thaws.ask_again(node.archive)
-        await self.thaws.request(node.archive)
+        await self.thaws.request(node.archive, pid=ctx.pid if ctx is not None else 0,
+                                 whole=True, approve=value.strip() == b"approve")
         log.info("thaw of %s requested", node.archive.bid)
 
     async def removexattr(self, inode, name, ctx=None):

@@ -78,13 +78,18 @@ class Thaws:
     fragments alone.
     """
 
-    def __init__(self, spool: Spool, thawer=None):
+    def __init__(self, spool: Spool, thawer=None, policy=None):
         self.spool, self.thawer = spool, thawer
+        self.policy = policy        # thawpolicy.ReadPolicy: guards, partial thaws
         self.reported: set[BackupId] = set()
         self.readers: dict[BackupId, restorequeue.Reader] = {}
 
-    async def request(self, archive: Archive, first: int = 1) -> None:
+    async def request(self, archive: Archive, first: int = 1, pid: int = 0,
+                      whole: bool = False, approve: bool = False) -> None:
         wanted = list(range(first, archive.fragments + 1))
+        if self.policy is not None:
+            wanted = wanted if whole else self.policy.window(archive, first)
+            await self.policy.admit(archive, wanted, pid, approve)
         await trio.to_thread.run_sync(thaw.request, self.spool, archive.bid, wanted)
         if self.thawer is not None:
             self.thawer.poke()
@@ -111,9 +116,10 @@ class Thaws:
     async def wait(self, fragments: Fragments, n: int) -> None:
         since = time.monotonic()
         bid = fragments.bid
+        pid = getattr(fragments, "pid", 0)
         failure = await trio.to_thread.run_sync(restorequeue.failure, self.spool, bid, n)
         if failure is None:
-            await self.request(fragments.archive, n)
+            await self.request(fragments.archive, n, pid)
             log.info("thawing %s from chunk.%d on; reads wait for it", bid, n)
         while True:
             if failure is None:
@@ -125,7 +131,7 @@ class Thaws:
             if found:
                 return
             if failure is None and not asked:      # taken away by another's cleanup
-                await self.request(fragments.archive, n)
+                await self.request(fragments.archive, n, pid)
             await trio.sleep(WAIT_POLL)
 
     def _look(self, fragments: Fragments, n: int) -> tuple[bool, errors.Error | None, bool]:
@@ -271,6 +277,10 @@ class ReadAhead:
             data = await trio.to_thread.run_sync(self.plain.read, block * BLOCK, BLOCK)
         except NeedFragment as need:
             self.plain.close_stream()         # restart decryption there after the thaw
+            if self.thaws.policy is not None and not self.waiting.get(block):
+                self.stalled = True           # read-ahead thaws nothing: a read will
+                self._wake()
+                return
             await self._thaw(generation, block, need.n)
             return
         except errors.IntegrityError as exc:

@@ -164,6 +164,10 @@ class Listings:
     def add(self, archive: Archive) -> None:
         self.known.setdefault(archive.bid.vault, set()).add(archive.bid.key)
 
+    def forget(self, bid: BackupId) -> None:
+        """An archive deleted through the mount."""
+        self.known.get(bid.vault, set()).discard(bid.key)
+
     async def refresh(self, vault: str, force: bool = False) -> None:
         lock = self.locks.setdefault(vault, trio.Lock())
         started = time.monotonic()

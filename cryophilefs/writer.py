@@ -38,14 +38,12 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import time
 from typing import Callable
 
 import trio
 
 from cryophile import errors
-from cryophile.fsutil import fsync_dir
 from cryophile.ids import BackupId
 from cryophile.pipeline.writer import ArchiveWriter
 
@@ -86,16 +84,6 @@ class HeldWriter(ArchiveWriter):
         and deletes the fragments it already uploaded."""
         self.spool.abandon(self.bid)
         self.lock.release()
-
-
-def fsync_parents(writer: ArchiveWriter) -> None:
-    """The sealed archive's directory survives a crash of the machine too:
-    fsync freeze/VAULT/PREFIX… up to the queue (publish fsynced the rest)."""
-    top = writer.spool.queue("freeze")
-    path = os.path.dirname(writer.queue_dir)
-    while len(path) >= len(top):
-        fsync_dir(path)
-        path = os.path.dirname(path)
 
 
 class Incoming:
@@ -269,10 +257,6 @@ class Incoming:
         never listed as a good archive)."""
         self.writer.close(incomplete="mark")
         self.complete = self.writer.stream.complete is not False
-        try:
-            fsync_parents(self.writer)
-        except OSError as exc:
-            raise errors.from_oserror(exc, "cannot make the sealed archive durable") from None
 
     async def release(self) -> bool:
         """The last close: the archive is let go to freeze, or the backup dropped.

@@ -1,4 +1,5 @@
 import logging
+import os
 import subprocess
 
 import pytest
@@ -31,10 +32,15 @@ def recipes(tmp_path_factory, gpg) -> dict[str, Recipe]:
         ),
     }
     r["sq_pw"] = sq_password_recipe(d)
+    for recipe in r.values():      # as a careful user keeps them (world-readable ones warn)
+        recipe.key.chmod(0o600)
     return r
 
 
 def pytest_configure(config):
+    # Files the tests make (secret keys among them) are private, as on a careful
+    # user's machine: a world-readable secret key is warned about.
+    os.umask(0o077)
     config.addinivalue_line("markers", "expect_log: the test expects warnings or errors "
                                        "in the log (they do not fail it)")
 

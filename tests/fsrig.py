@@ -177,6 +177,7 @@ def fskeys(tmp_path_factory) -> tuple[Path, Path]:
                                    check=True, capture_output=True).stdout)
     cert.write_bytes(subprocess.run(["sqop", "extract-cert"], input=key.read_bytes(),
                                     check=True, capture_output=True).stdout)
+    key.chmod(0o600)                # world-readable secret keys warn
     return cert, key
 
 

@@ -116,3 +116,11 @@ class StoreContract:
         store.request_restore("k", tier="Standard", days=1)
         assert store.head("k").state == State.AVAILABLE
         assert get_bytes(store, "k") == self.DATA
+
+    def test_list_tells_when_each_object_was_stored(self, store, tmp_path):
+        import datetime
+        before = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=5)
+        put_bytes(store, tmp_path, "k", self.DATA)
+        (info,) = store.list("k")
+        assert info.modified is not None and info.modified.tzinfo is not None
+        assert before < info.modified < before + datetime.timedelta(hours=1)

@@ -55,7 +55,7 @@ def backup(rig, cert, *args, data: bytes = b"data", pre=()):
     (["-p", "tank/../etc"], ["tank/../etc", ".."]),
     (["-p", "tank/my home"], ["tank/my home", "characters"]),
     (["-p", "/tank"], ["/tank", "start"]),
-    (["-p", "/".join(["a" * 200] * 4 + ["a" * 193])], ["997", "S3"]),
+    (["-p", "/".join(["a" * 200] * 4 + ["a" * 181])], ["985", "at most 984", "1024"]),
     (["-p", "a" * 256], ["256", "255"]),
     (["-t", "2021-01-01", "-u", "01ARZ3NDEKTSV4RRFFQ69G5FAV"], ["-t", "-u"]),
     (["-C", "brotli"], ["brotli", "none, lz4 or zstd"]),
@@ -75,10 +75,12 @@ def test_bad_backup_arguments(rig, recipes, args, needles):
 
 
 def test_prefix_at_the_length_limit_works(rig, recipes):
-    prefix = "/".join(["a" * 200] * 4 + ["a" * 192])
-    assert len(prefix) == 996
+    """984 bytes: PREFIX/ULID/chunk.999999 is exactly 1024 bytes."""
+    prefix = "/".join(["a" * 200] * 4 + ["a" * 180])
+    assert len(prefix) == 984
     ulid = backup(rig, recipes["sq"].cert, "-p", prefix).stdout.decode().strip()
     assert (archive_dir(rig, ulid, prefix, where="freeze") / "chunk.0").exists()
+    assert len(f"{prefix}/{ulid}/chunk.999999") == 1024
 
 
 def test_bad_vault_in_restore(rig, recipes):

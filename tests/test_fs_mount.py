@@ -180,7 +180,8 @@ def test_allow_other_modes(rig, data, fskeys):
 
 def test_mount_command_and_helper(rig, data, fskeys):
     env = {**os.environ, "CRYOPHILE_LOG_STYLE": "never"}
-    opts = f"spool={rig.spool},config={rig.config},keyring={fskeys[1]}"
+    logfile = rig.root / "mount.log"       # detached, with no syslog here perhaps
+    opts = f"spool={rig.spool},config={rig.config},keyring={fskeys[1]},log_file={logfile}"
     bindir = os.path.dirname(os.sys.executable)
     # mount(8) clears PATH: `-t fuse.cryophilefs` finds cryophilefs in the standard
     # places only; `-t fuse PROGRAM#SOURCE` names it (what an fstab line can do too)

@@ -253,16 +253,16 @@ async def test_a_released_entry_lingers_unlisted(tmp_path, fskeys, nursery, monk
 
 @pytest.mark.expect_log
 async def test_a_seal_failing_half_way_leaves_no_archive(tmp_path, fskeys, nursery, monkeypatch):
-    from cryophilefs import writer
+    from cryophile.pipeline.writer import ArchiveWriter
 
     def failing(w):
         raise OSError(errno.EIO, "Input/output error")
-    monkeypatch.setattr(writer, "fsync_parents", failing)
+    monkeypatch.setattr(ArchiveWriter, "_fsync_parents", failing)
     ops = make_ops(tmp_path, fskeys, nursery)
     _, info, _ = await start(ops, "half")
     bid = ops.handles[info.fh].incoming.bid
     await ops.write(info.fh, 0, b"h" * 1000)
-    await expect_errno(errno.EIO, ops.flush(info.fh))      # chunk.0 is there, not durable
+    await expect_errno(errno.EIO, ops.flush(info.fh))      # chunk.0 could not be made durable
     await ops.release(info.fh)
     assert not archives_of(ops) and not mark(tmp_path, bid)
     assert not (tmp_path / "spool" / "backup" / VAULT / bid.key).exists()

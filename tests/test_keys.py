@@ -11,7 +11,10 @@ import re
 import subprocess
 
 import pytest
-from cryptography.hazmat.decrepit.ciphers.modes import CFB  # the primitives one is deprecated
+try:
+    from cryptography.hazmat.decrepit.ciphers.modes import CFB  # the primitives one is deprecated
+except ImportError:     # cryptography < 43
+    from cryptography.hazmat.primitives.ciphers.modes import CFB
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 from cryophile.errors import BadPassphraseError, FormatError, KeyringError, NoMatchingKeyError
@@ -150,11 +153,14 @@ def test_armored_and_binary_agree(recipes):
         assert r.cert_fingerprint in secrets(recipes[name]).fingerprints()
 
 
-def test_secret_key_works_as_certificate(recipes):
+@pytest.mark.expect_log
+def test_secret_key_works_as_certificate(recipes, caplog):
     for name in ("sq", "gpg", "sqop_pw"):
         assert load_certificates([str(recipes[name].key)]) == load_certificates([str(recipes[name].cert)])
+        assert f"{recipes[name].key} holds a secret key" in caplog.text
 
 
+@pytest.mark.expect_log     # a secret key given as a certificate warns
 def test_keyrings_with_several_certificates(recipes, gpg, tmp_path):
     both = [recipes["gpg"].cert, recipes["gpg_rsa"].cert]
     fprs = {load_certificates([str(p)])[0].fingerprint for p in both}
@@ -364,9 +370,40 @@ def test_encryption_capable_primary_is_used(gpg, tmp_path):
     assert secrets(recipe).decrypt_session_key(split_pkesks(blob)) == (9, b"p" * 32)
 
 
+@pytest.mark.expect_log     # a secret key given as a certificate warns
 def test_transport_only_subkey_is_not_for_backups(tmp_path):
     key = tmp_path / "transport.key"
     run("sq", "key", "generate", "--can-encrypt", "transport", "--cannot-authenticate",
         "--cannot-sign", "--export", str(key))
     with pytest.raises(KeyringError, match="has no valid encryption subkey"):
         load_certificates([str(key)])
+
+
+# --- warnings about where secret keys are ---------------------------------------------
+
+def _copy(path, tmp_path, mode: int):
+    copy = tmp_path / path.name
+    copy.write_bytes(path.read_bytes())
+    copy.chmod(mode)
+    return copy
+
+
+@pytest.mark.expect_log
+def test_world_readable_secret_key_warns_once(recipes, tmp_path, caplog):
+    key = _copy(recipes["sq"].key, tmp_path, 0o644)
+    load_secret_keys([str(key)], None)
+    load_secret_keys([str(key)], None)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [f"secret key file {key} is readable by every user (mode 0644): "
+                        f"chmod 600 {key}"]
+
+
+def test_private_secret_key_and_readable_certificate_are_quiet(recipes, tmp_path, caplog):
+    load_secret_keys([str(_copy(recipes["sq"].key, tmp_path, 0o640))], None)
+    load_certificates([str(_copy(recipes["sq"].cert, tmp_path, 0o644))])
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_mount_takes_secret_keys_without_warning(recipes, tmp_path, caplog):
+    load_certificates([str(_copy(recipes["sq"].key, tmp_path, 0o600))], secret_ok=True)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]

@@ -4,6 +4,7 @@ recovers with standard tools, and mounts, all on a local vault."""
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -14,12 +15,12 @@ def test_readme_names_the_two_commands():
     commands = re.findall(r"^    (\S.*)$", text.split("## Quick start", 1)[1].split("##", 1)[0],
                           re.M)
     assert commands == ["scripts/demo", ".ci/run"]
-    assert "exec .venv/bin/python -m pytest" in (ROOT / ".ci" / "run").read_text()
+    assert ".venv/bin/python -m pytest -q" in (ROOT / ".ci" / "run").read_text()
 
 
 def test_demo_runs(tmp_path):
     # .ci/run has run scripts/setup already; the demo's own work is what is tested
-    env = {**os.environ, "CRYOPHILE_DEMO_NO_SETUP": "1"}
+    env = {**os.environ, "CRYOPHILE_DEMO_NO_SETUP": "1", "CRYOPHILE_VENV": sys.prefix}
     proc = subprocess.run([str(ROOT / "scripts" / "demo")], capture_output=True, env=env,
                           timeout=900, cwd=ROOT)
     out = proc.stdout.decode(errors="replace")

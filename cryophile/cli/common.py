@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
+import unicodedata
 
 from .. import config, errors, ids, keys
+from ..options import add_spool_options, passphrase_reader  # noqa: F401 (shared)
 from ..spool import Spool
 
 log = logging.getLogger("cryophile")
@@ -27,15 +28,6 @@ class Context:
 
     def close(self) -> None:
         self.store.close()
-
-
-def add_spool_options(p) -> None:
-    """-S and -c, which cryophile and cryophilefs share."""
-    p.add_argument("-S", "--spool", metavar="SPOOL",
-                   help="spool directory (default from the configuration, else "
-                        "/var/spool/cryophile)")
-    p.add_argument("-c", "--config", metavar="CONFIG",
-                   help="read only this configuration file (it must exist)")
 
 
 def run_service(main, *args) -> None:
@@ -64,42 +56,33 @@ def backup_id(ctx: Context, args) -> ids.BackupId:
     return ids.BackupId(vault, ids.parse_prefix(args.prefix), ids.parse_ulid(args.ulid))
 
 
-def passphrase_reader(fd: int | None):
-    """A callback reading the passphrase from ``fd`` once, else from the terminal."""
-    cache: dict[str, str] = {}
-
-    def read(description: str) -> str:
-        if fd is not None:
-            if "fd" not in cache:
-                try:
-                    with os.fdopen(fd, "rb", closefd=False) as f:
-                        cache["fd"] = f.readline().decode().rstrip("\r\n")
-                except OSError as exc:
-                    raise errors.UsageError(f"cannot read the passphrase from fd {fd}: "
-                                            f"{exc.strerror}") from None
-            return cache["fd"]
-        return _prompt(description)
-    return read
-
-
-def _prompt(description: str) -> str:
-    import getpass
-    try:                        # getpass asks on /dev/tty: is there one?
-        os.close(os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY))
-    except OSError:
-        raise errors.BadPassphraseError(
-            f"{description} is protected by a passphrase: give it with --pass-fd FD "
-            "(no terminal to ask on)") from None
-    try:
-        return getpass.getpass(f"Passphrase for {description}: ")
-    except EOFError:
-        raise errors.BadPassphraseError(f"no passphrase given for {description}") from None
-
-
 def secret_keys(paths: list[str], pass_fd: int | None) -> keys.SecretKeyring:
     if not paths:
         raise errors.UsageError("restore needs the secret key: give it with -k KEYFILE")
     return keys.load_secret_keys(paths, passphrase_reader(pass_fd))
+
+
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
+# control, format (bidi overrides, zero-width), surrogate, private, unassigned,
+# line and paragraph separators: nothing a terminal should be handed raw
+_HIDDEN = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
+
+
+def escape(text: str) -> str:
+    """``text`` safe to print on a terminal: one line, no escape sequences, no
+    characters that reorder or hide others.  A backslash starts every escape
+    (\\n, \\x1b, \\u202e) and is itself doubled, so different texts stay different."""
+    out = []
+    for ch in text:
+        if ch in _NAMED:
+            out.append(_NAMED[ch])
+        elif unicodedata.category(ch) in _HIDDEN:
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x100 else
+                       f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 def human(n: float) -> str:

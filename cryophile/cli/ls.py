@@ -8,7 +8,7 @@ import logging
 import sys
 
 from .. import catalog, chains, errors, ids
-from .common import Context, human, passphrase_reader
+from .common import Context, escape, human, passphrase_reader
 
 log = logging.getLogger("cryophile")
 
@@ -121,10 +121,10 @@ def _cells(r: dict, full_ids: bool, scripted: bool) -> list[str]:
     name = r["name"] or ""
     if r["snapshot"]:
         name = f"{name} ({r['snapshot']})" if name else r["snapshot"]
-    return [r["id"] if full_ids else r["id"].split("/", 1)[1],
+    return [escape(r["id"] if full_ids else r["id"].split("/", 1)[1]),
             r["created"][:19] + "Z", size(r["size"]),
             "-" if r["fragments"] is None else str(r["fragments"]), r["state"],
-            size(r["stored"]), r["storage_class"] or "-", r["kind"], parent, name or "-"]
+            size(r["stored"]), r["storage_class"] or "-", r["kind"], parent, escape(name or "-")]
 
 
 def write_table(rows: list[dict], *, full_ids: bool, scripted: bool) -> None:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 
-from .. import __version__, errors, log
-from . import backup, chain, freeze, ls, restore, status, thaw
-from .common import add_spool_options
+import shtab
 
-COMMANDS = (backup, freeze, thaw, restore, ls, chain, status)
+from .. import __version__, errors, log
+from . import backup, chain, check, freeze, ls, prune, restore, rm, status, thaw
+from ..options import add_log_file_option, add_spool_options
+
+COMMANDS = (backup, freeze, thaw, restore, ls, chain, status, rm, prune, check)
 PROG = "cryophile"
 
 DESCRIPTION = """\
@@ -29,45 +32,105 @@ exit status: 0 success, 2 usage, 3 configuration, 4 unusable key,
 5 no matching secret key, 6 wrong passphrase, 7 archive not found,
 8 fragment missing or truncated, 9 damaged archive, 10 vault storage,
 11 spool or output not writable, 12 disk full, 13 backup's COMMAND failed,
-14 input stream cut short, 15 empty input, 130 interrupted.
+14 input stream cut short, 15 empty input, 16 thaw refused by the budget,
+130 interrupted.
 See cryophile(1)."""
+EPILOG += """
+A closed output (`cryophile ls | head`) ends quietly with status 141, as a
+shell reports a command killed by SIGPIPE.  Global options may also come
+after COMMAND."""
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_spool_options(p)
+    add_log_file_option(p)
     p.add_argument("-d", "--debug", action="count", default=0,
                    help="more log output; twice for trace, with tracebacks on errors")
     p.add_argument("-q", "--quiet", action="count", default=0,
                    help="less log output: warnings and errors only")
     p.add_argument("-V", "--version", action="version", version=f"{PROG} {__version__}")
+    shtab.add_argument_to(p, "--print-completion", help="print a completion script for that shell")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in COMMANDS:
         module.add_parser(sub)
+    for command in sub.choices.values():
+        add_options_after_command(command)
     return p
+
+
+def add_options_after_command(command: argparse.ArgumentParser) -> None:
+    """-S, -c, --log-file, -d and -q after COMMAND too.  There they set nothing
+    unless given (so they never undo what came before COMMAND), and -d/-q count
+    into fields of their own, added up in ``main``; a command's own option with
+    the same name wins."""
+    group = _Skipping(command.add_argument_group("global options"),
+                      set(command._option_string_actions))
+    add_spool_options(group, default=argparse.SUPPRESS)
+    add_log_file_option(group, default=argparse.SUPPRESS)
+    group.add_argument("-d", "--debug", action="count", dest="debug_after",
+                       default=argparse.SUPPRESS, help="as before COMMAND")
+    group.add_argument("-q", "--quiet", action="count", dest="quiet_after",
+                       default=argparse.SUPPRESS, help="as before COMMAND")
+
+
+class _Skipping:
+    """add_argument that leaves out option strings a command already uses for itself."""
+
+    def __init__(self, p, taken: set):
+        self.p, self.taken = p, taken
+
+    def add_argument(self, *names, **kwargs):
+        free = [n for n in names if n not in self.taken]
+        if free:
+            self.p.add_argument(*free, **kwargs)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    log.setup(PROG, args.debug - args.quiet)
+    verbosity = (args.debug + getattr(args, "debug_after", 0)
+                 - args.quiet - getattr(args, "quiet_after", 0))
+    args.debug = args.debug + getattr(args, "debug_after", 0)
+    try:
+        log.setup(PROG, verbosity, log_file=args.log_file)
+    except errors.Error as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
     signal.signal(signal.SIGTERM, _terminate)
     try:
         try:
-            return args.run(args) or 0
+            code = args.run(args) or 0
+            if not sys.stdout.closed:
+                sys.stdout.flush()
+            return code
         except BaseExceptionGroup as group:    # from trio nurseries
-            raise errors.unwrap(group) from None
+            found = errors.unwrap(group)
+            if found is group and group.subgroup(BrokenPipeError) is not None:
+                raise BrokenPipeError from None
+            raise found from None
+    except (BrokenPipeError, errors.OutputClosedError):
+        return _output_closed()
     except errors.Error as exc:
         _report(args, exc)
         return exc.exit_code
     except KeyboardInterrupt:
         _report(args, errors.Interrupted("interrupted"))
         return errors.Interrupted.exit_code
-    except BrokenPipeError:
-        _report(args, errors.SpoolError("output closed early (broken pipe)"))
-        return errors.SpoolError.exit_code
-    finally:
-        sys.stdout.flush() if not sys.stdout.closed else None
+
+
+def _output_closed() -> int:
+    """The reader of stdout went away (``| head``): end quietly, with the status a
+    shell reports for a command killed by SIGPIPE.  stdout points to /dev/null from
+    here, so that Python's own flush at exit finds nothing to complain about."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+    except (OSError, ValueError):
+        pass
+    logging.getLogger(PROG).debug("output closed by its reader")
+    return errors.OutputClosedError.exit_code
 
 
 def _report(args, exc: errors.Error) -> None:
@@ -76,6 +139,8 @@ def _report(args, exc: errors.Error) -> None:
         logger.error("%s", exc, exc_info=exc)
     else:
         logger.error("%s", exc)
+    if args.log_file:       # the caller (cron, a script) still hears why
+        print(f"{PROG}: error: {log.redact(str(exc))}", file=sys.stderr)
 
 
 def _terminate(signum, frame):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 
 import trio
@@ -13,8 +12,9 @@ from .. import backpressure, errors, manifest, restorequeue, thaw
 from ..ids import BackupId
 from ..pipeline import reader
 from ..spool import BackupLock
-from . import target
+from . import target, thawplan
 from .common import Context, Progress, secret_keys
+from .output import Output
 
 log = logging.getLogger("cryophile.restore")
 WAIT_POLL = 0.05
@@ -37,23 +37,30 @@ def add_parser(sub) -> None:
     p.add_argument("-P", "--pass-fd", type=int, metavar="FD",
                    help="read the secret key's passphrase from file descriptor FD")
     p.add_argument("-o", "--output", default="-", metavar="OUTPUT",
-                   help="write to this file instead of stdout")
+                   help="write to this new file instead of stdout (mode 0600)")
+    p.add_argument("--force", action="store_true",
+                   help="with -o, replace an existing regular file")
     target.add_options(p)
+    thawplan.add_restore_arguments(p)
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
-    ctx = Context(args)
     target.split_words(args)                  # options may follow VAULT/PREFIX/ULID
-    keyring = secret_keys(args.keyring, args.pass_fd)
+    ctx = Context(args)                       # after them: -S and -c may be among them
+    keyring = None
+    if not args.dry_run or args.name is not None:    # a plan needs no key, --name does
+        keyring = secret_keys(args.keyring, args.pass_fd)
     bid = target.resolve(ctx, args, keyring)
+    if args.dry_run:
+        return thawplan.dry_run(ctx, bid)
     if args.chain:
         try:
             ctx.spool.ensure()
             return target.restore_chain(ctx, bid, keyring, args.command, Restore)
         finally:
             ctx.close()
-    output = Output(args.output)
+    output = Output(args.output, args.force)
     try:
         ctx.spool.ensure()
         size = trio.run(Restore(ctx, bid, keyring).run, output.file)
@@ -65,40 +72,6 @@ def run(args) -> int:
         ctx.close()
     log.debug("restored %s: %d bytes", bid, size)
     return 0
-
-
-class Output:
-    """stdout, or a file that appears only when complete."""
-
-    def __init__(self, path: str):
-        self.path = path
-        if path == "-":
-            if sys.stdout.isatty():
-                raise errors.UsageError("refusing to write an archive to a terminal: "
-                                        "use -o FILE or a pipe")
-            self.file, self.tmp = sys.stdout.buffer, None
-            return
-        self.tmp = os.path.join(os.path.dirname(os.path.abspath(path)),
-                                f".{os.path.basename(path)}.cryophile-{os.getpid()}")
-        try:
-            self.file = open(self.tmp, "wb")
-        except OSError as exc:
-            raise errors.from_oserror(exc, f"cannot write output {path}") from None
-
-    def commit(self) -> None:
-        if self.tmp is None:
-            return
-        try:
-            self.file.close()
-            os.rename(self.tmp, self.path)
-        except OSError as exc:
-            raise errors.from_oserror(exc, f"cannot write output {self.path}") from None
-
-    def discard(self) -> None:
-        if self.tmp is not None:
-            self.file.close()
-            if os.path.exists(self.tmp):
-                os.unlink(self.tmp)
 
 
 class Restore:
@@ -150,6 +123,7 @@ class Restore:
         encrypted = manifest.load(self.spool.path("restore", self.bid, 0))[1]
         body = await trio.to_thread.run_sync(manifest.read_manifest, encrypted, clear,
                                              self.keyring.decrypt_session_key)
+        await trio.to_thread.run_sync(thawplan.reserve, self.ctx, self.bid, clear)
         self.fragments = len(clear.fragments)
         self.window = window(self.ctx, self.spool, clear)
         await trio.to_thread.run_sync(self.queue)
@@ -215,10 +189,10 @@ class Restore:
                          "holding its lock) to fetch %s", self.bid)
                 told = True
             await trio.sleep(TAKE_OVER_POLL)
-        vault = self.ctx.vault(self.bid.vault)
         self.thawer = thaw.Thawer(self.spool, self.ctx.store,
-                                  lambda v: (vault.restore_tier, vault.restore_days),
-                                  select=lambda b: b == self.bid, fail_fast=True)
+                                  lambda v: thawplan.settings(self.ctx, self.ctx.args, v),
+                                  select=lambda b: b == self.bid, fail_fast=True,
+                                  guard=thawplan.guard(self.ctx))
         self.daemon = False
         try:
             await self.thawer.run()

@@ -8,7 +8,9 @@ import trio
 
 from .. import errors
 from ..freeze import backoff_loop
+from ..ledger import Guard
 from ..thaw import DaemonLock, Thawer
+from . import thawplan
 from .common import Context, run_service
 
 log = logging.getLogger("cryophile.thaw")
@@ -24,17 +26,24 @@ def add_parser(sub) -> None:
                     "secret key.")
     p.add_argument("--once", action="store_true",
                    help="serve the requests queued now, then exit")
+    p.add_argument("--plan", metavar="VAULT[/PREFIX][/ULID]",
+                   help="print what thawing these archives would request, take and cost; "
+                        "request nothing")
+    thawplan.add_arguments(p)
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
+    if args.plan:
+        return thawplan.run(args)
     ctx = Context(args)
     ctx.spool.ensure()
     lock = DaemonLock(ctx.spool)
     if not args.once and not lock.acquire():
         raise errors.SpoolError(f"another `cryophile thaw` is already serving {ctx.spool.root}")
-    thawer = Thawer(ctx.spool, ctx.store, lambda v: (ctx.vault(v).restore_tier,
-                                                     ctx.vault(v).restore_days))
+    guard = Guard(ctx.spool, ctx.config, approve_hint="`cryophile restore --approve` of it")
+    thawer = Thawer(ctx.spool, ctx.store, lambda v: thawplan.settings(ctx, args, v),
+                    guard=guard)
 
     async def serve():
         if args.once:

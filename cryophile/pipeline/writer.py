@@ -22,6 +22,7 @@ import threading
 from typing import Callable
 
 from .. import __version__, errors, keys, manifest, streams
+from ..fsutil import fsync_dir
 from ..ids import BackupId
 from ..spool import BackupLock, Spool, makedirs
 from . import compress, openpgp
@@ -272,11 +273,22 @@ class ArchiveWriter:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
+            self._fsync_parents()
             publish(self.work_dir, self.queue_dir, "chunk.0")
         except OSError as exc:
             raise errors.from_oserror(exc, "cannot write chunk.0 to the spool") from None
         self.finish()
         log.debug("sealed %s: %d bytes in %d fragments", self.bid, self.plain_size, len(fragments))
+
+    def _fsync_parents(self) -> None:
+        """The sealed archive's directory survives a crash of the machine too:
+        fsync freeze/VAULT/PREFIX… up to the queue before chunk.0 is published
+        (publish fsyncs freeze/…/ULID itself), so a failure publishes nothing."""
+        top = self.spool.queue("freeze")
+        path = os.path.dirname(self.queue_dir)
+        while len(path) >= len(top):
+            fsync_dir(path)
+            path = os.path.dirname(path)
 
     def finish(self) -> None:
         """After the seal: freeze may take chunk.0 once backup/…/ULID and its lock

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import datetime
 import enum
 import hashlib
 from typing import BinaryIO, Iterator
@@ -40,6 +41,7 @@ class ObjectInfo:
     state: State = State.AVAILABLE
     storage_class: str = "STANDARD"
     sha256: bytes | None = None      # when the store knows it (head only)
+    modified: datetime.datetime | None = None    # when stored (list gives it; else None)
 
 
 class Store(abc.ABC):

@@ -9,6 +9,7 @@ is hard-linked instead of copied.
 
 from __future__ import annotations
 
+import datetime
 import errno
 import os
 import shutil
@@ -121,10 +122,11 @@ class LocalStore(Store):
                 key = full[len(top):]            # relpath, without its cost per file
                 if key.startswith(prefix):
                     try:
-                        size = os.stat(full).st_size
+                        st = os.stat(full)
                     except FileNotFoundError:
                         continue
-                    yield ObjectInfo(key, size, State.AVAILABLE, self.storage_class)
+                    yield ObjectInfo(key, st.st_size, State.AVAILABLE, self.storage_class,
+                                     _mtime(st))
 
     def delete(self, key) -> None:
         path = self._path(key)
@@ -137,6 +139,10 @@ class LocalStore(Store):
             except OSError:
                 break
             parent = os.path.dirname(parent)
+
+
+def _mtime(st: os.stat_result) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(st.st_mtime, datetime.timezone.utc)
 
 
 def _sweep(dst: str) -> None:

@@ -185,7 +185,8 @@ class S3Store(Store):
     def get(self, key: str, out: BinaryIO, *, start: int = 0, end: int | None = None) -> int:
         if end is not None and end <= start:
             return 0
-        args = {"Bucket": self.bucket, "Key": self.prefix + key}
+        # botocore < 1.36 checks the stored checksum of a GET only when asked
+        args = {"Bucket": self.bucket, "Key": self.prefix + key, "ChecksumMode": "ENABLED"}
         if start or end is not None:
             args["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
         written = 0
@@ -258,7 +259,7 @@ class S3Store(Store):
                     sclass = obj.get("StorageClass") or "STANDARD"
                     yield ObjectInfo(key=obj["Key"][len(self.prefix):], size=obj["Size"],
                                      state=_listed_state(sclass, obj.get("RestoreStatus")),
-                                     storage_class=sclass)
+                                     storage_class=sclass, modified=obj.get("LastModified"))
         except _FAILURES as exc:
             raise self._error(exc, "list", prefix) from exc
 

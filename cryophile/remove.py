@@ -1,0 +1,137 @@
+"""Deleting an archive: chunk.0 first, then its fragments, everywhere.
+
+chunk.0 marks an archive complete, so it goes first (the spool's copy, a
+listing's cached copy and the vault's): from then on nothing lists the archive, and a kill halfway
+leaves only fragments without a mark, which a second ``remove`` finds by
+listing ``PREFIX/ULID/`` and finishes.  The spool's freeze queue is marked
+ABANDONED before its chunk.0 goes, so that a freeze meeting the leftovers
+deletes them from the vault instead of uploading them.
+
+An archive still being written (its backup holds backup/…/ULID/.lock) or
+being frozen (a freezer holds freeze/…/ULID/.freezing) is refused.
+Synchronous: run it in a thread from trio.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import logging
+import os
+import shutil
+
+from . import errors
+from .ids import BackupId
+from .markcache import MarkCache
+from .spool import ABANDONED, BackupLock, Spool
+
+log = logging.getLogger("cryophile.remove")
+
+FREEZING = ".freezing"     # flock held by the process freezing an archive (see freeze.py)
+
+
+class BusyError(errors.UsageError):
+    """The archive is being written or frozen right now."""
+
+    errno = 16      # EBUSY
+
+
+@dataclasses.dataclass
+class Removed:
+    bid: BackupId
+    objects: int = 0        # vault objects deleted
+    spool: bool = False     # the spool had some of it
+
+
+class _FreezeLock:
+    """freeze/…/ULID/.freezing taken without waiting; a missing directory
+    (nothing queued) needs no lock."""
+
+    def __init__(self, spool: Spool, bid: BackupId):
+        self.path = os.path.join(spool.dir("freeze", bid), FREEZING)
+        self.fd: int | None = None
+
+    def acquire(self) -> bool:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except (FileNotFoundError, NotADirectoryError):
+            return True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self.fd = fd
+        return True
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def remove(spool: Spool, store, bid: BackupId) -> Removed:
+    """Delete archive ``bid`` from the spool and the vault (idempotent: a
+    second call after a kill finishes the job).  NotFoundError if neither
+    has anything of it."""
+    backup = BackupLock(spool, bid)
+    if not backup.try_acquire():
+        raise BusyError(f"{bid} is being written by a running backup: not removed")
+    freezing = _FreezeLock(spool, bid)
+    try:
+        if not freezing.acquire():
+            raise BusyError(f"{bid} is being frozen right now: not removed (try again "
+                            "when the freeze has finished)")
+        return _remove(spool, store, bid)
+    finally:
+        freezing.release()
+        backup.release()
+
+
+def _remove(spool: Spool, store, bid: BackupId) -> Removed:
+    done = Removed(bid)
+    keys = sorted((info.key for info in store.list(bid.key + "/")), key=_mark_first)
+    queued = spool.dir("freeze", bid)
+    if os.path.isdir(queued):
+        done.spool = True
+        _touch(os.path.join(queued, ABANDONED))
+        _unlink(spool.path("freeze", bid, 0))
+    cached = MarkCache(spool).path(bid)     # a listing's copy of chunk.0
+    if os.path.exists(cached):
+        _unlink(cached)
+    for key in keys:          # chunk.0 first
+        store.delete(key)
+        done.objects += 1
+    if os.path.isdir(spool.dir("backup", bid)):
+        done.spool = True
+        spool.retire_backup(bid)          # a dead backup's leftovers
+    for queue in ("freeze", "thaw", "restore"):
+        if os.path.isdir(spool.dir(queue, bid)):
+            done.spool = True
+            shutil.rmtree(spool.dir(queue, bid), ignore_errors=True)
+            spool.prune(queue, bid)
+    if not keys and not done.spool:
+        raise errors.NotFoundError(f"archive {bid} not found (nothing of it in the vault "
+                                   "or the spool)")
+    log.debug("removed %s (%d object(s) from the vault)", bid, done.objects)
+    return done
+
+
+def _mark_first(key: str) -> tuple[bool, str]:
+    return (not key.endswith("/chunk.0"), key)
+
+
+def _touch(path: str) -> None:
+    try:
+        open(path, "a").close()
+    except OSError as exc:
+        raise errors.from_oserror(exc, f"cannot mark {path}") from None
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise errors.from_oserror(exc, f"cannot remove {path}") from None

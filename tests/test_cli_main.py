@@ -1,0 +1,116 @@
+"""The command line itself: global options anywhere, a closed pipe ends quietly."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.clirig import make_rig
+from tests.test_cli_roundtrip import mixed
+
+OUTPUT_CLOSED = 141       # 128 + SIGPIPE, as a shell reports `cmd | head`
+
+
+@pytest.fixture
+def rig(tmp_path):
+    return make_rig(tmp_path)
+
+
+def cryophile(*args, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cryophile", *args], capture_output=True,
+                          env={**os.environ, "CRYOPHILE_LOG_STYLE": "never"}, timeout=120, **kw)
+
+
+def test_global_options_after_the_command(rig):
+    before = cryophile("-S", str(rig.spool), "-c", str(rig.config), "status")
+    after = cryophile("status", "-S", str(rig.spool), "-c", str(rig.config))
+    assert before.returncode == after.returncode == 0, after.stderr
+    assert after.stdout == before.stdout and str(rig.spool).encode() in after.stdout
+
+
+def test_after_the_command_wins_and_counts_add_up(rig, tmp_path, recipes):
+    other = tmp_path / "other"
+    proc = cryophile("-S", "/nonexistent/spool", "-c", str(rig.config), "status",
+                     "-S", str(other))
+    assert proc.returncode == 0, proc.stderr
+    assert str(other).encode() in proc.stdout
+    unknown = ["restore", "-v", rig.vault, "-u", "01ARZ3NDEKTSV4RRFFQ69G5FAV",
+               "-k", str(recipes["sq"].key)]
+    debug = cryophile("-S", str(rig.spool), *unknown, "-c", str(rig.config), "-d")
+    assert debug.returncode == 7 and b"Traceback" in debug.stderr    # -d after the command
+    rig.backup(b"x", recipes["sq"].cert)
+    quiet = cryophile("freeze", "--once", "-q", "-S", str(rig.spool), "-c", str(rig.config))
+    assert quiet.returncode == 0 and quiet.stderr == b""              # no "frozen …"
+    rig.backup(b"x", recipes["sq"].cert)
+    both = cryophile("-q", "freeze", "--once", "-d", "-S", str(rig.spool), "-c", str(rig.config))
+    assert both.returncode == 0 and b"frozen" in both.stderr          # -q -d: the default
+
+
+def test_options_given_only_before_survive_the_command(rig):
+    proc = cryophile("-q", "-c", str(rig.config), "status")
+    assert proc.returncode == 0, proc.stderr
+    assert str(rig.spool).encode() in proc.stdout        # the configuration's spool
+
+
+def closed_pipe_run(cmd: list[str]) -> subprocess.CompletedProcess:
+    """Run with stdout a pipe whose reader is already gone."""
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        return subprocess.run(cmd, stdout=w, stderr=subprocess.PIPE, timeout=120,
+                              env={**os.environ, "CRYOPHILE_LOG_STYLE": "never"})
+    finally:
+        os.close(w)
+
+
+def test_ls_into_a_closed_pipe_ends_quietly(rig, recipes):
+    rig.backup(b"x", recipes["sq"].cert)
+    proc = closed_pipe_run(rig.command("ls"))
+    assert (proc.returncode, proc.stderr) == (OUTPUT_CLOSED, b"")
+
+
+def test_restore_into_a_closed_pipe_ends_quietly(rig, recipes):
+    ulid = rig.backup(mixed(300000, 5), recipes["sq"].cert, "-s", "64KiB")
+    proc = closed_pipe_run(rig.command("restore", "-v", rig.vault, "-u", ulid, "-k",
+                                       str(recipes["sq"].key)))
+    assert (proc.returncode, proc.stderr) == (OUTPUT_CLOSED, b"")
+
+
+def test_restore_piped_to_head(rig, recipes):
+    data = mixed(3 << 20, 9)
+    ulid = rig.backup(data, recipes["sq"].cert)
+    cmd = " ".join(rig.command("restore", "-v", rig.vault, "-u", ulid, "-k",
+                               str(recipes["sq"].key)))
+    proc = subprocess.run(["bash", "-c", f"set -o pipefail; {cmd} | head -c 10"],
+                          capture_output=True, timeout=120,
+                          env={**os.environ, "CRYOPHILE_LOG_STYLE": "never"})
+    assert proc.stdout == data[:10]
+    assert (proc.returncode, proc.stderr) == (OUTPUT_CLOSED, b"")
+
+
+# --- where secret keys are ---------------------------------------------------------
+
+def test_backup_with_a_secret_key_warns_and_works(rig, recipes):
+    proc = rig.run("backup", "-v", rig.vault, "-k", str(recipes["sq"].key), input=b"x",
+                   check=True)
+    assert proc.stderr.decode().splitlines() == [
+        f"cryophile: warning: {recipes['sq'].key} holds a secret key: backups need only the "
+        "certificate (sq key extract-cert, gpg --export); keep the secret key off the backup "
+        "host"]
+    ulid = proc.stdout.decode().strip()
+    assert rig.restore(ulid, recipes["sq"].key, check=True).stdout == b"x"
+
+
+def test_restore_with_a_world_readable_key_warns(rig, recipes, tmp_path):
+    ulid = rig.backup(b"x", recipes["sq"].cert)
+    key = tmp_path / "open.key"
+    key.write_bytes(recipes["sq"].key.read_bytes())
+    key.chmod(0o644)
+    proc = rig.restore(ulid, key, check=True)
+    assert proc.stdout == b"x"
+    assert proc.stderr.decode().splitlines() == [
+        f"cryophile: warning: secret key file {key} is readable by every user (mode 0644): "
+        f"chmod 600 {key}"]

@@ -1,0 +1,62 @@
+"""unlink of an archive in a real mount: EROFS unless -o allow_delete, then
+as `cryophile rm` (chunk.0 first, then the fragments, spool and vault)."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+
+from tests.fsrig import data, fskeys, needs_fuse, rig, sh, state, wait_until  # noqa: F401
+
+pytestmark = [needs_fuse, pytest.mark.timeout(180)]
+
+
+def test_unlink_with_allow_delete_deletes_the_archive(rig, data, fskeys):
+    with rig.mounted("-k", str(fskeys[1]), "-o", "allow_delete", expect=("is open",)):
+        os.makedirs(rig.incoming / "tank")
+        sh(f"cat {data} > {rig.incoming}/tank/keep")
+        sh(f"cat {data} > {rig.incoming}/tank/gone")
+        keep = rig.archive("tank", name_like="keep")
+        gone = rig.archive("tank", name_like="gone")
+        wait_until(lambda: state(gone) == "local" and state(keep) == "local")
+        with open(gone, "rb") as f:                       # an open archive stays
+            with pytest.raises(OSError) as info:
+                os.unlink(gone)
+            assert info.value.errno == errno.EBUSY
+            assert len(f.read(10)) == 10
+        os.unlink(gone)
+        assert not gone.exists()
+        assert os.listdir(rig.archives / "tank") == [keep.name]
+        assert not (rig.vaults / rig.vault / "tank" / gone.name).exists()
+        assert (rig.vaults / rig.vault / "tank" / keep.name / "chunk.0").exists()
+        sh(f"cmp {data} {keep}")
+    assert "deleted" in rig.log
+
+
+def test_unlink_without_allow_delete_is_erofs(rig, data, fskeys):
+    with rig.mounted(expect=("read-only",)):
+        sh(f"cat {data} > {rig.incoming}/stays")
+        archive = rig.archive()
+        with pytest.raises(OSError) as info:
+            os.unlink(archive)
+        assert info.value.errno == errno.EROFS
+        assert archive.exists()
+    assert "allow_delete" in rig.log
+
+
+def test_unlink_of_an_archive_still_queued_is_ebusy(tmp_path, fskeys, data):
+    """The mount's own freeze may be uploading it: deleting waits until it is frozen.
+    (The vault here is a file, so the freeze keeps failing and the archive stays queued.)"""
+    from tests.fsrig import FsRig
+    (tmp_path / "not-a-dir").write_bytes(b"")
+    rig = FsRig(tmp_path, fskeys[0], url=f"file://{tmp_path / 'not-a-dir'}")
+    with rig.mounted("-o", "allow_delete", expect=("cannot store", "still being frozen",
+                                                   "freeze")):
+        sh(f"cat {data} > {rig.incoming}/queued")
+        archive = rig.archive()
+        with pytest.raises(OSError) as info:
+            os.unlink(archive)
+        assert info.value.errno == errno.EBUSY
+        assert archive.exists()

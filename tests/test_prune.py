@@ -1,0 +1,144 @@
+"""cryophile prune: the plan printed, kept archives' bases held, minimum
+storage durations on S3, a separate prune identity (docs/S3.md)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.clirig import archive_dir, make_rig
+from tests.test_s3_e2e import S3Rig
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture
+def rig(tmp_path):
+    return make_rig(tmp_path)
+
+
+def backup(rig, recipes, when: str, *args: str) -> str:
+    return rig.backup(os.urandom(3000), recipes["gpg"].cert, "-t", when, *args)
+
+
+def plan_lines(proc) -> dict[str, str]:
+    """ULID → the plan line's action and reasons."""
+    out = {}
+    for line in proc.stdout.decode().splitlines()[:-1]:
+        action, bid, _created, size, unit, *why = line.split()
+        out[bid.rsplit("/", 1)[1]] = " ".join([action, *why])
+    return out
+
+
+def test_prune_keeps_the_policy_and_holds_bases(rig, recipes):
+    full = backup(rig, recipes, "2026-01-01T00:00:00Z", "-p", "tank")
+    incr = backup(rig, recipes, "2026-01-02T00:00:00Z", "-p", "tank", "--parent", full)
+    other = backup(rig, recipes, "2026-01-03T00:00:00Z", "-p", "tank")
+    newest = backup(rig, recipes, "2026-01-04T00:00:00Z", "-p", "tank", "--parent", incr)
+    elsewhere = backup(rig, recipes, "2026-01-01T00:00:00Z", "-p", "db")
+    rig.run("freeze", "--once", check=True)
+
+    dry = rig.run("prune", f"{rig.vault}", "--keep-last", "1", "-n", check=True)
+    assert plan_lines(dry) == {
+        elsewhere: "keep last",
+        newest: "keep last",
+        other: "delete",
+        incr: f"held base of {newest}",
+        full: f"held base of {incr}",
+    }
+    assert dry.stdout.decode().splitlines()[-1].startswith("2 kept, 2 held, 1 to delete")
+    assert (archive_dir(rig, other, "tank") / "chunk.0").exists()     # dry run: nothing gone
+
+    rig.run("prune", f"{rig.vault}/tank", "--keep-last", "1", check=True)
+    assert not archive_dir(rig, other, "tank").exists()
+    for ulid in (full, incr, newest):
+        assert (archive_dir(rig, ulid, "tank") / "chunk.0").exists()
+    assert (archive_dir(rig, elsewhere, "db") / "chunk.0").exists()
+    again = rig.run("prune", f"{rig.vault}/tank", "--keep-last", "1", check=True)
+    assert "0 to delete" in again.stdout.decode()
+    assert rig.run("check", rig.vault).returncode == 0
+
+
+def test_prune_daily_and_within(rig, recipes):
+    ulids = [backup(rig, recipes, f"2026-03-0{d}T{h:02d}:00:00Z") for d in (1, 2, 3)
+             for h in (1, 13)]
+    rig.run("freeze", "--once", check=True)
+    proc = rig.run("prune", rig.vault, "--keep-daily", "2", "--keep-within", "13h", check=True)
+    assert plan_lines(proc) == {
+        ulids[5]: "keep daily, within 13h", ulids[4]: "keep within 13h",
+        ulids[3]: "keep daily", ulids[2]: "delete", ulids[1]: "delete", ulids[0]: "delete"}
+    listing = rig.run("ls", rig.vault, check=True).stdout.decode()
+    assert [u in listing for u in ulids] == [False, False, False, True, True, True]
+
+
+def test_queued_archives_are_kept_and_hold_their_bases(rig, recipes):
+    base = backup(rig, recipes, "2026-01-01T00:00:00Z")
+    old = backup(rig, recipes, "2026-01-02T00:00:00Z")
+    rig.run("freeze", "--once", check=True)
+    child = backup(rig, recipes, "2026-01-03T00:00:00Z", "--parent", base)   # not frozen
+    proc = rig.run("prune", rig.vault, "--keep-last", "1", check=True)
+    assert plan_lines(proc) == {child: "keep not yet frozen", old: "keep last",
+                                base: f"held base of {child}"}
+
+
+def test_prune_refuses_without_a_keep_option(rig, recipes):
+    backup(rig, recipes, "2026-01-01T00:00:00Z")
+    rig.run("freeze", "--once", check=True)
+    for args in ([], ["-n"], ["--keep-last", "0"], ["--keep-within", "3w"]):
+        proc = rig.run("prune", rig.vault, *args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert b"Traceback" not in proc.stderr
+    proc = rig.run("prune", f"{rig.vault}/01J00000000000000000000000", "--keep-last", "1")
+    assert proc.returncode == 2 and b"cryophile rm" in proc.stderr
+
+
+# --- S3: minimum storage durations ---------------------------------------------------
+
+
+def test_glacier_archives_are_held_until_their_minimum_duration(
+        tmp_path, bucket, s3proxy, s3client, recipes):
+    rig = S3Rig(tmp_path, bucket, s3proxy.endpoint, storage_class="DEEP_ARCHIVE")
+    old = backup(rig, recipes, "2026-01-01T00:00:00Z")
+    new = backup(rig, recipes, "2026-01-02T00:00:00Z")
+    rig.run("freeze", "--once", check=True)
+    proc = rig.run("prune", "offsite", "--keep-last", "1", check=True)
+    lines = plan_lines(proc)
+    assert lines[new] == "keep last"
+    assert lines[old].startswith("held too young to delete without a charge (DEEP_ARCHIVE: "
+                                 "stored 0 of its minimum 180 days, early deletion charge ")
+    assert f"{old}/chunk.1" in str(s3client.list_objects_v2(Bucket=bucket)["Contents"])
+    proc = rig.run("prune", "offsite", "--keep-last", "1", "--allow-early-delete", "-n",
+                   check=True)
+    assert plan_lines(proc)[old].startswith("delete DEEP_ARCHIVE: stored 0 of its minimum 180")
+    assert "early deletion charges" in proc.stdout.decode().splitlines()[-1]
+    rig.run("prune", "offsite", "--keep-last", "1", "--allow-early-delete", check=True)
+    keys = [o["Key"] for o in s3client.list_objects_v2(Bucket=bucket)["Contents"]]
+    assert keys and all(k.startswith(new) for k in keys)
+
+
+def test_zfs_incrementals_hold_their_bases_by_stream_guids(rig, recipes):
+    """No --parent: the chain comes from the zfs streams' guids in chunk.0."""
+    from tests.streamgen import zfs_substream
+    ulids = []
+    for day, (to, frm) in enumerate([(11, 0), (22, 11), (33, 0), (44, 22)], 1):
+        stream = zfs_substream("<", to, frm, f"tank/home@d{day}", [])
+        ulids.append(rig.backup(stream, recipes["gpg"].cert, "-t", f"2026-02-0{day}T00:00:00Z",
+                                "-p", "tank/home"))
+    rig.run("freeze", "--once", check=True)
+    proc = rig.run("prune", rig.vault, "--keep-last", "1", check=True)
+    assert plan_lines(proc) == {ulids[3]: "keep last", ulids[2]: "delete",
+                                ulids[1]: f"held base of {ulids[3]}",
+                                ulids[0]: f"held base of {ulids[1]}"}
+    assert rig.run("check", rig.vault).returncode == 0
+
+
+def test_an_archive_whose_chunk0_does_not_parse_is_left_alone(rig, recipes):
+    odd = backup(rig, recipes, "2026-01-01T00:00:00Z")
+    backup(rig, recipes, "2026-01-02T00:00:00Z")
+    rig.run("freeze", "--once", check=True)
+    mark = archive_dir(rig, odd) / "chunk.0"
+    mark.write_bytes(b"not a mark")
+    proc = rig.run("prune", rig.vault, "--keep-last", "1", check=True)
+    assert odd not in plan_lines(proc) and mark.exists()
+    assert b"left alone" in proc.stderr
