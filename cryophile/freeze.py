@@ -242,10 +242,12 @@ class Freezer:
 
     async def _forget(self, bid: BackupId) -> None:
         """Delete what this spool stored of a backup that died before
-        completion: the keys of its ledger, nothing else."""
+        completion: the keys of its ledger, nothing else; and the multipart
+        uploads of its keys that a killed freeze left open (invisible, billed)."""
+        store = self.stores(bid.vault)
+        await self._sweep(store, bid)
         keys = sorted(Ledger(self.spool, bid).read())
         if keys:
-            store = self.stores(bid.vault)
 
             def delete_ours():
                 for key in keys:
