@@ -191,8 +191,10 @@ def add_archive(plan: Plan, spool: Spool, store, clear: manifest.ClearInfo,
         try:
             info = store.head(bid.fragment_key(n))
         except errors.NotFoundError:
-            raise errors.MissingFragmentError(
-                f"fragment chunk.{n} of {bid} is missing from {store.url}") from None
+            missing = errors.MissingFragmentError(
+                f"fragment chunk.{n} of {bid} is missing from {store.url}")
+            missing.fragment = n        # a fact for the thaw queue's failure records
+            raise missing from None
         item = Item(bid, n, info.size, info.storage_class)
         {State.ARCHIVED: plan.thaw, State.RESTORING: plan.restoring,
          State.AVAILABLE: plan.readable}[info.state].append(item)

@@ -89,7 +89,15 @@ class Thaws:
         wanted = list(range(first, archive.fragments + 1))
         if self.policy is not None:
             wanted = wanted if whole else self.policy.window(archive, first)
-            await self.policy.admit(archive, wanted, pid, approve)
+            try:
+                await self.policy.admit(archive, wanted, pid, approve)
+            except errors.MissingFragmentError as exc:
+                # the plan's look found it gone: a permanent failure, as a thaw's would be
+                n = getattr(exc, "fragment", None)
+                if n is not None:
+                    await trio.to_thread.run_sync(restorequeue.record_failure, self.spool,
+                                                  archive.bid, n, exc)
+                raise
         await trio.to_thread.run_sync(thaw.request, self.spool, archive.bid, wanted)
         if self.thawer is not None:
             self.thawer.poke()

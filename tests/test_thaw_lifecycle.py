@@ -48,9 +48,10 @@ def damage(s3client, bucket: str, key: str) -> bytes:
 
 
 def spool_files(spool: Path, queue: str) -> list[str]:
-    """What a queue holds (the thaw daemon's lock file aside)."""
+    """What a queue holds (the thaw daemon's lock and the thaw budget's ledger,
+    which are the spool's own, aside)."""
     return sorted(str(p.relative_to(spool)) for p in (spool / queue).rglob("*")
-                  if p.name != ".daemon")
+                  if p.name not in (".daemon", ".ledger.json", ".ledger.lock"))
 
 
 def requests_left(rig, ulid: str) -> list[str]:

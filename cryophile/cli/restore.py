@@ -102,6 +102,10 @@ class Restore:
         await trio.to_thread.run_sync(self.reader.register)
         try:
             return await self._run(out)
+        except (errors.IntegrityError, errors.MissingFragmentError) as exc:
+            if exc is self.decrypt_error:
+                raise
+            raise untrusted(exc, self.bid) from None     # e.g. found by the plan's look
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(self.leave)
@@ -229,11 +233,16 @@ class Restore:
                                   self.wait_for, Counting(out, progress))
         except (errors.IntegrityError, errors.MissingFragmentError) as exc:
             thaw.drop_damaged(self.spool, self.bid, clear)
-            self.decrypt_error = type(exc)(f"{exc}; restore of {self.bid} failed and the "
-                                           "output is not to be trusted")
+            self.decrypt_error = untrusted(exc, self.bid)
             raise self.decrypt_error from None
         finally:
             progress.finish()
+
+
+def untrusted(exc: errors.Error, bid: BackupId) -> errors.Error:
+    """Damage or a missing fragment, said the one way restore says it (same kind:
+    its exit code, 8 or 9)."""
+    return type(exc)(f"{exc}; restore of {bid} failed and the output is not to be trusted")
 
 
 def window(ctx: Context, spool, clear: manifest.ClearInfo) -> int:
