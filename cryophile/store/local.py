@@ -126,7 +126,7 @@ class LocalStore(Store):
                     except FileNotFoundError:
                         continue
                     yield ObjectInfo(key, st.st_size, State.AVAILABLE, self.storage_class,
-                                     _mtime(st))
+                                     modified=_mtime(st))
 
     def delete(self, key) -> None:
         path = self._path(key)
