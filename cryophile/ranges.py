@@ -88,9 +88,15 @@ def copy(clear: ClearInfo, manifest: dict, unlock, fragment_path: Callable[[int]
             if not data:
                 raise errors.IntegrityError(f"archive ends at byte {pos}, before its "
                                             "stated size")
-            out.write(data)
+            try:
+                out.write(data)
+            except OSError as exc:
+                raise errors.from_oserror(exc, "cannot write the output") from None
             pos += len(data)
-        out.flush()
+        try:
+            out.flush()
+        except OSError as exc:
+            raise errors.from_oserror(exc, "cannot write the output") from None
     finally:
         reader.close_stream()
     return pos - start

@@ -93,7 +93,8 @@ def reserve(ctx: Context, bid, clear, fragments=None) -> None:
     (BudgetError) before anything is requested."""
     tier, days = settings(ctx, ctx.args, bid.vault)
     guard(ctx).reserve(ctx.store(bid.vault), clear,
-                       fragments or range(1, len(clear.fragments) + 1), tier, days)
+                       range(1, len(clear.fragments) + 1) if fragments is None else fragments,
+                       tier, days)
 
 
 def dry_run(ctx: Context, bid, fragments=None) -> int:
