@@ -9,7 +9,7 @@ import time
 
 import trio
 
-from .. import backpressure, errors, manifest, ranges, restorequeue, thaw
+from .. import backpressure, errors, manifest, ranges, restorequeue, thaw, thawprogress
 from ..ids import BackupId
 from ..pipeline import reader
 from ..spool import BackupLock
@@ -207,7 +207,8 @@ class Restore:
         self.thawer = thaw.Thawer(self.spool, self.ctx.store,
                                   lambda v: thawplan.settings(self.ctx, self.ctx.args, v),
                                   select=lambda b: b == self.bid, fail_fast=True,
-                                  guard=thawplan.guard(self.ctx))
+                                  guard=thawplan.guard(self.ctx),
+                                  progress_every=thawprogress.every())
         self.daemon = False
         try:
             await self.thawer.run()
