@@ -8,7 +8,8 @@ hung.  ``Tracker`` follows what a Thawer sees (restore requests sent,
 fragments found restored) and logs a line at info level when an archive's
 count changes (at most every ``every / 6`` seconds, the last one always)
 and, while the thaw waits for the vault, at least every ``every`` seconds.
-Only archives that needed a restore request are reported; an archive the
+Only archives the thaw had to wait for are reported (a store that restores
+at once is not waited for); an archive the
 thaw has had no requests for during ``every`` seconds is forgotten.  The typical waits come from
 the plan's table (plan.typical_wait).
 
@@ -72,6 +73,7 @@ class Archive:
     storage_class: str = ""
     tier: str = ""
     waiting: int = 0                       # tasks waiting for the vault now
+    waited: bool = False                   # … or ever
     said: tuple[int, int] | None = None    # (restored, total) of the last line
     said_at: float = 0.0
     seen_at: float = 0.0                   # last time the thaw had requests for it
@@ -125,7 +127,9 @@ class Tracker:
 
     def wait(self, bid: BackupId, delta: int) -> None:
         """A task starts (+1) or stops (-1) waiting for the vault."""
-        self._get(bid).waiting += delta
+        a = self._get(bid)
+        a.waiting += delta
+        a.waited = True
 
     # --- what is said ---------------------------------------------------------
 
@@ -133,8 +137,8 @@ class Tracker:
         """The lines due now (and note them said)."""
         now, out = self.clock(), []
         for bid, a in list(self.archives.items()):
-            if a.requested_at is None:
-                continue                # nothing asked of the vault: nothing to wait for
+            if a.requested_at is None or not a.waited:
+                continue                # nothing asked of the vault, or no wait for it
             count = (len(a.ready & a.wanted), len(a.wanted))
             changed = count != a.said
             finished = count[0] == count[1]

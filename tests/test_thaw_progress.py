@@ -60,10 +60,11 @@ def test_said_at_once_then_while_waiting_at_least_every_interval_not_every_poll(
     assert t.lines() == [], "nothing asked of the vault yet"
     for n in (1, 2, 3):
         t.restoring(BID, n, "GLACIER", "Standard")
+    assert t.lines() == [], "a store that restores at once needs no word"
+    t.wait(BID, +1)
     (line,) = t.lines()
     assert line.endswith("0 of 3 fragments restored, requested just now "
                          "(Standard, typically 3–5 h)")
-    t.wait(BID, +1)
     for _ in range(17):                 # polls: no news, no lines
         clock.now += 10
         t.requested([(BID, 1)])
@@ -85,6 +86,8 @@ def test_changes_are_said_at_most_every_sixth_of_the_interval_and_the_last_alway
     t.requested([(BID, n) for n in (1, 2, 3)])
     for n in (1, 2, 3):
         t.restoring(BID, n, "GLACIER", "Bulk")
+    t.wait(BID, +1)
+    t.wait(BID, -1)
     assert len(t.lines()) == 1
     t.restored(BID, 1)
     assert t.lines() == [], "too soon after the last line"
