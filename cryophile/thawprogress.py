@@ -151,3 +151,37 @@ class Tracker:
     def tick(self) -> None:
         for line in self.lines():
             self.log.info("%s", line)
+
+
+class Waiting:
+    """A restore waiting for another process's thaw (`cryophile thaw`, the
+    mount): the same line, counting the fragments that have arrived, said
+    when the count changes (at most every ``every / 6`` seconds) and at least
+    every ``every`` seconds.  Silent if the plan thaws nothing."""
+
+    def __init__(self, log: logging.Logger, bid: BackupId, plan, total: int,
+                 every: float = EVERY_LOG, clock: Callable[[], float] = time.time):
+        self.log, self.bid, self.total, self.every, self.clock = log, bid, total, every, clock
+        classes = [i.storage_class for i in plan.thaw + plan.restoring]
+        self.storage_class = max(set(classes), key=classes.count) if classes else None
+        self.tier = plan.tier
+        self.since = clock()
+        self.said: int | None = None
+        self.said_at = float("-inf")
+
+    def line(self, have: int) -> str | None:
+        """The line due now, if any (and note it said)."""
+        if self.storage_class is None:
+            return None
+        now = self.clock()
+        if have != self.said and now - self.said_at >= self.every / 6 \
+                or now - self.said_at >= self.every:
+            self.said, self.said_at = have, now
+            return message(self.bid, have, self.total, self.since, now, self.storage_class,
+                           self.tier)
+        return None
+
+    def tick(self, have: int) -> None:
+        text = self.line(have)
+        if text is not None:
+            self.log.info("%s", text)

@@ -165,3 +165,51 @@ def test_restore_and_thaw_say_how_far_the_vault_is(tmp_path, key, s3proxy, bucke
     assert said[0] == (0, 2) and said[-1] == (2, 2), proc.stderr.decode()
     assert all(ulid in line for line in proc.stderr.decode().splitlines()
                if "restored, requested" in line)
+
+
+class Plan:
+    def __init__(self, classes, tier="Standard"):
+        self.thaw = [type("Item", (), {"storage_class": c})() for c in classes]
+        self.restoring, self.tier = [], tier
+
+
+def test_a_restore_waiting_for_another_thaw_says_the_same_line():
+    clock = Clock()
+    w = thawprogress.Waiting(logging.getLogger("test"), BID, Plan(["GLACIER"] * 3), 3, 60.0,
+                             clock)
+    assert w.line(0).endswith("0 of 3 fragments restored, requested just now "
+                              "(Standard, typically 3–5 h)")
+    clock.now += 5
+    assert w.line(0) is None and w.line(1) is None, "not at every poll"
+    clock.now += 5
+    assert "1 of 3" in w.line(1)
+    clock.now += 59
+    assert w.line(1) is None
+    clock.now += 1
+    assert w.line(1).endswith("1 of 3 fragments restored, requested 70 s ago "
+                              "(Standard, typically 3–5 h)")
+    silent = thawprogress.Waiting(logging.getLogger("test"), BID, Plan([]), 3, 60.0, clock)
+    assert silent.line(0) is None, "nothing to thaw: nothing to wait for"
+
+
+@pytest.mark.timeout(300)
+def test_a_restore_served_by_the_thaw_service_says_how_far_it_is(tmp_path, key, s3proxy,
+                                                                  bucket):
+    from tests.test_s3_e2e import S3Rig
+    rig = S3Rig(tmp_path, bucket, s3proxy.endpoint)
+    ulid, data = frozen(rig, key, 3)
+    s3proxy.restore_delay = 2.0
+    service = rig.popen("thaw")
+    try:
+        proc = rig.restore(ulid, key.key, check=True)
+    finally:
+        service.terminate()
+        _, service_err = service.communicate(timeout=60)
+    assert service.returncode == 0, service_err
+    assert proc.stdout == data
+    err = proc.stderr.decode()
+    assert "waiting for the running `cryophile thaw`" in err, err
+    said = [(int(a), int(b)) for a, b, _ in PROGRESS.findall(err)]
+    assert said and said[0] == (0, 3), err
+    said = [(int(a), int(b)) for a, b, _ in PROGRESS.findall(service_err.decode())]
+    assert said[0] == (0, 3) and said[-1] == (3, 3), service_err

@@ -101,6 +101,7 @@ class Restore:
         self.fragments = 0
         self.span = span            # (offset, length or None): only that byte range
         self.order: list[int] = []  # the fragments to read, ascending
+        self.waiting: thawprogress.Waiting | None = None  # says progress of another's thaw
         self.token = None
 
     async def run(self, out) -> int:
@@ -139,7 +140,10 @@ class Restore:
         if self.span is not None:
             self.span = ranges.span(clear.size, *self.span, str(self.bid))
             self.order = ranges.fragments(clear, body, *self.span)
-        await trio.to_thread.run_sync(thawplan.reserve, self.ctx, self.bid, clear, self.order)
+        plan = await trio.to_thread.run_sync(thawplan.reserve, self.ctx, self.bid, clear,
+                                             self.order)
+        self.waiting = thawprogress.Waiting(log, self.bid, plan, len(self.order),
+                                            thawprogress.every())
         self.window = window(self.ctx, self.spool, clear)
         await trio.to_thread.run_sync(self.queue)
         try:
@@ -236,6 +240,8 @@ class Restore:
                     return path
                 restorequeue.request(self.spool, self.bid, [n])     # taken away meanwhile
                 self.poke()
+            if self.daemon and self.waiting is not None:
+                self.waiting.tick(bisect.bisect_left(self.order, n))
             time.sleep(WAIT_POLL)
 
     def decrypt(self, clear, body, out) -> int:

@@ -88,11 +88,11 @@ def guard(ctx: Context) -> Guard:
     return Guard(ctx.spool, ctx.config, approved=getattr(ctx.args, "approve", False))
 
 
-def reserve(ctx: Context, bid, clear, fragments=None) -> None:
+def reserve(ctx: Context, bid, clear, fragments=None) -> plans.Plan:
     """Charge the thaw a restore is about to ask for to the ledger, or refuse it
-    (BudgetError) before anything is requested."""
+    (BudgetError) before anything is requested; the plan."""
     tier, days = settings(ctx, ctx.args, bid.vault)
-    guard(ctx).reserve(ctx.store(bid.vault), clear,
+    return guard(ctx).reserve(ctx.store(bid.vault), clear,
                        range(1, len(clear.fragments) + 1) if fragments is None else fragments,
                        tier, days)
 
