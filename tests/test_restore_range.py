@@ -48,6 +48,8 @@ def test_a_range_restore_requests_only_its_fragments(tmp_path, key, s3proxy, buc
     rig.restore(ulid, key.key, *rng, "-o", str(out), check=True)
     assert out.read_bytes() == data[offset:offset + length]
     assert restored(s3proxy) == ["chunk.1", "chunk.5", "chunk.6", "chunk.7"]
+    assert not list((rig.spool / "thaw").rglob("chunk.*")), "no thaw request left behind"
+    assert not list((rig.spool / "restore").rglob("*")), "nothing left in the restore queue"
     ledger = json.loads((rig.spool / "thaw" / ".ledger.json").read_text())
     (day,) = ledger["days"].values()
     assert day["*"]["bytes"] == plan["stored_bytes"], "the budget is charged for the range only"

@@ -102,6 +102,7 @@ class Restore:
         self.span = span            # (offset, length or None): only that byte range
         self.order: list[int] = []  # the fragments to read, ascending
         self.waiting: thawprogress.Waiting | None = None  # says progress of another's thaw
+        self.finished = False       # a range's reading thread may wait ahead of need: stop it
         self.token = None
 
     async def run(self, out) -> int:
@@ -224,6 +225,8 @@ class Restore:
         self.reader.advance(n - 1)
         self.request_window(n)
         while True:
+            if self.finished:
+                raise errors.Interrupted(f"restore of {self.bid} no longer needs chunk.{n}")
             path = self.reader.take(n)
             if path is not None:
                 return path
@@ -258,6 +261,7 @@ class Restore:
             self.decrypt_error = untrusted(exc, self.bid)
             raise self.decrypt_error from None
         finally:
+            self.finished = True
             progress.finish()
 
 
