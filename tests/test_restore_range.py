@@ -74,7 +74,7 @@ def local(tmp_path, key):
 @pytest.mark.timeout(120)
 def test_range_edges_on_a_local_vault(local, key):
     rig, ulid, data = local
-    for offset, length, want in [("0", "1", data[:1]), ("1KiB", None, data[1024:]),
+    for offset, length, want in [("0", "1", data[:1]), ("0KiB", "2", data[:2]), ("1KiB", None, data[1024:]),
                                  ("299999", "5", data[-1:]), ("300000", "5", b"")]:
         args = ("--offset", offset) + (("--length", length) if length else ())
         proc = rig.restore(ulid, key.key, *args, check=True)

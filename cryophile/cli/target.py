@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import io
 import logging
+import re
 import subprocess
 
 import trio
@@ -16,6 +17,7 @@ from ..ids import BackupId
 
 log = logging.getLogger("cryophile.restore")
 FINDERS = ("ulid", "latest", "before", "name")
+ZERO_RE = re.compile(r"^\s*0+\s*([KMGTP]i?)?B?\s*$", re.I)      # --offset 0, 0K, 0MiB
 
 
 def add_options(p) -> None:
@@ -52,7 +54,7 @@ def byte_range(args) -> tuple[int, int | None] | None:
         raise errors.UsageError("--offset/--length restore a byte range of one archive, "
                                 "not a --chain")
     offset = 0
-    if args.offset is not None and args.offset.strip() != "0":
+    if args.offset is not None and not ZERO_RE.match(args.offset):
         offset = ids.parse_size(args.offset, "--offset")
     length = None if args.length is None else ids.parse_size(args.length, "--length")
     return offset, length
