@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import urllib.parse
 
 import pytest
@@ -74,8 +75,9 @@ def local(tmp_path, key):
 @pytest.mark.timeout(120)
 def test_range_edges_on_a_local_vault(local, key):
     rig, ulid, data = local
-    for offset, length, want in [("0", "1", data[:1]), ("0KiB", "2", data[:2]), ("1KiB", None, data[1024:]),
-                                 ("299999", "5", data[-1:]), ("300000", "5", b"")]:
+    for offset, length, want in [("0", "1", data[:1]), ("0KiB", "2", data[:2]),
+                                 ("1KiB", None, data[1024:]), ("299999", "5", data[-1:]),
+                                 ("300000", "5", b"")]:
         args = ("--offset", offset) + (("--length", length) if length else ())
         proc = rig.restore(ulid, key.key, *args, check=True)
         assert proc.stdout == want, (offset, length)
@@ -98,5 +100,5 @@ def test_range_errors_are_one_line(local, key, tmp_path, args, message):
                        *(() if "--chain" in args else ("-o", str(out))))
     assert proc.returncode == 2, proc
     lines = proc.stderr.decode().strip().splitlines()
-    assert len(lines) == 1 and __import__("re").search(message, lines[0]), lines
+    assert len(lines) == 1 and re.search(message, lines[0]), lines
     assert not out.exists()
