@@ -83,6 +83,9 @@ def test_range_edges_on_a_local_vault(local, key):
         assert proc.stdout == want, (offset, length)
     proc = rig.restore(ulid, key.key, "--length", "100k", check=True)
     assert proc.stdout == data[:100 * 1024]
+    proc = rig.run("restore", f"{rig.vault}/{ulid}", "-k", str(key.key), "--offset", "64KiB",
+                   "--length", "10", input=None, check=True)      # options after the target
+    assert proc.stdout == data[65536:65546]
 
 
 @pytest.mark.timeout(120)
