@@ -105,3 +105,20 @@ def test_range_errors_are_one_line(local, key, tmp_path, args, message):
     lines = proc.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and re.search(message, lines[0]), lines
     assert not out.exists()
+
+
+@pytest.mark.timeout(300)
+def test_a_range_within_the_budget_passes_where_the_whole_archive_is_refused(
+        tmp_path, key, s3proxy, bucket):
+    rig = S3Rig(tmp_path, bucket, s3proxy.endpoint, thaw_budget_daily="3MiB")
+    data = os.urandom(4 * MiB + 100)
+    ulid = rig.backup(data, key.cert, "-s", "512KiB", "-C", "none")      # 9 fragments
+    rig.run("freeze", "--once", check=True)
+    whole = rig.restore(ulid, key.key)
+    assert whole.returncode == 16 and b"thaw_budget_daily" in whole.stderr, whole
+    assert restored(s3proxy) == []
+    s3proxy.restore_delay = 0.5
+    proc = rig.restore(ulid, key.key, "--offset", str(2 * MiB + 1000), "--length", "100",
+                       check=True)
+    assert proc.stdout == data[2 * MiB + 1000:2 * MiB + 1100]
+    assert restored(s3proxy) == ["chunk.1", "chunk.5", "chunk.6", "chunk.7"]
