@@ -44,12 +44,14 @@ def copy(built: Built, start: int, end: int) -> tuple[bytes, list[int], set[int]
        codec=st.sampled_from(compress.CODECS),
        fragment_size=st.sampled_from([65536 + 3, 100_000, 300_001]),
        frame_size=st.sampled_from([65536 + 13, 100_000]),
+       every=st.sampled_from([1, 4, 1000]),
        seed=st.integers(0, 1 << 30))
 def test_a_range_reads_only_its_fragments_and_gives_the_original_bytes(
-        ring, monkeypatch, size, codec, fragment_size, frame_size, seed):
+        ring, monkeypatch, size, codec, fragment_size, frame_size, every, seed):
     recipients, secret = ring
     monkeypatch.setattr(compress, "FRAME_SIZE", frame_size)
-    monkeypatch.setattr(writer, "INDEX_INTERVAL", frame_size)
+    # a seek point every frame, every 4 frames, or only where a fragment starts
+    monkeypatch.setattr(writer, "INDEX_INTERVAL", every * frame_size)
     rnd = random.Random(seed)
     data = rnd.randbytes(size) if seed % 2 else mixed(size, seed)
     with tempfile.TemporaryDirectory() as root:
