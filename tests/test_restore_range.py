@@ -117,6 +117,8 @@ def test_a_range_within_the_budget_passes_where_the_whole_archive_is_refused(
     whole = rig.restore(ulid, key.key)
     assert whole.returncode == 16 and b"thaw_budget_daily" in whole.stderr, whole
     assert restored(s3proxy) == []
+    at_end = rig.restore(ulid, key.key, "--offset", str(len(data)), check=True)
+    assert at_end.stdout == b"" and restored(s3proxy) == [], "an empty range thaws nothing"
     s3proxy.restore_delay = 0.5
     proc = rig.restore(ulid, key.key, "--offset", str(2 * MiB + 1000), "--length", "100",
                        check=True)
