@@ -5,9 +5,10 @@
 
 A Glacier restore takes hours; a thaw that says nothing meanwhile looks
 hung.  ``Tracker`` follows what a Thawer sees (restore requests sent,
-fragments found restored) and logs a line at info level when an archive's
-count changes (at most every ``every / 6`` seconds, the last one always)
-and, while the thaw waits for the vault, at least every ``every`` seconds.
+fragments found restored) and, while the thaw waits for the vault, logs a
+line at info level when an archive's count changes (at most every
+``every / 6`` seconds) and at least every ``every`` seconds; and the last
+count (all restored) always.
 Only archives the thaw had to wait for are reported (a store that restores
 at once is not waited for); an archive the
 thaw has had no requests for during ``every`` seconds is forgotten.  The typical waits come from
@@ -142,7 +143,9 @@ class Tracker:
             count = (len(a.ready & a.wanted), len(a.wanted))
             changed = count != a.said
             finished = count[0] == count[1]
-            if (changed and (finished or now - a.said_at >= self.every / 6)
+            # once nothing waits (fragments arrive as fast as they are fetched:
+            # byte progress says more), only the last count is worth a line
+            if (changed and (finished or a.waiting and now - a.said_at >= self.every / 6)
                     or a.waiting and now - a.said_at >= self.every):
                 out.append(message(bid, *count, a.requested_at, now, a.storage_class, a.tier))
                 a.said, a.said_at = count, now
