@@ -92,9 +92,9 @@ def reserve(ctx: Context, bid, clear, fragments=None) -> plans.Plan:
     """Charge the thaw a restore is about to ask for to the ledger, or refuse it
     (BudgetError) before anything is requested; the plan."""
     tier, days = settings(ctx, ctx.args, bid.vault)
-    return guard(ctx).reserve(ctx.store(bid.vault), clear,
-                       range(1, len(clear.fragments) + 1) if fragments is None else fragments,
-                       tier, days)
+    if fragments is None:
+        fragments = range(1, len(clear.fragments) + 1)
+    return guard(ctx).reserve(ctx.store(bid.vault), clear, fragments, tier, days)
 
 
 def dry_run(ctx: Context, bid, fragments=None) -> int:
