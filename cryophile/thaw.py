@@ -18,7 +18,7 @@ from typing import Callable
 
 import trio
 
-from . import errors, manifest, restorequeue
+from . import errors, manifest, restorequeue, thawprogress
 from .ids import BackupId
 from .spool import FileLock, Spool, create_in
 from .pipeline.reader import verify_fragment
@@ -143,7 +143,8 @@ class Thawer:
                  select: Callable[[BackupId], bool] = lambda bid: True,
                  limiter: trio.CapacityLimiter | None = None,
                  poll_min: float = POLL_MIN, poll_max: float = POLL_MAX,
-                 fail_fast: bool = False, guard=None):
+                 fail_fast: bool = False, guard=None,
+                 progress_every: float = thawprogress.EVERY_LOG):
         self.spool, self.stores, self.settings = spool, stores, settings
         self.guard = guard          # ledger.Guard: charges (or refuses) each restore request
         self.select = select
@@ -159,6 +160,7 @@ class Thawer:
         self.marks: dict[BackupId, manifest.ClearInfo] = {}
         self.mark_locks: dict[BackupId, trio.Lock] = {}
         self._wake = trio.Event()
+        self.progress = thawprogress.Tracker(log, progress_every)   # "3 of 120 restored…"
 
     def poke(self) -> None:
         """New requests: look now (call in trio, or via trio.from_thread)."""
@@ -171,6 +173,9 @@ class Thawer:
             async with trio.open_nursery() as nursery:
                 while True:
                     pending = await trio.to_thread.run_sync(self._pending)
+                    self.progress.requested(((b, n) for b, n, _ in pending),
+                                            {b for b, _, _ in self.active})
+                    self.progress.tick()
                     for req in pending:
                         if req not in self.active and self._due(req[0]):
                             self.active.add(req)
@@ -183,6 +188,7 @@ class Thawer:
         except BaseExceptionGroup as group:
             self.failure = errors.unwrap(group)
             raise self.failure from None
+        self.progress.tick()
         if once and self.permanent is not None:
             self.failure = self.permanent
             raise self.permanent
@@ -272,13 +278,17 @@ class Thawer:
         except errors.NotFoundError:
             raise errors.MissingFragmentError(
                 f"fragment chunk.{n} of {bid} is missing from {store.url}") from None
+        tier, days = self.settings(bid.vault)
         if info.state is State.ARCHIVED:
-            tier, days = self.settings(bid.vault)
             log.debug("requesting restore of %s (%s, %s tier, %d days)",
                       key, info.storage_class, tier, days)
             await self._charge(bid, n, info, tier, days)
             await trio.to_thread.run_sync(
                 lambda: store.request_restore(key, tier=tier, days=days), limiter=self.limiter)
+        if info.state is State.AVAILABLE:
+            self.progress.restored(bid, n)
+        else:
+            self.progress.restoring(bid, n, info.storage_class, tier)
         restorequeue.drop_request(self.spool, bid, n, warm=True)
 
     async def _charge(self, bid: BackupId, n: int, info, tier: str, days: int) -> None:
@@ -310,7 +320,9 @@ class Thawer:
         while True:
             info = await trio.to_thread.run_sync(store.head, key, limiter=self.limiter)
             if info.state is State.AVAILABLE:
+                self.progress.restored(bid, n)
                 return
+            self.progress.restoring(bid, n, info.storage_class, tier)
             if info.state is State.ARCHIVED and not requested:
                 log.debug("requesting restore of %s (%s, %s tier, %d days)",
                          key, info.storage_class, tier, days)
@@ -322,7 +334,11 @@ class Thawer:
                 continue            # some stores restore at once: look again now
             else:
                 log.debug("%s is still being restored; next look in %.0f s", key, delay)
-            await trio.sleep(delay)
+            self.progress.wait(bid, +1)
+            try:
+                await trio.sleep(delay)
+            finally:
+                self.progress.wait(bid, -1)
             delay = min(delay * 2, self.poll_max)
             requested = False       # still archived after a wait: ask again
 

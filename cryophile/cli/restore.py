@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import time
 
 import trio
 
-from .. import backpressure, errors, manifest, restorequeue, thaw
+from .. import backpressure, errors, manifest, ranges, restorequeue, thaw, thawprogress
 from ..ids import BackupId
 from ..pipeline import reader
 from ..spool import BackupLock
@@ -41,6 +42,7 @@ def add_parser(sub) -> None:
     p.add_argument("--force", action="store_true",
                    help="with -o, replace an existing regular file")
     target.add_options(p)
+    target.add_range_options(p)
     thawplan.add_restore_arguments(p)
     p.set_defaults(run=run)
 
@@ -48,12 +50,14 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     target.split_words(args)                  # options may follow VAULT/PREFIX/ULID
     ctx = Context(args)                       # after them: -S and -c may be among them
+    span = target.byte_range(args)
     keyring = None
-    if not args.dry_run or args.name is not None:    # a plan needs no key, --name does
-        keyring = secret_keys(args.keyring, args.pass_fd)
+    if not args.dry_run or args.name is not None or span:   # a plan needs no key, but
+        keyring = secret_keys(args.keyring, args.pass_fd)   # --name and a range do
     bid = target.resolve(ctx, args, keyring)
     if args.dry_run:
-        return thawplan.dry_run(ctx, bid)
+        return thawplan.dry_run(ctx, bid, span and target.range_fragments(ctx, bid, keyring,
+                                                                          span))
     if args.chain:
         try:
             ctx.spool.ensure()
@@ -63,7 +67,7 @@ def run(args) -> int:
     output = Output(args.output, args.force)
     try:
         ctx.spool.ensure()
-        size = trio.run(Restore(ctx, bid, keyring).run, output.file)
+        size = trio.run(Restore(ctx, bid, keyring, span).run, output.file)
         output.commit()
     except BaseException:
         output.discard()
@@ -86,7 +90,8 @@ class Restore:
     and takes over whenever the one serving goes away.
     """
 
-    def __init__(self, ctx: Context, bid: BackupId, keyring):
+    def __init__(self, ctx: Context, bid: BackupId, keyring,
+                 span: tuple[int, int | None] | None = None):
         self.ctx, self.spool, self.bid, self.keyring = ctx, ctx.spool, bid, keyring
         self.thawer: thaw.Thawer | None = None
         self.daemon = False
@@ -94,6 +99,10 @@ class Restore:
         self.reader = restorequeue.Reader(self.spool, bid)
         self.window = 2
         self.fragments = 0
+        self.span = span            # (offset, length or None): only that byte range
+        self.order: list[int] = []  # the fragments to read, ascending
+        self.waiting: thawprogress.Waiting | None = None  # says progress of another's thaw
+        self.finished = False       # a range's reading thread may wait ahead of need: stop it
         self.token = None
 
     async def run(self, out) -> int:
@@ -127,8 +136,15 @@ class Restore:
         encrypted = manifest.load(self.spool.path("restore", self.bid, 0))[1]
         body = await trio.to_thread.run_sync(manifest.read_manifest, encrypted, clear,
                                              self.keyring.decrypt_session_key)
-        await trio.to_thread.run_sync(thawplan.reserve, self.ctx, self.bid, clear)
         self.fragments = len(clear.fragments)
+        self.order = list(range(1, self.fragments + 1))
+        if self.span is not None:
+            self.span = ranges.span(clear.size, *self.span, str(self.bid))
+            self.order = ranges.fragments(clear, body, *self.span)
+        plan = await trio.to_thread.run_sync(thawplan.reserve, self.ctx, self.bid, clear,
+                                             self.order)
+        self.waiting = thawprogress.Waiting(log, self.bid, plan, len(self.order),
+                                            thawprogress.every())
         self.window = window(self.ctx, self.spool, clear)
         await trio.to_thread.run_sync(self.queue)
         try:
@@ -160,15 +176,15 @@ class Restore:
     def queue(self) -> None:
         """Ask for the first window; ask the vault to restore the rest already
         (a Glacier restore takes hours: they run while earlier fragments are read)."""
-        later = [n for n in range(self.window, self.fragments + 1) if not self.local(n)]
+        later = [n for n in self.order[self.window - 1:] if not self.local(n)]
         if later:
             restorequeue.request(self.spool, self.bid, later, warm=True)
         self.request_window(1)
 
     def request_window(self, n: int) -> None:
         """Fragments n … n+window-2 (n-1 is being read: window in all)."""
-        wanted = [k for k in range(n, min(n + self.window - 1, self.fragments + 1))
-                  if not self.local(k)]
+        at = bisect.bisect_left(self.order, n)
+        wanted = [k for k in self.order[at:at + self.window - 1] if not self.local(k)]
         if wanted:
             restorequeue.request(self.spool, self.bid, wanted)
             self.poke()
@@ -196,7 +212,8 @@ class Restore:
         self.thawer = thaw.Thawer(self.spool, self.ctx.store,
                                   lambda v: thawplan.settings(self.ctx, self.ctx.args, v),
                                   select=lambda b: b == self.bid, fail_fast=True,
-                                  guard=thawplan.guard(self.ctx))
+                                  guard=thawplan.guard(self.ctx),
+                                  progress_every=thawprogress.every())
         self.daemon = False
         try:
             await self.thawer.run()
@@ -208,6 +225,8 @@ class Restore:
         self.reader.advance(n - 1)
         self.request_window(n)
         while True:
+            if self.finished:
+                raise errors.Interrupted(f"restore of {self.bid} no longer needs chunk.{n}")
             path = self.reader.take(n)
             if path is not None:
                 return path
@@ -224,11 +243,17 @@ class Restore:
                     return path
                 restorequeue.request(self.spool, self.bid, [n])     # taken away meanwhile
                 self.poke()
+            if self.daemon and self.waiting is not None:
+                self.waiting.tick(bisect.bisect_left(self.order, n))
             time.sleep(WAIT_POLL)
 
     def decrypt(self, clear, body, out) -> int:
         progress = Progress("restore", clear.size)
         try:
+            if self.span is not None:
+                return ranges.copy(clear, body, self.keyring.decrypt_session_key,
+                                   self.wait_for, Counting(out, progress), *self.span,
+                                   self.order)
             return reader.restore(clear, body, self.keyring.decrypt_session_key,
                                   self.wait_for, Counting(out, progress))
         except (errors.IntegrityError, errors.MissingFragmentError) as exc:
@@ -236,6 +261,7 @@ class Restore:
             self.decrypt_error = untrusted(exc, self.bid)
             raise self.decrypt_error from None
         finally:
+            self.finished = True
             progress.finish()
 
 

@@ -5,16 +5,19 @@ order, one run of COMMAND per archive."""
 from __future__ import annotations
 
 import argparse
+import io
 import logging
+import re
 import subprocess
 
 import trio
 
-from .. import errors, finding, ids
+from .. import errors, finding, ids, manifest, ranges
 from ..ids import BackupId
 
 log = logging.getLogger("cryophile.restore")
 FINDERS = ("ulid", "latest", "before", "name")
+ZERO_RE = re.compile(r"^\s*0+\s*([KMGTP]i?)?B?\s*$", re.I)      # --offset 0, 0K, 0MiB
 
 
 def add_options(p) -> None:
@@ -33,6 +36,49 @@ def add_options(p) -> None:
                    help="restore the archive's whole chain of incrementals, full backup "
                         "first, each into its own run of the COMMAND given after --")
     p.set_defaults(target_parser=p)
+
+
+def add_range_options(p) -> None:
+    p.add_argument("--offset", metavar="N",
+                   help="restore the plaintext from byte N on (512, 64MiB, 1G…), thawing only "
+                        "the fragments that hold the range (needs the secret key, also with -n)")
+    p.add_argument("--length", metavar="M",
+                   help="restore M bytes (to the end of the archive if it ends first)")
+
+
+def byte_range(args) -> tuple[int, int | None] | None:
+    """(offset, length or None) from --offset/--length, None for the whole archive."""
+    if args.offset is None and args.length is None:
+        return None
+    if args.chain:
+        raise errors.UsageError("--offset/--length restore a byte range of one archive, "
+                                "not a --chain")
+    offset = 0
+    if args.offset is not None and not ZERO_RE.match(args.offset):
+        offset = ids.parse_size(args.offset, "--offset")
+    length = None if args.length is None else ids.parse_size(args.length, "--length")
+    return offset, length
+
+
+def range_fragments(ctx, bid: BackupId, keyring, span) -> list[int]:
+    """For restore -n: the fragments the byte range needs (the seek index is in
+    the encrypted manifest: this needs the secret key)."""
+    data = None
+    for queue in ("restore", "freeze"):
+        try:
+            with open(ctx.spool.path(queue, bid, 0), "rb") as f:
+                data = f.read()
+            break
+        except FileNotFoundError:
+            continue
+    if data is None:
+        buf = io.BytesIO()
+        ctx.store(bid.vault).get(bid.fragment_key(0), buf)
+        data = buf.getvalue()
+    clear, encrypted = manifest.read_clear(data)
+    manifest.check_identity(clear, bid)
+    body = manifest.read_manifest(encrypted, clear, keyring.decrypt_session_key)
+    return ranges.fragments(clear, body, *ranges.span(clear.size, *span, str(bid)))
 
 
 def split_words(args) -> None:

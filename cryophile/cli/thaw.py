@@ -6,7 +6,7 @@ import logging
 
 import trio
 
-from .. import errors
+from .. import errors, thawprogress
 from ..freeze import backoff_loop
 from ..ledger import Guard
 from ..thaw import DaemonLock, Thawer
@@ -43,7 +43,7 @@ def run(args) -> int:
         raise errors.SpoolError(f"another `cryophile thaw` is already serving {ctx.spool.root}")
     guard = Guard(ctx.spool, ctx.config, approve_hint="`cryophile restore --approve` of it")
     thawer = Thawer(ctx.spool, ctx.store, lambda v: thawplan.settings(ctx, args, v),
-                    guard=guard)
+                    guard=guard, progress_every=thawprogress.every())
 
     async def serve():
         if args.once:

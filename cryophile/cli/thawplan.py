@@ -88,12 +88,13 @@ def guard(ctx: Context) -> Guard:
     return Guard(ctx.spool, ctx.config, approved=getattr(ctx.args, "approve", False))
 
 
-def reserve(ctx: Context, bid, clear, fragments=None) -> None:
+def reserve(ctx: Context, bid, clear, fragments=None) -> plans.Plan:
     """Charge the thaw a restore is about to ask for to the ledger, or refuse it
-    (BudgetError) before anything is requested."""
+    (BudgetError) before anything is requested; the plan."""
     tier, days = settings(ctx, ctx.args, bid.vault)
-    guard(ctx).reserve(ctx.store(bid.vault), clear,
-                       fragments or range(1, len(clear.fragments) + 1), tier, days)
+    if fragments is None:
+        fragments = range(1, len(clear.fragments) + 1)
+    return guard(ctx).reserve(ctx.store(bid.vault), clear, fragments, tier, days)
 
 
 def dry_run(ctx: Context, bid, fragments=None) -> int:
