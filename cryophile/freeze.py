@@ -27,7 +27,7 @@ from typing import Callable
 
 import trio
 
-from . import errors
+from . import errors, health
 from .ids import BackupId
 from .spool import ABANDONED, ArchiveFreezeLock, Spool, create_in
 from .store.base import file_sha256
@@ -194,6 +194,7 @@ class Freezer:
         finished = not os.path.exists(self.spool.dir("backup", bid))
         if finished and self.spool.fragments("freeze", bid) == [0]:
             await self._upload(store, bid, ledger, 0, LIST_CLASS)
+            await trio.to_thread.run_sync(health.note_frozen, self.spool, bid)
             log.info("frozen %s", bid)
         if finished and not self.spool.fragments("freeze", bid):
             self.spool.remove_dir("freeze", bid)

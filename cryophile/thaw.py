@@ -18,7 +18,7 @@ from typing import Callable
 
 import trio
 
-from . import errors, manifest, restorequeue
+from . import errors, health, manifest, restorequeue
 from .ids import BackupId
 from .spool import FileLock, Spool, create_in
 from .pipeline.reader import verify_fragment
@@ -120,6 +120,12 @@ class DaemonLock(FileLock):
 
     def __init__(self, spool: Spool):
         super().__init__(os.path.join(spool.queue("thaw"), ".daemon"))
+
+    def acquire(self, create: bool = True) -> bool:
+        held = super().acquire(create)
+        if held and create and self.fd is not None:
+            health.record_holder(self.fd)       # `status` names the holder
+        return held
 
 
 PERMANENT = (errors.MissingFragmentError, errors.IntegrityError, errors.NotFoundError)
