@@ -334,6 +334,7 @@ class Thawer:
 
     async def _download(self, store, bid, n, frag, dest) -> None:
         key = bid.fragment_key(n)
+        log.debug("downloading %s (%d bytes) from %s", key, frag.size, store.url)
         for attempt in range(1, VERIFY_TRIES + 1):
             try:
                 await trio.to_thread.run_sync(

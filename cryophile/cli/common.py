@@ -7,7 +7,7 @@ import sys
 import time
 import unicodedata
 
-from .. import config, errors, ids, keys
+from .. import config, errors, ids, keys, throttle
 from ..ids import human  # noqa: F401 (shared)
 from ..options import add_spool_options, passphrase_reader  # noqa: F401 (shared)
 from ..spool import Spool
@@ -23,12 +23,30 @@ class Context:
         self.config = config.load(args.config)
         self.spool = Spool(args.spool or self.config.spool)
         self.store = config.Stores(self.config)       # vault uuid -> Store
+        throttle.configure(limit(args, "upload", self.config.limit_upload),
+                           limit(args, "download", self.config.limit_download))
 
     def vault(self, text: str) -> config.VaultConfig:
         return self.config.vault(text)
 
     def close(self) -> None:
         self.store.close()
+
+
+def add_limit_option(p, direction: str, what: str) -> None:
+    """--limit-upload or --limit-download RATE (bytes per second)."""
+    p.add_argument(f"--limit-{direction}", metavar="RATE",
+                   help=f"{what} no faster than RATE bytes per second, all transfers "
+                        f"together (10M: 10 MiB/s, 500k, 2MB: decimal; 0: no limit); "
+                        f"default: limit_{direction} in the configuration")
+
+
+def limit(args, direction: str, configured: int | None) -> int | None:
+    """The rate --limit-DIRECTION gives (0: none), else the configuration's."""
+    given = getattr(args, f"limit_{direction}", None)
+    if given is None:
+        return configured
+    return throttle.parse_rate(given, f"--limit-{direction}")
 
 
 def run_service(main, *args) -> None:

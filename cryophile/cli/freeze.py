@@ -5,7 +5,7 @@ from __future__ import annotations
 from .. import ids
 from ..freeze import Freezer
 from ..spool import FreezeDaemonLock
-from .common import Context, run_service
+from .common import Context, add_limit_option, run_service
 
 
 def add_parser(sub) -> None:
@@ -23,6 +23,7 @@ def add_parser(sub) -> None:
     p.add_argument("-v", "--vault", metavar="VAULT", help="only this vault")
     p.add_argument("-p", "--prefix", metavar="PREFIX", help="only this prefix (with -v)")
     p.add_argument("-u", "--ulid", metavar="ULID", help="only this archive (with -v and -p)")
+    add_limit_option(p, "upload", "upload")
     p.set_defaults(run=run)
 
 

@@ -13,7 +13,7 @@ from ..ids import BackupId
 from ..pipeline import reader
 from ..spool import BackupLock
 from . import target, thawplan
-from .common import Context, Progress, secret_keys
+from .common import Context, Progress, add_limit_option, secret_keys
 from .output import Output
 
 log = logging.getLogger("cryophile.restore")
@@ -40,6 +40,7 @@ def add_parser(sub) -> None:
                    help="write to this new file instead of stdout (mode 0600)")
     p.add_argument("--force", action="store_true",
                    help="with -o, replace an existing regular file")
+    add_limit_option(p, "download", "download fragments")
     target.add_options(p)
     thawplan.add_restore_arguments(p)
     p.set_defaults(run=run)

@@ -11,7 +11,7 @@ from ..freeze import backoff_loop
 from ..ledger import Guard
 from ..thaw import DaemonLock, Thawer
 from . import thawplan
-from .common import Context, run_service
+from .common import Context, add_limit_option, run_service
 
 log = logging.getLogger("cryophile.thaw")
 
@@ -30,6 +30,7 @@ def add_parser(sub) -> None:
                    help="print what thawing these archives would request, take and cost; "
                         "request nothing")
     thawplan.add_arguments(p)
+    add_limit_option(p, "download", "download")
     p.set_defaults(run=run)
 
 
