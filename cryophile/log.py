@@ -152,6 +152,19 @@ def to_journal(stream, environ=os.environ) -> bool:
         return False
 
 
+class _StreamHandler(logging.StreamHandler):
+    """A line logged while progress bars are on the screen clears them first
+    and has them drawn again below it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from . import progress
+        if not progress.ACTIVE:
+            return super().emit(record)
+        from tqdm import tqdm
+        with tqdm.external_write_mode(file=self.stream):
+            super().emit(record)
+
+
 def parse(spec: str) -> tuple[int | None, dict[str, int]]:
     default, targets = None, {}
     for item in filter(None, (s.strip() for s in spec.split(","))):
@@ -197,7 +210,7 @@ def setup(program: str = "cryophile", verbosity: int = 0, stream=None,
         stream = stream or sys.stderr
         style = os.environ.get("CRYOPHILE_LOG_STYLE", "auto").lower()
         color = style == "always" or (style == "auto" and stream.isatty())
-        handler = logging.StreamHandler(stream)
+        handler = _StreamHandler(stream)
         handler.setFormatter(JournalFormatter() if to_journal(stream)
                              else Formatter(program, color))
     install(handler)

@@ -18,7 +18,7 @@ from typing import Callable
 
 import trio
 
-from . import errors, health, manifest, restorequeue
+from . import errors, health, manifest, progress, restorequeue
 from .ids import BackupId
 from .spool import FileLock, Spool, create_in
 from .pipeline.reader import verify_fragment
@@ -165,6 +165,7 @@ class Thawer:
         self.marks: dict[BackupId, manifest.ClearInfo] = {}
         self.mark_locks: dict[BackupId, trio.Lock] = {}
         self._wake = trio.Event()
+        self.bar = progress.OFF     # the downloads' bar (`cryophile thaw` on a terminal)
 
     def poke(self) -> None:
         """New requests: look now (call in trio, or via trio.from_thread)."""
@@ -335,6 +336,7 @@ class Thawer:
     async def _download(self, store, bid, n, frag, dest) -> None:
         key = bid.fragment_key(n)
         log.debug("downloading %s (%d bytes) from %s", key, frag.size, store.url)
+        self.bar.grow(frag.size)
         for attempt in range(1, VERIFY_TRIES + 1):
             try:
                 await trio.to_thread.run_sync(

@@ -1,5 +1,6 @@
-"""Bandwidth limits: --limit-upload/--limit-download and limit_upload/
-limit_download in the configuration.
+"""Where the stores account for the bytes they move: bandwidth limits
+(--limit-upload/--limit-download, limit_upload/limit_download in the
+configuration) and meters (progress bars).
 
 One token bucket per direction, shared by every thread of the process (the
 parallel uploads and parts of a freeze, the downloads of a thaw).  A thread
@@ -58,6 +59,8 @@ class TokenBucket:
 
 UPLOAD: TokenBucket | None = None
 DOWNLOAD: TokenBucket | None = None
+# callables told of every n bytes moved (progress bars), by direction
+METERS: dict[str, list] = {"upload": [], "download": []}
 
 
 def configure(upload: int | None, download: int | None) -> None:
@@ -71,6 +74,8 @@ def downloaded(n: int) -> None:
     """n bytes just arrived: wait as the download limit says."""
     if DOWNLOAD is not None:
         DOWNLOAD.take(n)
+    for meter in list(METERS["download"]):
+        meter(n)
 
 
 def download_block(block: int) -> int:
@@ -80,21 +85,24 @@ def download_block(block: int) -> int:
 
 def paced_upload(f):
     """``f`` (a file object a store reads an upload's body from), read no
-    faster than the upload limit; ``f`` itself when unlimited."""
-    return f if UPLOAD is None else Paced(f, UPLOAD)
+    faster than the upload limit; ``f`` itself when unlimited and unmetered."""
+    return f if UPLOAD is None and not METERS["upload"] else Paced(f, UPLOAD)
 
 
 def paced_bytes(data: bytes):
     """An upload body held in memory (a multipart part), paced the same way."""
     import io
-    return data if UPLOAD is None else Paced(io.BytesIO(data), UPLOAD)
+    if UPLOAD is None and not METERS["upload"]:
+        return data
+    return Paced(io.BytesIO(data), UPLOAD)
 
 
 class Paced:
-    """A readable file whose bytes pay the bucket once each: a byte read a
-    second time (after a seek back: signing, a retry) passes freely."""
+    """A readable file whose bytes pay the bucket (if any) and are metered
+    once each: a byte read a second time (after a seek back: signing, a
+    retry) passes freely."""
 
-    def __init__(self, f, bucket: TokenBucket):
+    def __init__(self, f, bucket: TokenBucket | None):
         self.f, self.bucket = f, bucket
         self.paid = f.tell()        # bytes before here: not ours to charge
 
@@ -102,7 +110,10 @@ class Paced:
         data = self.f.read(n)
         end = self.f.tell()
         if end > self.paid:
-            self.bucket.take(end - self.paid)
+            if self.bucket is not None:
+                self.bucket.take(end - self.paid)
+            for meter in list(METERS["upload"]):
+                meter(end - self.paid)
             self.paid = end
         return data
 

@@ -32,6 +32,7 @@ def run(args) -> int:
     select = selector(ctx, args)
     ctx.spool.ensure()
     freezer = Freezer(ctx.spool, ctx.store, lambda v: ctx.vault(v).storage_class, select)
+    freezer.progress = True
     # A daemon that freezes everything tells backups so (they wait for it
     # instead of freezing inline); a selective one would leave them waiting.
     daemon = FreezeDaemonLock(ctx.spool)

@@ -10,7 +10,7 @@ import sys
 
 import shtab
 
-from .. import __version__, errors, log
+from .. import __version__, errors, log, progress
 from . import backup, chain, check, freeze, ls, prune, restore, rm, status, thaw
 from ..options import add_log_file_option, add_spool_options
 
@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     args.debug = args.debug + getattr(args, "debug_after", 0)
     try:
         log.setup(PROG, verbosity, log_file=args.log_file)
+        progress.quiet = verbosity < 0
     except errors.Error as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return exc.exit_code

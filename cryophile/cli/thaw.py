@@ -6,7 +6,7 @@ import logging
 
 import trio
 
-from .. import errors
+from .. import errors, progress
 from ..freeze import backoff_loop
 from ..ledger import Guard
 from ..thaw import DaemonLock, Thawer
@@ -51,9 +51,11 @@ def run(args) -> int:
             return await thawer.run(once=True)
         await backoff_loop(lambda: thawer.run(once=True), "thaw",
                            lambda: trio.sleep(thawer.poll_min), logger=log)
+    thawer.bar = progress.Transfers("thaw", "download")
     try:
         run_service(serve)
     finally:
+        thawer.bar.finish()
         lock.release()
         ctx.close()
     return 0
