@@ -49,7 +49,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-d", "--debug", action="count", default=0,
                    help="more log output; twice for trace, with tracebacks on errors")
     p.add_argument("-q", "--quiet", action="count", default=0,
-                   help="less log output: warnings and errors only")
+                   help="less log output: warnings and errors only, and no progress bars")
     p.add_argument("-V", "--version", action="version", version=f"{PROG} {__version__}")
     shtab.add_argument_to(p, "--print-completion", help="print a completion script for that shell")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
