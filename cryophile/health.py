@@ -165,9 +165,10 @@ def daemons(spool: Spool) -> dict:
     if thaw["running"]:
         holder = read_holder(thaw_lock)
         pids = lock_pids(thaw_lock)
+        if pids and holder.get("pid") not in pids:
+            holder = {}             # a record left by an earlier holder
         thaw["pid"] = holder.get("pid") or (pids[0] if pids else None)
-        if holder and (not pids or holder["pid"] in pids):
-            thaw["command"] = holder["command"]
+        thaw["command"] = holder.get("command")
     freeze_lock = FreezeDaemonLock(spool).path
     running = _held(freeze_lock)
     freeze = {"running": running, "pids": lock_pids(freeze_lock) if running else []}

@@ -111,10 +111,10 @@ class Transfers(Bar):
 
 
 def freezing(path: str, what: str) -> Bar:
-    """The bar of one archive's freeze, fed as each fragment is stored: the
-    bytes of what its freeze-queue directory ``path`` holds now (all of it,
-    for a sealed archive)."""
-    if not showing():
+    """The bar of a sealed archive's freeze, fed as each fragment is stored:
+    the bytes its freeze-queue directory ``path`` holds.  None for an archive
+    still being written (a daemon looks at it every second: no bar each time)."""
+    if not showing() or not os.path.exists(os.path.join(path, "chunk.0")):
         return OFF
     total = 0
     try:

@@ -216,3 +216,19 @@ def test_the_lock_record_names_pid_and_command(tmp_path):
     assert len(path.read_text().splitlines()) == 1
     path.write_text("garbage")
     assert health.read_holder(str(path)) == {}
+
+
+def test_a_stale_holder_record_is_not_believed(tmp_path):
+    spool = Spool(str(tmp_path / "spool"))
+    spool.ensure()
+    lock = spool.queue("thaw") + "/.daemon"
+    with open(lock, "w") as f:
+        f.write(json.dumps({"pid": 1, "command": "an earlier holder", "since": 0}) + "\n")
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)          # held, by someone who recorded nothing
+        thaw = health.daemons(spool)["thaw"]
+        assert thaw == {"running": True, "pid": os.getpid(), "command": None}
+    finally:
+        os.close(fd)
+    assert health.daemons(spool)["thaw"] == {"running": False, "pid": None, "command": None}
