@@ -52,6 +52,7 @@ class Bar:
         self.tqdm = None
         if showing(stream) if enabled is None else enabled:
             from tqdm import tqdm
+            tqdm.monitor_interval = 0       # no monitor thread of its own
             # "iB" with 1024: 3.00MiB, 2.50MiB/s
             ACTIVE.add(self)
             self.tqdm = tqdm(total=total, desc=what, unit="iB", unit_scale=True,
