@@ -190,7 +190,8 @@ class Freezer:
             await self._sweep(store, bid)
         ledger = Ledger(self.spool, bid)
         if self.progress:
-            self.bar = progress.freezing(qdir, f"freeze {bid.ulid}")
+            self.bar = await trio.to_thread.run_sync(progress.freezing, qdir,
+                                                     f"freeze {bid.ulid}")
         async with trio.open_nursery() as nursery:
             for n in self.spool.fragments("freeze", bid):
                 if n:
