@@ -59,6 +59,8 @@ class Config:
     thaw_budget_monthly: float | None = None
     thaw_on_read: str = "budget"
     thaw_readahead: int = 1                     # fragments thawed past a mount read
+    limit_upload: int | None = None             # bytes/s, the whole process (throttle.py)
+    limit_download: int | None = None
 
     def vault(self, text: str) -> VaultConfig:
         """A vault by UUID or by its alias; an unconfigured UUID gets defaults."""
@@ -98,7 +100,7 @@ def parse_file(path: str) -> Config:
 def parse(data: dict, path: str | None = None) -> Config:
     where = path or "configuration"
     cfg = Config(path=path)
-    unknown = set(data) - {"spool", "spool_max", "vault"} - THAW_KEYS
+    unknown = set(data) - {"spool", "spool_max", "vault"} - THAW_KEYS - LIMIT_KEYS
     if unknown:
         raise ConfigError(f"{where}: unknown setting {sorted(unknown)[0]!r}")
     if "spool" in data:
@@ -106,6 +108,8 @@ def parse(data: dict, path: str | None = None) -> Config:
     if "spool_max" in data:
         cfg.spool_max = ids.parse_size(data["spool_max"], "spool_max")
     _thaw_settings(cfg, data, where)
+    for name in LIMIT_KEYS & set(data):
+        setattr(cfg, name, _rate(data[name], name, where))
     vaults = data.get("vault", {})
     if not isinstance(vaults, dict) or not all(isinstance(t, dict) for t in vaults.values()):
         raise ConfigError(f"{where}: vaults must be tables: [vault.UUID]")
@@ -211,6 +215,16 @@ def _vault(key: str, table: dict, where: str) -> VaultConfig:
             raise ConfigError(f"{where}: [vault.{key}] url must start with file:// or s3://")
     _check_alias(v.name, f"{where}: [vault.{key}]")
     return v
+
+
+LIMIT_KEYS = {"limit_upload", "limit_download"}
+
+
+def _rate(value, name: str, where: str) -> int | None:
+    from .throttle import parse_rate
+    _checked(value, (str, int), 'a rate like "10M" (bytes per second) or a number',
+             f"{where}: {name}")
+    return parse_rate(value, name)
 
 
 THAW_KEYS = {"prices", "thaw_budget_daily", "thaw_budget_monthly", "thaw_on_read",

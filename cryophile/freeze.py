@@ -27,7 +27,7 @@ from typing import Callable
 
 import trio
 
-from . import errors
+from . import errors, health, progress
 from .ids import BackupId
 from .spool import ABANDONED, ArchiveFreezeLock, Spool, create_in
 from .store.base import file_sha256
@@ -101,6 +101,8 @@ class Freezer:
         self.swept: set[BackupId] = set()
         self.backoff: dict[BackupId, tuple[float, float]] = {}   # bid -> (retry at, delay)
         self.failed: set[BackupId] = set()
+        self.progress = False                 # a bar per archive (on a terminal)
+        self.bar = progress.OFF
 
     async def run(self, once: bool = False) -> None:
         """Drain the queue; unless ``once``, keep watching it.  A daemon logs
@@ -175,6 +177,7 @@ class Freezer:
                 raise
             raise exc from None
         finally:
+            self.bar.finish()
             lock.release()
 
     async def _freeze_locked(self, bid: BackupId) -> None:
@@ -186,6 +189,9 @@ class Freezer:
         if bid not in self.swept:
             await self._sweep(store, bid)
         ledger = Ledger(self.spool, bid)
+        if self.progress:
+            self.bar = await trio.to_thread.run_sync(progress.freezing, qdir,
+                                                     f"freeze {bid.ulid}")
         async with trio.open_nursery() as nursery:
             for n in self.spool.fragments("freeze", bid):
                 if n:
@@ -194,6 +200,7 @@ class Freezer:
         finished = not os.path.exists(self.spool.dir("backup", bid))
         if finished and self.spool.fragments("freeze", bid) == [0]:
             await self._upload(store, bid, ledger, 0, LIST_CLASS)
+            await trio.to_thread.run_sync(health.note_frozen, self.spool, bid)
             log.info("frozen %s", bid)
         if finished and not self.spool.fragments("freeze", bid):
             self.spool.remove_dir("freeze", bid)
@@ -213,6 +220,7 @@ class Freezer:
                 log.debug("uploading %s (%d bytes) to %s", key, size, store.url)
                 store.put(key, path, size=size, sha256=sha256, storage_class=storage_class)
                 ledger.add(key, sha256)
+            self.bar.add(size)
             try:
                 os.unlink(path)
             except FileNotFoundError:

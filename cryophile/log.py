@@ -4,6 +4,9 @@
 a bare level sets the default, ``target=level`` one logger and below.
 Levels: error, warn, info (the default), debug, trace, off.
 
+On a stream systemd connected to the journal (JOURNAL_STREAM), each line
+carries its syslog priority as sd-daemon(3) describes, and no timestamp.
+
 Every handler we install redacts credentials (``Redact``): boto3's own debug
 and trace output carries Authorization headers, session tokens and request
 signatures, and credentials must never reach a log.
@@ -111,6 +114,57 @@ class Formatter(logging.Formatter):
         return f"{self.program}: {msg}"
 
 
+# sd-daemon(3): a "<N>" line prefix is the line's syslog priority for journald
+PRIORITIES = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4),
+              (logging.INFO, 6))
+
+
+def priority(levelno: int) -> int:
+    return next((p for level, p in PRIORITIES if levelno >= level), 7)
+
+
+class JournalFormatter(logging.Formatter):
+    """For a stream that journald reads: each line starts with its syslog
+    priority (``<3>`` error, ``<4>`` warning, ``<6>`` info, ``<7>`` debug), so
+    that journalctl shows and filters levels; no timestamp, program or pid
+    (the journal records them), no colours."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        msg = record.getMessage()
+        if record.levelno < logging.INFO:
+            msg = f"{record.levelname.lower()} {record.name}: {msg}"
+        if record.exc_text or record.exc_info:
+            msg += "\n" + (record.exc_text or self.formatException(record.exc_info))
+        prefix = f"<{priority(record.levelno)}>"
+        return "\n".join(prefix + line for line in msg.split("\n"))
+
+
+def to_journal(stream, environ=os.environ) -> bool:
+    """Is ``stream`` connected to the journal?  systemd sets JOURNAL_STREAM to
+    the device and inode of the stream it connects (systemd.exec(5)); a child
+    whose stderr was redirected elsewhere inherits the variable but not the
+    stream, so the two must match."""
+    device, _, inode = environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        st = os.fstat(stream.fileno())
+        return (int(device), int(inode)) == (st.st_dev, st.st_ino)
+    except (ValueError, OSError, AttributeError):
+        return False
+
+
+class _StreamHandler(logging.StreamHandler):
+    """A line logged while progress bars are on the screen clears them first
+    and has them drawn again below it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from . import progress
+        if not progress.ACTIVE:
+            return super().emit(record)
+        from tqdm import tqdm
+        with tqdm.external_write_mode(file=self.stream):
+            super().emit(record)
+
+
 def parse(spec: str) -> tuple[int | None, dict[str, int]]:
     default, targets = None, {}
     for item in filter(None, (s.strip() for s in spec.split(","))):
@@ -148,15 +202,17 @@ def install(handler: logging.Handler) -> None:
 def setup(program: str = "cryophile", verbosity: int = 0, stream=None,
           log_file: str | None = None) -> None:
     """verbosity: -q → -1, default 0, -d → 1 (debug), -dd → 2 (trace).
-    ``log_file``: append there, with timestamps, instead of ``stream`` (stderr)."""
+    ``log_file``: append there, with timestamps, instead of ``stream`` (stderr);
+    a ``stream`` connected to the journal gets priority prefixes (to_journal)."""
     if log_file:
         handler = file_handler(program, log_file)
     else:
         stream = stream or sys.stderr
         style = os.environ.get("CRYOPHILE_LOG_STYLE", "auto").lower()
         color = style == "always" or (style == "auto" and stream.isatty())
-        handler = logging.StreamHandler(stream)
-        handler.setFormatter(Formatter(program, color))
+        handler = _StreamHandler(stream)
+        handler.setFormatter(JournalFormatter() if to_journal(stream)
+                             else Formatter(program, color))
     install(handler)
     root = logging.getLogger()
     level = {-2: logging.ERROR, -1: logging.WARNING, 0: logging.INFO,

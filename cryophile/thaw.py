@@ -18,7 +18,7 @@ from typing import Callable
 
 import trio
 
-from . import errors, manifest, restorequeue, thawprogress
+from . import errors, health, manifest, progress, restorequeue, thawprogress
 from .ids import BackupId
 from .spool import FileLock, Spool, create_in
 from .pipeline.reader import verify_fragment
@@ -121,6 +121,12 @@ class DaemonLock(FileLock):
     def __init__(self, spool: Spool):
         super().__init__(os.path.join(spool.queue("thaw"), ".daemon"))
 
+    def acquire(self, create: bool = True) -> bool:
+        held = super().acquire(create)
+        if held and create and self.fd is not None:
+            health.record_holder(self.fd)       # `status` names the holder
+        return held
+
 
 PERMANENT = (errors.MissingFragmentError, errors.IntegrityError, errors.NotFoundError)
 
@@ -161,6 +167,7 @@ class Thawer:
         self.mark_locks: dict[BackupId, trio.Lock] = {}
         self._wake = trio.Event()
         self.progress = thawprogress.Tracker(log, progress_every)   # "3 of 120 restored…"
+        self.bar = progress.OFF     # the downloads' bar (`cryophile thaw` on a terminal)
 
     def poke(self) -> None:
         """New requests: look now (call in trio, or via trio.from_thread)."""
@@ -344,6 +351,8 @@ class Thawer:
 
     async def _download(self, store, bid, n, frag, dest) -> None:
         key = bid.fragment_key(n)
+        log.debug("downloading %s (%d bytes) from %s", key, frag.size, store.url)
+        self.bar.grow(frag.size)
         for attempt in range(1, VERIFY_TRIES + 1):
             try:
                 await trio.to_thread.run_sync(

@@ -27,7 +27,7 @@ import shtab
 import trio
 
 from cryophile import __version__, config as configuration, errors, keys, log as logsetup, thaw
-from cryophile import sdnotify
+from cryophile import sdnotify, throttle
 from cryophile.options import add_log_file_option, add_spool_options, passphrase_reader
 from cryophile.freeze import Freezer
 from cryophile.ledger import Guard
@@ -220,6 +220,7 @@ def mount(args) -> int:
     if not os.path.isdir(mountpoint):
         raise errors.UsageError(f"mount point {mountpoint} is not a directory")
     cfg = configuration.load(args.config)
+    throttle.configure(cfg.limit_upload, cfg.limit_download)
     spool = Spool(args.spool or cfg.spool)
     spool.ensure()
     certificates, keyring = load_keys(args.keyring, args.pass_fd)

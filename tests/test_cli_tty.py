@@ -2,6 +2,7 @@
 binary output to a terminal.  `script` gives the command a pseudo-terminal."""
 
 import os
+import re
 import shlex
 import subprocess
 
@@ -34,7 +35,7 @@ def test_progress_shows_on_a_terminal_only(tmp_path, recipes):
     code, screen = on_tty(rig.command("backup", "-v", rig.vault, "-k", str(recipes["gpg"].cert),
                                       "-i", str(data)))
     assert code == 0, screen
-    assert "backup: 3.0 MiB" in screen
+    assert "backup: 3.00MiB" in screen
     piped = rig.run("backup", "-v", rig.vault, "-k", str(recipes["gpg"].cert), "-i", str(data))
     assert piped.returncode == 0 and piped.stderr == b""
 
@@ -60,3 +61,36 @@ def test_backup_refuses_to_read_a_terminal(tmp_path, recipes):
     code, screen = on_tty(rig.command("backup", "-v", rig.vault, "-k", str(recipes["gpg"].cert)))
     assert code == 2 and "refusing to read a backup from a terminal" in screen
     assert not list(rig.spool.glob("freeze/**/chunk.0"))
+
+
+def test_bars_with_percentage_for_restore_freeze_and_thaw_on_a_terminal_only(tmp_path, recipes):
+    rig = make_rig(tmp_path)
+    data = os.urandom(3 << 20)
+    ulid = rig.backup(data, recipes["gpg"].cert, "-s", "1MiB")
+    code, screen = on_tty(rig.command("freeze", "--once"))
+    assert code == 0, screen
+    assert re.search(rf"freeze {ulid}: 100%\|.*\| 3\.\d\dM/3\.\d\dM \[", screen), screen
+
+    out = tmp_path / "out"
+    code, screen = on_tty(rig.command("restore", "-v", rig.vault, "-u", ulid, "-k",
+                                      str(recipes["gpg"].key), "-o", str(out)))
+    assert code == 0, screen
+    assert re.search(r"restore: 100%\|.*\| 3\.00M/3\.00M \[\d\d:\d\d<", screen), screen
+    assert out.read_bytes() == data
+    out.unlink()
+    code, screen = on_tty(rig.command("restore", "-v", rig.vault, "-u", ulid, "-k",
+                                      str(recipes["gpg"].key), "-o", str(out), pre=("-q",)))
+    assert code == 0 and "%" not in screen and "restore" not in screen, screen
+    out.unlink()
+    piped = rig.run("restore", "-v", rig.vault, "-u", ulid, "-k", str(recipes["gpg"].key),
+                    "-o", str(out))
+    assert piped.returncode == 0 and piped.stderr == b""
+
+    for n in (1, 2):
+        request = rig.spool / "thaw" / rig.vault / ulid / f"chunk.{n}"
+        request.parent.mkdir(parents=True, exist_ok=True)
+        request.touch()
+    code, screen = on_tty(rig.command("thaw", "--once"))
+    assert code == 0, screen
+    assert re.search(r"thaw: 100%\|.*\| 2\.\d\dM/2\.\d\dM \[", screen), screen
+    assert len(list((rig.spool / "restore").rglob("chunk.[12]"))) == 2

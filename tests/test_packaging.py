@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 UNTRACKED = shutil.ignore_patterns(".git", ".venv*", "build", "dist", "demo", "*.egg-info",
                                    "__pycache__", ".hypothesis", ".pytest_cache", "*.py[cod]")
 UNITS = ["cryophile-freeze.service", "cryophile-thaw.service", "cryophilefs@.service",
-         "cryophile-zfs-backup@.service", "cryophile-zfs-backup@.timer"]
+         "cryophile-zfs-backup@.service", "cryophile-zfs-backup@.timer",
+         "cryophile-status.service", "cryophile-status.timer"]
 MAN = ["man1/cryophile.1", "man5/cryophile.toml.5", "man8/cryophilefs.8"]
 COMPLETIONS = ["bash-completion/completions/cryophile", "bash-completion/completions/cryophilefs",
                "zsh/site-functions/_cryophile", "zsh/site-functions/_cryophilefs",

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import sys
-import time
 import unicodedata
 
-from .. import config, errors, ids, keys
+from .. import config, errors, ids, keys, throttle
 from ..ids import human  # noqa: F401 (shared)
 from ..options import add_spool_options, passphrase_reader  # noqa: F401 (shared)
+from ..progress import Bar as Progress  # noqa: F401 (shared)
 from ..spool import Spool
 
 log = logging.getLogger("cryophile")
@@ -23,12 +22,30 @@ class Context:
         self.config = config.load(args.config)
         self.spool = Spool(args.spool or self.config.spool)
         self.store = config.Stores(self.config)       # vault uuid -> Store
+        throttle.configure(limit(args, "upload", self.config.limit_upload),
+                           limit(args, "download", self.config.limit_download))
 
     def vault(self, text: str) -> config.VaultConfig:
         return self.config.vault(text)
 
     def close(self) -> None:
         self.store.close()
+
+
+def add_limit_option(p, direction: str, what: str) -> None:
+    """--limit-upload or --limit-download RATE (bytes per second)."""
+    p.add_argument(f"--limit-{direction}", metavar="RATE",
+                   help=f"{what} no faster than RATE bytes per second, all transfers "
+                        f"together (10M: 10 MiB/s, 500k, 2MB: decimal; 0: no limit); "
+                        f"default: limit_{direction} in the configuration")
+
+
+def limit(args, direction: str, configured: int | None) -> int | None:
+    """The rate --limit-DIRECTION gives (0: none), else the configuration's."""
+    given = getattr(args, f"limit_{direction}", None)
+    if given is None:
+        return configured
+    return throttle.parse_rate(given, f"--limit-{direction}")
 
 
 def run_service(main, *args) -> None:
@@ -84,32 +101,3 @@ def escape(text: str) -> str:
         else:
             out.append(ch)
     return "".join(out)
-
-
-class Progress:
-    """A one-line progress report on stderr, only when it is a terminal."""
-
-    def __init__(self, what: str, total: int | None = None, enabled: bool | None = None):
-        self.what, self.total = what, total
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
-        self.start = self.last = time.monotonic()
-        self.done = 0
-
-    def add(self, n: int) -> None:
-        self.done += n
-        now = time.monotonic()
-        if self.enabled and now - self.last >= 0.5:
-            self.last = now
-            self._show(now)
-
-    def _show(self, now: float) -> None:
-        rate = self.done / max(now - self.start, 1e-6)
-        total = f" of {human(self.total)}" if self.total else ""
-        sys.stderr.write(f"\r{self.what}: {human(self.done)}{total}, {human(rate)}/s   ")
-        sys.stderr.flush()
-
-    def finish(self) -> None:
-        if self.enabled:
-            self._show(time.monotonic())
-            sys.stderr.write("\n")
-            sys.stderr.flush()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from .. import ids
 from ..freeze import Freezer
 from ..spool import FreezeDaemonLock
-from .common import Context, run_service
+from .common import Context, add_limit_option, run_service
 
 
 def add_parser(sub) -> None:
@@ -23,6 +23,7 @@ def add_parser(sub) -> None:
     p.add_argument("-v", "--vault", metavar="VAULT", help="only this vault")
     p.add_argument("-p", "--prefix", metavar="PREFIX", help="only this prefix (with -v)")
     p.add_argument("-u", "--ulid", metavar="ULID", help="only this archive (with -v and -p)")
+    add_limit_option(p, "upload", "upload")
     p.set_defaults(run=run)
 
 
@@ -31,6 +32,7 @@ def run(args) -> int:
     select = selector(ctx, args)
     ctx.spool.ensure()
     freezer = Freezer(ctx.spool, ctx.store, lambda v: ctx.vault(v).storage_class, select)
+    freezer.progress = True
     # A daemon that freezes everything tells backups so (they wait for it
     # instead of freezing inline); a selective one would leave them waiting.
     daemon = FreezeDaemonLock(ctx.spool)

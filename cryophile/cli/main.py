@@ -10,7 +10,7 @@ import sys
 
 import shtab
 
-from .. import __version__, errors, log
+from .. import __version__, errors, log, progress
 from . import backup, chain, check, freeze, ls, prune, restore, rm, status, thaw
 from ..options import add_log_file_option, add_spool_options
 
@@ -49,7 +49,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-d", "--debug", action="count", default=0,
                    help="more log output; twice for trace, with tracebacks on errors")
     p.add_argument("-q", "--quiet", action="count", default=0,
-                   help="less log output: warnings and errors only")
+                   help="less log output: warnings and errors only, and no progress bars")
     p.add_argument("-V", "--version", action="version", version=f"{PROG} {__version__}")
     shtab.add_argument_to(p, "--print-completion", help="print a completion script for that shell")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     args.debug = args.debug + getattr(args, "debug_after", 0)
     try:
         log.setup(PROG, verbosity, log_file=args.log_file)
+        progress.quiet = verbosity < 0
     except errors.Error as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return exc.exit_code

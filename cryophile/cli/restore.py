@@ -14,7 +14,7 @@ from ..ids import BackupId
 from ..pipeline import reader
 from ..spool import BackupLock
 from . import target, thawplan
-from .common import Context, Progress, secret_keys
+from .common import Context, Progress, add_limit_option, secret_keys
 from .output import Output
 
 log = logging.getLogger("cryophile.restore")
@@ -41,6 +41,7 @@ def add_parser(sub) -> None:
                    help="write to this new file instead of stdout (mode 0600)")
     p.add_argument("--force", action="store_true",
                    help="with -o, replace an existing regular file")
+    add_limit_option(p, "download", "download fragments")
     target.add_options(p)
     target.add_range_options(p)
     thawplan.add_restore_arguments(p)
@@ -248,7 +249,8 @@ class Restore:
             time.sleep(WAIT_POLL)
 
     def decrypt(self, clear, body, out) -> int:
-        progress = Progress("restore", clear.size)
+        total = clear.size if self.span is None else self.span[1] - self.span[0]
+        progress = Progress("restore", total)
         try:
             if self.span is not None:
                 return ranges.copy(clear, body, self.keyring.decrypt_session_key,

@@ -1,14 +1,15 @@
-"""cryophile status: what the spool's queues hold, while work goes on."""
+"""cryophile status: what the spool's queues hold, while work goes on; as
+text, as JSON (--json) or as a Prometheus textfile (--prometheus FILE)."""
 
 from __future__ import annotations
 
-import os
+import datetime
+import json
 import sys
 
-from ..catalog import unsealed_state
-from ..spool import QUEUES, FreezeDaemonLock
-from ..thaw import DaemonLock
-from .common import Context, human
+from .. import health, metrics
+from ..spool import QUEUES
+from .common import Context, escape, human
 
 WHAT = {"backup": "being written", "freeze": "waiting to be frozen",
         "thaw": "fragments asked from cold storage", "restore": "thawed, waiting for restore"}
@@ -18,55 +19,71 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "status", help="show the spool's queues",
         description="Show what the spool's queues hold: archives being written, fragments "
-                    "waiting to be frozen, thaws asked for and fragments thawed, and whether "
-                    "a `cryophile thaw` and a `cryophile freeze` (or a mount) serve the "
-                    "spool.  Works while backups, freezes, thaws or a cryophilefs mount run.")
+                    "waiting to be frozen, thaws asked for and fragments thawed, the age of "
+                    "the oldest fragment not yet frozen, the last freeze into each vault, "
+                    "thaws that failed for good, and whether a `cryophile thaw` and a "
+                    "`cryophile freeze` (or a mount) serve the spool, with their pids.  "
+                    "Works while backups, freezes, thaws or a cryophilefs mount run; reads "
+                    "the spool only (no vault, no key).")
+    form = p.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true",
+                      help="print the status as one JSON object (keys in cryophile(1))")
+    form.add_argument("--prometheus", metavar="FILE",
+                      help="write the status to FILE in Prometheus' text format (for "
+                           "node_exporter's textfile collector; replaced atomically) "
+                           "and print nothing")
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
     ctx = Context(args)
-    out = sys.stdout
-    out.write(f"spool {ctx.spool.root}\n")
-    out.write(f"{'QUEUE':<8} {'ARCHIVES':>8} {'FRAGMENTS':>9} {'BYTES':>11}\n")
-    details = []
-    for queue in QUEUES:
-        archives = list(ctx.spool.archives(queue))
-        fragments = size = 0
-        for bid in archives:
-            numbers = [n for n in ctx.spool.fragments(queue, bid) if n]
-            fragments += len(numbers)
-            size += sum(_size(ctx.spool.path(queue, bid, n)) for n in numbers)
-            state = _state(ctx.spool, queue, bid)
-            if numbers or state in ("dead", "abandoned"):
-                details.append(f"  {queue:<8} {bid}: {len(numbers)} fragment(s)"
-                               f"{', ' + state if state else ''}")
-        shown = "-" if queue == "thaw" else human(size)
-        out.write(f"{queue:<8} {len(archives):>8} {fragments:>9} {shown:>11}  "
-                  f"{WHAT[queue]}\n")
-    lock = DaemonLock(ctx.spool)
-    serving = os.path.exists(lock.path) and not lock.acquire(create=False)
-    lock.release()
-    out.write(f"thaw daemon: {'running' if serving else 'not running'}\n")
-    freezing = FreezeDaemonLock(ctx.spool)
-    freezing = os.path.exists(freezing.path) and freezing.anyone_freezing()
-    out.write(f"freeze daemon: {'running' if freezing else 'not running'}\n")
-    if details:
-        out.write("\n".join(details) + "\n")
+    status = health.collect(ctx.spool)
+    if args.prometheus:
+        metrics.write(args.prometheus, metrics.render(status))
+    elif args.json:
+        json.dump(status, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        show(status, sys.stdout)
     return 0
 
 
-def _state(spool, queue: str, bid) -> str | None:
-    """sealed, or (no chunk.0 yet) writing / dead / abandoned."""
-    if queue not in ("backup", "freeze"):
-        return None
-    if os.path.exists(spool.path("freeze", bid, 0)):
-        return "sealed"
-    return unsealed_state(spool, bid)
+def show(status: dict, out) -> None:
+    out.write(f"spool {status['spool']}\n")
+    out.write(f"{'QUEUE':<8} {'ARCHIVES':>8} {'FRAGMENTS':>9} {'BYTES':>11}\n")
+    for queue in QUEUES:
+        q = status["queues"][queue]
+        shown = "-" if q["bytes"] is None else human(q["bytes"])
+        out.write(f"{queue:<8} {q['archives']:>8} {q['fragments']:>9} {shown:>11}  "
+                  f"{WHAT[queue]}\n")
+    thaw, freeze = status["daemons"]["thaw"], status["daemons"]["freeze"]
+    holder = ""
+    if thaw["running"] and thaw["pid"]:
+        command = f": {escape(thaw['command'])}" if thaw["command"] else ""
+        holder = f" (pid {thaw['pid']}{command})"
+    out.write(f"thaw daemon: {'running' if thaw['running'] else 'not running'}{holder}\n")
+    pids = f" (pid {', '.join(map(str, freeze['pids']))})" if freeze["pids"] else ""
+    out.write(f"freeze daemon: {'running' if freeze['running'] else 'not running'}{pids}\n")
+    if status["oldest_unfrozen_age"] is not None:
+        out.write(f"oldest unfrozen fragment: {ago(status['oldest_unfrozen_age'])}\n")
+    for vault, last in status["last_freeze"].items():
+        when = datetime.datetime.fromtimestamp(last["time"], datetime.timezone.utc)
+        out.write(f"last freeze into {vault}: {when:%Y-%m-%d %H:%M:%S}Z "
+                  f"({ago(status['time'] - last['time'])}), {last['archive']}\n")
+    if status["thaw_requests"]:
+        out.write(f"thaws in flight: {status['thaw_requests']} fragment(s)\n")
+    for failure in status["thaw_failures"]:
+        out.write(f"  thaw failed {failure['archive']} chunk.{failure['fragment']}: "
+                  f"{escape(failure['error'])}\n")
+    for a in status["archives"]:
+        state = f", {a['state']}" if a["state"] else ""
+        out.write(f"  {a['queue']:<8} {a['archive']}: {a['fragments']} fragment(s){state}\n")
 
 
-def _size(path: str) -> int:
-    try:
-        return os.path.getsize(path)
-    except FileNotFoundError:
-        return 0
+def ago(seconds: float) -> str:
+    """2 min ago, 5 h ago, 3 d ago."""
+    seconds = max(0.0, seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f} {unit} ago"
+    return f"{seconds:.0f} s ago"

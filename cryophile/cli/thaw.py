@@ -6,12 +6,12 @@ import logging
 
 import trio
 
-from .. import errors, thawprogress
+from .. import errors, progress, thawprogress
 from ..freeze import backoff_loop
 from ..ledger import Guard
 from ..thaw import DaemonLock, Thawer
 from . import thawplan
-from .common import Context, run_service
+from .common import Context, add_limit_option, run_service
 
 log = logging.getLogger("cryophile.thaw")
 
@@ -30,6 +30,7 @@ def add_parser(sub) -> None:
                    help="print what thawing these archives would request, take and cost; "
                         "request nothing")
     thawplan.add_arguments(p)
+    add_limit_option(p, "download", "download")
     p.set_defaults(run=run)
 
 
@@ -50,9 +51,11 @@ def run(args) -> int:
             return await thawer.run(once=True)
         await backoff_loop(lambda: thawer.run(once=True), "thaw",
                            lambda: trio.sleep(thawer.poll_min), logger=log)
+    thawer.bar = progress.Transfers("thaw", "download")
     try:
         run_service(serve)
     finally:
+        thawer.bar.finish()
         lock.release()
         ctx.close()
     return 0

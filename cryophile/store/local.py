@@ -16,7 +16,7 @@ import shutil
 import uuid
 from typing import BinaryIO, Iterator
 
-from .. import errors
+from .. import errors, throttle
 from ..fsutil import fsync_dir
 from .base import ObjectInfo, State, Store, check_same, file_sha256
 
@@ -73,7 +73,7 @@ class LocalStore(Store):
     def _copy(src: str, dst: str) -> None:
         with open(src, "rb") as fin, open(dst, "wb") as fout:
             os.fchmod(fout.fileno(), 0o640)
-            shutil.copyfileobj(fin, fout, COPY_BLOCK)
+            shutil.copyfileobj(throttle.paced_upload(fin), fout, COPY_BLOCK)
             fout.flush()
             os.fsync(fout.fileno())
 
@@ -84,9 +84,11 @@ class LocalStore(Store):
                 left = None if end is None else end - start
                 done = 0
                 while left is None or left > 0:
-                    block = f.read(COPY_BLOCK if left is None else min(COPY_BLOCK, left))
+                    unit = throttle.download_block(COPY_BLOCK)
+                    block = f.read(unit if left is None else min(unit, left))
                     if not block:
                         break
+                    throttle.downloaded(len(block))
                     out.write(block)
                     done += len(block)
                     if left is not None:

@@ -37,6 +37,7 @@ import botocore.config
 import botocore.exceptions
 import urllib3.exceptions
 
+from cryophile import throttle
 from cryophile.errors import (
     AccessDeniedError, ConflictError,
     IntegrityError, NotFoundError, NotRestoredError, StoreError, TransientStoreError,
@@ -193,7 +194,8 @@ class S3Store(Store):
         try:
             body = self._client.get_object(**args)["Body"]
             try:
-                for chunk in body.iter_chunks(CHUNK):
+                for chunk in body.iter_chunks(throttle.download_block(CHUNK)):
+                    throttle.downloaded(len(chunk))
                     out.write(chunk)
                     written += len(chunk)
             finally:
@@ -297,6 +299,7 @@ class S3Store(Store):
         if self.conditional_writes:
             args["IfNoneMatch"] = "*"
         with open(path, "rb") as body:
+            body = throttle.paced_upload(body)
             self._client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=body,
                                     StorageClass=storage_class, **args)
 
@@ -472,7 +475,7 @@ class _MultipartUpload:
         checksum = _b64(hashlib.sha256(data).digest())
         resp = self.client.upload_part(
             Bucket=self.store.bucket, Key=self.key, UploadId=self.upload_id,
-            PartNumber=number, Body=data, ChecksumAlgorithm="SHA256",
+            PartNumber=number, Body=throttle.paced_bytes(data), ChecksumAlgorithm="SHA256",
             ChecksumSHA256=checksum)
         return {"PartNumber": number, "ETag": resp["ETag"], "ChecksumSHA256": checksum}
 

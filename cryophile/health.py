@@ -1,0 +1,247 @@
+"""What `cryophile status` reports: queue sizes, ages, daemons, failures.
+
+Everything is read from the spool, without the vaults or a key, so that a
+monitoring job can run it as often as it likes.  Two records exist only for
+it: ``SPOOL/frozen/VAULT`` (the last archive a freeze completed into
+that vault, written when chunk.0 is stored) and the JSON line a thaw-lock
+holder writes into ``SPOOL/thaw/.daemon`` (its pid and command).
+
+Blocking file I/O: call from threads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+
+from . import restorequeue
+from .catalog import unsealed_state
+from .ids import BackupId
+from .spool import QUEUES, FreezeDaemonLock, Spool, makedirs
+
+log = logging.getLogger("cryophile.health")
+
+FROZEN = "frozen"           # in SPOOL: one file per vault
+
+
+# --- the last freeze per vault --------------------------------------------------
+
+def frozen_dir(spool: Spool) -> str:
+    return os.path.join(spool.root, FROZEN)
+
+
+def record_frozen(spool: Spool, bid: BackupId, when: float | None = None) -> None:
+    """Remember that ``bid`` is now complete in its vault (atomically: a
+    reader sees the old record or the new one)."""
+    directory = frozen_dir(spool)
+    makedirs(directory)
+    record = {"time": time.time() if when is None else when, "archive": str(bid)}
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, os.path.join(directory, bid.vault))
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def note_frozen(spool: Spool, bid: BackupId) -> None:
+    """record_frozen for a freeze that succeeded: a spool that cannot take the
+    record is warned about, the freeze stays a success."""
+    try:
+        record_frozen(spool, bid)
+    except OSError as exc:
+        log.warning("cannot record the freeze of %s in %s: %s", bid, frozen_dir(spool),
+                    exc.strerror or exc)
+
+
+def last_frozen(spool: Spool) -> dict[str, dict]:
+    """vault uuid -> {"time": unix seconds, "archive": "VAULT/PREFIX/ULID"}."""
+    found = {}
+    directory = frozen_dir(spool)
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return found
+    for name in sorted(names):
+        if name.startswith("."):
+            continue
+        try:
+            with open(os.path.join(directory, name)) as f:
+                record = json.load(f)
+            found[name] = {"time": float(record["time"]), "archive": str(record["archive"])}
+        except (OSError, ValueError, KeyError, TypeError):
+            continue        # unreadable: as if never recorded
+    return found
+
+
+# --- who holds a lock -----------------------------------------------------------
+
+def describe_self() -> str:
+    """What a lock holder writes into the lock file: one JSON line."""
+    return json.dumps({"pid": os.getpid(), "command": " ".join(sys.argv) or "python",
+                       "since": time.time()}) + "\n"
+
+
+def record_holder(fd: int) -> None:
+    """Write ``describe_self()`` into a lock file we hold (best effort: the
+    lock works without it)."""
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, describe_self().encode(), 0)
+    except OSError:
+        pass
+
+
+def read_holder(path: str) -> dict:
+    """The pid and command recorded in a lock file ({} if none)."""
+    try:
+        with open(path) as f:
+            record = json.loads(f.readline() or "{}")
+        return {"pid": int(record["pid"]), "command": str(record["command"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def lock_pids(path: str, locks: str = "/proc/locks") -> list[int]:
+    """The pids holding a flock on ``path``, from /proc/locks (Linux; [] when
+    it cannot be read).  Shared locks have several holders."""
+    try:
+        st = os.stat(path)
+        with open(locks) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    exact, same_inode = [], []
+    device = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in lines:
+        fields = line.split()
+        if "->" in fields or len(fields) < 6 or fields[1] != "FLOCK":
+            continue        # "->": a waiter, not a holder
+        try:
+            pid = int(fields[4])
+        except ValueError:
+            continue
+        if fields[5] == device:
+            exact.append(pid)
+        elif fields[5].rsplit(":", 1)[-1] == str(st.st_ino):
+            same_inode.append(pid)      # overlay and FUSE report another device
+    return sorted(set(exact or same_inode))
+
+
+def _held(path: str) -> bool:
+    """Is an flock held on ``path``? (a probe that never waits, never creates)"""
+    import fcntl
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def daemons(spool: Spool) -> dict:
+    """Is a thaw daemon (or a mount, or a restore fetching for itself) holding
+    the thaw lock, and which process; is any freeze daemon or mount serving."""
+    thaw_lock = os.path.join(spool.queue("thaw"), ".daemon")
+    thaw = {"running": _held(thaw_lock), "pid": None, "command": None}
+    if thaw["running"]:
+        holder = read_holder(thaw_lock)
+        pids = lock_pids(thaw_lock)
+        if pids and holder.get("pid") not in pids:
+            holder = {}             # a record left by an earlier holder
+        thaw["pid"] = holder.get("pid") or (pids[0] if pids else None)
+        thaw["command"] = holder.get("command")
+    freeze_lock = FreezeDaemonLock(spool).path
+    running = _held(freeze_lock)
+    freeze = {"running": running, "pids": lock_pids(freeze_lock) if running else []}
+    return {"thaw": thaw, "freeze": freeze}
+
+
+# --- the whole picture ------------------------------------------------------------
+
+@dataclasses.dataclass
+class Queue:
+    archives: int = 0
+    fragments: int = 0
+    bytes: int = 0
+
+
+def collect(spool: Spool, now: float | None = None) -> dict:
+    """Everything `status` shows, as plain JSON-able data (keys in docs)."""
+    now = time.time() if now is None else now
+    queues, archives, oldest = {}, [], None
+    for queue in QUEUES:
+        q = Queue()
+        for bid in spool.archives(queue):
+            q.archives += 1
+            numbers = [n for n in spool.fragments(queue, bid) if n]
+            q.fragments += len(numbers)
+            for n in numbers:
+                try:
+                    st = os.stat(spool.path(queue, bid, n))
+                except FileNotFoundError:
+                    continue
+                q.bytes += st.st_size
+                if queue in ("backup", "freeze"):
+                    oldest = st.st_mtime if oldest is None else min(oldest, st.st_mtime)
+            state = archive_state(spool, queue, bid)
+            if numbers or state in ("dead", "abandoned"):
+                archives.append({"queue": queue, "archive": str(bid),
+                                 "fragments": len(numbers), "state": state})
+        queues[queue] = dataclasses.asdict(q)
+    queues["thaw"]["bytes"] = None      # requests are empty files: their size is unknown
+    return {
+        "spool": spool.root,
+        "time": now,
+        "queues": queues,
+        "oldest_unfrozen_age": None if oldest is None else max(0.0, now - oldest),
+        "last_freeze": last_frozen(spool),
+        "thaw_requests": thaw_requests(spool),
+        "thaw_failures": thaw_failures(spool),
+        "daemons": daemons(spool),
+        "archives": archives,
+    }
+
+
+def archive_state(spool: Spool, queue: str, bid: BackupId) -> str | None:
+    """sealed, or (no chunk.0 yet) writing / dead / abandoned."""
+    if queue not in ("backup", "freeze"):
+        return None
+    if os.path.exists(spool.path("freeze", bid, 0)):
+        return "sealed"
+    return unsealed_state(spool, bid)
+
+
+def thaw_requests(spool: Spool) -> int:
+    """Fragments asked for and not yet in the restore queue (downloads and
+    warm-ups): the thaws in flight."""
+    return sum(len(restorequeue.requests(spool, bid))
+               + len(restorequeue.requests(spool, bid, warm=True))
+               for bid in spool.archives("thaw"))
+
+
+def thaw_failures(spool: Spool) -> list[dict]:
+    """The permanent thaw failures recorded (SPOOL/thaw/…/chunk.N.failed)."""
+    found = []
+    for bid in spool.archives("thaw"):
+        for n, exc in sorted(restorequeue.failures(spool, bid).items()):
+            found.append({"archive": str(bid), "fragment": n, "error": exc.message})
+    return found

@@ -1,0 +1,234 @@
+"""`cryophile status` as JSON and as a Prometheus textfile, against real spools:
+fragments queued by real backups, frozen by real freezes, thaw failures
+recorded by a real thaw, daemons that really hold their locks."""
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from cryophile import health
+from cryophile.spool import Spool
+from tests.clirig import make_rig
+from tests.fsrig import wait_until
+
+
+def status(rig) -> dict:
+    return json.loads(rig.run("status", "--json", check=True).stdout)
+
+
+def queued(rig, queue: str) -> list:
+    return [p for p in (rig.spool / queue).rglob("chunk.*") if p.name != "chunk.0"]
+
+
+def test_json_counts_real_queued_and_frozen_fragments(tmp_path, recipes):
+    rig = make_rig(tmp_path)
+    before = time.time()
+    ulid = rig.backup(os.urandom(50_000), recipes["gpg"].cert, "-s", "16KiB", "-C", "none")
+    s = status(rig)
+    frags = queued(rig, "freeze")
+    assert len(frags) == 4
+    assert s["queues"]["freeze"] == {"archives": 1, "fragments": 4,
+                                     "bytes": sum(p.stat().st_size for p in frags)}
+    assert s["queues"]["backup"] == {"archives": 0, "fragments": 0, "bytes": 0}
+    assert s["queues"]["thaw"]["bytes"] is None
+    assert 0 <= s["oldest_unfrozen_age"] <= time.time() - before + 1
+    assert s["last_freeze"] == {}
+    assert s["thaw_requests"] == 0 and s["thaw_failures"] == []
+    assert s["daemons"] == {"thaw": {"running": False, "pid": None, "command": None},
+                            "freeze": {"running": False, "pids": []}}
+    assert s["archives"] == [{"queue": "freeze", "archive": f"{rig.vault}/{ulid}",
+                              "fragments": 4, "state": "sealed"}]
+    assert s["spool"] == str(rig.spool)
+
+    rig.run("freeze", "--once", check=True)
+    s = status(rig)
+    assert s["queues"]["freeze"] == {"archives": 0, "fragments": 0, "bytes": 0}
+    assert s["oldest_unfrozen_age"] is None
+    last = s["last_freeze"][rig.vault]
+    assert last["archive"] == f"{rig.vault}/{ulid}"
+    assert before <= last["time"] <= time.time()
+    text = rig.run("status", check=True).stdout.decode()
+    assert f"last freeze into {rig.vault}: " in text and ulid in text
+
+
+def test_a_thaw_failure_record_is_reported(tmp_path, recipes):
+    rig = make_rig(tmp_path)
+    ulid = rig.backup(os.urandom(50_000), recipes["gpg"].cert, "-s", "16KiB", "-C", "none")
+    rig.run("freeze", "--once", check=True)
+    (rig.vaults / rig.vault / ulid / "chunk.2").unlink()      # lost from the vault
+    request = rig.spool / "thaw" / rig.vault / ulid / "chunk.2"
+    request.parent.mkdir(parents=True)
+    request.touch()
+    assert status(rig)["thaw_requests"] == 1
+    proc = rig.run("thaw", "--once")
+    assert proc.returncode == 8, proc.stderr
+    s = status(rig)
+    assert s["thaw_requests"] == 0
+    [failure] = s["thaw_failures"]
+    assert failure["archive"] == f"{rig.vault}/{ulid}" and failure["fragment"] == 2
+    assert "missing" in failure["error"]
+    assert "thaw failed" in rig.run("status", check=True).stdout.decode()
+    families = parse(rig, tmp_path / "metrics.prom")
+    assert value(families, "cryophile_thaw_failures") == 1
+
+
+def start(rig, *args) -> subprocess.Popen:
+    return subprocess.Popen(rig.command(*args), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 0
+
+
+@pytest.mark.timeout(120)
+def test_status_names_the_daemons_holding_the_locks(tmp_path):
+    rig = make_rig(tmp_path)
+    rig.spool.mkdir()
+    thaw, freeze = start(rig, "thaw"), start(rig, "freeze")
+    try:
+        wait_until(lambda: (lambda d: d["thaw"]["running"] and d["freeze"]["running"])(
+            status(rig)["daemons"]), timeout=60)
+        daemons = status(rig)["daemons"]
+        assert daemons["thaw"]["pid"] == thaw.pid
+        assert "thaw" in daemons["thaw"]["command"]
+        assert thaw.pid not in daemons["freeze"]["pids"]
+        assert freeze.pid in daemons["freeze"]["pids"]
+        text = rig.run("status", check=True).stdout.decode()
+        assert f"thaw daemon: running (pid {thaw.pid}: " in text
+        assert f"freeze daemon: running (pid {freeze.pid})" in text
+        families = parse(rig, tmp_path / "metrics.prom")
+        assert value(families, "cryophile_daemon_up", daemon="thaw") == 1
+        assert value(families, "cryophile_daemon_pid", daemon="thaw") == thaw.pid
+        assert value(families, "cryophile_daemon_up", daemon="freeze") == 1
+    finally:
+        stop(thaw)
+        stop(freeze)
+    daemons = status(rig)["daemons"]
+    assert not daemons["thaw"]["running"] and daemons["thaw"]["pid"] is None
+    assert not daemons["freeze"]["running"]
+
+
+def parse(rig, path) -> dict:
+    """Write the textfile with `status --prometheus` and parse it with
+    prometheus_client's own parser: {name: [(labels, value)]}."""
+    proc = rig.run("status", "--prometheus", str(path), check=True)
+    assert proc.stdout == b"" and proc.stderr == b""
+    assert [p.name for p in path.parent.iterdir() if p.name.startswith(".")] == []
+    assert oct(path.stat().st_mode & 0o777) == "0o644"
+    families = {}
+    for family in text_string_to_metric_families(path.read_text()):
+        assert family.type == "gauge" and family.documentation
+        for sample in family.samples:
+            assert sample.labels["spool"] == str(rig.spool)
+            families.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return families
+
+
+def value(families: dict, name: str, **labels) -> float:
+    [found] = [v for lab, v in families[name] if all(lab.get(k) == x for k, x in labels.items())]
+    return found
+
+
+def test_prometheus_file_parses_and_carries_the_queues(tmp_path, recipes):
+    rig = make_rig(tmp_path)
+    ulid = rig.backup(os.urandom(50_000), recipes["gpg"].cert, "-s", "16KiB", "-C", "none")
+    out = tmp_path / "textfile" / "cryophile.prom"
+    out.parent.mkdir()
+    out.write_text("stale\n")
+    families = parse(rig, out)
+    assert value(families, "cryophile_queue_fragments", queue="freeze") == 4
+    assert value(families, "cryophile_queue_archives", queue="freeze") == 1
+    assert value(families, "cryophile_queue_bytes", queue="freeze") == \
+        sum(p.stat().st_size for p in queued(rig, "freeze"))
+    assert "cryophile_queue_bytes" in families and \
+        not [lab for lab, _ in families["cryophile_queue_bytes"] if lab["queue"] == "thaw"]
+    assert value(families, "cryophile_oldest_unfrozen_fragment_age_seconds") >= 0
+    assert "cryophile_last_freeze_timestamp_seconds" not in families
+    assert abs(value(families, "cryophile_status_timestamp_seconds") - time.time()) < 600
+    rig.run("freeze", "--once", check=True)
+    families = parse(rig, out)
+    assert value(families, "cryophile_queue_fragments", queue="freeze") == 0
+    assert value(families, "cryophile_oldest_unfrozen_fragment_age_seconds") == 0
+    frozen = value(families, "cryophile_last_freeze_timestamp_seconds", vault=rig.vault)
+    assert frozen == status(rig)["last_freeze"][rig.vault]["time"]
+    assert ulid not in out.read_text()
+
+
+def test_prometheus_into_a_missing_directory_is_one_line(tmp_path):
+    rig = make_rig(tmp_path)
+    proc = rig.run("status", "--prometheus", str(tmp_path / "nowhere" / "x.prom"))
+    assert proc.returncode == 11
+    assert len(proc.stderr.decode().strip().splitlines()) == 1, proc.stderr
+
+
+def test_record_frozen_keeps_the_last_and_ignores_junk(tmp_path):
+    from cryophile.ids import BackupId
+    spool = Spool(str(tmp_path / "spool"))
+    vault = "0b8c3a7e-5a1d-4f7e-9a53-3f1c2d4e5f60"
+    health.record_frozen(spool, BackupId(vault, "a", "01JD0000000000000000000000"), when=5.0)
+    health.record_frozen(spool, BackupId(vault, "b", "01JD0000000000000000000001"), when=7.0)
+    assert health.last_frozen(spool) == {
+        vault: {"time": 7.0, "archive": f"{vault}/b/01JD0000000000000000000001"}}
+    (tmp_path / "spool" / "frozen" / "junk").write_text("{not json")
+    assert list(health.last_frozen(spool)) == [vault]
+
+
+def test_lock_pids_finds_shared_and_exclusive_holders(tmp_path):
+    path = tmp_path / "lock"
+    path.touch()
+    assert health.lock_pids(str(path)) == []
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        # -o: the command does not inherit the lock, flock(1) itself holds it
+        child = subprocess.Popen(["flock", "-o", "-s", str(path), "sleep", "30"])
+        try:
+            wait_until(lambda: child.pid in health.lock_pids(str(path)), timeout=30)
+            assert os.getpid() in health.lock_pids(str(path))
+        finally:
+            child.kill()
+            child.wait(timeout=30)
+    finally:
+        os.close(fd)
+    assert health.lock_pids(str(path)) == []
+    assert health.lock_pids(str(tmp_path / "absent")) == []
+
+
+def test_the_lock_record_names_pid_and_command(tmp_path):
+    path = tmp_path / "lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    try:
+        os.write(fd, b"x" * 500)
+        health.record_holder(fd)
+    finally:
+        os.close(fd)
+    holder = health.read_holder(str(path))
+    assert holder["pid"] == os.getpid() and holder["command"]
+    assert len(path.read_text().splitlines()) == 1
+    path.write_text("garbage")
+    assert health.read_holder(str(path)) == {}
+
+
+def test_a_stale_holder_record_is_not_believed(tmp_path):
+    spool = Spool(str(tmp_path / "spool"))
+    spool.ensure()
+    lock = spool.queue("thaw") + "/.daemon"
+    with open(lock, "w") as f:
+        f.write(json.dumps({"pid": 1, "command": "an earlier holder", "since": 0}) + "\n")
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)          # held, by someone who recorded nothing
+        thaw = health.daemons(spool)["thaw"]
+        assert thaw == {"running": True, "pid": os.getpid(), "command": None}
+    finally:
+        os.close(fd)
+    assert health.daemons(spool)["thaw"] == {"running": False, "pid": None, "command": None}
