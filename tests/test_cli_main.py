@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
 
 import pytest
+from hypothesis import given, strategies as st
+
+from cryophile.cli.common import positive_int
 
 from tests.clirig import make_rig
 from tests.test_cli_roundtrip import mixed
@@ -47,6 +51,28 @@ def test_after_the_command_wins_and_counts_add_up(rig, tmp_path, recipes):
     rig.backup(b"x", recipes["sq"].cert)
     both = cryophile("-q", "freeze", "--once", "-d", "-S", str(rig.spool), "-c", str(rig.config))
     assert both.returncode == 0 and b"frozen" in both.stderr          # -q -d: the default
+
+
+@given(st.text(max_size=12) | st.integers(-10**20, 10**20).map(str))
+def test_positive_int_takes_whole_numbers_of_one_or_more(text):
+    try:
+        n = int(text)
+    except ValueError:
+        n = None
+    if n is not None and n >= 1:
+        assert positive_int(text) == n
+    else:
+        with pytest.raises(argparse.ArgumentTypeError, match="whole number of 1 or more"):
+            positive_int(text)
+
+
+@pytest.mark.parametrize("args", [["prune", "V", "--keep-daily", "0"],
+                                  ["thaw", "--plan", "V", "--days", "x"],
+                                  ["restore", "V/P/01ARZ3NDEKTSV4RRFFQ69G5FAV", "--days", "-1"]])
+def test_counts_below_one_are_usage_errors(args):
+    proc = cryophile(*args)
+    assert proc.returncode == 2, proc.stderr
+    assert b"whole number of 1 or more" in proc.stderr and b"Traceback" not in proc.stderr
 
 
 def test_options_given_only_before_survive_the_command(rig):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 import time
@@ -50,6 +51,17 @@ def run_service(main, *args) -> None:
             await main(*args)
             nursery.cancel_scope.cancel()
     trio.run(wrapper)
+
+
+def positive_int(text: str) -> int:
+    """argparse type for a whole number of 1 or more (counts, days)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
+    return n
 
 
 def backup_id(ctx: Context, args) -> ids.BackupId:
