@@ -35,7 +35,6 @@ test_soak.HELD_BACK leaves out while a known bug is being fixed).
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import hashlib
 import os
 import random
@@ -401,21 +400,6 @@ def _damaged(data: bytes, how: str, rng: random.Random) -> tuple[bytes, str]:
     b = bytearray(data)
     b[i] ^= 1 << rng.randrange(8)
     return bytes(b), f"flipped a bit of byte {i} of"
-
-
-def thaw_daemon_running(site: Site) -> bool:
-    path = site.spool / "thaw" / ".daemon"
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
 
 
 # --- the model ---------------------------------------------------------------------

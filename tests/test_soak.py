@@ -20,11 +20,12 @@ import time
 
 import pytest
 
+from tests.clirig import thaw_daemon_running
 from tests.fsrig import fskeys  # noqa: F401
 from tests.soakrig import (
     BACKUP_BOUND, DAEMON_BOUND, FREEZE_BOUND, LS_BOUND, MOUNT_BOUND, NOT_COMPLETE,
     READER, RESTORE_BOUND, WRITER, Archive, Budget, KiB, Listed, MiB, Mount, Proc, Run,
-    Site, fuse_available, help_text, make_data, run, sha, thaw_daemon_running,
+    Site, fuse_available, help_text, make_data, run, sha,
 )
 from cryophile import ids
 
@@ -492,7 +493,7 @@ class Soak:
             self.proxy.restore_delay = rng.choice([1.5, 3.0])
         daemon = Proc(f"thaw daemon {site.name}", site.argv("thaw"), DAEMON_BOUND)
         deadline = time.monotonic() + LS_BOUND
-        while not thaw_daemon_running(site) and daemon.running() \
+        while not thaw_daemon_running(site.spool) and daemon.running() \
                 and time.monotonic() < deadline:
             time.sleep(0.05)
         proc = Proc(f"restore {site.name} {a.ulid} (thaw daemon killed)", site.restore_argv(a),
