@@ -448,49 +448,54 @@ class Soak:
             self.fail(f"{r.what} exited {r.rc}: {r.last_line()!r}")
         return False
 
-    def t_restore_kill(self, rng):
+    def restore_subject(self, rng, frozen: float, delays=()) -> tuple[Site, Archive | None]:
+        """A site and an archive to restore, frozen with the chance ``frozen``; on S3 the
+        proxy's restore delay drawn from ``delays``."""
         site = self.pick_site(rng)
-        a = self.some_archive(rng, site, frozen=rng.random() < 0.7)
+        a = self.some_archive(rng, site, frozen=frozen >= 1 or rng.random() < frozen)
+        if a is not None and site.is_s3 and delays:
+            self.proxy.restore_delay = rng.choice(delays)
+        return site, a
+
+    def restores_checked(self, site: Site, a: Archive, runs: list[Run], ok_codes=(),
+                         killed: bool = False) -> list[Site]:
+        """Each restore's bytes, or its clean failure; after a kill the final check
+        restores the archive again (a killed process may have left the spool changed)."""
+        for r in runs:
+            self.check_restore(a, r, ok_codes)
+        self.proxy.reset()
+        if killed:
+            a.verified = None
+        return [site]
+
+    def t_restore_kill(self, rng):
+        site, a = self.restore_subject(rng, 0.7, [0, 0, 1.0, 2.5])
         if a is None:
             return [site]
-        if site.is_s3:
-            self.proxy.restore_delay = rng.choice([0, 0, 1.0, 2.5])
         proc = Proc(f"restore {site.name} {a.ulid}", site.restore_argv(a), RESTORE_BOUND)
         delay = rng.uniform(0, 3.0)
         proc.wait(delay)
         proc.kill()
         r = proc.finish()
         self.say(f"{site.name}: restore of {a.size} bytes killed after {delay:.2f} s")
-        self.check_restore(a, r)
-        self.proxy.reset()
-        a.verified = None
-        return [site]
+        return self.restores_checked(site, a, [r], killed=True)
 
     def t_concurrent_restores(self, rng):
-        site = self.pick_site(rng)
-        a = self.some_archive(rng, site, frozen=rng.random() < 0.7)
+        site, a = self.restore_subject(rng, 0.7, [0, 1.0, 2.0])
         if a is None:
             return [site]
-        if site.is_s3:
-            self.proxy.restore_delay = rng.choice([0, 1.0, 2.0])
         procs = []
         for i in range(rng.choice([2, 2, 3])):
             procs.append(Proc(f"restore #{i + 1} {site.name} {a.ulid} (concurrent)",
                               site.restore_argv(a), RESTORE_BOUND))
             time.sleep(rng.uniform(0, 0.5))
-        for p in procs:
-            self.check_restore(a, p.finish())
-        self.proxy.reset()
-        return [site]
+        return self.restores_checked(site, a, [p.finish() for p in procs])
 
     def t_thaw_daemon_kill(self, rng):
         """A restore leaves the fetching to a running `cryophile thaw`, which dies."""
-        site = self.pick_site(rng)
-        a = self.some_archive(rng, site, frozen=True)
+        site, a = self.restore_subject(rng, 1, [1.5, 3.0])
         if a is None:
             return [site]
-        if site.is_s3:
-            self.proxy.restore_delay = rng.choice([1.5, 3.0])
         daemon = Proc(f"thaw daemon {site.name}", site.argv("thaw"), DAEMON_BOUND)
         deadline = time.monotonic() + LS_BOUND
         while not thaw_daemon_running(site.spool) and daemon.running() \
@@ -508,16 +513,12 @@ class Soak:
         self.ended(daemon.finish())
         self.say(f"{site.name}: thaw daemon killed after {delay:.2f} s")
         r = proc.finish()
-        self.check_restore(a, r, ok_codes=(1, 8, 10, 11, 130))
-        self.proxy.reset()
-        a.verified = None
-        return [site]
+        return self.restores_checked(site, a, [r], ok_codes=(1, 8, 10, 11, 130), killed=True)
 
     # --- trials: damage ------------------------------------------------------------
 
     def t_damage(self, rng):
-        site = self.pick_site(rng)
-        a = self.some_archive(rng, site, frozen=True)
+        site, a = self.restore_subject(rng, 1)
         if a is None or site.queued(a.key):
             return [site]
         keys = sorted(k for k in site.objects() if k.startswith(a.key + "/"))
