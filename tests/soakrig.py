@@ -48,6 +48,8 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
+from tests.s3rig import remove_bucket
+
 
 KiB, MiB = 1 << 10, 1 << 20
 DEFAULT_SEED = 20261126
@@ -292,13 +294,7 @@ class Site:
         """Free the S3 server's memory of every bucket this site made."""
         client = self.s3[0] if self.s3 else None
         for bucket in self.buckets:
-            for u in client.list_multipart_uploads(Bucket=bucket).get("Uploads", ()):
-                client.abort_multipart_upload(Bucket=bucket, Key=u["Key"],
-                                              UploadId=u["UploadId"])
-            for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-                for o in page.get("Contents", ()):
-                    client.delete_object(Bucket=bucket, Key=o["Key"])
-            client.delete_bucket(Bucket=bucket)
+            remove_bucket(client, bucket)
         self.buckets.clear()
 
     def argv(self, *args: str) -> list[str]:
