@@ -10,6 +10,7 @@ import sys
 import pytest
 from hypothesis import given, strategies as st
 
+from cryophile.cli import main as cli_main
 from cryophile.cli.common import positive_int
 
 from tests.clirig import make_rig
@@ -79,6 +80,36 @@ def test_options_given_only_before_survive_the_command(rig):
     proc = cryophile("-q", "-c", str(rig.config), "status")
     assert proc.returncode == 0, proc.stderr
     assert str(rig.spool).encode() in proc.stdout        # the configuration's spool
+
+
+def test_global_options_after_the_restore_target(rig, recipes, tmp_path):
+    ulid = rig.backup(b"x", recipes["sq"].cert)
+    target = ["restore", f"{rig.vault}/{ulid}", "-k", str(recipes["sq"].key)]
+    debug = rig.run(*target, "-d", "-o", str(tmp_path / "a"), check=True)
+    assert f"restored {rig.vault}/{ulid}: 1 bytes" in debug.stderr.decode()
+    quiet = rig.run(*target, "-q", "-o", str(tmp_path / "b"), check=True, pre=["-d"])
+    assert quiet.stderr == b""                  # -d before, -q after the target: the default
+    logged = tmp_path / "restore.log"
+    proc = rig.run(*target, "-o", str(tmp_path / "c"), "--log-file", str(logged), "-d", "-d",
+                   check=True)
+    assert proc.stderr == b"" and f"restored {rig.vault}/{ulid}" in logged.read_text()
+    assert (tmp_path / "a").read_bytes() == (tmp_path / "c").read_bytes() == b"x"
+
+
+# the words each command needs before the global options can come last
+LEAST = {"backup": ["-v", "V"], "thaw": ["--plan", "V"], "restore": ["V/P/01ARZ3NDEKTSV4RRFFQ69G5FAV"],
+         "ls": ["V"], "chain": ["V/P/01ARZ3NDEKTSV4RRFFQ69G5FAV"],
+         "rm": ["V/P/01ARZ3NDEKTSV4RRFFQ69G5FAV"], "prune": ["V"], "check": ["V"]}
+
+
+@pytest.mark.parametrize("command", [m.add_parser.__module__.rsplit(".", 1)[1]
+                                     for m in cli_main.COMMANDS])
+def test_every_command_takes_global_options_last(command):
+    args = cli_main.parser().parse_args(
+        [command, *LEAST.get(command, []), "-d", "-q", "-q", "--log-file", "L", "-S", "S"])
+    if getattr(args, "prepare", None):
+        args.prepare(args)
+    assert (args.debug_after, args.quiet_after, args.log_file, args.spool) == (1, 2, "L", "S")
 
 
 def closed_pipe_run(cmd: list[str]) -> subprocess.CompletedProcess:

@@ -32,12 +32,13 @@ def add_options(p) -> None:
     p.add_argument("--chain", action="store_true",
                    help="restore the archive's whole chain of incrementals, full backup "
                         "first, each into its own run of the COMMAND given after --")
-    p.set_defaults(target_parser=p)
+    p.set_defaults(target_parser=p, prepare=split_words)
 
 
 def split_words(args) -> None:
     """Sort the words after restore's options: the target, options given
-    after it, and the command after ``--``."""
+    after it, and the command after ``--``.  Run by main before it sets up
+    logging, so that -d, -q and --log-file after the target count too."""
     words, args.command = list(args.target or ()), []
     args.target = None
     if words and not words[0].startswith("-"):
@@ -52,6 +53,8 @@ def split_words(args) -> None:
                 continue
             if isinstance(value, list) and isinstance(getattr(args, key, None), list):
                 value = getattr(args, key) + value
+            elif key in ("debug_after", "quiet_after"):     # counts add up
+                value += getattr(args, key, 0)
             setattr(args, key, value)
 
 
