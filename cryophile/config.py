@@ -206,11 +206,25 @@ def _vault(key: str, table: dict, where: str) -> VaultConfig:
     if not isinstance(v.conditional_writes, bool):
         raise ConfigError(f"{where}: [vault.{key}] conditional_writes must be true or false")
     if v.url is not None:
-        scheme = urllib.parse.urlsplit(v.url).scheme
-        if scheme not in ("file", "s3"):
-            raise ConfigError(f"{where}: [vault.{key}] url must start with file:// or s3://")
+        _check_url(v.url, f"{where}: [vault.{key}]")
     _check_alias(v.name, f"{where}: [vault.{key}]")
     return v
+
+
+def _check_url(url: str, where: str) -> None:
+    """s3://BUCKET[/PATH] or file:///DIR: a typo must not send archives to some
+    other place (file://dir/x would be /x, s3:/bucket no bucket at all)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("file", "s3"):
+        raise ConfigError(f"{where} url must start with file:// or s3://")
+    if parts.scheme == "s3" and not parts.netloc:
+        raise ConfigError(f"{where} url {url!r} names no bucket: write s3://BUCKET[/PATH]")
+    if parts.scheme == "file" and parts.netloc not in ("", "localhost"):
+        raise ConfigError(f"{where} url {url!r} would mean the directory {parts.path or '/'} "
+                          f"on host {parts.netloc!r}: a local directory is file:///DIR "
+                          "(three slashes, an absolute path)")
+    if parts.scheme == "file" and not parts.path.startswith("/"):
+        raise ConfigError(f"{where} url {url!r} needs an absolute path: file:///DIR")
 
 
 THAW_KEYS = {"prices", "thaw_budget_daily", "thaw_budget_monthly", "thaw_on_read",
