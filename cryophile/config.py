@@ -65,8 +65,24 @@ class Config:
         for v in self.vaults.values():
             if v.name is not None and v.name == text:
                 return v
-        uuid = ids.parse_vault(text)
+        try:
+            uuid = ids.parse_vault(text)
+        except UsageError:
+            aliases = sorted(v.name for v in self.vaults.values() if v.name is not None)
+            if not aliases or _is_uuid(text):
+                raise
+            raise UsageError(f"vault {text!r} is neither a UUID nor a configured alias "
+                             f"({', '.join(aliases)})") from None
         return self.vaults.get(uuid) or VaultConfig(uuid)
+
+
+def _is_uuid(text: str) -> bool:
+    import uuid
+    try:
+        uuid.UUID(text)
+        return True
+    except ValueError:
+        return False
 
 
 def load(path: str | None) -> Config:

@@ -47,6 +47,15 @@ def test_wrong_values_exit_3_with_one_line(rig, text, needles):
     failed(rig.run("status"), CONFIG, str(rig.config), *needles)
 
 
+def test_a_mistyped_alias_names_the_aliases(rig, recipes):
+    rig.config.write_text(f'spool = "{rig.spool}"\n[vault.{VAULT}]\nname = "offsite"\n'
+                          f'url = "file://{rig.vaults}"\n[vault.{OTHER}]\nname = "cold"\n')
+    for args in (["ls", "ofsite"], ["backup", "-v", "ofsite", "-k", str(recipes["sq"].cert)]):
+        failed(rig.run(*args, input=b"x"), USAGE, "'ofsite'", "neither a UUID nor",
+               "cold, offsite")
+    failed(rig.run("ls", VAULT.replace("-", "")), USAGE, "canonical")     # a UUID still
+
+
 def test_decimal_units_are_decimal():
     cfg = config.parse({"spool_max": "20GB", "vault": {VAULT: {"fragment_size": "64MB",
                                                                "part_size": "8MiB"}}})
