@@ -76,6 +76,14 @@ def test_counts_below_one_are_usage_errors(args):
     assert b"whole number of 1 or more" in proc.stderr and b"Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("args", [["restore", "-v", "V", "--before", "garbage"],
+                                  ["ls", "--since", "garbage"], ["ls", "--until", "2026-13-01"]])
+def test_bad_times_are_usage_errors(args):
+    proc = cryophile(*args)
+    assert proc.returncode == 2, proc.stderr
+    assert b"is not ISO 8601" in proc.stderr and b"Traceback" not in proc.stderr
+
+
 def test_options_given_only_before_survive_the_command(rig):
     proc = cryophile("-q", "-c", str(rig.config), "status")
     assert proc.returncode == 0, proc.stderr

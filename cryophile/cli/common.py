@@ -64,6 +64,21 @@ def positive_int(text: str) -> int:
     return n
 
 
+def usage_type(parse):
+    """An argparse type from a parser that raises errors.UsageError, which argparse
+    would let through as a traceback: it reports it as its own usage error."""
+    def convert(text: str):
+        try:
+            return parse(text)
+        except errors.UsageError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    convert.__name__ = parse.__name__
+    return convert
+
+
+timestamp = usage_type(ids.parse_timestamp)
+
+
 def backup_id(ctx: Context, args) -> ids.BackupId:
     vault = ctx.vault(args.vault).uuid
     return ids.BackupId(vault, ids.parse_prefix(args.prefix), ids.parse_ulid(args.ulid))

@@ -12,6 +12,7 @@ import trio
 
 from .. import errors, finding, ids
 from ..ids import BackupId
+from .common import timestamp
 
 log = logging.getLogger("cryophile.restore")
 FINDERS = ("ulid", "latest", "before", "name")
@@ -24,7 +25,7 @@ def add_options(p) -> None:
                         "--chain, the receiving command after --")
     p.add_argument("--latest", action="store_true",
                    help="the newest sealed archive under -v VAULT [-p PREFIX]")
-    p.add_argument("--before", metavar="TIME", type=ids.parse_timestamp,
+    p.add_argument("--before", metavar="TIME", type=timestamp,
                    help="the newest sealed archive made before TIME")
     p.add_argument("--name", metavar="NAME",
                    help="the newest sealed archive with this name or snapshot (the names "
