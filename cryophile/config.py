@@ -105,6 +105,9 @@ def parse_file(path: str) -> Config:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+    except UnicodeDecodeError as exc:       # TOML is UTF-8
+        raise ConfigError(f"{path}: not UTF-8 (byte {exc.object[exc.start]:#04x} at "
+                          f"offset {exc.start})") from None
     try:
         return parse(data, path)
     except UsageError as exc:

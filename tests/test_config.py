@@ -56,6 +56,11 @@ def test_a_mistyped_alias_names_the_aliases(rig, recipes):
     failed(rig.run("ls", VAULT.replace("-", "")), USAGE, "canonical")     # a UUID still
 
 
+def test_a_configuration_not_in_utf8_exits_3(rig):
+    rig.config.write_bytes(b'spool = "/tmp/\xe9t\xe9"\n')       # Latin-1
+    failed(rig.run("status"), CONFIG, str(rig.config), "UTF-8")
+
+
 def test_decimal_units_are_decimal():
     cfg = config.parse({"spool_max": "20GB", "vault": {VAULT: {"fragment_size": "64MB",
                                                                "part_size": "8MiB"}}})
