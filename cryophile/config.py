@@ -226,6 +226,8 @@ def _vault(key: str, table: dict, where: str) -> VaultConfig:
         raise ConfigError(f"{where}: [vault.{key}] conditional_writes must be true or false")
     if v.url is not None:
         _check_url(v.url, f"{where}: [vault.{key}]")
+    if v.endpoint_url is not None:
+        _check_endpoint(v.endpoint_url, f"{where}: [vault.{key}]")
     _check_alias(v.name, f"{where}: [vault.{key}]")
     return v
 
@@ -244,6 +246,19 @@ def _check_url(url: str, where: str) -> None:
                           "(three slashes, an absolute path)")
     if parts.scheme == "file" and not parts.path.startswith("/"):
         raise ConfigError(f"{where} url {url!r} needs an absolute path: file:///DIR")
+
+
+def _check_endpoint(url: str, where: str) -> None:
+    """http(s)://HOST[:PORT][/PATH]: what botocore takes, checked here so that a typo
+    is a configuration error rather than botocore's traceback at the first request."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port                          # noqa: B018 (raises on a bad port)
+    except ValueError as exc:
+        raise ConfigError(f"{where} endpoint_url {url!r} is not a URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{where} endpoint_url {url!r} must be http://HOST[:PORT] or "
+                          "https://HOST[:PORT]")
 
 
 THAW_KEYS = {"prices", "thaw_budget_daily", "thaw_budget_monthly", "thaw_on_read",
