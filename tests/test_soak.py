@@ -578,15 +578,9 @@ class Soak:
         wrote_all = f"w {len(data)}" in lines or (not data and closed)
         self.say(f"{site.name}: write of {len(data)} bytes, mount {mode}: "
                  f"{[l for l in lines if l][-2:]}")
-        if mode == "none":
-            if not closed:
-                self.fail(f"writing {len(data)} bytes into a live mount failed: {lines[-3:]}")
-            if not clean:
-                self.fail("the mount did not unmount cleanly")
-            if self.ended(mr) and mr.rc != 0:
-                self.fail(f"cryophilefs exited {mr.rc}: {mr.last_line()!r}")
-        else:
-            self.ended(mr)
+        if mode == "none" and not closed:
+            self.fail(f"writing {len(data)} bytes into a live mount failed: {lines[-3:]}")
+        self.mount_ended(mr, clean, killed=mode != "none")
         new = sorted(site.ulids() - before)
         if len(new) > 1:
             self.fail(f"one file written in the mount made {len(new)} archives: {new}")
@@ -649,14 +643,18 @@ class Soak:
                 self.fail(f"sequential read of {a.key} ended at {rec['n']} of {a.size}")
         if not kill and not a.damaged and errors and not rr.overran:
             self.fail(f"reads of an intact archive failed: {rr.stdout.decode()[-500:]}")
-        if not kill:
-            if not clean:
-                self.fail("the mount did not unmount cleanly")
-            if self.ended(mr) and mr.rc != 0:
-                self.fail(f"cryophilefs exited {mr.rc}: {mr.last_line()!r}")
-        else:
-            self.ended(mr)
+        self.mount_ended(mr, clean, killed=kill)
         return [site]
+
+    def mount_ended(self, mr: Run, clean: bool, killed: bool) -> None:
+        """A mount nobody killed unmounts cleanly and exits 0; any mount ends."""
+        if killed:
+            self.ended(mr)
+            return
+        if not clean:
+            self.fail("the mount did not unmount cleanly")
+        if self.ended(mr) and mr.rc != 0:
+            self.fail(f"cryophilefs exited {mr.rc}: {mr.last_line()!r}")
 
     # --- invariants -------------------------------------------------------------------
 
