@@ -84,6 +84,14 @@ def test_bad_times_are_usage_errors(args):
     assert b"is not ISO 8601" in proc.stderr and b"Traceback" not in proc.stderr
 
 
+def test_a_negative_pass_fd_is_a_usage_error(rig, recipes):
+    ulid = rig.backup(b"x", recipes["sq_pw"].cert)
+    proc = rig.restore(ulid, recipes["sq_pw"].key, "-P", "-1")
+    assert proc.returncode == 2 and b"Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.decode().splitlines() == [
+        "cryophile: error: --pass-fd -1: a file descriptor is 0 or more"]
+
+
 def test_options_given_only_before_survive_the_command(rig):
     proc = cryophile("-q", "-c", str(rig.config), "status")
     assert proc.returncode == 0, proc.stderr
