@@ -67,8 +67,24 @@ class Config:
         for v in self.vaults.values():
             if v.name is not None and v.name == text:
                 return v
-        uuid = ids.parse_vault(text)
+        try:
+            uuid = ids.parse_vault(text)
+        except UsageError:
+            aliases = sorted(v.name for v in self.vaults.values() if v.name is not None)
+            if not aliases or _is_uuid(text):
+                raise
+            raise UsageError(f"vault {text!r} is neither a UUID nor a configured alias "
+                             f"({', '.join(aliases)})") from None
         return self.vaults.get(uuid) or VaultConfig(uuid)
+
+
+def _is_uuid(text: str) -> bool:
+    import uuid
+    try:
+        uuid.UUID(text)
+        return True
+    except ValueError:
+        return False
 
 
 def load(path: str | None) -> Config:
@@ -91,6 +107,9 @@ def parse_file(path: str) -> Config:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+    except UnicodeDecodeError as exc:       # TOML is UTF-8
+        raise ConfigError(f"{path}: not UTF-8 (byte {exc.object[exc.start]:#04x} at "
+                          f"offset {exc.start})") from None
     try:
         return parse(data, path)
     except UsageError as exc:
@@ -210,9 +229,9 @@ def _vault(key: str, table: dict, where: str) -> VaultConfig:
     if not isinstance(v.conditional_writes, bool):
         raise ConfigError(f"{where}: [vault.{key}] conditional_writes must be true or false")
     if v.url is not None:
-        scheme = urllib.parse.urlsplit(v.url).scheme
-        if scheme not in ("file", "s3"):
-            raise ConfigError(f"{where}: [vault.{key}] url must start with file:// or s3://")
+        _check_url(v.url, f"{where}: [vault.{key}]")
+    if v.endpoint_url is not None:
+        _check_endpoint(v.endpoint_url, f"{where}: [vault.{key}]")
     _check_alias(v.name, f"{where}: [vault.{key}]")
     return v
 
@@ -225,6 +244,35 @@ def _rate(value, name: str, where: str) -> int | None:
     _checked(value, (str, int), 'a rate like "10M" (bytes per second) or a number',
              f"{where}: {name}")
     return parse_rate(value, name)
+
+
+def _check_url(url: str, where: str) -> None:
+    """s3://BUCKET[/PATH] or file:///DIR: a typo must not send archives to some
+    other place (file://dir/x would be /x, s3:/bucket no bucket at all)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("file", "s3"):
+        raise ConfigError(f"{where} url must start with file:// or s3://")
+    if parts.scheme == "s3" and not parts.netloc:
+        raise ConfigError(f"{where} url {url!r} names no bucket: write s3://BUCKET[/PATH]")
+    if parts.scheme == "file" and parts.netloc not in ("", "localhost"):
+        raise ConfigError(f"{where} url {url!r} would mean the directory {parts.path or '/'} "
+                          f"on host {parts.netloc!r}: a local directory is file:///DIR "
+                          "(three slashes, an absolute path)")
+    if parts.scheme == "file" and not parts.path.startswith("/"):
+        raise ConfigError(f"{where} url {url!r} needs an absolute path: file:///DIR")
+
+
+def _check_endpoint(url: str, where: str) -> None:
+    """http(s)://HOST[:PORT][/PATH]: what botocore takes, checked here so that a typo
+    is a configuration error rather than botocore's traceback at the first request."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port                          # noqa: B018 (raises on a bad port)
+    except ValueError as exc:
+        raise ConfigError(f"{where} endpoint_url {url!r} is not a URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{where} endpoint_url {url!r} must be http://HOST[:PORT] or "
+                          "https://HOST[:PORT]")
 
 
 THAW_KEYS = {"prices", "thaw_budget_daily", "thaw_budget_monthly", "thaw_on_read",

@@ -29,6 +29,12 @@ class UsageError(Error):
     errno = _errno.EINVAL
 
 
+class NameTooLongError(UsageError):
+    """A prefix too long for its keys or for a directory name in the spool."""
+
+    errno = _errno.ENAMETOOLONG
+
+
 class ConfigError(Error):
     exit_code = 3
     errno = _errno.EINVAL

@@ -9,7 +9,7 @@ import os
 import re
 import uuid
 
-from .errors import UsageError
+from .errors import NameTooLongError, UsageError
 
 PREFIX_CHARS = re.compile(r"^[A-Za-z0-9/()!'*._-]+$")
 ULID_RE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
@@ -62,13 +62,13 @@ def parse_prefix(text: str | None, fragments: int = 10 ** FRAGMENT_DIGITS - 1,
         raise UsageError(f"prefix {text!r} has an empty, '.' or '..' segment")
     longest = max(len(seg.encode()) for seg in segments)
     if longest > MAX_SEGMENT:
-        raise UsageError(f"prefix has a {longest}-byte segment; at most {MAX_SEGMENT} fit in "
+        raise NameTooLongError(f"prefix has a {longest}-byte segment; at most {MAX_SEGMENT} fit in "
                          "a directory name in the spool")
     text = text.rstrip("/")
     limit = prefix_limit(fragments, base)
     if len(text.encode()) > limit:
         where = f"{base}/" if base else ""
-        raise UsageError(f"prefix is {len(text.encode())} bytes long; at most {limit} fit in "
+        raise NameTooLongError(f"prefix is {len(text.encode())} bytes long; at most {limit} fit in "
                          f"an S3 key ({where}PREFIX/ULID/chunk.N, at most {MAX_KEY} bytes, with "
                          f"room for {10 ** FRAGMENT_DIGITS - 1} fragments)")
     return text

@@ -451,7 +451,7 @@ def load_secret_keys(paths: list[str], passphrase: Callable[[str], str] | None) 
         if not keys:
             raise KeyringError(
                 f"{path} holds no secret key, only a certificate:"
-                " restore needs the secret key, not the certificate"
+                " decrypting needs the secret key, not the certificate"
             )
         _check_private(path)
         for key in keys:

@@ -27,6 +27,8 @@ def add_log_file_option(p, default=None) -> None:
 
 def passphrase_reader(fd: int | None):
     """A callback reading the passphrase from ``fd`` once, else from the terminal."""
+    if fd is not None and fd < 0:
+        raise errors.UsageError(f"--pass-fd {fd}: a file descriptor is 0 or more")
     cache: dict[str, str] = {}
 
     def read(description: str) -> str:

@@ -181,17 +181,19 @@ def load_keys(paths: list[str], pass_fd: int | None):
     """-k files: certificates (any file with an encryption key) and secret keys."""
     certificates, secret = [], []
     for path in paths:
+        why = None
         try:
             certificates += keys.load_certificates([path], secret_ok=True)
         except errors.KeyringError as exc:
             log.debug("%s gives no recipient: %s", path, exc)
+            why = exc
         try:
             keys.load_secret_keys([path], None)
             secret.append(path)
         except errors.KeyringError:
-            pass
-    if paths and not certificates and not secret:
-        raise errors.KeyringError(f"no usable certificate or secret key in {', '.join(paths)}")
+            if why is not None:     # a file that serves nothing is a mistake, not a skip
+                raise errors.KeyringError(f"no usable certificate or secret key in {path}: "
+                                          f"{why}") from None
     keyring = keys.load_secret_keys(secret, passphrase_reader(pass_fd)) if secret else None
     return certificates or None, keyring
 

@@ -240,7 +240,8 @@ class Operations(pyfuse3.Operations):
             self._announce(uuid)
             self.tree.add(self.tree.root, uuid, stat.S_IFDIR, area="archive", vault=uuid)
             return self.tree.attrs(self.tree.add(parent, uuid, stat.S_IFDIR, vault=uuid))
-        ids.parse_prefix("/".join(parent.rel + (text,)))
+        ids.parse_prefix("/".join(parent.rel + (text,)),      # as backup -p checks it
+                         base=self.config.vault(parent.vault).key_base)
         return self.tree.attrs(self.tree.add(parent, text, stat.S_IFDIR))
 
     async def rmdir(self, parent_inode, name, ctx=None):

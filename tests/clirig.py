@@ -12,6 +12,17 @@ from pathlib import Path
 VAULT = "0b8c3a7e-5a1d-4f7e-9a53-3f1c2d4e5f60"
 
 
+def thaw_daemon_running(spool: Path) -> bool:
+    """Whether a process holds the spool's thaw lock, asked as `status` asks it."""
+    from cryophile.spool import Spool
+    from cryophile.thaw import DaemonLock
+    lock = DaemonLock(Spool(str(spool)))
+    try:
+        return not lock.acquire(create=False)
+    finally:
+        lock.release()
+
+
 @dataclasses.dataclass
 class Rig:
     root: Path

@@ -21,7 +21,7 @@ import uuid
 import boto3
 import pytest
 
-from tests.s3rig import AWS_ENV_TO_CLEAR, FaultProxy, MotoServer, aws_test_env
+from tests.s3rig import AWS_ENV_TO_CLEAR, FaultProxy, MotoServer, aws_test_env, remove_bucket
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -76,15 +76,4 @@ def bucket(s3client):
     name = str(uuid.uuid4())
     s3client.create_bucket(Bucket=name)
     yield name
-    _remove_bucket(s3client, name)
-
-
-def _remove_bucket(client, name: str) -> None:
-    """Free moto's memory; a test may already have removed things."""
-    for upload in client.list_multipart_uploads(Bucket=name).get("Uploads", ()):
-        client.abort_multipart_upload(Bucket=name, Key=upload["Key"],
-                                      UploadId=upload["UploadId"])
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
-        for obj in page.get("Contents", ()):
-            client.delete_object(Bucket=name, Key=obj["Key"])
-    client.delete_bucket(Bucket=name)
+    remove_bucket(s3client, name)

@@ -59,6 +59,17 @@ AWS_ENV_TO_CLEAR = (
 )
 
 
+def remove_bucket(client, name: str) -> None:
+    """Free moto's memory of a bucket; a test may already have removed things."""
+    for upload in client.list_multipart_uploads(Bucket=name).get("Uploads", ()):
+        client.abort_multipart_upload(Bucket=name, Key=upload["Key"],
+                                      UploadId=upload["UploadId"])
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
+        for obj in page.get("Contents", ()):
+            client.delete_object(Bucket=name, Key=obj["Key"])
+    client.delete_bucket(Bucket=name)
+
+
 class MotoServer:
     """``python -m moto.server`` on a free loopback port, in its own process."""
 

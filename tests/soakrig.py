@@ -35,7 +35,6 @@ test_soak.HELD_BACK leaves out while a known bug is being fixed).
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import hashlib
 import os
 import random
@@ -48,6 +47,8 @@ import time
 import uuid
 from pathlib import Path
 from typing import Callable
+
+from tests.s3rig import remove_bucket
 
 
 KiB, MiB = 1 << 10, 1 << 20
@@ -293,13 +294,7 @@ class Site:
         """Free the S3 server's memory of every bucket this site made."""
         client = self.s3[0] if self.s3 else None
         for bucket in self.buckets:
-            for u in client.list_multipart_uploads(Bucket=bucket).get("Uploads", ()):
-                client.abort_multipart_upload(Bucket=bucket, Key=u["Key"],
-                                              UploadId=u["UploadId"])
-            for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-                for o in page.get("Contents", ()):
-                    client.delete_object(Bucket=bucket, Key=o["Key"])
-            client.delete_bucket(Bucket=bucket)
+            remove_bucket(client, bucket)
         self.buckets.clear()
 
     def argv(self, *args: str) -> list[str]:
@@ -401,21 +396,6 @@ def _damaged(data: bytes, how: str, rng: random.Random) -> tuple[bytes, str]:
     b = bytearray(data)
     b[i] ^= 1 << rng.randrange(8)
     return bytes(b), f"flipped a bit of byte {i} of"
-
-
-def thaw_daemon_running(site: Site) -> bool:
-    path = site.spool / "thaw" / ".daemon"
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
 
 
 # --- the model ---------------------------------------------------------------------

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
 
 import pytest
+from hypothesis import given, strategies as st
+
+from cryophile.cli import main as cli_main
+from cryophile.cli.common import positive_int
 
 from tests.clirig import make_rig
 from tests.test_cli_roundtrip import mixed
@@ -49,10 +54,78 @@ def test_after_the_command_wins_and_counts_add_up(rig, tmp_path, recipes):
     assert both.returncode == 0 and b"frozen" in both.stderr          # -q -d: the default
 
 
+@given(st.text(max_size=12) | st.integers(-10**20, 10**20).map(str))
+def test_positive_int_takes_whole_numbers_of_one_or_more(text):
+    try:
+        n = int(text)
+    except ValueError:
+        n = None
+    if n is not None and n >= 1:
+        assert positive_int(text) == n
+    else:
+        with pytest.raises(argparse.ArgumentTypeError, match="whole number of 1 or more"):
+            positive_int(text)
+
+
+@pytest.mark.parametrize("args", [["prune", "V", "--keep-daily", "0"],
+                                  ["thaw", "--plan", "V", "--days", "x"],
+                                  ["restore", "V/P/01ARZ3NDEKTSV4RRFFQ69G5FAV", "--days", "-1"]])
+def test_counts_below_one_are_usage_errors(args):
+    proc = cryophile(*args)
+    assert proc.returncode == 2, proc.stderr
+    assert b"whole number of 1 or more" in proc.stderr and b"Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("args", [["restore", "-v", "V", "--before", "garbage"],
+                                  ["ls", "--since", "garbage"], ["ls", "--until", "2026-13-01"]])
+def test_bad_times_are_usage_errors(args):
+    proc = cryophile(*args)
+    assert proc.returncode == 2, proc.stderr
+    assert b"is not ISO 8601" in proc.stderr and b"Traceback" not in proc.stderr
+
+
+def test_a_negative_pass_fd_is_a_usage_error(rig, recipes):
+    ulid = rig.backup(b"x", recipes["sq_pw"].cert)
+    proc = rig.restore(ulid, recipes["sq_pw"].key, "-P", "-1")
+    assert proc.returncode == 2 and b"Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.decode().splitlines() == [
+        "cryophile: error: --pass-fd -1: a file descriptor is 0 or more"]
+
+
 def test_options_given_only_before_survive_the_command(rig):
     proc = cryophile("-q", "-c", str(rig.config), "status")
     assert proc.returncode == 0, proc.stderr
     assert str(rig.spool).encode() in proc.stdout        # the configuration's spool
+
+
+def test_global_options_after_the_restore_target(rig, recipes, tmp_path):
+    ulid = rig.backup(b"x", recipes["sq"].cert)
+    target = ["restore", f"{rig.vault}/{ulid}", "-k", str(recipes["sq"].key)]
+    debug = rig.run(*target, "-d", "-o", str(tmp_path / "a"), check=True)
+    assert f"restored {rig.vault}/{ulid}: 1 bytes" in debug.stderr.decode()
+    quiet = rig.run(*target, "-q", "-o", str(tmp_path / "b"), check=True, pre=["-d"])
+    assert quiet.stderr == b""                  # -d before, -q after the target: the default
+    logged = tmp_path / "restore.log"
+    proc = rig.run(*target, "-o", str(tmp_path / "c"), "--log-file", str(logged), "-d", "-d",
+                   check=True)
+    assert proc.stderr == b"" and f"restored {rig.vault}/{ulid}" in logged.read_text()
+    assert (tmp_path / "a").read_bytes() == (tmp_path / "c").read_bytes() == b"x"
+
+
+# the words each command needs before the global options can come last
+LEAST = {"backup": ["-v", "V"], "thaw": ["--plan", "V"], "restore": ["V/P/01ARZ3NDEKTSV4RRFFQ69G5FAV"],
+         "ls": ["V"], "chain": ["V/P/01ARZ3NDEKTSV4RRFFQ69G5FAV"],
+         "rm": ["V/P/01ARZ3NDEKTSV4RRFFQ69G5FAV"], "prune": ["V"], "check": ["V"]}
+
+
+@pytest.mark.parametrize("command", [m.add_parser.__module__.rsplit(".", 1)[1]
+                                     for m in cli_main.COMMANDS])
+def test_every_command_takes_global_options_last(command):
+    args = cli_main.parser().parse_args(
+        [command, *LEAST.get(command, []), "-d", "-q", "-q", "--log-file", "L", "-S", "S"])
+    if getattr(args, "prepare", None):
+        args.prepare(args)
+    assert (args.debug_after, args.quiet_after, args.log_file, args.spool) == (1, 2, "L", "S")
 
 
 def closed_pipe_run(cmd: list[str]) -> subprocess.CompletedProcess:

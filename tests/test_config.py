@@ -26,6 +26,19 @@ def rig(tmp_path):
     (f"[vault.{VAULT}]\nregion = ['eu']\n", ["region", "string", "list"]),
     (f"[vault.{VAULT}]\nstorage_class = 3\n", ["storage_class", "string"]),
     (f"[vault.{VAULT}]\nurl = {{ a = 1 }}\n", ["url", "string", "table"]),
+    (f"[vault.{VAULT}]\nurl = 's3:/bucket'\n", ["url", "s3:/bucket", "no bucket",
+                                                 "s3://BUCKET"]),
+    (f"[vault.{VAULT}]\nurl = 's3://'\n", ["url", "no bucket"]),
+    (f"[vault.{VAULT}]\nurl = 's3:///path'\n", ["url", "no bucket"]),
+    (f"[vault.{VAULT}]\nurl = 'file://backups/x'\n", ["url", "'backups'", "file:///"]),
+    (f"[vault.{VAULT}]\nurl = 'file://'\n", ["url", "absolute", "file:///"]),
+    (f"[vault.{VAULT}]\nurl = 'file:backups'\n", ["url", "absolute", "file:///"]),
+    (f"[vault.{VAULT}]\nendpoint_url = 'localhost:9000'\n", ["endpoint_url",
+                                                              "http://HOST[:PORT]"]),
+    (f"[vault.{VAULT}]\nendpoint_url = 'htp://minio'\n", ["endpoint_url", "'htp://minio'"]),
+    (f"[vault.{VAULT}]\nendpoint_url = 'http://'\n", ["endpoint_url", "https://"]),
+    (f"[vault.{VAULT}]\nendpoint_url = 'http://[::1'\n", ["endpoint_url", "[::1"]),
+    (f"[vault.{VAULT}]\nendpoint_url = 'http://minio:port'\n", ["endpoint_url", "port"]),
     ("spool = 5\n", ["spool", "string"]),
     ("spool_max = true\n", ["spool_max", "size"]),
     ("vault = 5\n", ["vault", "tables"]),
@@ -38,6 +51,20 @@ def rig(tmp_path):
 def test_wrong_values_exit_3_with_one_line(rig, text, needles):
     rig.config.write_text(f'spool = "{rig.spool}"\n' * ("spool" not in text) + text)
     failed(rig.run("status"), CONFIG, str(rig.config), *needles)
+
+
+def test_a_mistyped_alias_names_the_aliases(rig, recipes):
+    rig.config.write_text(f'spool = "{rig.spool}"\n[vault.{VAULT}]\nname = "offsite"\n'
+                          f'url = "file://{rig.vaults}"\n[vault.{OTHER}]\nname = "cold"\n')
+    for args in (["ls", "ofsite"], ["backup", "-v", "ofsite", "-k", str(recipes["sq"].cert)]):
+        failed(rig.run(*args, input=b"x"), USAGE, "'ofsite'", "neither a UUID nor",
+               "cold, offsite")
+    failed(rig.run("ls", VAULT.replace("-", "")), USAGE, "canonical")     # a UUID still
+
+
+def test_a_configuration_not_in_utf8_exits_3(rig):
+    rig.config.write_bytes(b'spool = "/tmp/\xe9t\xe9"\n')       # Latin-1
+    failed(rig.run("status"), CONFIG, str(rig.config), "UTF-8")
 
 
 def test_decimal_units_are_decimal():

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from cryophile import errors
+from tests.fsrig import fskeys  # noqa: F401 (fixture)
 from cryophilefs import mount
 
 MAN = Path(__file__).resolve().parent.parent / "man" / "cryophilefs.8"
@@ -62,3 +63,17 @@ def test_mount_helper_arguments(monkeypatch):
     with pytest.raises(SystemExit):
         mount.mount_helper(["cryophile", "/mnt", "-n", "-o", "rw,spool=/s"])
     assert seen == [["-o", "rw,spool=/s", "cryophile", "/mnt"]]
+
+
+def test_every_key_file_must_serve(tmp_path, fskeys):
+    """-k files that give neither recipients nor a secret key are refused with the
+    reason, even beside a usable one: a typo must not mount without that key."""
+    cert, key = fskeys
+    junk = tmp_path / "junk.key"
+    junk.write_bytes(b"garbage")
+    for paths, why in (([str(cert), str(tmp_path / "typo.key")], "No such file"),
+                       ([str(junk), str(key)], "not OpenPGP data")):
+        with pytest.raises(errors.KeyringError, match=why):
+            mount.load_keys(paths, None)
+    certificates, keyring = mount.load_keys([str(cert), str(key)], None)
+    assert certificates and keyring is not None

@@ -14,7 +14,7 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cryophile import config, keys
+from cryophile import config, ids, keys
 from cryophile.freeze import Freezer
 from cryophile.spool import Spool
 from cryophilefs.operations import Operations, Settings
@@ -23,9 +23,10 @@ from tests.fsrig import VAULT, fskeys  # noqa: F401
 MiB = 1 << 20
 
 
-def make_ops(tmp_path, fskeys, nursery, secret: bool = True) -> Operations:
+def make_ops(tmp_path, fskeys, nursery, secret: bool = True, url: str | None = None
+             ) -> Operations:
     cfg = config.parse({"spool": str(tmp_path / "spool"), "vault": {VAULT: {
-        "url": f"file://{tmp_path / 'vaults'}", "fragment_size": "1MiB"}}})
+        "url": url or f"file://{tmp_path / 'vaults'}", "fragment_size": "1MiB"}}})
     spool = Spool(cfg.spool)
     spool.ensure()
     keyring = keys.load_secret_keys([str(fskeys[1])], None) if secret else None
@@ -350,6 +351,28 @@ async def test_mkdir_checks_prefixes_and_read_only_parts(tmp_path, fskeys, nurse
     await expect_errno(errno.EROFS, ops.mkdir(archives.st_ino, b"x", 0o700, None))
     await expect_errno(errno.EROFS, ops.create(archives.st_ino, b"x", 0o600, os.O_WRONLY, None))
     await expect_errno(errno.EPERM, ops.create(await incoming(ops), b"x", 0o600, 1, None))
+
+
+@pytest.mark.expect_log
+@pytest.mark.parametrize("base", ["", "backups/" + "p" * 100])
+async def test_mkdir_keeps_prefixes_within_the_key_limit(tmp_path, fskeys, nursery, caplog,
+                                                          base):
+    """incoming/VAULT/PREFIX stops where [BASE/]PREFIX/ULID/chunk.N would pass 1024 bytes,
+    the vault URL's path (BASE) counted, as backup -p counts it."""
+    url = f"s3://bucket/{base}" if base else None
+    ops = make_ops(tmp_path, fskeys, nursery, url=url)
+    limit = ids.prefix_limit(base=base)
+    assert limit == 984 - (len(base) + 1 if base else 0)
+    ino, used = (await ops.lookup(await incoming(ops), name(VAULT))).st_ino, -1
+    while limit - used - 1 > 200:
+        ino = (await ops.mkdir(ino, b"d" * 199, 0o700, None)).st_ino
+        used += 200
+    last = "e" * (limit - used - 1)                # the prefix is now exactly the limit
+    await expect_errno(errno.ENAMETOOLONG, ops.mkdir(ino, name(last + "e"), 0o700, None))
+    assert f"at most {limit} fit" in caplog.text
+    full = await ops.mkdir(ino, name(last), 0o700, None)
+    await expect_errno(errno.ENAMETOOLONG, ops.mkdir(full.st_ino, b"f", 0o700, None))
+    assert len(ops.tree.get(full.st_ino).prefix.encode()) == limit
 
 
 @pytest.mark.expect_log

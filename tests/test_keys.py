@@ -258,6 +258,7 @@ def test_certificate_is_not_a_secret_key(recipes):
     with pytest.raises(KeyringError, match="holds no secret key") as e:
         load_secret_keys([path], None)
     assert path in str(e.value) and e.value.exit_code == 4
+    assert "restore" not in str(e.value)     # ls -k, check --decrypt and the mount ask too
 
 
 def test_expired_and_revoked_subkeys_are_not_used(aging):

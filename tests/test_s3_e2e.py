@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.clirig import Rig
+from tests.clirig import Rig, thaw_daemon_running
 
 FRAG = 64 * 1024
 
@@ -209,21 +209,6 @@ def test_restore_streams_before_later_fragments_arrive(rig, recipes, s3proxy):
     assert first + rest == data
 
 
-def lock_held(path: Path) -> bool:
-    import fcntl
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-
-
 def test_restore_leaves_thawing_to_a_running_daemon(rig, recipes, s3proxy):
     data = os.urandom(3 * FRAG)
     ulid = rig.backup(data, recipes["gpg"].cert, "-s", "64KiB")
@@ -232,7 +217,7 @@ def test_restore_leaves_thawing_to_a_running_daemon(rig, recipes, s3proxy):
     daemon = rig.popen("thaw")
     try:
         deadline = time.monotonic() + 30
-        while not lock_held(rig.spool / "thaw" / ".daemon"):
+        while not thaw_daemon_running(rig.spool):
             assert time.monotonic() < deadline and daemon.poll() is None, "thaw did not start"
             time.sleep(0.05)
         out = rig.restore(ulid, recipes["gpg"].key, check=True)

@@ -20,11 +20,12 @@ import time
 
 import pytest
 
+from tests.clirig import thaw_daemon_running
 from tests.fsrig import fskeys  # noqa: F401
 from tests.soakrig import (
     BACKUP_BOUND, DAEMON_BOUND, FREEZE_BOUND, LS_BOUND, MOUNT_BOUND, NOT_COMPLETE,
     READER, RESTORE_BOUND, WRITER, Archive, Budget, KiB, Listed, MiB, Mount, Proc, Run,
-    Site, fuse_available, help_text, make_data, run, sha, thaw_daemon_running,
+    Site, fuse_available, help_text, make_data, run, sha,
 )
 from cryophile import ids
 
@@ -447,52 +448,57 @@ class Soak:
             self.fail(f"{r.what} exited {r.rc}: {r.last_line()!r}")
         return False
 
-    def t_restore_kill(self, rng):
+    def restore_subject(self, rng, frozen: float, delays=()) -> tuple[Site, Archive | None]:
+        """A site and an archive to restore, frozen with the chance ``frozen``; on S3 the
+        proxy's restore delay drawn from ``delays``."""
         site = self.pick_site(rng)
-        a = self.some_archive(rng, site, frozen=rng.random() < 0.7)
+        a = self.some_archive(rng, site, frozen=frozen >= 1 or rng.random() < frozen)
+        if a is not None and site.is_s3 and delays:
+            self.proxy.restore_delay = rng.choice(delays)
+        return site, a
+
+    def restores_checked(self, site: Site, a: Archive, runs: list[Run], ok_codes=(),
+                         killed: bool = False) -> list[Site]:
+        """Each restore's bytes, or its clean failure; after a kill the final check
+        restores the archive again (a killed process may have left the spool changed)."""
+        for r in runs:
+            self.check_restore(a, r, ok_codes)
+        self.proxy.reset()
+        if killed:
+            a.verified = None
+        return [site]
+
+    def t_restore_kill(self, rng):
+        site, a = self.restore_subject(rng, 0.7, [0, 0, 1.0, 2.5])
         if a is None:
             return [site]
-        if site.is_s3:
-            self.proxy.restore_delay = rng.choice([0, 0, 1.0, 2.5])
         proc = Proc(f"restore {site.name} {a.ulid}", site.restore_argv(a), RESTORE_BOUND)
         delay = rng.uniform(0, 3.0)
         proc.wait(delay)
         proc.kill()
         r = proc.finish()
         self.say(f"{site.name}: restore of {a.size} bytes killed after {delay:.2f} s")
-        self.check_restore(a, r)
-        self.proxy.reset()
-        a.verified = None
-        return [site]
+        return self.restores_checked(site, a, [r], killed=True)
 
     def t_concurrent_restores(self, rng):
-        site = self.pick_site(rng)
-        a = self.some_archive(rng, site, frozen=rng.random() < 0.7)
+        site, a = self.restore_subject(rng, 0.7, [0, 1.0, 2.0])
         if a is None:
             return [site]
-        if site.is_s3:
-            self.proxy.restore_delay = rng.choice([0, 1.0, 2.0])
         procs = []
         for i in range(rng.choice([2, 2, 3])):
             procs.append(Proc(f"restore #{i + 1} {site.name} {a.ulid} (concurrent)",
                               site.restore_argv(a), RESTORE_BOUND))
             time.sleep(rng.uniform(0, 0.5))
-        for p in procs:
-            self.check_restore(a, p.finish())
-        self.proxy.reset()
-        return [site]
+        return self.restores_checked(site, a, [p.finish() for p in procs])
 
     def t_thaw_daemon_kill(self, rng):
         """A restore leaves the fetching to a running `cryophile thaw`, which dies."""
-        site = self.pick_site(rng)
-        a = self.some_archive(rng, site, frozen=True)
+        site, a = self.restore_subject(rng, 1, [1.5, 3.0])
         if a is None:
             return [site]
-        if site.is_s3:
-            self.proxy.restore_delay = rng.choice([1.5, 3.0])
         daemon = Proc(f"thaw daemon {site.name}", site.argv("thaw"), DAEMON_BOUND)
         deadline = time.monotonic() + LS_BOUND
-        while not thaw_daemon_running(site) and daemon.running() \
+        while not thaw_daemon_running(site.spool) and daemon.running() \
                 and time.monotonic() < deadline:
             time.sleep(0.05)
         proc = Proc(f"restore {site.name} {a.ulid} (thaw daemon killed)", site.restore_argv(a),
@@ -507,16 +513,12 @@ class Soak:
         self.ended(daemon.finish())
         self.say(f"{site.name}: thaw daemon killed after {delay:.2f} s")
         r = proc.finish()
-        self.check_restore(a, r, ok_codes=(1, 8, 10, 11, 130))
-        self.proxy.reset()
-        a.verified = None
-        return [site]
+        return self.restores_checked(site, a, [r], ok_codes=(1, 8, 10, 11, 130), killed=True)
 
     # --- trials: damage ------------------------------------------------------------
 
     def t_damage(self, rng):
-        site = self.pick_site(rng)
-        a = self.some_archive(rng, site, frozen=True)
+        site, a = self.restore_subject(rng, 1)
         if a is None or site.queued(a.key):
             return [site]
         keys = sorted(k for k in site.objects() if k.startswith(a.key + "/"))
@@ -576,15 +578,9 @@ class Soak:
         wrote_all = f"w {len(data)}" in lines or (not data and closed)
         self.say(f"{site.name}: write of {len(data)} bytes, mount {mode}: "
                  f"{[l for l in lines if l][-2:]}")
-        if mode == "none":
-            if not closed:
-                self.fail(f"writing {len(data)} bytes into a live mount failed: {lines[-3:]}")
-            if not clean:
-                self.fail("the mount did not unmount cleanly")
-            if self.ended(mr) and mr.rc != 0:
-                self.fail(f"cryophilefs exited {mr.rc}: {mr.last_line()!r}")
-        else:
-            self.ended(mr)
+        if mode == "none" and not closed:
+            self.fail(f"writing {len(data)} bytes into a live mount failed: {lines[-3:]}")
+        self.mount_ended(mr, clean, killed=mode != "none")
         new = sorted(site.ulids() - before)
         if len(new) > 1:
             self.fail(f"one file written in the mount made {len(new)} archives: {new}")
@@ -647,14 +643,18 @@ class Soak:
                 self.fail(f"sequential read of {a.key} ended at {rec['n']} of {a.size}")
         if not kill and not a.damaged and errors and not rr.overran:
             self.fail(f"reads of an intact archive failed: {rr.stdout.decode()[-500:]}")
-        if not kill:
-            if not clean:
-                self.fail("the mount did not unmount cleanly")
-            if self.ended(mr) and mr.rc != 0:
-                self.fail(f"cryophilefs exited {mr.rc}: {mr.last_line()!r}")
-        else:
-            self.ended(mr)
+        self.mount_ended(mr, clean, killed=kill)
         return [site]
+
+    def mount_ended(self, mr: Run, clean: bool, killed: bool) -> None:
+        """A mount nobody killed unmounts cleanly and exits 0; any mount ends."""
+        if killed:
+            self.ended(mr)
+            return
+        if not clean:
+            self.fail("the mount did not unmount cleanly")
+        if self.ended(mr) and mr.rc != 0:
+            self.fail(f"cryophilefs exited {mr.rc}: {mr.last_line()!r}")
 
     # --- invariants -------------------------------------------------------------------
 

@@ -1,11 +1,7 @@
 """contrib/cryophile-zfs-backup against real ZFS (zfs-fuse on a file-backed
-pool): a full stream, then increments, restored in order with `zfs receive`;
-a failed backup destroys its snapshot so that the chain never skips one.
-
-zfs-fuse keeps its socket and pool cache at fixed system paths: the daemon
-runs in a private mount namespace (a tmpfs on /run, the test's directory on
-/var/lib) and every command joins it with nsenter, so nothing outside the
-test's directory is touched.
+pool, in its own mount namespace: see tests/producers.py): a full stream, then
+increments, restored in order with `zfs receive`; a failed backup destroys its
+snapshot so that the chain never skips one.
 """
 
 from __future__ import annotations
@@ -19,18 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from tests import producers
 from tests.fsrig import VAULT, fskeys  # noqa: F401 (fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "contrib" / "cryophile-zfs-backup"
-NAMESPACE = """
-set -e
-mount -t tmpfs tmpfs /run
-mkdir -p /run/zfs /run/lock/zfs
-mount --bind "$1/lib" /var/lib
-mkdir -p /var/lib/zfs
-exec zfs-fuse --no-daemon --no-kstat-mount
-"""
 
 pytestmark = [
     pytest.mark.skipif(not (shutil.which("zfs-fuse") and shutil.which("unshare")
@@ -39,27 +28,9 @@ pytestmark = [
 ]
 
 
-class Zfs:
-    def __init__(self, root: Path):
-        (root / "lib").mkdir(parents=True)
-        self.root, self.log = root, open(root / "zfs-fuse.log", "wb")
-        self.daemon = subprocess.Popen(["unshare", "--mount", "--propagation", "private",
-                                        "sh", "-c", NAMESPACE, "zfs-namespace", str(root)],
-                                       stdout=subprocess.DEVNULL, stderr=self.log)
-        self.enter = ["nsenter", "-t", str(self.daemon.pid), "-m"]
-        for _ in range(600):
-            assert self.daemon.poll() is None, (root / "zfs-fuse.log").read_text()
-            if subprocess.run([*self.enter, "zpool", "list"], capture_output=True,
-                              timeout=60).returncode == 0:
-                break
-            time.sleep(0.1)
-        image = root / "pool.img"
-        with open(image, "wb") as f:
-            f.truncate(256 << 20)
-        self.run("zpool", "create", "-m", str(root / "mnt"), "cryopkg", str(image))
-
+class Zfs(producers.Zfs):
     def run(self, *cmd: str, env=None, input=None, check=True) -> subprocess.CompletedProcess:
-        proc = subprocess.run([*self.enter, *cmd], capture_output=True, timeout=300, env=env,
+        proc = subprocess.run(self.command(*cmd), capture_output=True, timeout=300, env=env,
                               input=input)
         if check:
             assert proc.returncode == 0, f"{cmd}: {proc.stderr.decode(errors='replace')}"
@@ -70,22 +41,11 @@ class Zfs:
                        "-d", "1", dataset).stdout.decode()
         return out.split()
 
-    def close(self) -> None:
-        try:
-            self.run("zpool", "destroy", "-f", "cryopkg", check=False)
-        finally:
-            self.daemon.terminate()
-            try:
-                self.daemon.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.daemon.kill()
-                self.daemon.wait()
-            self.log.close()
-
 
 @pytest.fixture
 def zfs(tmp_path):
-    z = Zfs(tmp_path / "zfs")
+    (tmp_path / "zfs").mkdir()
+    z = Zfs(tmp_path / "zfs", "cryopkg")
     try:
         yield z
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import unicodedata
 
@@ -67,6 +68,32 @@ def run_service(main, *args) -> None:
             await main(*args)
             nursery.cancel_scope.cancel()
     trio.run(wrapper)
+
+
+def positive_int(text: str) -> int:
+    """argparse type for a whole number of 1 or more (counts, days)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
+    return n
+
+
+def usage_type(parse):
+    """An argparse type from a parser that raises errors.UsageError, which argparse
+    would let through as a traceback: it reports it as its own usage error."""
+    def convert(text: str):
+        try:
+            return parse(text)
+        except errors.UsageError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    convert.__name__ = parse.__name__
+    return convert
+
+
+timestamp = usage_type(ids.parse_timestamp)
 
 
 def backup_id(ctx: Context, args) -> ids.BackupId:

@@ -8,7 +8,7 @@ import logging
 import sys
 
 from .. import catalog, chains, errors, ids
-from .common import Context, escape, human, passphrase_reader
+from .common import Context, escape, human, passphrase_reader, timestamp
 
 log = logging.getLogger("cryophile")
 
@@ -39,9 +39,9 @@ def add_parser(sub) -> None:
                      help="a JSON array of archives, sizes in bytes")
     fmt.add_argument("-H", dest="scripted", action="store_true",
                      help="for scripts: no header, tab-separated columns, sizes in bytes")
-    p.add_argument("--since", metavar="TIME", type=ids.parse_timestamp,
+    p.add_argument("--since", metavar="TIME", type=timestamp,
                    help="only archives created at or after TIME (ISO 8601 or epoch seconds)")
-    p.add_argument("--until", metavar="TIME", type=ids.parse_timestamp,
+    p.add_argument("--until", metavar="TIME", type=timestamp,
                    help="only archives created before TIME")
     p.set_defaults(run=run)
 

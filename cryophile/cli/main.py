@@ -38,7 +38,7 @@ See cryophile(1)."""
 EPILOG += """
 A closed output (`cryophile ls | head`) ends quietly with status 141, as a
 shell reports a command killed by SIGPIPE.  Global options may also come
-after COMMAND."""
+after COMMAND, anywhere among its options and arguments."""
 
 
 def parser() -> argparse.ArgumentParser:
@@ -89,6 +89,8 @@ class _Skipping:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if getattr(args, "prepare", None):     # a command's own second look at its words
+        args.prepare(args)
     verbosity = (args.debug + getattr(args, "debug_after", 0)
                  - args.quiet - getattr(args, "quiet_after", 0))
     args.debug = args.debug + getattr(args, "debug_after", 0)

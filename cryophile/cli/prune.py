@@ -10,7 +10,7 @@ import sys
 from .. import chains, check, errors, remove, retention
 from ..ids import BackupId, ulid_time
 from .check import parse_target
-from .common import Context, human
+from .common import Context, human, positive_int
 
 log = logging.getLogger("cryophile")
 
@@ -33,7 +33,7 @@ def add_parser(sub) -> None:
                        ("weekly", "… of each of the N newest ISO weeks"),
                        ("monthly", "… of each of the N newest months"),
                        ("yearly", "… of each of the N newest years")):
-        p.add_argument(f"--keep-{rule}", type=_count, default=0, metavar="N",
+        p.add_argument(f"--keep-{rule}", type=positive_int, default=0, metavar="N",
                        help=f"keep {what}")
     p.add_argument("--keep-within", type=_duration, metavar="DURATION",
                    help="keep every archive made within DURATION (e.g. 1y6m, 30d, 12h) "
@@ -46,23 +46,11 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-def _count(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a count of 1 or more")
-    return n
-
-
 def _duration(text: str) -> retention.Duration:
     try:
         return retention.Duration.parse(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 
 
 def run(args) -> int:

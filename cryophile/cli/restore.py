@@ -49,8 +49,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    target.split_words(args)                  # options may follow VAULT/PREFIX/ULID
-    ctx = Context(args)                       # after them: -S and -c may be among them
+    ctx = Context(args)           # main ran target.split_words: -S, -c after the target count
     span = target.byte_range(args)
     keyring = None
     if not args.dry_run or args.name is not None or span:   # a plan needs no key, but

@@ -14,6 +14,7 @@ import trio
 
 from .. import errors, finding, ids, manifest, ranges
 from ..ids import BackupId
+from .common import timestamp
 
 log = logging.getLogger("cryophile.restore")
 FINDERS = ("ulid", "latest", "before", "name")
@@ -27,7 +28,7 @@ def add_options(p) -> None:
                         "--chain, the receiving command after --")
     p.add_argument("--latest", action="store_true",
                    help="the newest sealed archive under -v VAULT [-p PREFIX]")
-    p.add_argument("--before", metavar="TIME", type=ids.parse_timestamp,
+    p.add_argument("--before", metavar="TIME", type=timestamp,
                    help="the newest sealed archive made before TIME")
     p.add_argument("--name", metavar="NAME",
                    help="the newest sealed archive with this name or snapshot (the names "
@@ -35,7 +36,7 @@ def add_options(p) -> None:
     p.add_argument("--chain", action="store_true",
                    help="restore the archive's whole chain of incrementals, full backup "
                         "first, each into its own run of the COMMAND given after --")
-    p.set_defaults(target_parser=p)
+    p.set_defaults(target_parser=p, prepare=split_words)
 
 
 def add_range_options(p) -> None:
@@ -83,7 +84,8 @@ def range_fragments(ctx, bid: BackupId, keyring, span) -> list[int]:
 
 def split_words(args) -> None:
     """Sort the words after restore's options: the target, options given
-    after it, and the command after ``--``."""
+    after it, and the command after ``--``.  Run by main before it sets up
+    logging, so that -d, -q and --log-file after the target count too."""
     words, args.command = list(args.target or ()), []
     args.target = None
     if words and not words[0].startswith("-"):
@@ -98,6 +100,8 @@ def split_words(args) -> None:
                 continue
             if isinstance(value, list) and isinstance(getattr(args, key, None), list):
                 value = getattr(args, key) + value
+            elif key in ("debug_after", "quiet_after"):     # counts add up
+                value += getattr(args, key, 0)
             setattr(args, key, value)
 
 

@@ -8,14 +8,14 @@ import sys
 
 from .. import config, plan as plans
 from ..ledger import Budget, Guard
-from .common import Context
+from .common import Context, positive_int
 
 
 def add_arguments(p) -> None:
     """--tier/--days (restore and thaw --plan), --json."""
     p.add_argument("--tier", choices=config.TIERS,
                    help="restore tier (default: the vault's restore_tier)")
-    p.add_argument("--days", type=_days, metavar="N",
+    p.add_argument("--days", type=positive_int, metavar="N",
                    help="days a thawed copy stays readable (default: the vault's restore_days)")
     p.add_argument("--json", action="store_true",
                    help="with --plan or -n: print the plan as JSON")
@@ -28,17 +28,6 @@ def add_restore_arguments(p) -> None:
     p.add_argument("--approve", action="store_true",
                    help="thaw even if this passes thaw_budget_daily or thaw_budget_monthly")
     add_arguments(p)
-
-
-def _days(text: str) -> int:
-    try:
-        days = int(text)
-    except ValueError:
-        days = 0
-    if days < 1:
-        import argparse
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of days")
-    return days
 
 
 def settings(ctx: Context, args, vault: str) -> tuple[str, int]:
