@@ -1,6 +1,7 @@
-"""ls and chain on a vault of 10,000 archives: time and S3 requests.
+"""ls, chain, prune -n and check on a vault of 10,000 archives: time and S3
+requests.
 
-    .venv/bin/python benchmarks/catalog.py [--archives 10000]
+    .venv/bin/python benchmarks/catalog.py [--archives 10000] [--no-local | --no-s3]
 
 The archives are made with the project's own code but not by 10,000
 backups: each gets a real chunk.0 (manifest.encode, encrypted to a real
@@ -10,7 +11,8 @@ vault is written once as a local directory and once into a moto S3 server
 (chunk.1 in GLACIER), read through the counting proxy of the tests.
 
 Each figure is the whole command (`cryophile ls -H`, `cryophile chain -H`,
-Python's start included): cold (no chunk.0 cache in the spool) and warm.
+`cryophile prune --keep-last 100 -n`, `cryophile check`, Python's start
+included): cold (no chunk.0 cache in the spool) and warm.
 The baseline is what listing cost before the cache: for each archive, a
 GET of its chunk.0 and a HEAD of its first fragment, one after the other;
 it is run on the first 1,000 archives only (its cost is linear in them).
@@ -42,6 +44,7 @@ from cryophile.ids import new_ulid  # noqa: E402
 PREFIX = "tank/fs"
 FRAGMENT = os.urandom(512)
 CHAIN = 10
+PRUNE = ("prune", "--keep-last", "100", "-n")      # the plan of 10,000 archives
 SAMPLE = 1000       # the baseline reads this many archives (it is linear; scale it)
 
 
@@ -86,7 +89,9 @@ def timed(cmd, env) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--archives", type=int, default=10_000)
-    ap.add_argument("--no-local", action="store_true")
+    only = ap.add_mutually_exclusive_group()
+    only.add_argument("--no-local", action="store_true")
+    only.add_argument("--no-s3", action="store_true")
     opts = ap.parse_args()
     n = opts.archives
     _, cert, _ = gpg_key(WORK / "gpg")
@@ -94,9 +99,11 @@ def main() -> None:
     env = {**os.environ, **aws_test_env(str(root)), "CRYOPHILE_LOG_STYLE": "never"}
     os.environ.update(env)
     try:
+        print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
         if not opts.no_local:
             local(root, n, cert, env)
-        s3(root, n, cert, env)
+        if not opts.no_s3:
+            s3(root, n, cert, env)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -119,6 +126,8 @@ def local(root: Path, n: int, cert: Path, env) -> None:
     print(f"  ls cold    {timed([*cli, 'ls', '-H', vault], env)}")
     print(f"  ls warm    {timed([*cli, 'ls', '-H', vault], env)}")
     print(f"  chain warm {timed([*cli, 'chain', '-H', f'{vault}/{PREFIX}/{last}'], env)}")
+    print(f"  prune -n   {timed([*cli, *PRUNE, vault], env)}")
+    print(f"  check      {timed([*cli, 'check', vault], env)}")
 
 
 def s3(root: Path, n: int, cert: Path, env) -> None:
@@ -161,6 +170,8 @@ def s3(root: Path, n: int, cert: Path, env) -> None:
         shutil.rmtree(spool / "cache")
         measure("chain cold", [*cli, "chain", "-H", f"{vault}/{PREFIX}/{last}"])
         measure("chain warm", [*cli, "chain", "-H", f"{vault}/{PREFIX}/{last}"])
+        measure("prune -n", [*cli, *PRUNE, vault])
+        measure("check", [*cli, "check", vault])
     finally:
         proxy.stop()
         server.stop()

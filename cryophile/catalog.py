@@ -12,7 +12,7 @@ import logging
 import os
 import re
 
-from . import errors, manifest
+from . import errors, ledger, manifest, restorequeue
 from .ids import BackupId, ulid_time
 from .markcache import MarkCache
 from .spool import ABANDONED, BackupLock, Spool
@@ -73,7 +73,8 @@ def _sealed(clear, state: str) -> str:
     return state if clear.complete else "incomplete"
 
 
-def spool_entries(spool: Spool, vault: str, prefix: str) -> dict[str, Entry]:
+def spool_entries(spool: Spool, vault: str, prefix: str,
+                  problems: list | None = None) -> dict[str, Entry]:
     entries = {}
     for queue in ("freeze", "backup"):
         for bid in spool.archives(queue):
@@ -82,7 +83,13 @@ def spool_entries(spool: Spool, vault: str, prefix: str) -> dict[str, Entry]:
             mark = spool.path("freeze", bid, 0)
             unsealed = None if os.path.exists(mark) else unsealed_state(spool, bid)
             if unsealed != "writing" and os.path.exists(mark):     # (sealed meanwhile?)
-                clear = manifest.load(mark)[0]
+                try:
+                    clear = manifest.load(mark)[0]
+                except FileNotFoundError:
+                    continue                    # frozen and gone meanwhile: the vault has it
+                except errors.Error as exc:
+                    _skip(bid, exc, problems)
+                    continue
                 partly = len(spool.fragments("freeze", bid)) < len(clear.fragments) + 1
                 entries[bid.key] = Entry(bid, clear.created, clear.size, len(clear.fragments),
                                          _sealed(clear, "freezing" if partly else "queued"),
@@ -102,11 +109,14 @@ FETCHERS = 8        # chunk.0s fetched at once (boto3's client is thread-safe)
 
 
 def vault_entries(store, vault: str, prefix: str, cache: MarkCache | None = None,
-                  spool: Spool | None = None) -> dict[str, Entry]:
+                  spool: Spool | None = None, problems: list | None = None
+                  ) -> dict[str, Entry]:
     """The vault's sealed archives, from one listing (LIST requests only)
     and their chunk.0s: from the cache, else fetched in parallel (and
     cached).  State and storage class come from the listing: an archive
-    whose fragments are not all there, at their sizes, is ``damaged``."""
+    whose fragments are not all there, at their sizes, is ``damaged``.
+    An archive whose chunk.0 cannot be read is left out, with a warning
+    and its error added to ``problems``."""
     objects: dict[str, dict[int, ObjectInfo]] = {}
     for info in store.list(prefix + "/" if prefix else ""):
         m = FRAGMENT_RE.match(info.key)
@@ -118,7 +128,7 @@ def vault_entries(store, vault: str, prefix: str, cache: MarkCache | None = None
     if cache is not None:
         cache.forget_missing(vault, prefix, {k for k, o in objects.items() if 0 in o})
     bids = [_bid(vault, key) for key, objs in objects.items() if 0 in objs]
-    marks = _marks(store, bids, cache)
+    marks = _marks(store, bids, cache, problems)
     entries = {}
     for bid in bids:
         clear = marks.get(bid.key)
@@ -136,7 +146,8 @@ def _bid(vault: str, key: str) -> BackupId:
     return BackupId(vault, prefix, ulid)
 
 
-def _marks(store, bids: list[BackupId], cache: MarkCache | None) -> dict[str, manifest.ClearInfo]:
+def _marks(store, bids: list[BackupId], cache: MarkCache | None,
+           problems: list | None = None) -> dict[str, manifest.ClearInfo]:
     found: dict[str, manifest.ClearInfo] = {}
     todo = []
     for bid in bids:
@@ -148,12 +159,21 @@ def _marks(store, bids: list[BackupId], cache: MarkCache | None) -> dict[str, ma
     if todo:
         with concurrent.futures.ThreadPoolExecutor(FETCHERS) as pool:
             for bid, clear in zip(todo, pool.map(lambda b: _fetch_mark(store, b, cache), todo)):
-                if clear is not None:
+                if isinstance(clear, errors.Error):
+                    _skip(bid, clear, problems)
+                elif clear is not None:
                     found[bid.key] = clear
     return found
 
 
-def _fetch_mark(store, bid: BackupId, cache: MarkCache | None) -> manifest.ClearInfo | None:
+def _skip(bid: BackupId, exc: errors.Error, problems: list | None) -> None:
+    log.warning("skipping %s: %s", bid, exc)
+    if problems is not None:
+        problems.append(exc)
+
+
+def _fetch_mark(store, bid: BackupId, cache: MarkCache | None
+                ) -> manifest.ClearInfo | errors.Error | None:
     buf = io.BytesIO()
     try:
         store.get(bid.fragment_key(0), buf)
@@ -162,8 +182,7 @@ def _fetch_mark(store, bid: BackupId, cache: MarkCache | None) -> manifest.Clear
     except errors.NotFoundError:
         return None                     # removed since the listing
     except (errors.IntegrityError, errors.NotRestoredError) as exc:
-        log.warning("skipping %s: %s", bid, exc)
-        return None
+        return exc                      # the caller warns (once, from one thread)
     if cache is not None:
         cache.put(bid, buf.getvalue())
     return clear
@@ -185,18 +204,72 @@ def _listed_state(objs: dict[int, ObjectInfo], clear) -> tuple[str, str | None]:
              else "stored"}[info.state], info.storage_class)
 
 
-def list_archives(spool: Spool, store, vault: str, prefix: str = "", keyring=None) -> list[Entry]:
-    entries = vault_entries(store, vault, prefix, spool=spool)
-    for key, entry in spool_entries(spool, vault, prefix).items():
+def list_archives(spool: Spool, store, vault: str, prefix: str = "", keyring=None,
+                  problems: list | None = None) -> list[Entry]:
+    """Every archive of VAULT[/PREFIX], oldest first.  What cannot be read
+    of one archive is warned about and added to ``problems`` (the caller
+    decides the exit code): an unreadable chunk.0 leaves the archive out;
+    with ``keyring``, a manifest that does not decrypt leaves it ``damaged``
+    without a name."""
+    entries = vault_entries(store, vault, prefix, spool=spool, problems=problems)
+    for key, entry in spool_entries(spool, vault, prefix, problems).items():
         entries.setdefault(key, entry)
     result = sorted(entries.values(), key=lambda e: (e.bid.ulid, e.bid.prefix))
+    _thaw_states(spool, vault, prefix, result)
     if keyring is not None:
         cache = MarkCache(spool)
         for e in result:
-            secret = _manifest(spool, store, cache, e.bid, keyring)
+            try:
+                secret = _manifest(spool, store, cache, e.bid, keyring)
+            except errors.IntegrityError as exc:
+                exc = type(exc)(f"{e.bid}: {exc.message}")
+                log.warning("cannot read the manifest of %s", exc)
+                if problems is not None:
+                    problems.append(exc)
+                e.state = "damaged"
+                continue
             e.name = secret.get("name")
             e.snapshot = snapshot_name(secret.get("stream"))
     return result
+
+
+def _thaw_states(spool: Spool, vault: str, prefix: str, entries: list[Entry]) -> None:
+    """What the spool knows beyond the listing: a fragment thaw gave up on
+    (``SPOOL/thaw/…/chunk.N.failed``) makes the archive ``damaged``; a
+    frozen archive with a thaw request waiting, or a restore charged in
+    the thaw ledger that has not expired, is ``thawing`` (stores such as
+    moto send no restore status in their listings)."""
+    failed, requested = thaw_records(spool, vault, prefix)
+    charged = ledger.charged_archives(spool, vault)
+    for e in entries:
+        if e.bid.key in failed and e.state not in UNSEALED:
+            e.state = "damaged"
+        elif e.state == "frozen" and (e.bid.key in requested or e.bid.key in charged):
+            e.state = "thawing"
+
+
+UNSEALED = ("writing", "dead", "abandoned")
+
+
+def thaw_records(spool: Spool, vault: str, prefix: str = "") -> tuple[set[str], set[str]]:
+    """Archive keys (PREFIX/ULID) under VAULT/PREFIX with a permanent thaw
+    failure recorded, and with thaw requests waiting: one walk of the thaw
+    queue (it holds only archives being thawed)."""
+    top = os.path.join(spool.queue("thaw"), vault)
+    start = os.path.join(top, prefix) if prefix else top
+    skip = len(os.path.join(top, ""))
+    failed, requested = set(), set()
+    for dirpath, _dirs, files in os.walk(start):
+        key = dirpath[skip:]
+        for name in files:
+            if restorequeue.FAILED_RE.match(name):
+                failed.add(key)
+            elif REQUEST_RE.match(name):
+                requested.add(key)
+    return failed, requested
+
+
+REQUEST_RE = re.compile(r"^chunk\.\d+(?:\.warm)?$")
 
 
 def mark_bytes(spool: Spool, store, bid: BackupId, cache: MarkCache | None = None) -> bytes:
@@ -226,3 +299,5 @@ def _manifest(spool: Spool, store, cache: MarkCache, bid: BackupId, keyring) -> 
     except errors.KeyringError as exc:
         log.debug("no name for %s: %s", bid, exc)
         return {}
+    except (ValueError, KeyError, TypeError) as exc:        # decrypted, but not a manifest
+        raise errors.FormatError(f"its manifest is malformed ({exc})") from None

@@ -35,6 +35,7 @@ from typing import Callable, Iterable
 
 from . import chains, errors, manifest
 from .ids import BackupId
+from .spool import writing_parent
 from .store.base import State
 
 log = logging.getLogger("cryophile.check")
@@ -334,4 +335,18 @@ def queued_entries(spool, vault: str, prefix: str = "") -> list[Link]:
         except (OSError, errors.Error):
             continue                  # not sealed, or frozen and gone meanwhile
         found.append(Link(bid, clear.stream, clear.parent))
+    return found
+
+
+def writing_entries(spool, vault: str, prefix: str = "") -> list[Link]:
+    """Backups of VAULT[/PREFIX] still being written with ``--parent``:
+    their parent must stay (spool.writing_parent)."""
+    found = []
+    for bid in spool.archives("backup"):
+        if bid.vault != vault or not (not prefix or bid.prefix == prefix
+                                      or bid.prefix.startswith(prefix + "/")):
+            continue
+        parent = writing_parent(spool, bid)
+        if parent:
+            found.append(Link(bid, None, parent))
     return found

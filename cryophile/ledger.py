@@ -274,3 +274,20 @@ class Guard:
         plan.archives.append(bid)
         plan.thaw.append(Item(bid, n, info.size, info.storage_class))
         self.budget.reserve(plan, approved=self.approved)
+
+
+def charged_archives(spool: Spool, vault: str, now: datetime.datetime | None = None) -> set[str]:
+    """Archive keys (PREFIX/ULID) of VAULT with a restore charged whose
+    restored copy may not have expired yet: what ``ls`` shows as thawing on
+    stores that do not report restore status.  Read without the lock (the
+    ledger is replaced by rename, never written in place)."""
+    try:
+        with open(Ledger(spool).path) as f:
+            data = json.load(f)
+        keys = data["keys"] if isinstance(data, dict) and data.get("version") == 1 else {}
+    except (OSError, ValueError, KeyError):
+        return set()
+    stamp = (now or _now()).isoformat()
+    start = vault + "/"
+    return {key[len(start):].rpartition("/")[0] for key, until in keys.items()
+            if key.startswith(start) and isinstance(until, str) and until >= stamp}

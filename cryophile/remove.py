@@ -19,7 +19,7 @@ import logging
 import os
 import shutil
 
-from . import errors
+from . import catalog, check, errors
 from .ids import BackupId
 from .markcache import MarkCache
 from .spool import ABANDONED, ArchiveFreezeLock, BackupLock, Spool
@@ -32,6 +32,21 @@ class BusyError(errors.UsageError):
     """The archive is being written or frozen right now."""
 
     errno = 16      # EBUSY
+
+
+class DependantsError(errors.UsageError):
+    """Other archives' chains need the archive (rm -R or --force to go on)."""
+
+    errno = 16      # EBUSY, as zfs destroy of a snapshot with dependants
+
+
+def chain_entries(spool: Spool, store, vault: str) -> list:
+    """What chains in ``vault`` are made of, for ``chains.dependents``: its
+    archives (vault and spool), and each backup still being written with
+    ``--parent`` (its base must stay until it is sealed)."""
+    writing = {w.bid.ulid: w for w in check.writing_entries(spool, vault)}
+    return ([e for e in catalog.list_archives(spool, store, vault)
+             if e.bid.ulid not in writing] + list(writing.values()))
 
 
 @dataclasses.dataclass

@@ -22,7 +22,8 @@ rules would delete:
 
 Archives still in the spool's freeze queue (``queued``) are no backups yet
 in the vault: no rule counts them, and they are always kept (with their
-bases).  Deleting the result's ``delete`` set from the input and planning
+bases); so are backups still being written (``writing``), whose parent is
+held as "parent of a backup in progress".  Deleting the result's ``delete`` set from the input and planning
 again deletes nothing more.
 """
 
@@ -107,6 +108,7 @@ class Item:
     time: datetime.datetime
     objects: tuple[Stored, ...] = ()
     queued: bool = False             # in the spool's freeze queue, not (all) in the vault
+    writing: bool = False            # a backup still being written (with queued)
     label: str = ""                  # how to name it in messages (default: the ULID)
 
     @property
@@ -154,7 +156,8 @@ def plan(items: Iterable[Item], policy: Policy, now: datetime.datetime,
     for item in items:
         if item.queued:
             decisions[id(item)].action = KEEP
-            decisions[id(item)].reasons = ["not yet frozen"]
+            decisions[id(item)].reasons = ["being written" if item.writing
+                                           else "not yet frozen"]
     for d in decisions.values():
         d.charge, d.early = early_charge(d.item, now, prices)
         if d.action == DELETE and d.early and not allow_early_delete:
@@ -232,7 +235,8 @@ def _hold_bases(items: list[Item], decisions: dict[int, Decision],
                 d.action = HELD
                 d.reasons = []
             if d.action == HELD:
-                reason = f"base of {child.label or child.ulid}"
+                reason = (f"parent of a backup in progress ({child.label or child.ulid})"
+                          if child.writing else f"base of {child.label or child.ulid}")
                 if reason not in d.reasons:
                     d.reasons.append(reason)
             child = parent

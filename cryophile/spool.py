@@ -249,6 +249,9 @@ class FileLock:
             self.fd = None
 
 
+PARENT_FILE = "parent"
+
+
 class BackupLock(FileLock):
     """backup/…/ULID/.lock, held while a backup writes."""
 
@@ -256,10 +259,13 @@ class BackupLock(FileLock):
         super().__init__(os.path.join(spool.dir("backup", bid), ".lock"))
         self.bid = bid
 
-    def create(self) -> None:
+    def create(self, parent_ulid: str | None = None) -> None:
         """Make backup/…/ULID/ with its lock already held: the directory is
         built under a temporary name and renamed, so that no other process
-        ever sees it without its lock (and takes it for a dead backup)."""
+        ever sees it without its lock (and takes it for a dead backup).
+        ``parent_ulid`` (``backup --parent``) is recorded in it as
+        ``parent`` from the first moment, so that prune and rm never delete
+        the base of a backup still being written (``writing_parent``)."""
         final = os.path.dirname(self.path)
         parent = os.path.dirname(final)
         try:
@@ -267,6 +273,9 @@ class BackupLock(FileLock):
             fd = os.open(os.path.join(tmp, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
                          0o600)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if parent_ulid:
+                with open(os.path.join(tmp, PARENT_FILE), "w") as f:
+                    f.write(parent_ulid + "\n")
         except OSError as exc:
             raise errors.from_oserror(exc, f"cannot create a backup in {parent}") from None
         try:
@@ -280,6 +289,20 @@ class BackupLock(FileLock):
 
     def try_acquire(self) -> bool:
         return self.acquire(create=False)
+
+
+def writing_parent(spool: Spool, bid: BackupId) -> str | None:
+    """The ``--parent`` ULID of backup ``bid`` while it is being written
+    (its lock held), else None."""
+    try:
+        with open(os.path.join(spool.dir("backup", bid), PARENT_FILE)) as f:
+            ulid = f.read().strip()
+    except OSError:
+        return None
+    lock = BackupLock(spool, bid)
+    free = lock.try_acquire()
+    lock.release()
+    return None if free or not ULID_RE.match(ulid) else ulid
 
 
 class ArchiveFreezeLock:

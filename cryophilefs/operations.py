@@ -283,9 +283,15 @@ class Operations(pyfuse3.Operations):
             # this process's freeze may be uploading it right now
             raise FsError(errno.EBUSY, f"{bid} is still being frozen: not deleted (try again "
                           "once it is frozen)")
+        store = self.s.stores(bid.vault)
+        entries = await trio.to_thread.run_sync(remove.chain_entries, self.spool, store,
+                                                bid.vault)
+        needed = chains.dependents(entries, bid.ulid)
+        if needed:          # as cryophile rm without -R/--force
+            raise FsError(errno.EBUSY, f"{bid} is the base of {', '.join(sorted(needed))}: "
+                          "not deleted (delete those first)")
         try:
-            await trio.to_thread.run_sync(remove.remove, self.spool, self.s.stores(bid.vault),
-                                          bid)
+            await trio.to_thread.run_sync(remove.remove, self.spool, store, bid)
         except errors.NotFoundError:
             pass                            # gone already (another host, cryophile rm)
         self.listings.forget(bid)

@@ -1,7 +1,9 @@
 """What each vault holds, merged from the spool and the store, cached.
 
 chunk.0 is immutable, so an archive's clear metadata and encrypted manifest
-are read once per mount; a refresh only lists keys and reads the new marks.
+are read once per mount; a refresh only lists keys and reads the new marks
+(several at once, from the spool's chunk.0 cache that ``cryophile ls``
+shares when it has them, so a mount after an ``ls`` makes LIST requests only).
 Listings are refreshed when a directory is read or a name is missing, at
 most every ``REFRESH`` seconds per vault.  All I/O here is blocking and runs
 in threads (``trio.to_thread.run_sync``).
@@ -9,8 +11,8 @@ in threads (``trio.to_thread.run_sync``).
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
-import io
 import logging
 import os
 import time
@@ -19,6 +21,7 @@ import trio
 
 from cryophile import catalog, errors, manifest, restorequeue
 from cryophile.ids import BackupId, ulid_time
+from cryophile.markcache import MarkCache
 from cryophile.spool import Spool
 from cryophile.store.base import State
 from cryophile.store.local import LocalStore
@@ -55,17 +58,17 @@ class Archive:
         return archive
 
 
-def read_mark(spool: Spool, store, bid: BackupId) -> bytes:
-    """chunk.0's bytes: from the spool if it is still there, else the vault."""
+def read_mark(spool: Spool, store, bid: BackupId, cache: MarkCache | None = None) -> bytes:
+    """chunk.0's bytes: from the spool if it is still there, else the
+    listing cache that ``cryophile ls`` shares (markcache.py), else the
+    vault (and then cached)."""
     for queue in ("freeze", "restore"):
         try:
             with open(spool.path(queue, bid, 0), "rb") as f:
                 return f.read()
         except FileNotFoundError:
             pass
-    buf = io.BytesIO()
-    store.get(bid.fragment_key(0), buf)
-    return buf.getvalue()
+    return catalog.mark_bytes(spool, store, bid, cache or MarkCache(spool))
 
 
 def local_fragment(store, bid: BackupId, n: int) -> str | None:
@@ -92,16 +95,23 @@ def scan(spool: Spool, store, vault: str, known: set[str]) -> tuple[dict[str, Ar
                 bids.setdefault(bid.key, bid)
     except errors.Error as exc:
         problem = f"cannot list vault {vault} ({store.url}): {exc}"
-    found = {}
-    for key, bid in bids.items():
-        if key in known:
-            continue
+    cache = MarkCache(spool)
+
+    def one(bid: BackupId) -> Archive | errors.Error | None:
         try:
-            found[key] = Archive.from_mark(bid, read_mark(spool, store, bid))
+            return Archive.from_mark(bid, read_mark(spool, store, bid, cache))
         except errors.NotFoundError:
-            continue          # frozen and gone from the spool between the looks
+            return None       # frozen and gone from the spool between the looks
         except errors.Error as exc:
-            problem = f"skipping archive {bid}: {exc}"
+            return exc
+    new = [bid for key, bid in bids.items() if key not in known]
+    found = {}
+    with concurrent.futures.ThreadPoolExecutor(catalog.FETCHERS, "cryophilefs-marks") as pool:
+        for bid, got in zip(new, pool.map(one, new)):
+            if isinstance(got, errors.Error):
+                problem = f"skipping archive {bid}: {got}"
+            elif got is not None:
+                found[bid.key] = got
     return found, problem
 
 

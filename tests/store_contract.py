@@ -104,6 +104,23 @@ class StoreContract:
         assert found == {"a/01X/chunk.0": 13, "a/01X/chunk.1": 13}
         assert list(store.list("c/")) == []
 
+    def test_list_of_many_pages_is_every_key_once_in_order(self, store, tmp_path):
+        """Stores that list several pages at once (S3: listing.py), made to
+        use tiny pages: every key once, in order, whatever the cuts."""
+        inner = getattr(store, "inner", store)
+        if hasattr(inner, "list_page"):
+            inner.list_page, inner.list_workers = 3, 4
+        ulids = ["01J0AAAAAAAAAAAAAAAAAAAAAA", "01J0AZZZZZZZZZZZZZZZZZZZZZ",
+                 "01J5M0000000000000000000AB", "01J5M0000000000000000000AC",
+                 "01JZ00000000000000000000AA", "01K0000000000000000000000A"]
+        keys = sorted([f"tank/home/{u}/chunk.{n}" for u in ulids for n in (0, 1, 12)]
+                      + [f"tank/{u}/chunk.0" for u in ulids[:2]] + ["z/x"])
+        for key in keys:
+            put_bytes(store, tmp_path, key, b"x")
+        assert [i.key for i in store.list()] == keys
+        assert [i.key for i in store.list("tank/home/")] == [k for k in keys
+                                                            if k.startswith("tank/home/")]
+
     def test_delete(self, store, tmp_path):
         put_bytes(store, tmp_path, "k", self.DATA)
         store.delete("k")

@@ -6,11 +6,14 @@ diff -r."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import sys
 
 import pytest
 
 from tests.clirig import make_rig
+from tests.fsrig import FsRig, fskeys, needs_fuse, sh  # noqa: F401
 from tests.producers import Btrfs, Zfs
 
 pytestmark = pytest.mark.timeout(600)
@@ -100,3 +103,51 @@ def test_btrfs_chain_into_btrfs_receive(rig, tmp_path):
         assert list(again.iterdir()) == []
     finally:
         fs.close()
+
+
+@pytest.mark.skipif(not shutil.which("zfs-fuse"), reason="needs zfs-fuse")
+@needs_fuse
+def test_zfs_chain_written_through_the_mount(tmp_path, fskeys):
+    """zfs send, -i, -i written into the mount's incoming/; the chain
+    resolved from the vault by `cryophile chain` and received whole by
+    `restore --chain` into zfs receive."""
+    import shlex
+    rig = FsRig(tmp_path / "fs", fskeys[0])
+    (tmp_path / "zfs").mkdir()
+    pool = Zfs(tmp_path / "zfs")
+    try:
+        src = f"{pool.name}/src"
+        pool.zfs("create", src)
+        with rig.mounted():
+            (rig.incoming / "tank").mkdir()
+            ulids = []
+            for n, data in enumerate((os.urandom(300_000), b"two\n" * 5000,
+                                      os.urandom(70_000))):
+                pool.write(f"src/file{n}", data)
+                pool.zfs("snapshot", f"{src}@s{n}")
+                send = (["send", f"{src}@s0"] if n == 0
+                        else ["send", "-i", f"s{n - 1}", f"{src}@s{n}"])
+                sh(f"{shlex.join(pool.command('zfs', *send))} > {rig.incoming}/tank/s{n}")
+                bid = os.getxattr(rig.incoming / "tank" / f"s{n}",
+                                  "user.cryophile.backup_id").decode()
+                ulids.append(bid.rsplit("/", 1)[1])
+            assert os.getxattr(rig.archives / "tank" / ulids[2],
+                               "user.cryophile.parent").decode() == ulids[1]
+        cli = [sys.executable, "-m", "cryophile", "-S", str(rig.spool), "-c", str(rig.config)]
+        subprocess.run([*cli, "freeze", "--once"], check=True, timeout=300)
+        chain = subprocess.run([*cli, "chain", "-H", f"{rig.vault}/tank/{ulids[2]}"],
+                               check=True, capture_output=True, timeout=120).stdout.decode()
+        assert [line.split("\t")[0].rsplit("/", 1)[1] for line in chain.splitlines()] == ulids
+        subprocess.run([*cli, "restore", "-k", str(fskeys[1]), f"{rig.vault}/tank/{ulids[2]}",
+                        "--chain", "--", *pool.command("zfs", "receive", f"{pool.name}/dst")],
+                       check=True, capture_output=True, timeout=300)
+        snaps = pool.zfs("list", "-H", "-o", "name", "-t", "snapshot", "-r",
+                         f"{pool.name}/dst").decode().split()
+        assert snaps == [f"{pool.name}/dst@s{n}" for n in range(3)]
+        assert pool.guid(f"{pool.name}/dst@s2") == pool.guid(f"{src}@s2")
+        diff = subprocess.run(pool.command("diff", "-r", str(pool.mnt / "src"),
+                                           str(pool.mnt / "dst")), capture_output=True,
+                              timeout=120)
+        assert diff.returncode == 0, diff.stdout + diff.stderr
+    finally:
+        pool.close()

@@ -144,7 +144,7 @@ def test_a_broken_chain_exits_8(rig, recipes):
     rig.run("freeze", "--once", check=True)
     assert check(rig, rig.vault).returncode == 0
     assert check(rig, f"{rig.vault}/tank/{child}").returncode == 0     # its base is looked up
-    rig.run("rm", f"{rig.vault}/tank/{base}", check=True)
+    rig.run("rm", "--force", f"{rig.vault}/tank/{base}", check=True)      # breaks it
     proc = check(rig, rig.vault)
     assert proc.returncode == 8, proc.stderr
     assert proc.stdout.decode() == (f"{rig.vault}/tank/{child}: chain broken: needs archive "

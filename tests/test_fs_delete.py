@@ -60,3 +60,26 @@ def test_unlink_of_an_archive_still_queued_is_ebusy(tmp_path, fskeys, data):
             os.unlink(archive)
         assert info.value.errno == errno.EBUSY
         assert archive.exists()
+
+
+def test_unlink_of_a_base_that_an_incremental_needs_is_ebusy(rig, fskeys, tmp_path):
+    from tests.streamgen import zfs_substream
+    full, incr = tmp_path / "full", tmp_path / "incr"
+    full.write_bytes(zfs_substream("<", 11, 0, "tank/home@d1", []))
+    incr.write_bytes(zfs_substream("<", 22, 11, "tank/home@d2", []))
+    with rig.mounted("-k", str(fskeys[1]), "-o", "allow_delete",
+                     expect=("is the base of",)):
+        sh(f"cat {full} > {rig.incoming}/full")
+        sh(f"cat {incr} > {rig.incoming}/incr")
+        base = rig.archive(name_like="full")
+        child = rig.archive(name_like="incr")
+        wait_until(lambda: state(base) == "local" and state(child) == "local")
+        assert os.getxattr(child, "user.cryophile.parent").decode() == base.name
+        with pytest.raises(OSError) as info:
+            os.unlink(base)
+        assert info.value.errno == errno.EBUSY
+        assert base.exists()
+        os.unlink(child)
+        os.unlink(base)
+        assert not os.listdir(rig.archives)
+    assert f"is the base of {child.name}" in rig.log

@@ -67,3 +67,21 @@ def test_setxattr_starts_a_thaw(s3rig, s3proxy, data, fskeys):
 
 def _have(program: str) -> bool:
     return subprocess.run(["which", program], capture_output=True).returncode == 0
+
+
+def test_the_mount_lists_a_vault_from_the_chunk0_cache(s3rig, s3proxy, data, fskeys, tmp_path):
+    """chunk.0s read once (by a mount or by `cryophile ls`) are cached in the
+    spool: listing the vault again, in a new mount, GETs none of them."""
+    with s3rig.mounted():
+        for name in ("a", "b", "c"):
+            sh(f"head -c 5000 {data} > {s3rig.incoming}/{name}")
+        wait_until(lambda: all(state(p) == "frozen" for p in s3rig.archives.iterdir()
+                               if p.is_file()) and len(os.listdir(s3rig.archives)) == 3)
+    fresh = FsRig(tmp_path / "two", fskeys[0], **s3rig.settings)
+    marks = []
+    for _ in range(2):
+        s3proxy.reset()
+        with fresh.mounted():
+            assert len([p for p in fresh.archives.iterdir() if p.is_file()]) == 3
+        marks.append([r.path for r in s3proxy.requests("GET") if r.path.endswith("/chunk.0")])
+    assert len(marks[0]) == 3 and marks[1] == [], marks

@@ -142,3 +142,19 @@ def test_an_archive_whose_chunk0_does_not_parse_is_left_alone(rig, recipes):
     proc = rig.run("prune", rig.vault, "--keep-last", "1", check=True)
     assert odd not in plan_lines(proc) and mark.exists()
     assert b"left alone" in proc.stderr
+
+
+def test_the_parent_of_a_backup_being_written_is_held(rig, recipes):
+    from tests.test_rm import writing_child
+    base = backup(rig, recipes, "2026-01-01T00:00:00Z")
+    old = backup(rig, recipes, "2026-01-02T00:00:00Z")
+    newest = backup(rig, recipes, "2026-01-03T00:00:00Z")
+    rig.run("freeze", "--once", check=True)
+    with writing_child(rig, recipes, base) as child:
+        proc = rig.run("prune", rig.vault, "--keep-last", "1", check=True)
+        assert plan_lines(proc) == {
+            child: "keep being written", newest: "keep last", old: "delete",
+            base: f"held parent of a backup in progress ({child})"}
+        assert (archive_dir(rig, base) / "chunk.0").exists()
+    proc = rig.run("prune", rig.vault, "--keep-last", "1", "-n", check=True)
+    assert plan_lines(proc)[base] == f"held base of {child}"      # sealed: its chunk.0 says

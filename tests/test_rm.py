@@ -137,3 +137,94 @@ def test_rm_on_s3_deletes_chunk0_first_and_a_second_run_finishes(
     assert left and all("chunk.0" not in o["Key"] for o in left)
     rig.run("rm", f"offsite/db/{ulid}", check=True)
     assert "Contents" not in s3client.list_objects_v2(Bucket=bucket)
+
+
+# --- archives that other archives' chains need ---------------------------------------
+
+
+def test_rm_refuses_a_base_naming_its_dependants(rig, recipes):
+    full = backup(rig, recipes, os.urandom(5000), "-p", "tank")
+    incr = backup(rig, recipes, os.urandom(5000), "-p", "tank", "--parent", full)
+    top = backup(rig, recipes, os.urandom(5000), "-p", "tank", "--parent", incr)
+    other = backup(rig, recipes, os.urandom(5000), "-p", "tank")
+    rig.run("freeze", "--once", check=True)
+    proc = rig.run("rm", f"{rig.vault}/tank/{full}")
+    assert proc.returncode == 2, proc.stderr
+    err = proc.stderr.decode().strip().splitlines()
+    assert len(err) == 1 and f"is the base of {incr}, {top}" in err[0], err
+    assert (archive_dir(rig, full, "tank") / "chunk.0").exists()
+    # the whole chain named: nothing left that needs it
+    rig.run("rm", f"{rig.vault}/tank/{incr}", f"{rig.vault}/tank/{top}", check=True)
+    rig.run("freeze", "--once", check=True)
+    rig.run("rm", f"{rig.vault}/tank/{full}", check=True)
+    text = listed(rig)
+    assert other in text and full not in text
+
+
+def test_rm_recursive_deletes_the_dependants_children_first(rig, recipes):
+    full = backup(rig, recipes, os.urandom(5000))
+    incr = backup(rig, recipes, os.urandom(5000), "--parent", full)
+    top = backup(rig, recipes, os.urandom(5000), "--parent", incr)
+    rig.run("freeze", "--once", check=True)
+    proc = rig.run("rm", "-R", f"{rig.vault}/{incr}", check=True)
+    assert proc.stdout.decode().splitlines() == [f"removed {rig.vault}/{top}",
+                                                 f"removed {rig.vault}/{incr}"]
+    assert full in listed(rig) and top not in listed(rig)
+
+
+@pytest.mark.expect_log
+def test_rm_force_breaks_the_chain_with_a_warning(rig, recipes):
+    full = backup(rig, recipes, os.urandom(5000))
+    incr = backup(rig, recipes, os.urandom(5000), "--parent", full)
+    rig.run("freeze", "--once", check=True)
+    proc = rig.run("rm", "--force", f"{rig.vault}/{full}", check=True)
+    assert f"breaks the chain of {incr}" in proc.stderr.decode()
+    assert rig.run("chain", f"{rig.vault}/{incr}").returncode == 7
+
+
+def test_rm_refuses_the_parent_of_a_backup_being_written(rig, recipes):
+    base = backup(rig, recipes, os.urandom(5000))
+    rig.run("freeze", "--once", check=True)
+    with writing_child(rig, recipes, base) as child:
+        proc = rig.run("rm", f"{rig.vault}/{base}")
+        assert proc.returncode == 2, proc.stderr
+        assert f"is the base of {child}" in proc.stderr.decode()
+    assert (archive_dir(rig, base) / "chunk.0").exists()
+
+
+def writing_child(rig, recipes, parent: str):
+    """A real `backup --parent` kept writing (its input held open) while in the
+    with block; yields its ULID, then ends its input and lets it seal."""
+    import contextlib
+    import subprocess
+    import time
+
+    @contextlib.contextmanager
+    def run():
+        proc = subprocess.Popen(rig.command("backup", "-v", rig.vault, "-k",
+                                            str(recipes["gpg"].cert), "--parent", parent),
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        try:
+            proc.stdin.write(os.urandom(1000))
+            proc.stdin.flush()
+            top = rig.spool / "backup" / rig.vault
+            for _ in range(600):
+                found = [d for d in top.iterdir() if (d / "parent").exists()] \
+                    if top.exists() else []
+                if found:
+                    break
+                time.sleep(0.05)
+            assert found, "the backup never started"
+            yield found[0].name
+            proc.stdin.close()
+            assert proc.wait(timeout=120) == 0, proc.stderr.read()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            if not proc.stdin.closed:
+                proc.stdin.close()
+            proc.stdout.close()
+            proc.stderr.close()
+    return run()

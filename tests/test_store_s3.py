@@ -118,8 +118,13 @@ def test_list_follows_pages(s3, s3proxy, tmp_path):
     s3._client.meta.events.register(      # force pages of 2 keys
         "provide-client-params.s3.ListObjectsV2",
         lambda params, **_: params.update(MaxKeys=2))
+    s3.list_workers = 1                   # one after the other: page by page
     assert [i.key for i in s3.list()] == [f"k{n}" for n in range(5)]
     assert len(s3proxy.requests("GET", "list-type=2")) == 3
+    s3proxy.reset()
+    s3.list_workers = 8                   # at once: the rest cut into ranges
+    assert [i.key for i in s3.list()] == [f"k{n}" for n in range(5)]
+    assert 3 <= len(s3proxy.requests("GET", "list-type=2")) <= 1 + 8
 
 
 # -- multipart ---------------------------------------------------------------

@@ -117,6 +117,8 @@ def escape(text: str) -> str:
     """``text`` safe to print on a terminal: one line, no escape sequences, no
     characters that reorder or hide others.  A backslash starts every escape
     (\\n, \\x1b, \\u202e) and is itself doubled, so different texts stay different."""
+    if text.isascii() and text.isprintable() and "\\" not in text:
+        return text                   # the common case (ids, most names), at C speed
     out = []
     for ch in text:
         if ch in _NAMED:

@@ -59,7 +59,7 @@ def run(args) -> int:
     if args.keyring:
         from .. import keys
         keyring = keys.load_secret_keys(args.keyring, passphrase_reader(args.pass_fd))
-    rows, failure = [], None
+    rows, failure, problems = [], None, []
     try:
         stores = {}
         for vault in vaults:                # made here, used in the threads
@@ -72,7 +72,8 @@ def run(args) -> int:
             if isinstance(stores[vault], errors.Error):
                 return stores[vault]
             try:
-                return catalog.list_archives(ctx.spool, stores[vault], vault, prefix, keyring)
+                return catalog.list_archives(ctx.spool, stores[vault], vault, prefix, keyring,
+                                             problems)
             except errors.Error as exc:
                 return exc
         # with a key, one vault at a time: unlocking it may ask for a passphrase
@@ -92,6 +93,7 @@ def run(args) -> int:
         sys.stdout.write("\n")
     else:
         write_table(rows, full_ids=not args.target, scripted=args.scripted)
+    failure = failure or (problems[0] if problems else None)   # warned about as they came
     return failure.exit_code if failure else 0
 
 

@@ -110,6 +110,11 @@ def _items(ctx, store, vault: str, prefix: str):
             items[q.bid.key] = retention.Item(q.bid.ulid, q.bid.prefix, ulid_time(q.bid.ulid),
                                               queued=True)
             entries[q.bid.ulid] = q
+    for w in check.writing_entries(ctx.spool, vault, prefix):
+        if w.bid.key not in items:
+            items[w.bid.key] = retention.Item(w.bid.ulid, w.bid.prefix, ulid_time(w.bid.ulid),
+                                              queued=True, writing=True)
+            entries[w.bid.ulid] = w
     return list(items.values()), entries
 
 

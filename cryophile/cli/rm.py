@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from .. import errors, ids, remove
+from .. import chains, errors, ids, remove
 from .common import Context
 
 log = logging.getLogger("cryophile")
@@ -17,10 +17,20 @@ def add_parser(sub) -> None:
         description="Delete archives from their vault and the spool: chunk.0 first (from "
                     "then on the archive is no longer listed), then its fragments.  Running "
                     "rm again after an interruption finishes the job.  An archive still "
-                    "being written or frozen is refused.  Needs delete (and list) permission "
+                    "being written or frozen is refused, and so is one that another "
+                    "archive's chain of incrementals needs as its base (also a backup still "
+                    "being written with --parent): the error names them; -R deletes them "
+                    "too, --force breaks their chains.  Needs delete (and list) permission "
                     "on the vault: not the backup host's write-only identity.")
     p.add_argument("targets", nargs="+", metavar="VAULT/PREFIX/ULID",
                    help="archive(s) to delete; VAULT may be an alias")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("-R", dest="recursive", action="store_true",
+                     help="also delete every archive whose chain needs one of them (its "
+                          "incrementals, theirs, …), newest first")
+    how.add_argument("-f", "--force", action="store_true",
+                     help="delete them even though other archives' chains need them (those "
+                          "can then no longer be received)")
     p.set_defaults(run=run)
 
 
@@ -37,15 +47,61 @@ def run(args) -> int:
     failed: errors.Error | None = None
     try:
         bids = [archive_id(ctx, text) for text in args.targets]
-        for bid in bids:
+        bids, needs = _with_dependants(ctx, bids, args)
+        gone_wrong: set[str] = set()
+        # an archive's dependants include its children's: fewer first is children first
+        for bid in sorted(bids, key=lambda b: (len(needs.get(b.ulid, ())), _desc(b.ulid))):
+            blocked = needs.get(bid.ulid, set()) & gone_wrong
             try:
+                if blocked:
+                    raise remove.DependantsError(
+                        f"{bid} not removed: {_names(blocked)}, which needs it, was not removed")
                 remove.remove(ctx.spool, ctx.store(bid.vault), bid)
             except errors.Error as exc:
                 log.error("%s", exc)
                 failed = failed or exc
+                gone_wrong.add(bid.ulid)
                 continue
             sys.stdout.write(f"removed {bid}\n")
             sys.stdout.flush()
     finally:
         ctx.close()
     return failed.exit_code if failed else 0
+
+
+def _with_dependants(ctx: Context, bids: list[ids.BackupId], args
+                     ) -> tuple[list[ids.BackupId], dict[str, set[str]]]:
+    """The archives to delete (with -R, their dependants too) and, for each,
+    the ULIDs of the archives whose chains need it.  Without -R or --force,
+    DependantsError when an archive not named needs one that is."""
+    todo = {b.ulid: b for b in bids}
+    needs: dict[str, set[str]] = {}
+    for vault in dict.fromkeys(b.vault for b in bids):
+        entries = remove.chain_entries(ctx.spool, ctx.store(vault), vault)
+        by_ulid = {e.bid.ulid: e.bid for e in entries}
+        for bid in [b for b in bids if b.vault == vault]:
+            needs[bid.ulid] = chains.dependents(entries, bid.ulid)
+            if args.recursive:
+                for ulid in needs[bid.ulid]:
+                    todo.setdefault(ulid, by_ulid[ulid])
+                    needs.setdefault(ulid, chains.dependents(entries, ulid))
+    for bid in bids:
+        others = needs[bid.ulid] - set(todo)
+        if not others:
+            continue
+        if not args.force:
+            raise remove.DependantsError(
+                f"{bid} is the base of {_names(others)}: not removed (-R removes those too, "
+                "--force breaks their chains)")
+        log.warning("removing %s breaks the chain of %s", bid, _names(others))
+    return list(todo.values()), needs
+
+
+def _desc(ulid: str) -> tuple:
+    return tuple(-ord(c) for c in ulid)
+
+
+def _names(ulids: set[str]) -> str:
+    shown = sorted(ulids)
+    more = f" and {len(shown) - 5} more" if len(shown) > 5 else ""
+    return ", ".join(shown[:5]) + more

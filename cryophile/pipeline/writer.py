@@ -61,7 +61,7 @@ class ArchiveWriter:
         if spool.exists(bid):
             raise errors.UsageError(f"archive {bid} already exists in the spool")
         self.lock = BackupLock(spool, bid)
-        self.lock.create()
+        self.lock.create(parent)
         self.work_dir = spool.dir("backup", bid)
         self.queue_dir = spool.dir("freeze", bid)
         makedirs(self.queue_dir)

@@ -4,7 +4,8 @@ Concurrency rules: one boto3 session and one client are made in the
 constructor and shared.  botocore clients are thread-safe; sessions are not,
 so nothing here creates a session after ``__init__``.  Callers run every
 method in a worker thread (``trio.to_thread.run_sync``); a multipart ``put``
-adds up to ``max_concurrency`` threads of its own, so the connection pool is
+adds up to ``max_concurrency`` threads of its own, and ``list`` up to
+``LIST_WORKERS``, so the connection pool is
 sized for several such callers at once.
 
 Never overwriting: every put is conditional (``If-None-Match: *`` on
@@ -42,6 +43,7 @@ from cryophile.errors import (
     AccessDeniedError, ConflictError,
     IntegrityError, NotFoundError, NotRestoredError, StoreError, TransientStoreError,
 )
+from cryophile.store import listing
 from cryophile.store.base import ObjectInfo, State, Store, check_same, file_sha256
 
 log = logging.getLogger("cryophile.store")
@@ -50,6 +52,8 @@ MiB = 1024 * 1024
 ARCHIVED_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
 MIN_PART_SIZE = 5 * MiB              # S3 rejects smaller parts (except the last)
 MAX_PARTS = 10_000
+LIST_PAGE = 1000                     # keys per LIST request (S3's maximum)
+LIST_WORKERS = 8                     # LIST requests in flight (listing.py)
 CHUNK = 1 * MiB                      # GET streaming unit: memory stays flat
 
 _DENIED = frozenset({
@@ -107,6 +111,7 @@ class S3Store(Store):
         self.multipart_threshold = max(multipart_threshold, 1)
         self.part_size = max(part_size, MIN_PART_SIZE)
         self.max_concurrency = max(max_concurrency, 1)
+        self.list_page, self.list_workers = LIST_PAGE, LIST_WORKERS
         self.conditional_writes = conditional_writes
         self.endpoint = endpoint_url or "AWS S3"
         self.url = f"s3://{bucket}/{self.prefix}"
@@ -252,18 +257,30 @@ class S3Store(Store):
             raise self._error(exc, "restore", key) from exc
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        pages = self._client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=self.prefix + prefix,
-            OptionalObjectAttributes=["RestoreStatus"])     # thaw state without a HEAD each
+        """Several pages at once (listing.py), each with the restore status
+        of archived objects (no HEAD each)."""
+        full = self.prefix + prefix
+
+        def page(after: str, upto: str | None):
+            kw = {"StartAfter": after} if after else {}
+            reply = self._client.list_objects_v2(
+                Bucket=self.bucket, Prefix=full, MaxKeys=self.list_page,
+                OptionalObjectAttributes=["RestoreStatus"], **kw)
+            contents = reply.get("Contents", [])
+            mine = [o for o in contents if upto is None or o["Key"] <= upto]
+            infos = [self._listed(o) for o in mine]
+            return infos, [o["Key"] for o in mine], (
+                bool(reply.get("IsTruncated")) and len(mine) == len(contents))
         try:
-            for page in pages:
-                for obj in page.get("Contents", ()):
-                    sclass = obj.get("StorageClass") or "STANDARD"
-                    yield ObjectInfo(key=obj["Key"][len(self.prefix):], size=obj["Size"],
-                                     state=_listed_state(sclass, obj.get("RestoreStatus")),
-                                     storage_class=sclass, modified=obj.get("LastModified"))
+            return listing.parallel(page, self.list_workers)
         except _FAILURES as exc:
             raise self._error(exc, "list", prefix) from exc
+
+    def _listed(self, obj: dict) -> ObjectInfo:
+        sclass = obj.get("StorageClass") or "STANDARD"
+        return ObjectInfo(key=obj["Key"][len(self.prefix):], size=obj["Size"],
+                          state=_listed_state(sclass, obj.get("RestoreStatus")),
+                          storage_class=sclass, modified=obj.get("LastModified"))
 
     def delete(self, key: str) -> None:
         try:

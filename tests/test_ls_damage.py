@@ -1,0 +1,103 @@
+"""ls shows what it can: a damaged chunk.0, thaw failures, thaws in progress."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from tests.clirig import archive_dir, make_rig
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture
+def rig(tmp_path):
+    return make_rig(tmp_path)
+
+
+def damage_manifest(mark) -> None:
+    """Flip a byte inside the encrypted manifest (the clear part stays readable)."""
+    data = bytearray(mark.read_bytes())
+    data[-30] ^= 0x55
+    mark.write_bytes(bytes(data))
+
+
+@pytest.mark.expect_log
+def test_ls_with_the_key_survives_one_damaged_chunk0(rig, recipes):
+    ulids = [rig.backup(f"archive {i}".encode(), recipes["gpg"].cert, "--name", f"n{i}")
+             for i in range(3)]
+    rig.run("freeze", "--once", check=True)
+    damage_manifest(archive_dir(rig, ulids[1]) / "chunk.0")
+    proc = rig.run("ls", "--json", "-k", str(recipes["gpg"].key), rig.vault)
+    print(proc.stderr.decode())
+    assert proc.returncode == 9, proc.stderr
+    rows = {r["ulid"]: r for r in json.loads(proc.stdout)}
+    assert rows[ulids[0]]["name"] == "n0" and rows[ulids[2]]["name"] == "n2"
+    err = proc.stderr.decode().strip().splitlines()
+    assert len(err) == 1 and ulids[1] in err[0], err
+    assert rows[ulids[1]]["state"] == "damaged" and rows[ulids[1]]["name"] is None
+
+
+@pytest.mark.expect_log
+def test_ls_shows_the_others_when_a_chunk0_does_not_parse(rig, recipes):
+    """Without the key too: the archive is left out, with one warning and a
+    non-zero exit; a damaged chunk.0 still queued in the spool alike."""
+    frozen = [rig.backup(b"frozen %d" % i, recipes["gpg"].cert) for i in range(2)]
+    rig.run("freeze", "--once", check=True)
+    queued = [rig.backup(b"queued %d" % i, recipes["gpg"].cert) for i in range(2)]
+    (archive_dir(rig, frozen[0]) / "chunk.0").write_bytes(b"not a mark")
+    (archive_dir(rig, queued[0], where="freeze") / "chunk.0").write_bytes(b"not a mark")
+    proc = rig.run("ls", "-H", rig.vault)
+    assert proc.returncode == 9, proc.stderr
+    listed = [line.split("\t")[0] for line in proc.stdout.decode().splitlines()]
+    assert listed == [frozen[1], queued[1]]
+    err = proc.stderr.decode().strip().splitlines()
+    assert len(err) == 2 and all("skipping" in e for e in err), err
+
+
+@pytest.mark.expect_log
+def test_a_fragment_thaw_gave_up_on_makes_the_archive_damaged(rig, recipes):
+    from cryophile import restorequeue
+    from cryophile.ids import BackupId
+    from cryophile.spool import Spool
+    ulids = [rig.backup(os.urandom(20_000), recipes["gpg"].cert, "-s", "4KiB")
+             for _ in range(2)]
+    rig.run("freeze", "--once", check=True)
+    frag = archive_dir(rig, ulids[0]) / "chunk.2"
+    data = bytearray(frag.read_bytes())
+    data[10] ^= 1                                   # same size: the listing cannot tell
+    frag.write_bytes(bytes(data))
+    assert states(rig) == {ulids[0]: "local", ulids[1]: "local"}
+    restorequeue.request(Spool(str(rig.spool)), BackupId(rig.vault, "", ulids[0]), [2])
+    assert rig.run("thaw", "--once").returncode == 9
+    assert list((rig.spool / "thaw" / rig.vault / ulids[0]).glob("chunk.2.failed"))
+    assert states(rig) == {ulids[0]: "damaged", ulids[1]: "local"}
+
+
+def states(rig) -> dict[str, str]:
+    rows = json.loads(rig.run("ls", "--json", rig.vault, check=True).stdout)
+    return {r["ulid"]: r["state"] for r in rows}
+
+
+# --- S3 without restore status in listings (moto) -----------------------------------
+
+
+def test_a_thaw_in_progress_is_thawing_not_frozen(tmp_path, bucket, s3proxy, recipes):
+    from cryophile import restorequeue
+    from cryophile.ids import BackupId
+    from cryophile.spool import Spool
+    from tests.test_s3_e2e import S3Rig
+    rig = S3Rig(tmp_path, bucket, s3proxy.endpoint, storage_class="GLACIER")
+    ulids = [rig.backup(os.urandom(20_000), recipes["gpg"].cert, "-p", "db", "-s", "8KiB")
+             for _ in range(3)]
+    rig.run("freeze", "--once", check=True)
+    assert set(states(rig).values()) == {"frozen"}
+    spool = Spool(str(rig.spool))
+    restorequeue.request(spool, BackupId(bucket, "db", ulids[0]), [1, 2, 3], warm=True)
+    assert states(rig) == {ulids[0]: "thawing", ulids[1]: "frozen", ulids[2]: "frozen"}
+    rig.run("thaw", "--once", check=True)             # sends the restores, drops the requests
+    assert not list((rig.spool / "thaw" / bucket).rglob("chunk.*"))
+    assert [r for r in s3proxy.requests("POST") if "restore" in r.query]
+    assert states(rig) == {ulids[0]: "thawing", ulids[1]: "frozen", ulids[2]: "frozen"}
