@@ -35,6 +35,7 @@ from typing import Callable, Iterable
 
 from . import chains, errors, manifest
 from .ids import BackupId
+from .markcache import MarkCache
 from .spool import writing_parent
 from .store.base import State
 
@@ -84,21 +85,30 @@ class Archive:
         return self.clear.parent if self.clear else None
 
 
-def fetch_marks(store, archives: Iterable[Archive], workers: int = MARK_FETCHES
-                ) -> dict[str, errors.Error | None]:
+def fetch_marks(store, archives: Iterable[Archive], workers: int = MARK_FETCHES,
+                cache: MarkCache | None = None) -> dict[str, errors.Error | None]:
     """Read each archive's chunk.0 (several at a time: they are small and
     one request each) into ``clear``/``encrypted``; by key, None or why not.
-    Store failures other than a missing or archived object are raised."""
+    Store failures other than a missing or archived object are raised.
+    With ``cache``, a copy the spool keeps stands for the vault's (chunk.0 is
+    immutable), and what is fetched is kept: ``check`` reads the vault's own."""
     def one(archive: Archive) -> errors.Error | None:
         if 0 not in archive.objects:
             return None
-        buf = io.BytesIO()
+        cached = cache.get(archive.bid) if cache is not None else None
         try:
-            store.get(archive.bid.fragment_key(0), buf)
-            clear, encrypted = manifest.read_clear(buf.getvalue())
+            if cached is not None:
+                data = cached[1]
+            else:
+                buf = io.BytesIO()
+                store.get(archive.bid.fragment_key(0), buf)
+                data = buf.getvalue()
+            clear, encrypted = manifest.read_clear(data)
             manifest.check_identity(clear, archive.bid)
         except (errors.NotFoundError, errors.NotRestoredError, errors.IntegrityError) as exc:
             return exc
+        if cache is not None and cached is None:
+            cache.put(archive.bid, data)
         archive.clear, archive.encrypted = clear, encrypted
         return None
     archives = list(archives)

@@ -79,3 +79,18 @@ def test_one_vault_failing_shows_the_others(rig, recipes, s3proxy, tmp_path):
     assert f"{rig.vault}/tank/{ulids[0]}" in proc.stdout.decode()
     err = proc.stderr.decode().strip().splitlines()
     assert len(err) == 1 and f"cannot list vault {broken}" in err[0]
+
+
+def test_prune_plans_from_the_chunk0_cache(rig, recipes, s3proxy):
+    """prune -n reads the chunk.0s a listing cached instead of GETting each
+    again, and fills the cache itself when cold; check still reads the vault's."""
+    ulids = frozen(rig, recipes, 4)
+    def gets(*words):
+        s3proxy.reset()
+        rig.run(*words, check=True)
+        return sum(1 for r in s3proxy.requests()
+                   if r.method == "GET" and not r.query.startswith("list-type"))
+    assert gets("prune", "-n", "--keep-last", "1", f"{rig.vault}/tank") == 4    # cold
+    assert len(list((rig.spool / "cache" / rig.vault / "tank").iterdir())) == 4
+    assert gets("prune", "-n", "--keep-last", "1", f"{rig.vault}/tank") == 0    # warm
+    assert gets("check", f"{rig.vault}/tank") >= len(ulids)     # the vault's own copies

@@ -8,6 +8,7 @@ import logging
 import sys
 
 from .. import chains, check, errors, remove, retention
+from ..markcache import MarkCache
 from ..ids import BackupId, ulid_time
 from .check import parse_target
 from .common import Context, human, positive_int
@@ -92,7 +93,7 @@ def _items(ctx, store, vault: str, prefix: str):
     items: dict[str, retention.Item] = {}
     entries: dict[str, check.Link] = {}
     archives = [a for a in check.scan(store, vault, prefix).values() if 0 in a.objects]
-    marks = check.fetch_marks(store, archives)
+    marks = check.fetch_marks(store, archives, cache=MarkCache(ctx.spool))  # as ls does
     for archive in archives:
         failure = marks[archive.bid.key]
         if failure is not None:
