@@ -4,6 +4,7 @@ directories are durable, so a failure there leaves nothing that looks sealed."""
 from __future__ import annotations
 
 import errno
+import io
 import os
 
 import pytest
@@ -57,3 +58,63 @@ def test_a_failing_parent_fsync_publishes_no_chunk0(tmp_path, recipients, monkey
     with pytest.raises(errors.SpoolError):
         w.close()
     assert not os.path.exists(spool.path("freeze", bid, 0))
+
+
+def _restore(spool: Spool, bid, secret) -> bytes:
+    from cryophile import manifest
+    from cryophile.pipeline import reader
+    clear, encrypted = manifest.load(spool.path("freeze", bid, 0))
+    body = manifest.read_manifest(encrypted, clear, secret.decrypt_session_key)
+    out = io.BytesIO()
+    reader.restore(clear, body, secret.decrypt_session_key,
+                   lambda n: spool.path("freeze", bid, n), out)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("codec", ["lz4", "zstd", "none"])
+def test_buffers_reused_or_kept_as_given_come_back_byte_for_byte(tmp_path, fskeys, codec):
+    """bytes (and views of bytes) are compressed where they lie; a bytearray
+    the caller refills after each write must be copied."""
+    recipients = keys.load_certificates([str(fskeys[0])])
+    secret = keys.load_secret_keys([str(fskeys[1])], None)
+    spool = Spool(str(tmp_path / "spool"))
+    spool.ensure()
+    bid = ids.BackupId(VAULT, "", ids.new_ulid())
+    mib = 1 << 20
+    w = ArchiveWriter(spool, bid, recipients, codec, 3 * mib)
+    expected = bytearray()
+    buf = bytearray(mib)
+    for i, size in enumerate([mib, mib, 5000, mib, 2 * mib + 7, mib - 5000, 3 * mib, 1]):
+        data = os.urandom(size) if i % 2 else bytes([i]) * size
+        expected += data
+        if i % 3 == 0:                  # a reused buffer, overwritten right after
+            buf[:] = data
+            w.write(buf)
+            buf[:] = bytes(len(buf))
+        elif i % 3 == 1:
+            w.write(data)
+        else:
+            w.write(memoryview(data)[:])
+    w.close()
+    assert _restore(spool, bid, secret) == bytes(expected)
+
+
+def test_a_fragment_that_cannot_be_queued_fails_the_backup(tmp_path, recipients, monkeypatch):
+    """Fragments are fsynced and queued by a thread of their own: its failure
+    reaches the caller, and nothing is sealed."""
+    from cryophile.pipeline import split
+    spool = Spool(str(tmp_path / "spool"))
+    spool.ensure()
+    bid = ids.BackupId(VAULT, "", ids.new_ulid())
+
+    def failing(work_dir, queue_dir, name):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(split, "publish", failing)
+    w = ArchiveWriter(spool, bid, recipients, "lz4", 1 << 20)
+    with pytest.raises(errors.SpoolError, match="cannot queue fragment 1"):
+        for _ in range(8):
+            w.write(os.urandom(1 << 20))
+        w.close()
+    w.abort()
+    assert not os.path.exists(spool.path("freeze", bid, 0))
+    assert not os.path.exists(spool.path("freeze", bid, 1))
