@@ -15,30 +15,36 @@ CRYOPHILE = [sys.executable, "-m", "cryophile"]
 
 
 def mixed_data(size: int = GIB) -> Path:
-    """`size` bytes of `tar -c /usr`: real, mixed data (cached).  The tar stream
-    is cut after the last member that fits and padded with zero blocks, so that
-    it is a whole tar stream (backup refuses one cut short)."""
+    """The first `size` bytes of `tar -c /usr`: real, mixed data (cached).  The
+    member the cut falls in is shortened (its header's size rewritten) and
+    the end-of-archive blocks follow, so that it is a whole tar stream
+    (backup refuses one cut short)."""
     path = WORK / f"usr-{size}-whole.tar"
     if path.exists() and path.stat().st_size == size:
         return path
     WORK.mkdir(parents=True, exist_ok=True)
     tar = subprocess.Popen(["tar", "-c", "--ignore-failed-read", "/usr"],
                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    with open(path, "wb") as out:
-        kept = _copy_whole_members(tar.stdout, out, size)
+    with open(path, "w+b") as out:
+        header, end = _copy_members(tar.stdout, out, size)
+        while out.tell() < size and (block := tar.stdout.read(min(size - out.tell(), 1 << 20))):
+            out.write(block)
         tar.kill()
         tar.wait()
-        if kept == 0:
+        if out.tell() < size:
             raise SystemExit(f"/usr holds less than {size} bytes of tar")
-        out.truncate(kept)
-        out.seek(kept)
-        out.write(bytes(size - kept))          # end-of-archive blocks, then padding
+        if header is not None:
+            _shorten(out, header, end)
+        out.seek(end)
+        out.write(bytes(size - end))          # end-of-archive blocks, then padding
     return path
 
 
-def _copy_whole_members(src, out, size: int) -> int:
-    """Copy the start of a tar stream; return where the last member that ends
-    at least 1024 bytes before ``size`` ends (0 if the stream is shorter)."""
+def _copy_members(src, out, size: int) -> tuple[int | None, int]:
+    """Copy the first ``size`` bytes of a tar stream.  Return the offset of the
+    header of the member that does not fit whole (None: the cut falls between
+    members) and where the member data kept ends, 1024 bytes or more before
+    ``size``."""
     import tarfile
 
     class Tee:
@@ -56,9 +62,23 @@ def _copy_whole_members(src, out, size: int) -> int:
         for member in tar:
             stop = member.offset_data + (-(-member.size // 512) * 512 if member.isreg() else 0)
             if stop > size - 1024:
-                return end
+                if member.isreg() and member.offset_data <= size - 1024:
+                    return member.offset, (size - 1024) // 512 * 512
+                return None, end
             end = stop
-    return 0
+    return None, end
+
+
+def _shorten(out, header: int, end: int) -> None:
+    """Rewrite the size (and checksum) of the ustar header at ``header`` so that
+    its member ends at ``end``."""
+    out.seek(header)
+    block = bytearray(out.read(512))
+    block[124:136] = b"%011o\0" % (end - header - 512)
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+    out.seek(header)
+    out.write(block)
 
 
 def random_data(size: int = GIB) -> Path:
