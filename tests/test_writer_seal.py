@@ -118,3 +118,18 @@ def test_a_fragment_that_cannot_be_queued_fails_the_backup(tmp_path, recipients,
     w.abort()
     assert not os.path.exists(spool.path("freeze", bid, 0))
     assert not os.path.exists(spool.path("freeze", bid, 1))
+
+
+@pytest.mark.timeout(30)
+def test_the_mdc_thread_hashes_in_order_and_never_blocks_once_stopped():
+    import hashlib
+    from cryophile.pipeline import openpgp
+    parts = [os.urandom(n) for n in (1, 1 << 20, 17, 300000, 0, 5)] * 4
+    h = openpgp.HashThread(hashlib.sha1())
+    for part in parts:
+        h.update(memoryview(part))
+    assert h.digest() == hashlib.sha1(b"".join(parts)).digest()
+    stopped = openpgp.HashThread(hashlib.sha1())
+    stopped.stop()
+    for _ in range(4 * openpgp.HashThread.DEPTH):     # an abandoned message
+        stopped.update(b"x" * 100)

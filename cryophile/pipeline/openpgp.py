@@ -203,6 +203,7 @@ class HashThread:
     def __init__(self, hash_):
         self.hash = hash_
         self.queue: queue.Queue = queue.Queue(self.DEPTH)
+        self.stopped = False
         self.thread = threading.Thread(target=self._run, name="cryophile-mdc", daemon=True)
         self.thread.start()
 
@@ -211,14 +212,16 @@ class HashThread:
             self.hash.update(data)
 
     def update(self, data) -> None:
-        self.queue.put(data)
+        if not self.stopped:            # an abandoned message: nobody hashes any more
+            self.queue.put(data)
 
     def digest(self) -> bytes:
         self.stop()
         return self.hash.digest()
 
     def stop(self) -> None:
-        if self.thread.is_alive():
+        if not self.stopped:
+            self.stopped = True
             self.queue.put(None)
             self.thread.join()
 
