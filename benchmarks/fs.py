@@ -30,10 +30,11 @@ HERE = Path(__file__).resolve().parent
 
 
 class Mount:
-    def __init__(self, command: list[str], mnt: Path):
+    def __init__(self, command: list[str], mnt: Path, stderr=None):
         self.mnt = mnt
         mnt.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=stderr)
         while not os.path.ismount(mnt):
             if self.proc.poll() is not None:
                 raise SystemExit(f"{command} exited with {self.proc.returncode}")
@@ -51,14 +52,20 @@ class Mount:
             raise SystemExit(f"mount process exited with {self.proc.returncode}")
 
 
-def cryophilefs(root: Path, cert: Path, key: Path) -> Mount:
+def cryophilefs(root: Path, cert: Path, key: Path, freeze: bool = True) -> Mount:
+    """A mount with a local vault.  ``freeze=False``: the vault is a path that
+    cannot be a directory, so the mount's freeze fails at once and waits
+    (its log goes to a file): the write path measured alone."""
     root.mkdir(parents=True, exist_ok=True)
     spool, vaults = root / "spool", root / "vaults"
+    if not freeze:
+        vaults.write_text("not a directory\n")
     config = root / "cryophile.toml"
     config.write_text(f'spool = "{spool}"\n[vault.{VAULT}]\nurl = "file://{vaults}"\n'
                       f'keyring = ["{cert}"]\ncompression = "lz4"\n')
+    log = None if freeze else open(root / "mount.log", "w")
     return Mount([sys.executable, "-m", "cryophilefs", "-f", "-q", "-c", str(config),
-                  "-k", str(key), str(root / "mnt")], root / "mnt")
+                  "-k", str(key), str(root / "mnt")], root / "mnt", stderr=log)
 
 
 def wait_frozen(archive: Path, timeout: float = 600) -> None:
@@ -89,11 +96,14 @@ def cpu_of(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def write_part(args, root: Path, cert: Path, key: Path) -> None:
+def write_series(args, root: Path, cert: Path, key: Path, freeze: bool) -> int:
+    """Interleaved runs of cryophile backup and of dd into the mount; returns
+    the mount's peak RSS (KiB)."""
     size = int(args.size_gib * GIB)
-    fs = cryophilefs(root / "w", cert, key)
+    fs = cryophilefs(root / "w", cert, key, freeze)
     config = root / "w" / "cryophile.toml"
     cli_spool = root / "cli-spool"
+    what = "freeze running" if freeze else "freeze held back"
     n = 0
     try:
         for kind, data in (("real", mixed_data(size)), ("random", random_data(size))):
@@ -107,34 +117,40 @@ def write_part(args, root: Path, cert: Path, key: Path) -> None:
                 ours.append(measure(f"dd if={data} of={fs.mnt}/incoming/{VAULT}/bench{n} "
                                     "bs=1M status=none", shell=True))
                 fs_cpu.append(cpu_of(fs.proc.pid) - before)
-                for archive in (fs.mnt / VAULT).iterdir():   # untimed: no freeze overlaps
-                    wait_frozen(archive)
+                if freeze:                        # untimed: no freeze overlaps the next run
+                    for archive in (fs.mnt / VAULT).iterdir():
+                        wait_frozen(archive)
             b = min(base, key=lambda u: u.seconds)
             i = min(range(len(ours)), key=lambda j: ours[j].seconds)
-            print(f"write  {kind:6}  mount (dd bs=1M) {rate(size, ours[i].seconds)} "
-                  f"(mount {fs_cpu[i] / (size / GIB):.2f} CPU-s/GiB incl. its freeze)   "
+            print(f"write  {kind:6} {what}  mount (dd bs=1M) {rate(size, ours[i].seconds)} "
+                  f"(mount {fs_cpu[i] / (size / GIB):.2f} CPU-s/GiB)   "
                   f"cryophile backup {rate(size, b.seconds)} "
                   f"({b.cpu / (size / GIB):.2f} CPU-s/GiB)   "
                   f"ratio {b.seconds / ours[i].seconds:.2f}x   [{load()}]", flush=True)
-        rss_small = fs.peak_rss_kib()
+        return fs.peak_rss_kib()
     finally:
         fs.close()
-    shutil.rmtree(root / "w", ignore_errors=True)
-    shutil.rmtree(cli_spool, ignore_errors=True)
+        shutil.rmtree(root / "w", ignore_errors=True)
+        shutil.rmtree(cli_spool, ignore_errors=True)
+
+
+def write_part(args, root: Path, cert: Path, key: Path) -> None:
+    rss_small = write_series(args, root, cert, key, freeze=True)
+    write_series(args, root, cert, key, freeze=False)
     if shutil.which("rclone") is None:
         print("rclone: not installed, its crypt mount skipped")
     if not args.big_gib:
         return
     big = cryophilefs(root / "big", cert, key)
     try:
-        copies = " ".join([str(mixed_data(size))] * args.big_gib)
+        copies = " ".join([str(mixed_data(int(args.size_gib * GIB)))] * args.big_gib)
         run(f"cat {copies} | dd of={big.mnt}/incoming/{VAULT}/big bs=1M status=none "
             "iflag=fullblock", shell=True)
         rss_big = big.peak_rss_kib()
     finally:
         big.close()
     shutil.rmtree(root / "big", ignore_errors=True)
-    print(f"memory peak RSS of the mount: {len(ours) * 2} writes of {args.size_gib:g} GiB "
+    print(f"memory peak RSS of the mount: {args.repeat * 2} files of {args.size_gib:g} GiB "
           f"{rss_small / 1024:.0f} MiB, {args.big_gib} GiB in one file {rss_big / 1024:.0f} "
           f"MiB ({(rss_big - rss_small) / rss_small * 100:+.0f} %)   [{load()}]", flush=True)
 

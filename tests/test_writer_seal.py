@@ -133,3 +133,33 @@ def test_the_mdc_thread_hashes_in_order_and_never_blocks_once_stopped():
     stopped.stop()
     for _ in range(4 * openpgp.HashThread.DEPTH):     # an abandoned message
         stopped.update(b"x" * 100)
+
+
+def test_fragments_carry_their_sha256_for_freeze(tmp_path, recipients, monkeypatch):
+    """freeze takes each fragment's SHA-256 from the writer (an xattr) instead
+    of reading the fragment again; without one it hashes the file."""
+    import hashlib
+    from cryophile import manifest
+    from cryophile.pipeline import split
+    spool = Spool(str(tmp_path / "spool"))
+    spool.ensure()
+    bid = ids.BackupId(VAULT, "", ids.new_ulid())
+    w = ArchiveWriter(spool, bid, recipients, "lz4", 1 << 20)
+    w.write(os.urandom(3 << 20))
+    w.close()
+    clear, _ = manifest.load(spool.path("freeze", bid, 0))
+    paths = [spool.path("freeze", bid, n + 1) for n in range(len(clear.fragments))]
+    try:
+        os.getxattr(paths[0], split.SHA256_XATTR)
+    except OSError:
+        pytest.skip("no user xattrs on this filesystem")
+    real = split.file_sha256
+    monkeypatch.setattr(split, "file_sha256", lambda path: pytest.fail("hashed again"))
+    for path, fragment in zip(paths, clear.fragments):
+        assert split.fragment_sha256(path).hex() == fragment.sha256
+    monkeypatch.setattr(split, "file_sha256", real)
+    os.removexattr(paths[0], split.SHA256_XATTR)
+    os.setxattr(paths[1], split.SHA256_XATTR, b"short")
+    for path in paths[:2]:
+        with open(path, "rb") as f:
+            assert split.fragment_sha256(path) == hashlib.sha256(f.read()).digest()

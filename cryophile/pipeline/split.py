@@ -18,6 +18,7 @@ from typing import Callable
 from .. import errors
 from ..manifest import Fragment
 from ..fsutil import fsync_dir
+from ..store.base import file_sha256
 
 
 SYNC_DEPTH = 2
@@ -81,15 +82,16 @@ class Splitter:
                                            daemon=True)
             self.syncer.start()
         self.fragments.append(Fragment(self.used, self.hash.hexdigest()))
-        self.syncing.put((self.file, len(self.fragments)))
+        self.syncing.put((self.file, len(self.fragments), self.hash.digest()))
         self.file = None
 
     def _sync(self) -> None:
         """The fsync thread: each finished fragment to disk, then into the queue."""
         while (item := self.syncing.get()) is not None:
-            file, n = item
+            file, n, sha256 = item
             try:
                 if self.sync_error is None:
+                    record_sha256(file.fileno(), sha256)
                     os.fsync(file.fileno())
                     file.close()
                     publish(self.work_dir, self.queue_dir, f"chunk.{n}")
@@ -123,6 +125,30 @@ class Splitter:
         if self.file is not None:
             self.file.close()
             self.file = None
+
+
+SHA256_XATTR = "user.cryophile.sha256"
+
+
+def record_sha256(fd: int, sha256: bytes) -> None:
+    """Keep the fragment's SHA-256 with it (an extended attribute), so that
+    freeze need not read it all again to hash it.  A filesystem without
+    user xattrs just goes without."""
+    try:
+        os.setxattr(fd, SHA256_XATTR, sha256)
+    except OSError:
+        pass
+
+
+def fragment_sha256(path: str) -> bytes:
+    """The SHA-256 the writer recorded with a fragment, else hashed now.
+    Bytes changed on disk since are still caught: by the vault, which checks
+    an upload against it (S3), and by restore, against the manifest."""
+    try:
+        recorded = os.getxattr(path, SHA256_XATTR)
+    except OSError:
+        recorded = b""
+    return recorded if len(recorded) == 32 else file_sha256(path)
 
 
 def publish(work_dir: str, queue_dir: str, name: str) -> None:
