@@ -4,8 +4,9 @@
 
 write: `dd if=DATA of=MOUNT/incoming/VAULT/bench bs=1M` vs `cryophile backup -i DATA`
        of the same data with the same vault settings, interleaved, on real data (a
-       whole tar of /usr) and random data; the mount's freeze runs (as in use) and
-       each written archive is frozen before the next timed run;
+       whole tar of /usr) and random data; once with the mount's freeze running (as
+       in use; each written archive is frozen before the next timed run), once with
+       it held back (the vault cannot be reached): the write path alone;
 read:  `cat MOUNT/VAULT/ULID > /dev/null` vs cat of nullfs's zero file;
 memory: peak RSS of the cryophilefs process after writing 1 GiB and 4 GiB.
 Prints each figure, its baseline, the ratio, CPU seconds and the load average.
