@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -14,25 +15,81 @@ CRYOPHILE = [sys.executable, "-m", "cryophile"]
 
 
 def mixed_data(size: int = GIB) -> Path:
-    """The first `size` bytes of `tar -c /usr`: real, mixed data (cached)."""
-    path = WORK / f"usr-{size}.tar"
+    """The first `size` bytes of `tar -c /usr`: real, mixed data (cached).  The
+    member the cut falls in is shortened (its header's size rewritten) and
+    the end-of-archive blocks follow, so that it is a whole tar stream
+    (backup refuses one cut short)."""
+    path = WORK / f"usr-{size}-whole.tar"
+    if path.exists() and path.stat().st_size == size:
+        return path
+    WORK.mkdir(parents=True, exist_ok=True)
+    tar = subprocess.Popen(["tar", "-c", "--ignore-failed-read", "/usr"],
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    with open(path, "w+b") as out:
+        header, end = _copy_members(tar.stdout, out, size)
+        while out.tell() < size and (block := tar.stdout.read(min(size - out.tell(), 1 << 20))):
+            out.write(block)
+        tar.kill()
+        tar.wait()
+        if out.tell() < size:
+            raise SystemExit(f"/usr holds less than {size} bytes of tar")
+        if header is not None:
+            _shorten(out, header, end)
+        out.seek(end)
+        out.write(bytes(size - end))          # end-of-archive blocks, then padding
+    return path
+
+
+def _copy_members(src, out, size: int) -> tuple[int | None, int]:
+    """Copy the first ``size`` bytes of a tar stream.  Return the offset of the
+    header of the member that does not fit whole (None: the cut falls between
+    members) and where the member data kept ends, 1024 bytes or more before
+    ``size``."""
+    import tarfile
+
+    class Tee:
+        pos = 0
+
+        def read(self, n=-1):
+            data = src.read(n)
+            if self.pos < size:
+                out.write(data[:size - self.pos])
+            self.pos += len(data)
+            return data
+
+    end = 0
+    with tarfile.open(fileobj=Tee(), mode="r|") as tar:
+        for member in tar:
+            stop = member.offset_data + (-(-member.size // 512) * 512 if member.isreg() else 0)
+            if stop > size - 1024:
+                if member.isreg() and member.offset_data <= size - 1024:
+                    return member.offset, (size - 1024) // 512 * 512
+                return None, end
+            end = stop
+    return None, end
+
+
+def _shorten(out, header: int, end: int) -> None:
+    """Rewrite the size (and checksum) of the ustar header at ``header`` so that
+    its member ends at ``end``."""
+    out.seek(header)
+    block = bytearray(out.read(512))
+    block[124:136] = b"%011o\0" % (end - header - 512)
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+    out.seek(header)
+    out.write(block)
+
+
+def random_data(size: int = GIB) -> Path:
+    """`size` random bytes (cached): what compression cannot shrink."""
+    path = WORK / f"random-{size}"
     if path.exists() and path.stat().st_size == size:
         return path
     WORK.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as out:
-        tar = subprocess.Popen(["tar", "-c", "--ignore-failed-read", "/usr"],
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        left = size
-        while left:
-            block = tar.stdout.read(min(left, 1 << 20))
-            if not block:
-                break
-            out.write(block)
-            left -= len(block)
-        tar.kill()
-        tar.wait()
-    if path.stat().st_size < size:
-        raise SystemExit(f"/usr holds less than {size} bytes of tar")
+        for left in range(size, 0, -(1 << 20)):
+            out.write(os.urandom(min(left, 1 << 20)))
     return path
 
 
@@ -52,6 +109,7 @@ def gpg_key(home: Path) -> tuple[str, Path, Path]:
         (home / "key.pgp").write_bytes(subprocess.run(
             ["gpg", "--batch", "--export-secret-keys", fpr], env=env, check=True,
             capture_output=True).stdout)
+    (home / "key.pgp").chmod(0o600)
     return _fingerprint(env), home / "cert.pgp", home / "key.pgp"
 
 
@@ -72,6 +130,33 @@ def run(cmd, *, shell: bool = False, env=None, stdin=None, stdout=subprocess.DEV
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{cmd} failed with {os.waitstatus_to_exitcode(status)}")
     return seconds, usage.ru_maxrss
+
+
+@dataclasses.dataclass
+class Usage:
+    seconds: float      # wall
+    cpu: float          # user + system of the command and its children
+    rss_kib: int        # peak RSS of the largest process
+
+
+def measure(cmd, *, shell: bool = False, env=None) -> Usage:
+    """Run a command; return its wall time, CPU time and peak RSS."""
+    before = os.times()
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, shell=shell, env=env, stdout=subprocess.DEVNULL,
+                            executable="/bin/bash" if shell else None)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{cmd} failed with {os.waitstatus_to_exitcode(status)}")
+    after = os.times()      # wait4 reaped it: its children's times are counted
+    cpu = (after.children_user - before.children_user
+           + after.children_system - before.children_system)
+    return Usage(seconds, cpu, usage.ru_maxrss)
+
+
+def load() -> str:
+    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def rate(size: int, seconds: float) -> str:

@@ -2,10 +2,14 @@
 
     .venv/bin/python benchmarks/fs.py [--size-gib 1] [--big-gib 4]
 
-write: `dd if=DATA of=MOUNT/incoming/VAULT/bench bs=1M` vs dd into nullfs (discards);
+write: `dd if=DATA of=MOUNT/incoming/VAULT/bench bs=1M` vs `cryophile backup -i DATA`
+       of the same data with the same vault settings, interleaved, on real data (a
+       whole tar of /usr) and random data; once with the mount's freeze running (as
+       in use; each written archive is frozen before the next timed run), once with
+       it held back (the vault cannot be reached): the write path alone;
 read:  `cat MOUNT/VAULT/ULID > /dev/null` vs cat of nullfs's zero file;
 memory: peak RSS of the cryophilefs process after writing 1 GiB and 4 GiB.
-Prints each figure, its baseline and the ratio (target ≥ 0.75×, memory ±10 %).
+Prints each figure, its baseline, the ratio, CPU seconds and the load average.
 """
 
 from __future__ import annotations
@@ -19,17 +23,19 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import GIB, WORK, gpg_key, mixed_data, rate, run  # noqa: E402
+from common import (CRYOPHILE, GIB, WORK, gpg_key, load, measure, mixed_data,  # noqa: E402
+                    random_data, rate, run)
 
 VAULT = "5f0c6a8e-0d1e-4b8a-9f2e-000000000002"
 HERE = Path(__file__).resolve().parent
 
 
 class Mount:
-    def __init__(self, command: list[str], mnt: Path):
+    def __init__(self, command: list[str], mnt: Path, stderr=None):
         self.mnt = mnt
         mnt.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=stderr)
         while not os.path.ismount(mnt):
             if self.proc.poll() is not None:
                 raise SystemExit(f"{command} exited with {self.proc.returncode}")
@@ -47,14 +53,20 @@ class Mount:
             raise SystemExit(f"mount process exited with {self.proc.returncode}")
 
 
-def cryophilefs(root: Path, cert: Path, key: Path) -> Mount:
+def cryophilefs(root: Path, cert: Path, key: Path, freeze: bool = True) -> Mount:
+    """A mount with a local vault.  ``freeze=False``: the vault is a path that
+    cannot be a directory, so the mount's freeze fails at once and waits
+    (its log goes to a file): the write path measured alone."""
     root.mkdir(parents=True, exist_ok=True)
     spool, vaults = root / "spool", root / "vaults"
+    if not freeze:
+        vaults.write_text("not a directory\n")
     config = root / "cryophile.toml"
     config.write_text(f'spool = "{spool}"\n[vault.{VAULT}]\nurl = "file://{vaults}"\n'
                       f'keyring = ["{cert}"]\ncompression = "lz4"\n')
+    log = None if freeze else open(root / "mount.log", "w")
     return Mount([sys.executable, "-m", "cryophilefs", "-f", "-q", "-c", str(config),
-                  "-k", str(key), str(root / "mnt")], root / "mnt")
+                  "-k", str(key), str(root / "mnt")], root / "mnt", stderr=log)
 
 
 def wait_frozen(archive: Path, timeout: float = 600) -> None:
@@ -79,19 +91,74 @@ def ratio(what: str, size: int, ours: float, base: float) -> None:
           f"ratio {base / ours:.2f}x")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--size-gib", type=float, default=1.0)
-    ap.add_argument("--big-gib", type=int, default=4, help="data written for the memory check")
-    ap.add_argument("--repeat", type=int, default=3, help="runs of each; the best counts")
-    args = ap.parse_args()
+def cpu_of(pid: int) -> float:
+    """CPU seconds (user + system) the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def write_series(args, root: Path, cert: Path, key: Path, freeze: bool) -> int:
+    """Interleaved runs of cryophile backup and of dd into the mount; returns
+    the mount's peak RSS (KiB)."""
+    size = int(args.size_gib * GIB)
+    fs = cryophilefs(root / "w", cert, key, freeze)
+    config = root / "w" / "cryophile.toml"
+    cli_spool = root / "cli-spool"
+    what = "freeze running" if freeze else "freeze held back"
+    n = 0
+    try:
+        for kind, data in (("real", mixed_data(size)), ("random", random_data(size))):
+            ours, base, fs_cpu = [], [], []
+            for _ in range(args.repeat):          # interleaved, the best of each
+                shutil.rmtree(cli_spool, ignore_errors=True)
+                base.append(measure(CRYOPHILE + ["-S", str(cli_spool), "-c", str(config),
+                                                 "backup", "-v", VAULT, "-i", str(data)]))
+                n += 1
+                before = cpu_of(fs.proc.pid)
+                ours.append(measure(f"dd if={data} of={fs.mnt}/incoming/{VAULT}/bench{n} "
+                                    "bs=1M status=none", shell=True))
+                fs_cpu.append(cpu_of(fs.proc.pid) - before)
+                if freeze:                        # untimed: no freeze overlaps the next run
+                    for archive in (fs.mnt / VAULT).iterdir():
+                        wait_frozen(archive)
+            b = min(base, key=lambda u: u.seconds)
+            i = min(range(len(ours)), key=lambda j: ours[j].seconds)
+            print(f"write  {kind:6} {what}  mount (dd bs=1M) {rate(size, ours[i].seconds)} "
+                  f"(mount {fs_cpu[i] / (size / GIB):.2f} CPU-s/GiB)   "
+                  f"cryophile backup {rate(size, b.seconds)} "
+                  f"({b.cpu / (size / GIB):.2f} CPU-s/GiB)   "
+                  f"ratio {b.seconds / ours[i].seconds:.2f}x   [{load()}]", flush=True)
+        return fs.peak_rss_kib()
+    finally:
+        fs.close()
+        shutil.rmtree(root / "w", ignore_errors=True)
+        shutil.rmtree(cli_spool, ignore_errors=True)
+
+
+def write_part(args, root: Path, cert: Path, key: Path) -> None:
+    rss_small = write_series(args, root, cert, key, freeze=True)
+    write_series(args, root, cert, key, freeze=False)
+    if shutil.which("rclone") is None:
+        print("rclone: not installed, its crypt mount skipped")
+    if not args.big_gib:
+        return
+    big = cryophilefs(root / "big", cert, key)
+    try:
+        copies = " ".join([str(mixed_data(int(args.size_gib * GIB)))] * args.big_gib)
+        run(f"cat {copies} | dd of={big.mnt}/incoming/{VAULT}/big bs=1M status=none "
+            "iflag=fullblock", shell=True)
+        rss_big = big.peak_rss_kib()
+    finally:
+        big.close()
+    shutil.rmtree(root / "big", ignore_errors=True)
+    print(f"memory peak RSS of the mount: {args.repeat * 2} files of {args.size_gib:g} GiB "
+          f"{rss_small / 1024:.0f} MiB, {args.big_gib} GiB in one file {rss_big / 1024:.0f} "
+          f"MiB ({(rss_big - rss_small) / rss_small * 100:+.0f} %)   [{load()}]", flush=True)
+
+
+def read_part(args, root: Path, cert: Path, key: Path) -> None:
     size = int(args.size_gib * GIB)
     data = mixed_data(size)
-    _, cert, key = gpg_key(WORK / "gnupg")
-    root = WORK / "fs"
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(parents=True)
-
     null = Mount([sys.executable, str(HERE / "nullfs.py"), str(root / "null"), str(size)],
                  root / "null")
     try:
@@ -100,13 +167,7 @@ def main() -> None:
         null.close()
         raise
     try:
-        writes_base, writes_ours = [], []
-        for i in range(args.repeat):          # alternate, keep the best of each
-            writes_base.append(run(f"dd if={data} of={null.mnt}/bench{i} bs=1M status=none",
-                                   shell=True)[0])
-            writes_ours.append(run(f"dd if={data} of={fs.mnt}/incoming/{VAULT}/bench{i} "
-                                   "bs=1M status=none", shell=True)[0])
-        rss_small = fs.peak_rss_kib()
+        run(f"dd if={data} of={fs.mnt}/incoming/{VAULT}/bench bs=1M status=none", shell=True)
         archive = sorted((fs.mnt / VAULT).iterdir())[0]
         wait_frozen(archive)
         reads_base, reads_ours = [], []
@@ -115,25 +176,30 @@ def main() -> None:
             reads_base.append(run(f"cat {null.mnt}/zero > /dev/null", shell=True)[0])
             drop_caches()
             reads_ours.append(run(f"cat {archive} > /dev/null", shell=True)[0])
-        ratio("write", size, min(writes_ours), min(writes_base))
         ratio("read", size, min(reads_ours), min(reads_base))
     finally:
         fs.close()
         null.close()
-    shutil.rmtree(root / "one")
+    shutil.rmtree(root / "one", ignore_errors=True)
 
-    big = cryophilefs(root / "big", cert, key)
-    try:
-        copies = " ".join([str(data)] * args.big_gib)
-        run(f"cat {copies} | dd of={big.mnt}/incoming/{VAULT}/big bs=1M status=none "
-            "iflag=fullblock", shell=True)
-        rss_big = big.peak_rss_kib()
-    finally:
-        big.close()
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--size-gib", type=float, default=1.0)
+    ap.add_argument("--big-gib", type=int, default=4, help="data written for the memory check")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each; the best counts")
+    ap.add_argument("--part", choices=("write", "read", "all"), default="all")
+    args = ap.parse_args()
+    _, cert, key = gpg_key(WORK / "gnupg")
+    root = WORK / "fs"
     shutil.rmtree(root, ignore_errors=True)
-    print(f"memory peak RSS: {args.size_gib:g} GiB written {rss_small / 1024:.0f} MiB, "
-          f"{args.big_gib} GiB written {rss_big / 1024:.0f} MiB "
-          f"({(rss_big - rss_small) / rss_small * 100:+.0f} %)")
+    root.mkdir(parents=True)
+    print(f"input: {args.size_gib:g} GiB; {load()}")
+    if args.part in ("write", "all"):
+        write_part(args, root, cert, key)
+    if args.part in ("read", "all"):
+        read_part(args, root, cert, key)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

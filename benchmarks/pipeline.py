@@ -1,8 +1,14 @@
 """Backup and restore throughput and memory, against lz4 | gpg | split in the same run.
 
-    .venv/bin/python benchmarks/pipeline.py [--size-gib 1] [--big-gib 4]
+    .venv/bin/python benchmarks/pipeline.py [--size-gib 1] [--big-gib 4] [--repeat 3]
+                                            [--part backup|restore|all]
 
-Prints each figure with its baseline and the ratio; see BENCHMARKS.md.
+backup: `cryophile backup -C lz4` and `-C zstd` against `lz4 -1 | gpg -e | split`
+and `zstd -1 | gpg -e | split`, on real data (a whole tar of /usr) and on random
+data, runs interleaved (baseline, cryophile, baseline, …), the best of each;
+then peak RSS of backups of 1 and --big-gib GiB.
+Prints each figure with its baseline, the ratio, CPU seconds per GiB, peak RSS
+and the load average; see BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -13,70 +19,108 @@ import shutil
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import CRYOPHILE, GIB, WORK, gpg_key, mixed_data, rate, run  # noqa: E402
+from common import (CRYOPHILE, GIB, WORK, gpg_key, load, measure, mixed_data,  # noqa: E402
+                    random_data, rate, run)
 
 VAULT = "5f0c6a8e-0d1e-4b8a-9f2e-000000000001"
+ULID = "01J00000000000000000000000"
+
+
+class Setup:
+    def __init__(self, size: int):
+        self.size = size
+        self.home = WORK / "gnupg"
+        self.fpr, self.cert, self.key = gpg_key(self.home)
+        self.genv = {**os.environ, "GNUPGHOME": str(self.home)}
+        self.out = WORK / "split"
+        self.spool = WORK / "spool"
+
+    def baseline_backup(self, data, codec: str = "lz4"):
+        shutil.rmtree(self.out, ignore_errors=True)
+        self.out.mkdir(parents=True)
+        return measure(f"{codec} -1 -q -c < {data} | gpg --batch --quiet --trust-model always "
+                       f"--encrypt --compress-algo none -r {self.fpr} | "
+                       f"split -b 64M - {self.out}/chunk.", shell=True, env=self.genv)
+
+    def backup_command(self, codec: str) -> list[str]:
+        return CRYOPHILE + ["-S", str(self.spool), "-c", "/dev/null", "backup", "-v", VAULT,
+                            "-k", str(self.cert), "-C", codec, "-u", ULID]
+
+    def our_backup(self, data, codec: str = "lz4"):
+        shutil.rmtree(self.spool, ignore_errors=True)
+        return measure(self.backup_command(codec) + ["-i", str(data)])
+
+
+def per_gib(size: int, u) -> str:
+    return f"{u.cpu / (size / GIB):4.2f} CPU-s/GiB"
+
+
+def backup_part(s: Setup, repeat: int, big_gib: int) -> None:
+    size = s.size
+    for kind, data in (("real", mixed_data(size)), ("random", random_data(size))):
+        for codec in ("lz4", "zstd"):
+            base, ours = [], []
+            for _ in range(repeat):               # interleaved: load hits both alike
+                base.append(s.baseline_backup(data, codec))
+                ours.append(s.our_backup(data, codec))
+            b = min(base, key=lambda u: u.seconds)
+            o = min(ours, key=lambda u: u.seconds)
+            print(f"backup -C {codec:4} {kind:6}  {codec}|gpg|split {rate(size, b.seconds)} "
+                  f"({per_gib(size, b)})   cryophile {rate(size, o.seconds)} "
+                  f"({per_gib(size, o)}, peak RSS {o.rss_kib / 1024:.0f} MiB)   "
+                  f"ratio {b.seconds / o.seconds:.2f}x   [{load()}]", flush=True)
+    if big_gib:
+        data = mixed_data(size)
+        small = s.our_backup(data)
+        shutil.rmtree(s.spool, ignore_errors=True)
+        big = measure(f"for i in $(seq {big_gib}); do cat {data}; done | "
+                      + " ".join(s.backup_command("lz4")), shell=True)
+        print(f"peak RSS backup -C lz4: {size / GIB:g} GiB {small.rss_kib / 1024:.0f} MiB, "
+              f"{size * big_gib / GIB:g} GiB (through a pipe) {big.rss_kib / 1024:.0f} MiB "
+              f"({big.rss_kib / small.rss_kib:.2f}x), {rate(size * big_gib, big.seconds)}   "
+              f"[{load()}]", flush=True)
+    shutil.rmtree(s.spool, ignore_errors=True)
+    shutil.rmtree(s.out, ignore_errors=True)
+
+
+def restore_part(s: Setup, repeat: int, big_gib: int) -> None:
+    size = s.size
+    data = mixed_data(size)
+    s.baseline_backup(data)
+    s.our_backup(data)
+
+    def baseline_restore():
+        return run(f"cat {s.out}/chunk.* | gpg --batch --quiet --decrypt | lz4 -d -q -c > /dev/null",
+                   shell=True, env=s.genv)
+
+    def our_restore():
+        shutil.rmtree(s.spool / "restore", ignore_errors=True)
+        return run(CRYOPHILE + ["-S", str(s.spool), "-c", "/dev/null", "restore", "-v", VAULT,
+                                "-u", ULID, "-k", str(s.key)],
+                   env={**os.environ, "CRYOPHILE_LOG": "warn"})
+
+    base_r = min(baseline_restore() for _ in range(repeat))
+    ours_r = min(our_restore() for _ in range(repeat))
+    print(f"restore  cat|gpg|lz4   {rate(size, base_r[0])}   cryophile {rate(size, ours_r[0])}"
+          f"   ratio {base_r[0] / ours_r[0]:.2f}x")
+    print(f"peak RSS restore {ours_r[1] / 1024:.0f} MiB")
+    shutil.rmtree(s.spool, ignore_errors=True)
+    shutil.rmtree(s.out, ignore_errors=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--size-gib", type=float, default=1.0)
     ap.add_argument("--big-gib", type=int, default=4, help="stream size for the memory check")
-    ap.add_argument("--repeat", type=int, default=2, help="runs of each; the best counts")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each; the best counts")
+    ap.add_argument("--part", choices=("backup", "restore", "all"), default="all")
     args = ap.parse_args()
-    size = int(args.size_gib * GIB)
-    data = mixed_data(size)
-    home = WORK / "gnupg"
-    fpr, cert, key = gpg_key(home)
-    genv = {**os.environ, "GNUPGHOME": str(home)}
-    out = WORK / "split"
-    spool = WORK / "spool"
-
-    def baseline_backup():
-        shutil.rmtree(out, ignore_errors=True)
-        out.mkdir(parents=True)
-        return run(f"lz4 -1 -q -c < {data} | gpg --batch --quiet --trust-model always "
-                   f"--encrypt --compress-algo none -r {fpr} | split -b 64M - {out}/chunk.",
-                   shell=True, env=genv)
-
-    def our_backup(src=None, shell=False):
-        shutil.rmtree(spool, ignore_errors=True)
-        cmd = CRYOPHILE + ["-S", str(spool), "-c", "/dev/null", "backup", "-v", VAULT, "-k", str(cert),
-                           "-C", "lz4", "-u", "01J00000000000000000000000", "-i", str(data)]
-        return run(src or cmd, shell=shell)
-
-    def baseline_restore():
-        return run(f"cat {out}/chunk.* | gpg --batch --quiet --decrypt | lz4 -d -q -c > /dev/null",
-                   shell=True, env=genv)
-
-    def our_restore():
-        shutil.rmtree(spool / "restore", ignore_errors=True)
-        return run(CRYOPHILE + ["-S", str(spool), "-c", "/dev/null", "restore", "-v", VAULT,
-                                "-u", "01J00000000000000000000000", "-k", str(key)],
-                   env={**os.environ, "CRYOPHILE_LOG": "warn"})
-
-    print(f"input: first {size / GIB:.2f} GiB of tar -c /usr ({data})")
-    base_b = min(baseline_backup() for _ in range(args.repeat))
-    ours_b = min(our_backup() for _ in range(args.repeat))
-    base_r = min(baseline_restore() for _ in range(args.repeat))
-    ours_r = min(our_restore() for _ in range(args.repeat))
-    print(f"backup   lz4|gpg|split {rate(size, base_b[0])}   cryophile {rate(size, ours_b[0])}"
-          f"   ratio {base_b[0] / ours_b[0]:.2f}x")
-    print(f"restore  cat|gpg|lz4   {rate(size, base_r[0])}   cryophile {rate(size, ours_r[0])}"
-          f"   ratio {base_r[0] / ours_r[0]:.2f}x")
-    print(f"peak RSS backup {ours_b[1] / 1024:.0f} MiB, restore {ours_r[1] / 1024:.0f} MiB")
-
-    if args.big_gib:
-        big = f"for i in $(seq {args.big_gib}); do cat {data}; done | " + " ".join(
-            CRYOPHILE + ["-S", str(spool), "-c", "/dev/null", "backup", "-v", VAULT, "-k", str(cert), "-C", "lz4",
-                         "-u", "01J00000000000000000000000"])
-        shutil.rmtree(spool, ignore_errors=True)
-        t, rss_big = run(big, shell=True)
-        print(f"peak RSS backup of {size * args.big_gib / GIB:.0f} GiB: {rss_big / 1024:.0f} MiB "
-              f"({rss_big / ours_b[1]:.2f}x the {size / GIB:.0f} GiB run), "
-              f"{rate(size * args.big_gib, t)}")
-    shutil.rmtree(spool, ignore_errors=True)
-    shutil.rmtree(out, ignore_errors=True)
+    s = Setup(int(args.size_gib * GIB))
+    print(f"input: {s.size / GIB:.2f} GiB of tar -c /usr, and of random bytes; {load()}")
+    if args.part in ("backup", "all"):
+        backup_part(s, args.repeat, args.big_gib)
+    if args.part in ("restore", "all"):
+        restore_part(s, args.repeat, args.big_gib)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import trio
 from . import errors, health, progress
 from .ids import BackupId
 from .spool import ABANDONED, ArchiveFreezeLock, Spool, create_in
-from .store.base import file_sha256
+from .pipeline.split import fragment_sha256
 
 log = logging.getLogger("cryophile.freeze")
 
@@ -213,7 +213,7 @@ class Freezer:
         def upload() -> bool:
             try:
                 size = os.path.getsize(path)
-                sha256 = file_sha256(path)
+                sha256 = fragment_sha256(path)     # recorded by the writer
             except FileNotFoundError:
                 return False               # dropped meanwhile (an abandoned backup)
             if ledger.read().get(key) != sha256.hex():

@@ -47,7 +47,10 @@ IGNORED = {"defaults", "auto", "noauto", "user", "users", "nouser", "nofail", "_
 PASSED = {"allow_other", "default_permissions", "ro", "nosuid", "suid", "nodev", "dev",
           "noexec", "exec", "noatime", "atime", "relatime", "sync", "async", "dirsync",
           "auto_unmount"}
-PASSED_VALUES = {"fsname", "subtype", "max_read"}
+PASSED_VALUES = {"fsname", "subtype"}
+# libfuse takes these at mount time, then refuses the mount at FUSE_INIT
+# (pyfuse3 cannot ask for the same value there): refused here, with the reason
+REFUSED = {"max_read": "libfuse refuses it with pyfuse3; reads are not limited"}
 TIERS = ("Expedited", "Standard", "Bulk")
 SYSLOG = "/dev/log"
 
@@ -115,6 +118,8 @@ def parse_options(args) -> Options:
             continue
         if _ours(args, opts, name, value, bool(eq)):
             continue
+        if name in REFUSED:
+            raise errors.UsageError(f"mount option {item!r} is not supported: {REFUSED[name]}")
         if (name in PASSED and not eq) or (name in PASSED_VALUES and eq):
             if name in ("fsname", "subtype"):
                 opts.fuse = {o for o in opts.fuse if not o.startswith(name + "=")}
@@ -252,14 +257,13 @@ async def serve(settings: Settings, opts: Options, mountpoint: str, mounted) -> 
         log.info("a `cryophile thaw` is running: it fetches what reads need")
     settings.policy = ReadPolicy(cfg, spool, settings.stores, lambda v: _tier(cfg, opts, v))
     ops = Operations(settings)
+    answered = trio.Event()
     try:
         async with trio.open_nursery() as nursery:
             ops.nursery = nursery
             pyfuse3.init(ops, mountpoint, opts.fuse)
             try:
-                _report_mounted(mounted, True)
-                log.info("mounted %s on %s", spool.root, mountpoint)
-                sdnotify.notify("READY=1", f"STATUS=mounted on {mountpoint}")  # Type=notify
+                nursery.start_soon(confirm_mounted, spool.root, mountpoint, mounted, answered)
                 nursery.start_soon(supervise, "freeze", settings.freezer.run)
                 if settings.thawer is not None:
                     nursery.start_soon(supervise, "thaw", settings.thawer.run)
@@ -275,7 +279,29 @@ async def serve(settings: Settings, opts: Options, mountpoint: str, mounted) -> 
     finally:
         lock.release()
         freezing.release()
+    if not answered.is_set():
+        _report_mounted(mounted, False)
+        raise errors.Error(f"cannot mount on {mountpoint}: the filesystem ended before it "
+                           "answered (libfuse refused the mount; see its message above)")
     log.info("unmounted %s", mountpoint)
+
+
+async def confirm_mounted(root: str, mountpoint: str, detached, answered: trio.Event) -> None:
+    """Say "mounted" (log, parent process, systemd) once the mount answers a
+    stat of its root: libfuse can still refuse the mount at FUSE_INIT, after
+    pyfuse3.init succeeded, and then ends the session at once."""
+    try:
+        st = await trio.to_thread.run_sync(os.stat, mountpoint, abandon_on_cancel=True)
+    except OSError as exc:
+        log.debug("stat of the new mount failed: %s", exc)
+        st = None
+    if st is None or st.st_ino != pyfuse3.ROOT_INODE:    # refused, or already gone
+        pyfuse3.terminate()
+        return
+    answered.set()
+    _report_mounted(detached, True)
+    log.info("mounted %s on %s", root, mountpoint)
+    sdnotify.notify("READY=1", f"STATUS=mounted on {mountpoint}")  # Type=notify
 
 
 def _tier(cfg, opts: Options, vault: str) -> tuple[str, int]:

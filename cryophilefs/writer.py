@@ -3,9 +3,14 @@
 The write handler only checks the offset and queues the bytes; one feeder
 task per file hands them to the ArchiveWriter in a thread (compression
 there, encryption in the writer's own thread), so FUSE, compression and
-encryption overlap.  The queue is bounded (``DEPTH`` × ``CHUNK``): when
-freeze falls behind ``spool_max``, the writer's backpressure holds the
-feeder, the queue fills and ``write(2)`` waits, rather than failing.
+encryption overlap.  The queue is bounded (``DEPTH`` batches of about
+``CHUNK``): when freeze falls behind ``spool_max``, the writer's
+backpressure holds the feeder, the queue fills and ``write(2)`` waits,
+rather than failing.  The buffers pyfuse3 hands over are bytes, which
+cannot change: they are queued as they are (no copy; a 1 MiB request is
+compressed where it lies), and the feeder takes whatever has queued up in
+one trip to its thread, since a trip costs about as much as the trio side
+of a request.
 
 The life of an incoming file (``Incoming.state``)::
 
@@ -94,7 +99,8 @@ class Incoming:
         self.state = WRITING
         self.offset = 0
         self.mtime_ns = time.time_ns()
-        self.pending = bytearray()
+        self.pending: list[bytes] = []     # requests not queued yet, under CHUNK bytes
+        self.pending_size = 0
         self.send, self.receive = trio.open_memory_channel(DEPTH)
         self.sent = self.taken = 0
         self.progress = trio.Event()
@@ -124,25 +130,37 @@ class Incoming:
         """The feeder task: queued bytes into the ArchiveWriter, in order."""
         try:
             async with self.receive:
-                async for data in self.receive:
+                async for batch in self.receive:
+                    batches = [batch]
+                    while len(batches) < DEPTH:    # all that queued up: one trip
+                        try:
+                            batches.append(self.receive.receive_nowait())
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
                     if self.error is None and self.state == WRITING:
-                        await self._write(data)
-                    self.taken += 1
+                        await self._write(batches)
+                    self.taken += len(batches)
                     self.progress.set()
                     self.progress = trio.Event()
         finally:
             self.fed.set()
 
-    async def _write(self, data) -> None:
+    async def _write(self, batches: list[list[bytes]]) -> None:
         try:
-            await trio.to_thread.run_sync(self.writer.write, data)
+            await trio.to_thread.run_sync(self._write_all, batches)
         except OSError as exc:
             self.error = errors.from_oserror(exc, f"backup {self.bid}")
         except Exception as exc:
             self.error = exc
 
+    def _write_all(self, batches: list[list[bytes]]) -> None:
+        """Blocking (the feeder's thread)."""
+        for batch in batches:
+            for data in batch:
+                self.writer.write(data)
+
     async def _push(self) -> None:
-        data, self.pending = self.pending, bytearray()
+        data, self.pending, self.pending_size = self.pending, [], 0
         self.sent += 1
         await self.send.send(data)
 
@@ -170,10 +188,13 @@ class Incoming:
                                    "the backup failed"))
             if self.writer is None:
                 await self._start_writer()
-            self.pending += buf
+            if not isinstance(buf, bytes):     # pyfuse3 gives bytes; others a copy
+                buf = bytes(buf)
+            self.pending.append(buf)            # immutable: kept as it is
+            self.pending_size += len(buf)
             self.offset += len(buf)
             self.mtime_ns = time.time_ns()
-            if len(self.pending) >= CHUNK:
+            if self.pending_size >= CHUNK:
                 await self._push()
             return len(buf)
 

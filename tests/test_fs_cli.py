@@ -51,10 +51,16 @@ def test_allow_other_adds_default_permissions():
     assert "fsname=cryophile" not in opts.fuse
 
 
-@pytest.mark.parametrize("bad", ["frobnicate", "restore_tier=Fast", "restore_days=0", "spool"])
+@pytest.mark.parametrize("bad", ["frobnicate", "restore_tier=Fast", "restore_days=0", "spool",
+                                 "max_read=65536"])
 def test_bad_mount_options(bad):
     with pytest.raises(errors.UsageError):
         parse("-o", bad)
+
+
+def test_max_read_is_refused_with_the_reason():
+    with pytest.raises(errors.UsageError, match="max_read=65536.*not supported: libfuse"):
+        parse("-o", "max_read=65536")
 
 
 def test_mount_helper_arguments(monkeypatch):

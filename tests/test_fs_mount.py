@@ -213,3 +213,26 @@ def test_bad_option_fails_before_mounting(rig):
     proc = subprocess.run(rig.command("-o", "frobnicate"), capture_output=True)
     assert proc.returncode == 2 and b"unknown mount option" in proc.stderr
     assert not os.path.ismount(rig.mnt)
+
+
+# cryophilefs with a mount option passed to libfuse that it refuses only at
+# FUSE_INIT, after the mount itself succeeded (max_read, were it passed on)
+REFUSED_AT_INIT = """
+import sys
+from cryophilefs import mount
+getattr(mount, "REFUSED", {}).clear()
+mount.PASSED_VALUES.add("max_read")
+sys.exit(mount.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.timeout(90)
+def test_option_refused_at_init_is_an_error(rig):
+    command = [sys.executable, "-c", REFUSED_AT_INIT, *rig.command("-o", "max_read=65536")[3:]]
+    proc = subprocess.run(command, capture_output=True, timeout=60,
+                          env={**os.environ, "CRYOPHILE_LOG_STYLE": "never"})
+    ours = [line for line in proc.stderr.decode().splitlines() if line.startswith("cryophilefs")]
+    assert proc.returncode == 1, proc.stderr.decode()
+    assert not any("mounted" in line for line in ours), ours
+    assert ours[-1].startswith("cryophilefs: error: cannot mount on") and "refused" in ours[-1]
+    assert not os.path.ismount(rig.mnt)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import signal
+import stat
 import subprocess
 import sys
 
@@ -184,17 +186,29 @@ def _open_input(path: str):
 
 
 def _copy(source, writer: ArchiveWriter) -> None:
+    """Each read is a new bytes object, which the writer compresses where it
+    is (no copy) when it holds whole frames, as reads of a file do."""
     progress = Progress("backup")
-    buf = bytearray(READ_SIZE)
-    view = memoryview(buf)
     fd = source.fileno()
+    _widen_pipe(fd)
     while True:
         try:
-            n = os.readv(fd, [buf])
+            data = os.read(fd, READ_SIZE)
         except OSError as exc:
             raise errors.Error(f"cannot read the input: {exc.strerror}") from None
-        if not n:
+        if not data:
             break
-        writer.write(view[:n])
-        progress.add(n)
+        writer.write(data)
+        progress.add(len(data))
     progress.finish()
+
+
+def _widen_pipe(fd: int) -> None:
+    """A pipe holds 64 KiB by default: 16 reads (and as many wake-ups of the
+    producer) per frame.  Ask for one frame's worth; a pipe that cannot grow
+    (pipe-max-size, the user's pipe quota) stays as it is."""
+    try:
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, READ_SIZE)
+    except OSError as exc:
+        log.debug("pipe left at its size: %s", exc)

@@ -10,6 +10,7 @@ wrong place, or a decoder bug, cannot pass garbage on silently.
 
 from __future__ import annotations
 
+import threading
 from typing import Callable, Iterable, Iterator
 
 import lz4.frame
@@ -29,14 +30,23 @@ def check_codec(name: str) -> str:
 
 
 def compressor(name: str) -> Callable[[bytes], bytes]:
-    """A function compressing one frame; thread-safe (one context per call for zstd)."""
+    """A function compressing one frame; thread-safe (one zstd context per
+    thread, kept: making one per frame costs more than compressing a frame
+    of incompressible data)."""
     if name == "lz4":
         return lambda data: lz4.frame.compress(
             data, compression_level=0, block_size=lz4.frame.BLOCKSIZE_MAX1MB,
             content_checksum=True, store_size=True)
     if name == "zstd":
-        return lambda data: zstandard.ZstdCompressor(
-            level=ZSTD_LEVEL, write_checksum=True).compress(data)
+        local = threading.local()
+
+        def zstd(data) -> bytes:
+            try:
+                ctx = local.ctx
+            except AttributeError:
+                ctx = local.ctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True)
+            return ctx.compress(data)
+        return zstd
     return bytes
 
 

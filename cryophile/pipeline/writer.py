@@ -36,6 +36,10 @@ COMPRESSORS = 2
 _DONE = object()
 
 
+def _frame_view(view: memoryview) -> memoryview:
+    return view
+
+
 def _drain(q: queue.Queue) -> None:
     """Empty a queue so that a producer blocked on put wakes up."""
     while True:
@@ -68,7 +72,7 @@ class ArchiveWriter:
         self.session_key = os.urandom(32)
         self.pkesks = keys.make_pkesks(recipients, self.session_key)
         self.stamp = int(self.created.timestamp())
-        self.enc = openpgp.Encryptor(self.session_key, self.stamp)
+        self.enc = openpgp.Encryptor(self.session_key, self.stamp, threaded=True)
         self.split = Splitter(self.work_dir, self.queue_dir, fragment_size, before_fragment)
         self.layout = openpgp.Layout(len(self.pkesks), None)   # size not known yet
         self.split.write(self.pkesks)
@@ -92,9 +96,12 @@ class ArchiveWriter:
     # --- caller's side ------------------------------------------------------
 
     def write(self, data) -> None:
-        """Take input; ``data`` may be reused by the caller afterwards."""
+        """Take input; ``data`` may be reused by the caller afterwards.  Given
+        ``bytes`` (or a view of bytes), which cannot change, whole frames of it
+        are compressed where they are, without a copy."""
         self._check()
         view = memoryview(data)
+        frame = _frame_view if isinstance(view.obj, bytes) else bytes
         self.watcher.feed(view)
         self.plain_size += len(view)
         fs = compress.FRAME_SIZE
@@ -107,7 +114,7 @@ class ArchiveWriter:
             self._put((fs, self.pool.submit(self.compress, self.frame)))
             self.frame = bytearray()
         while len(view) >= fs:          # whole frames straight from the caller's buffer
-            self._put((fs, self.pool.submit(self.compress, bytes(view[:fs]))))
+            self._put((fs, self.pool.submit(self.compress, frame(view[:fs]))))
             view = view[fs:]
         self.frame += view
 
@@ -178,6 +185,7 @@ class ArchiveWriter:
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.worker.join(timeout=10)
         self.writer.join(timeout=10)
+        self.enc.stop()
         self.split.abort()
         self.spool.abandon(self.bid)
         self.lock.release()
