@@ -36,7 +36,7 @@ from typing import Callable, Iterable
 from . import chains, errors, manifest
 from .ids import BackupId
 from .markcache import MarkCache
-from .spool import writing_parent
+from .spool import being_written
 from .store.base import State
 
 log = logging.getLogger("cryophile.check")
@@ -349,14 +349,15 @@ def queued_entries(spool, vault: str, prefix: str = "") -> list[Link]:
 
 
 def writing_entries(spool, vault: str, prefix: str = "") -> list[Link]:
-    """Backups of VAULT[/PREFIX] still being written with ``--parent``:
-    their parent must stay (spool.writing_parent)."""
+    """Backups of VAULT[/PREFIX] still being written whose base is known
+    (``--parent``, or an incremental zfs/btrfs stream recognised as it comes
+    in): that base must stay (spool.being_written)."""
     found = []
     for bid in spool.archives("backup"):
         if bid.vault != vault or not (not prefix or bid.prefix == prefix
                                       or bid.prefix.startswith(prefix + "/")):
             continue
-        parent = writing_parent(spool, bid)
-        if parent:
-            found.append(Link(bid, None, parent))
+        record = being_written(spool, bid)
+        if record is not None and (record[0] or record[1]):
+            found.append(Link(bid, record[1], record[0]))
     return found

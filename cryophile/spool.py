@@ -13,6 +13,7 @@ rather than freeze inline); freeze/…/ULID/.ledger lists what was uploaded.
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import re
@@ -250,6 +251,7 @@ class FileLock:
 
 
 PARENT_FILE = "parent"
+STREAM_FILE = "stream"
 
 
 class BackupLock(FileLock):
@@ -291,18 +293,44 @@ class BackupLock(FileLock):
         return self.acquire(create=False)
 
 
-def writing_parent(spool: Spool, bid: BackupId) -> str | None:
-    """The ``--parent`` ULID of backup ``bid`` while it is being written
-    (its lock held), else None."""
+def note_stream(spool: Spool, bid: BackupId, stream: dict) -> None:
+    """Record, in backup/…/ULID/stream, the clear identity of an incremental
+    zfs/btrfs stream being written (what chunk.0 will say at the seal):
+    its base is then known to prune and rm before there is a chunk.0.
+    Written under a temporary name and renamed; a failure to write it is
+    raised (a base left unprotected is not a detail)."""
+    final = os.path.join(spool.dir("backup", bid), STREAM_FILE)
+    tmp = final + ".tmp"
     try:
-        with open(os.path.join(spool.dir("backup", bid), PARENT_FILE)) as f:
-            ulid = f.read().strip()
+        with open(tmp, "w") as f:
+            json.dump(stream, f)
+        os.rename(tmp, final)
+    except OSError as exc:
+        raise errors.from_oserror(exc, f"cannot record the stream of {bid}") from None
+
+
+def being_written(spool: Spool, bid: BackupId) -> tuple[str | None, dict | None] | None:
+    """(``--parent`` ULID, stream identity) of backup ``bid`` while it is
+    being written (its lock held), either None when not recorded; None when
+    it is not being written."""
+    directory = spool.dir("backup", bid)
+    try:
+        with open(os.path.join(directory, PARENT_FILE)) as f:
+            parent = f.read().strip()
     except OSError:
-        return None
+        parent = None
+    try:
+        with open(os.path.join(directory, STREAM_FILE)) as f:
+            stream = json.load(f)
+    except (OSError, ValueError):
+        stream = None
     lock = BackupLock(spool, bid)
     free = lock.try_acquire()
     lock.release()
-    return None if free or not ULID_RE.match(ulid) else ulid
+    if free:
+        return None
+    return (parent if parent and ULID_RE.match(parent) else None,
+            stream if isinstance(stream, dict) else None)
 
 
 class ArchiveFreezeLock:

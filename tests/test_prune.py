@@ -158,3 +158,29 @@ def test_the_parent_of_a_backup_being_written_is_held(rig, recipes):
         assert (archive_dir(rig, base) / "chunk.0").exists()
     proc = rig.run("prune", rig.vault, "--keep-last", "1", "-n", check=True)
     assert plan_lines(proc)[base] == f"held base of {child}"      # sealed: its chunk.0 says
+
+
+def test_the_base_of_an_incremental_stream_being_written_is_held(rig, recipes):
+    """No --parent: a zfs incremental still coming in names its base by the
+    fromguid of its first record, before any chunk.0 says so."""
+    from tests.streamgen import zfs_substream
+    from tests.test_rm import writing_child
+    base = rig.backup(zfs_substream("<", 11, 0, "tank/home@d1", []), recipes["gpg"].cert,
+                      "-t", "2026-02-01T00:00:00Z", "-p", "tank/home")
+    old = rig.backup(zfs_substream("<", 22, 0, "tank/home@d2", []), recipes["gpg"].cert,
+                     "-t", "2026-02-02T00:00:00Z", "-p", "tank/home")
+    newest = rig.backup(zfs_substream("<", 33, 0, "tank/home@d3", []), recipes["gpg"].cert,
+                        "-t", "2026-02-03T00:00:00Z", "-p", "tank/home")
+    rig.run("freeze", "--once", check=True)
+    stream = zfs_substream("<", 44, 11, "tank/home@d4", [])
+    cut = len(stream) - 40                  # everything but its END record, for now
+    with writing_child(rig, recipes, head=stream[:cut], tail=stream[cut:],
+                       args=("-p", "tank/home")) as child:
+        proc = rig.run("prune", rig.vault, "--keep-last", "1", "-n", check=True)
+        assert plan_lines(proc) == {
+            child: "keep being written", newest: "keep last", old: "delete",
+            base: f"held parent of a backup in progress ({child})"}
+        refused = rig.run("rm", f"{rig.vault}/tank/home/{base}")
+        assert refused.returncode == 2 and child.encode() in refused.stderr, refused.stderr
+    proc = rig.run("prune", rig.vault, "--keep-last", "1", "-n", check=True)
+    assert plan_lines(proc)[base] == f"held base of {child}"      # sealed: its chunk.0 says

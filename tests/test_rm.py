@@ -192,31 +192,37 @@ def test_rm_refuses_the_parent_of_a_backup_being_written(rig, recipes):
     assert (archive_dir(rig, base) / "chunk.0").exists()
 
 
-def writing_child(rig, recipes, parent: str):
-    """A real `backup --parent` kept writing (its input held open) while in the
-    with block; yields its ULID, then ends its input and lets it seal."""
+def writing_child(rig, recipes, parent: str | None = None, *, head: bytes | None = None,
+                  tail: bytes = b"", args: tuple = ()):
+    """A real backup kept writing (its input held open) while in the with
+    block: with ``--parent PARENT``, or else of ``head``, the start of an
+    incremental zfs/btrfs stream.  Yields its ULID once the spool records
+    its base, then writes ``tail``, ends its input and lets it seal."""
     import contextlib
     import subprocess
     import time
 
+    extra = ("--parent", parent) if parent else ()
+    record = "parent" if parent else "stream"
+
     @contextlib.contextmanager
     def run():
         proc = subprocess.Popen(rig.command("backup", "-v", rig.vault, "-k",
-                                            str(recipes["gpg"].cert), "--parent", parent),
+                                            str(recipes["gpg"].cert), *extra, *args),
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE)
         try:
-            proc.stdin.write(os.urandom(1000))
+            proc.stdin.write(head if head is not None else os.urandom(1000))
             proc.stdin.flush()
             top = rig.spool / "backup" / rig.vault
             for _ in range(600):
-                found = [d for d in top.iterdir() if (d / "parent").exists()] \
-                    if top.exists() else []
+                found = [p.parent for p in top.rglob(record)] if top.exists() else []
                 if found:
                     break
                 time.sleep(0.05)
             assert found, "the backup never started"
             yield found[0].name
+            proc.stdin.write(tail)
             proc.stdin.close()
             assert proc.wait(timeout=120) == 0, proc.stderr.read()
         finally:

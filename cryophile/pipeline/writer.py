@@ -24,7 +24,7 @@ from typing import Callable
 from .. import __version__, errors, keys, manifest, streams
 from ..fsutil import fsync_dir
 from ..ids import BackupId
-from ..spool import BackupLock, Spool, makedirs
+from ..spool import BackupLock, Spool, makedirs, note_stream
 from . import compress, openpgp
 from .split import Splitter, publish
 
@@ -32,6 +32,7 @@ log = logging.getLogger("cryophile.backup")
 
 INDEX_INTERVAL = 16 << 20          # a seek point at least every 16 MiB of input
 QUEUE_DEPTH = 4
+NOTE_WITHIN = 64 << 20         # a stream's base is named within this much input, or never
 COMPRESSORS = 2
 _DONE = object()
 
@@ -92,6 +93,7 @@ class ArchiveWriter:
         self.worker.start()
         self.writer.start()
         self.closed = self.aborted = False
+        self.noting = parent is None    # until the stream's base is known (_note_stream)
 
     # --- caller's side ------------------------------------------------------
 
@@ -104,6 +106,8 @@ class ArchiveWriter:
         frame = _frame_view if isinstance(view.obj, bytes) else bytes
         self.watcher.feed(view)
         self.plain_size += len(view)
+        if self.noting:
+            self._note_stream()
         fs = compress.FRAME_SIZE
         if self.frame:
             take = view[:fs - len(self.frame)]
@@ -117,6 +121,21 @@ class ArchiveWriter:
             self._put((fs, self.pool.submit(self.compress, frame(view[:fs]))))
             view = view[fs:]
         self.frame += view
+
+    def _note_stream(self) -> None:
+        """Once the input is recognised as an incremental zfs or btrfs stream,
+        record what it was sent from (``spool.STREAM_FILE``): prune and rm
+        must not delete the base of a backup still being written, and before
+        the seal only this says which archive that is."""
+        kind, walker = self.watcher.kind, self.watcher.walker
+        if kind is None:
+            return                                  # not recognised yet
+        ids = walker.identity()[0] if walker is not None else {}
+        if not ids and walker is not None and self.plain_size < NOTE_WITHIN:
+            return                                  # its first record still to come
+        self.noting = False
+        if ids.get("fromguid") or ids.get("clone_uuid"):
+            note_stream(self.spool, self.bid, {"kind": kind, "complete": None, **ids})
 
     def _put(self, item) -> None:
         while True:
