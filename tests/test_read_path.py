@@ -355,6 +355,27 @@ def test_a_frame_claiming_more_than_a_frame_holds_is_refused(codec):
         b"".join(compress.decompress(codec, [bytes(frame)], 1000))
 
 
+@pytest.mark.parametrize("change", ["overwrite", "append"])
+def test_a_fragment_written_to_after_its_check_is_refused(ring, tmp_path, change):
+    """Fragments read in place (a local vault) are read from the file that was
+    hashed, and refused if it is written to between the check and the read."""
+    recipients, secret = ring
+    built = Built(str(tmp_path), recipients, secret, mixed(300_000, 3), "none", 100_000)
+    frag = built.clear.fragments[0]
+    verified = reader.open_verified(built.path(1), frag, 1)
+    blocks = verified.blocks()
+    with open(built.path(1), "r+b") as f:
+        if change == "overwrite":
+            f.seek(10)
+            f.write(bytes([f.read(1)[0] ^ 1]))
+        else:
+            f.seek(0, os.SEEK_END)
+            f.write(b"x")
+    with pytest.raises(errors.IntegrityError, match="changed while it was read"):
+        list(blocks)
+    assert verified.f.closed
+
+
 # --- restore ends on every failure --------------------------------------------
 
 class Damaged:
