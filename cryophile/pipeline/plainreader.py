@@ -63,13 +63,17 @@ class PlainReader:
                 and self._entry(offset)[0] > self.pos:
             self._seek(offset)
         self._skip(offset - self.pos)
-        out = bytearray()
-        while len(out) < size:
-            out += self._take(size - len(out))
+        first = self._take(size)
+        if len(first) == size:        # the usual case: a whole frame, handed on uncopied
+            out = first if isinstance(first, bytes) else bytes(first)
+        else:
+            parts = bytearray(first)
+            while len(parts) < size:
+                parts += self._take(size - len(parts))
+            out = bytes(parts)
         if self.pos == self.size:
             self._finish()
-        return bytes(out)
-
+        return out
     def _finish(self) -> None:
         """At the end of the plaintext, run the stream to its end: that checks
         the MDC (or, from a seek, that the MDC packet is where it belongs) and
@@ -77,11 +81,16 @@ class PlainReader:
         if self.buf or any(len(block) for block in self.stream):
             raise errors.IntegrityError("archive holds more data than its stated size")
 
-    def _take(self, n: int) -> memoryview:
+    def _take(self, n: int) -> bytes | memoryview:
+        """Up to n bytes of the current block: the block itself when it is
+        bytes taken whole, else a view of it."""
         if not self.buf:
             block = next(self.stream, None)
             if block is None:
                 raise errors.IntegrityError("archive ends before its stated size")
+            if isinstance(block, bytes) and len(block) <= n:
+                self.pos += len(block)
+                return block
             self.buf = memoryview(block)
         part, self.buf = self.buf[:n], self.buf[n:]
         self.pos += len(part)
