@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 
 from .. import errors
 from ..manifest import ClearInfo
-from . import compress, openpgp
+from . import buffers, compress, openpgp
 from .reader import Ahead, VerifiedFile, open_fragment, open_verified
 
 BLOCK_SIZE = 1 << 20
@@ -31,6 +31,7 @@ PREFETCH = 4               # decrypted blocks ready ahead of decompression
 class PlainReader:
     def __init__(self, clear: ClearInfo, manifest: dict, unlock,
                  fragment_path: Callable[[int], str]):
+        buffers.reuse_buffers()
         self.clear, self.manifest = clear, manifest
         self.fragment_path = fragment_path
         self.size = manifest["size"]

@@ -19,7 +19,7 @@ from typing import BinaryIO, Callable, Iterator
 
 from .. import errors
 from ..manifest import ClearInfo, Fragment
-from . import compress, openpgp
+from . import buffers, compress, openpgp
 
 log = logging.getLogger("cryophile.restore")
 
@@ -172,6 +172,7 @@ def verified_blocks(clear: ClearInfo, fragment_path: Callable[[int], str]) -> It
 def restore(clear: ClearInfo, manifest: dict, unlock, fragment_path: Callable[[int], str],
             out: BinaryIO) -> int:
     """Write the plaintext to ``out``; return its size.  Raises on any damage."""
+    buffers.reuse_buffers()
     literal = openpgp.decrypt(openpgp.ByteSource(verified_blocks(clear, fragment_path)), unlock)
     chunks: queue.Queue = queue.Queue(8)
     result: dict = {}
