@@ -36,7 +36,7 @@ class VerifiedFile:
 
     Its bytes are read from the same open file that was hashed, and each
     block read is followed by a check that the file has not been written
-    since (size, mtime, ctime): a fragment read in place in a local vault
+    since (its size and mtime): a fragment read in place in a local vault
     cannot change between its check and its use unnoticed.
     """
 
@@ -62,7 +62,7 @@ class VerifiedFile:
 
 
 def stamp(st: os.stat_result) -> tuple:
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def open_fragment(path: str, frag: Fragment, n: int) -> tuple:
