@@ -362,6 +362,7 @@ def test_a_fragment_written_to_after_its_check_is_refused(ring, tmp_path, change
     recipients, secret = ring
     built = Built(str(tmp_path), recipients, secret, mixed(300_000, 3), "none", 100_000)
     frag = built.clear.fragments[0]
+    os.utime(built.path(1), (1e9, 1e9))       # written long ago, as in a vault
     verified = reader.open_verified(built.path(1), frag, 1)
     blocks = verified.blocks()
     with open(built.path(1), "r+b") as f:
