@@ -104,10 +104,10 @@ class Case:
         self.config.write_text(f'[vault.{VAULT}]\nurl = "file://{self.vaults}"\n'
                                f'keyring = ["{cert}"]\n')
         frozen = root / "frozen"
-        for spool in (frozen, self.spool):
-            subprocess.run(CRYOPHILE + ["-S", str(spool), "-c", str(self.config), "backup",
-                                        "-v", VAULT, "-u", ULID, "-C", codec, "-i", str(data)],
-                           env=ENV, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(CRYOPHILE + ["-S", str(self.spool), "-c", str(self.config), "backup",
+                                    "-v", VAULT, "-u", ULID, "-C", codec, "-i", str(data)],
+                       env=ENV, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(["cp", "-al", str(self.spool), str(frozen)], check=True)   # links
         subprocess.run(CRYOPHILE + ["-S", str(frozen), "-c", str(self.config), "freeze",
                                     "--once"], env=ENV, check=True)
         shutil.rmtree(frozen)
@@ -245,7 +245,7 @@ def main() -> None:
     genv = {**os.environ, "GNUPGHOME": str(home)}
     root = WORK / "restore"
     print(f"load average {load()} at the start; {os.cpu_count()} CPUs")
-    for kind in args.kinds.split(","):
+    for kind in filter(None, args.kinds.split(",")):
         data = real_data(size) if kind == "real" else random_data(size)
         for codec in args.codecs.split(","):
             print(f"{kind} data, {size / GIB:g} GiB, -C {codec}:", flush=True)
