@@ -54,7 +54,7 @@ class NullFS(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=ino, direct_io=True), self._attrs(ino)
 
     async def open(self, inode, flags, ctx=None):
-        return pyfuse3.FileInfo(fh=inode, keep_cache=True)
+        return pyfuse3.FileInfo(fh=inode, direct_io=True)     # as cryophilefs opens archives
 
     async def setattr(self, inode, attr, fields, fh, ctx=None):
         return self._attrs(inode)

@@ -470,7 +470,10 @@ class Operations(pyfuse3.Operations):
         fh = self._new_fh()
         self.handles[fh] = ReadHandle(node, reader)
         self.nursery.start_soon(reader.run)
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+        # direct I/O: reads arrive as the reader asks (1 MiB, st_blksize) instead
+        # of 128 KiB readahead requests, and the plaintext does not fill the
+        # page cache; re-reads decrypt again, and archives cannot be mmap'ed
+        return pyfuse3.FileInfo(fh=fh, direct_io=True)
 
     async def _manifest(self, archive: vaults.Archive) -> dict:
         if archive.manifest is None:

@@ -111,6 +111,16 @@ def test_restore_of_a_damaged_archive_ends(template, tmp_path, fskeys, codec, ki
 
 
 @pytest.mark.timeout(120)
+def test_restore_reads_a_local_vault_in_place(template, tmp_path, fskeys):
+    """No fragment is copied into the spool: it is checked and read where it is."""
+    rig, data, a, b = copy_rig(template, tmp_path, "extra-chunk", "zstd")
+    proc = rig.run("restore", "-v", rig.vault, "-u", a, "-k", str(fskeys[1]), input=None,
+                   pre=("-d",), timeout=60)
+    assert proc.returncode == 0 and proc.stdout == data, proc.stderr
+    assert "read in place from file://" in proc.stderr.decode()
+
+
+@pytest.mark.timeout(120)
 def test_ls_skips_a_mark_of_another_archive(template, tmp_path):
     rig, data, a, b = copy_rig(template, tmp_path, "other-archive", "lz4")
     proc = rig.run("ls", rig.vault, timeout=60)

@@ -315,6 +315,68 @@ def test_only_the_last_frame_may_be_short(codec):
             b"".join(compress.decompress(codec, frames, 100))
 
 
+FRAME_VARIANTS = {
+    "lz4": lambda data: lz4.frame.compress(data, block_size=lz4.frame.BLOCKSIZE_MAX64KB,
+                                           block_checksum=True, content_checksum=True),
+    "lz4-nosize": lambda data: lz4.frame.compress(data, store_size=False,
+                                                  content_checksum=False),
+    "zstd-nosize": lambda data: zstandard.ZstdCompressor(write_content_size=False,
+                                                         write_checksum=True).compress(data),
+}
+
+
+@settings(max_examples=80, deadline=None, database=None)
+@given(data=st.binary(max_size=5000) | st.builds(mixed, st.integers(0, 300_000)),
+       frame_size=st.integers(1, 200_000), cuts=st.lists(st.integers(1, 70_000), max_size=30),
+       variant=st.sampled_from(["lz4", "zstd", *FRAME_VARIANTS]))
+def test_frames_decompress_across_any_chunking(data, frame_size, cuts, variant):
+    """Frames found by their headers, whatever the chunks (one octet, many frames)."""
+    codec = variant.split("-")[0]
+    c = FRAME_VARIANTS.get(variant) or compress.compressor(codec)
+    stream = b"".join(c(data[i:i + frame_size]) for i in range(0, len(data), frame_size))
+    chunks, pos = [], 0
+    for cut in cuts + [len(stream)]:
+        chunks.append(stream[pos:pos + cut])
+        pos += cut
+    chunks = [x for x in chunks if x] + ([stream[pos:]] if stream[pos:] else [])
+    assert b"".join(compress.decompress(codec, chunks, frame_size)) == data
+    if len(stream) > 1:
+        with pytest.raises(errors.IntegrityError, match="ends inside a frame|unexpected size"):
+            b"".join(compress.decompress(codec, [stream[:-1]], frame_size))
+
+
+@pytest.mark.parametrize("codec", ["lz4", "zstd"])
+def test_a_frame_claiming_more_than_a_frame_holds_is_refused(codec):
+    frame = bytearray(compress.compressor(codec)(b"x" * 1000))
+    with pytest.raises(errors.IntegrityError, match="unexpected size"):
+        b"".join(compress.decompress(codec, [bytes(frame)], 999))
+    frame[:4] = b"\0\0\0\0"
+    with pytest.raises(errors.IntegrityError, match="not an? (lz4|zstd) frame"):
+        b"".join(compress.decompress(codec, [bytes(frame)], 1000))
+
+
+@pytest.mark.parametrize("change", ["overwrite", "append"])
+def test_a_fragment_written_to_after_its_check_is_refused(ring, tmp_path, change):
+    """Fragments read in place (a local vault) are read from the file that was
+    hashed, and refused if it is written to between the check and the read."""
+    recipients, secret = ring
+    built = Built(str(tmp_path), recipients, secret, mixed(300_000, 3), "none", 100_000)
+    frag = built.clear.fragments[0]
+    os.utime(built.path(1), (1e9, 1e9))       # written long ago, as in a vault
+    verified = reader.open_verified(built.path(1), frag, 1)
+    blocks = verified.blocks()
+    with open(built.path(1), "r+b") as f:
+        if change == "overwrite":
+            f.seek(10)
+            f.write(bytes([f.read(1)[0] ^ 1]))
+        else:
+            f.seek(0, os.SEEK_END)
+            f.write(b"x")
+    with pytest.raises(errors.IntegrityError, match="changed while it was read"):
+        list(blocks)
+    assert verified.f.closed
+
+
 # --- restore ends on every failure --------------------------------------------
 
 class Damaged:

@@ -207,14 +207,15 @@ def test_killed_restore_is_cleaned_up_by_the_next(s3, recipes, s3proxy):
 # --- bounded space ----------------------------------------------------------------------
 
 @pytest.mark.timeout(600)
-def test_restore_streams_through_a_bounded_spool(tmp_path, recipes):
-    rig = Rig(tmp_path)
+def test_restore_streams_through_a_bounded_spool(tmp_path, bucket, s3proxy, recipes):
+    """(From S3: a local vault's fragments are read in place, not through the spool.)"""
+    rig = S3Rig(tmp_path, bucket, s3proxy.endpoint)
     bound = 3 << 20
-    rig.write_config()
     data = os.urandom(21 << 20)
     ulid = rig.backup(data, recipes["sq"].cert, "-s", "1MiB", "-C", "none")
+    mark = os.path.getsize(Spool(str(rig.spool)).path("freeze", BackupId(rig.vault, "", ulid), 0))
     rig.run("freeze", "--once", check=True)
-    rig.config.write_text('spool_max = "3MiB"\n' + rig.config.read_text())
+    rig.write_s3_config(spool_max="3MiB")
     spool = Spool(str(rig.spool))
     peak, stop = 0, threading.Event()
 
@@ -231,7 +232,6 @@ def test_restore_streams_through_a_bounded_spool(tmp_path, recipes):
         stop.set()
         watcher.join()
     assert out.stdout == data
-    mark = (rig.vaults / rig.vault / ulid / "chunk.0").stat().st_size
     assert peak <= bound + mark, f"restore queue peaked at {peak} bytes, spool_max {bound}"
     assert peak >= 1 << 20, "the watcher must see the restore queue in use"
     assert spool_files(rig.spool, "restore") == []
@@ -239,9 +239,9 @@ def test_restore_streams_through_a_bounded_spool(tmp_path, recipes):
 
 @pytest.mark.skipif(os.getuid() != 0, reason="mounts a small tmpfs as the spool")
 @pytest.mark.timeout(300)
-def test_full_spool_is_blamed_on_the_spool_and_cleaned(tmp_path, recipes):
-    rig = Rig(tmp_path)
-    rig.write_config()
+def test_full_spool_is_blamed_on_the_spool_and_cleaned(tmp_path, bucket, s3proxy, recipes):
+    """(From S3: a local vault's fragments are read in place, not through the spool.)"""
+    rig = S3Rig(tmp_path, bucket, s3proxy.endpoint)
     big = tmp_path / "big-spool"
     data = os.urandom(5 << 20)
     other = ("-S", str(big))                  # the last -S wins

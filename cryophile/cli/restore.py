@@ -13,6 +13,7 @@ from .. import backpressure, errors, manifest, ranges, restorequeue, thaw, thawp
 from ..ids import BackupId
 from ..pipeline import reader
 from ..spool import BackupLock
+from ..store.local import LocalStore
 from . import target, thawplan
 from .common import Context, Progress, add_limit_option, secret_keys
 from .output import Output
@@ -104,6 +105,7 @@ class Restore:
         self.waiting: thawprogress.Waiting | None = None  # says progress of another's thaw
         self.finished = False       # a range's reading thread may wait ahead of need: stop it
         self.token = None
+        self.vault_root: str | None = None     # a local vault's directory: read in place
 
     async def run(self, out) -> int:
         self.token = trio.lowlevel.current_trio_token()
@@ -146,6 +148,11 @@ class Restore:
         self.waiting = thawprogress.Waiting(log, self.bid, plan, len(self.order),
                                             thawprogress.every())
         self.window = window(self.ctx, self.spool, clear)
+        store = self.ctx.store(self.bid.vault)
+        if isinstance(store, LocalStore):
+            self.vault_root = store.root
+            log.debug("%s: fragments not in the spool are read in place from %s",
+                      self.bid, store.url)
         await trio.to_thread.run_sync(self.queue)
         try:
             async with trio.open_nursery() as nursery:
@@ -171,7 +178,17 @@ class Restore:
 
     def local(self, n: int) -> bool:
         return (self.reader.has(n) or os.path.exists(self.spool.path("restore", self.bid, n))
-                or os.path.exists(self.spool.path("freeze", self.bid, n)))
+                or os.path.exists(self.spool.path("freeze", self.bid, n))
+                or self.in_vault(n) is not None)
+
+    def in_vault(self, n: int) -> str | None:
+        """A local vault's own copy of fragment n, read in place (objects there are
+        never rewritten; the reader checks the file against chunk.0 and that it
+        does not change while read)."""
+        if self.vault_root is None:
+            return None
+        path = os.path.join(self.vault_root, self.bid.fragment_key(n))
+        return path if os.path.exists(path) else None
 
     def queue(self) -> None:
         """Ask for the first window; ask the vault to restore the rest already
@@ -227,7 +244,7 @@ class Restore:
         while True:
             if self.finished:
                 raise errors.Interrupted(f"restore of {self.bid} no longer needs chunk.{n}")
-            path = self.reader.take(n)
+            path = self.reader.take(n) or self.in_vault(n)
             if path is not None:
                 return path
             failure = restorequeue.failure(self.spool, self.bid, n)

@@ -55,42 +55,156 @@ def decompress(name: str, chunks: Iterable[bytes], frame_size: int | None = None
     """Decompress a sequence of frames given as arbitrary chunks.
 
     With ``frame_size``, every frame but the last must hold exactly that
-    many bytes (as the writer cuts them).
+    many bytes (as the writer cuts them).  Each frame's extent is read from
+    its block headers and the frame decompressed in one call: a frame lying
+    within one chunk is not copied, and one spread over chunks once.
     """
     if name == "none":
         yield from chunks
-    elif name == "lz4":
-        yield from _frames(chunks, lambda: lz4.frame.LZ4FrameDecompressor(), frame_size)
-    elif name == "zstd":
-        yield from _frames(chunks, lambda: zstandard.ZstdDecompressor().decompressobj(),
-                           frame_size)
+    elif name in ("lz4", "zstd"):
+        yield from _frames(chunks, name, frame_size)
     else:
         raise IntegrityError(f"archive uses unknown compression {name!r}")
 
 
-def _frames(chunks: Iterable[bytes], new, frame_size: int | None) -> Iterator[bytes]:
-    dec, started = new(), False
-    size, short = 0, False          # of the current frame; an earlier frame was short
+def _frames(chunks: Iterable[bytes], codec: str, frame_size: int | None) -> Iterator[bytes]:
+    whole = _decompress_lz4 if codec == "lz4" else _decompress_zstd
+    scan = _Scanner(codec)
+    parts: list = []                  # of the frame being gathered
+    short = False                     # an earlier frame was short
     for data in chunks:
-        while data:
-            try:
-                out = dec.decompress(data)
-            except Exception as exc:   # lz4/zstd raise their own error types
-                raise IntegrityError(f"decompression failed: {exc}") from None
-            started = True
-            size += len(out)
-            if frame_size is not None and (short or size > frame_size):
+        view = memoryview(data)
+        while view:
+            end = scan.feed(view)
+            if end < 0:
+                parts.append(view)
+                break
+            parts.append(view[:end])
+            view = view[end:]
+            frame = parts[0] if len(parts) == 1 else b"".join(parts)
+            parts = []
+            if short:
                 raise IntegrityError("compressed frame of unexpected size: archive damaged")
+            out = whole(frame, scan.content_size, frame_size)
+            if frame_size is not None:
+                if len(out) > frame_size:
+                    raise IntegrityError("compressed frame of unexpected size: archive damaged")
+                short = len(out) != frame_size
+            scan = _Scanner(codec)
             if out:
                 yield out
-            if _finished(dec):
-                short = size != frame_size
-                data, dec, started, size = dec.unused_data, new(), False, 0
-            else:
-                data = b""
-    if started:
+    if scan.started:
         raise IntegrityError("compressed stream ends inside a frame: archive truncated")
 
 
-def _finished(dec) -> bool:
-    return bool(getattr(dec, "eof", False))
+def _decompress_lz4(frame, content_size: int | None, frame_size: int | None) -> bytes:
+    _check_size(content_size, frame_size)
+    try:
+        return lz4.frame.decompress(frame)
+    except Exception as exc:          # lz4 raises RuntimeError
+        raise IntegrityError(f"decompression failed: {exc}") from None
+
+
+def _decompress_zstd(frame, content_size: int | None, frame_size: int | None) -> bytes:
+    _check_size(content_size, frame_size)
+    try:
+        if content_size is None:      # not written by us: no size in the header
+            dec = zstandard.ZstdDecompressor().decompressobj()
+            return dec.decompress(frame)
+        return zstandard.ZstdDecompressor().decompress(frame)
+    except zstandard.ZstdError as exc:
+        raise IntegrityError(f"decompression failed: {exc}") from None
+
+
+def _check_size(content_size: int | None, frame_size: int | None) -> None:
+    """A header claiming more than a frame holds is refused before anything is allocated."""
+    if content_size is not None and frame_size is not None and content_size > frame_size:
+        raise IntegrityError("compressed frame of unexpected size: archive damaged")
+
+
+LZ4_MAGIC = b"\x04\x22\x4d\x18"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+class _Scanner:
+    """Finds where a frame ends from its header and block headers, fed the
+    stream piece by piece; keeps only the few header bytes it parses."""
+
+    def __init__(self, codec: str):
+        self.steps = (_lz4_layout if codec == "lz4" else _zstd_layout)(self)
+        self.want = next(self.steps)          # ("read", n) or ("skip", n)
+        self.head = bytearray()
+        self.started = False
+        self.content_size: int | None = None
+
+    def feed(self, view: memoryview) -> int:
+        """Offset in ``view`` just past the frame's end, or -1: all of it belongs."""
+        pos = 0
+        self.started = True
+        while True:
+            kind, n = self.want
+            if kind == "skip":
+                take = min(n, len(view) - pos)
+                pos += take
+                n -= take
+                if n:
+                    self.want = ("skip", n)
+                    return -1
+            else:
+                take = min(n - len(self.head), len(view) - pos)
+                self.head += view[pos:pos + take]
+                pos += take
+                if len(self.head) < n:
+                    return -1
+            got, self.head = bytes(self.head), bytearray()
+            try:
+                self.want = self.steps.send(got if kind == "read" else None)
+            except StopIteration:
+                return pos
+
+
+def _lz4_layout(scan: _Scanner):
+    """lz4 frame format: header, blocks (4-octet sizes), end mark, content checksum."""
+    head = yield ("read", 7)
+    if head[:4] != LZ4_MAGIC:
+        raise IntegrityError("decompression failed: not an lz4 frame: archive damaged")
+    flg = head[4]
+    extra = (8 if flg & 0x08 else 0) + (4 if flg & 0x01 else 0)
+    if extra:
+        more = yield ("read", extra)
+        if flg & 0x08:
+            scan.content_size = int.from_bytes(head[6:7] + more[:7], "little")
+    while True:
+        size = int.from_bytes((yield ("read", 4)), "little") & 0x7FFFFFFF
+        if size == 0:
+            break
+        yield ("skip", size + (4 if flg & 0x10 else 0))
+    if flg & 0x04:
+        yield ("skip", 4)
+
+
+def _zstd_layout(scan: _Scanner):
+    """zstd frame format: header, blocks (3-octet headers), optional checksum."""
+    head = yield ("read", 5)
+    if head[:4] != ZSTD_MAGIC:
+        raise IntegrityError("decompression failed: not a zstd frame: archive damaged")
+    fhd = head[4]
+    single = fhd >> 5 & 1
+    fcs = (1 if single else 0, 2, 4, 8)[fhd >> 6]
+    rest = (0 if single else 1) + (0, 1, 2, 4)[fhd & 3] + fcs
+    if rest:
+        more = yield ("read", rest)
+        if fcs:
+            value = int.from_bytes(more[rest - fcs:], "little")
+            scan.content_size = value + 256 if fcs == 2 else value
+    while True:
+        block = int.from_bytes((yield ("read", 3)), "little")
+        kind, size = block >> 1 & 3, block >> 3
+        if kind == 3:
+            raise IntegrityError("decompression failed: reserved zstd block type: "
+                                 "archive damaged")
+        yield ("skip", 1 if kind == 1 else size)
+        if block & 1:
+            break
+    if fhd & 0x04:
+        yield ("skip", 4)

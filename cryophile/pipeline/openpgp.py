@@ -12,6 +12,7 @@ and the random-access reader alike.  docs/FORMAT.md describes it.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import hashlib
 import os
 import queue
@@ -410,13 +411,14 @@ class BodyReader:
 
 
 class Decrypted:
-    """The SEIPD plaintext, decrypted as read; tracks the MDC hash."""
+    """The SEIPD plaintext, decrypted as read; tracks the MDC hash (in a
+    thread of its own: SHA-1 costs more than the decryption)."""
 
     def __init__(self, body: BodyReader, key: bytes, iv: bytes = bytes(BLOCK),
                  check_mdc: bool = True):
         self.body = body
         self.cipher = Cipher(algorithms.AES(key), CFB(iv)).decryptor()
-        self.mdc = hashlib.sha1() if check_mdc else None
+        self.mdc = BackgroundHash() if check_mdc else None
         self.held = b""           # the last 20 bytes: maybe the MDC value
         self.buf = memoryview(b"")
 
@@ -441,6 +443,41 @@ class Decrypted:
 
     def read_exact(self, n: int, what: str) -> bytes:
         return ByteSource.read_exact(self, n, what)
+
+    def close(self) -> None:
+        if self.mdc is not None:
+            self.mdc.close()
+
+
+class BackgroundHash:
+    """SHA-1 of what ``update`` is given, computed in another thread, at most
+    AHEAD updates behind.  Buffers must not change after ``update``."""
+
+    AHEAD = 4
+
+    def __init__(self):
+        self.sha1 = hashlib.sha1()
+        self.pool = concurrent.futures.ThreadPoolExecutor(1, "cryophile-mdc")
+        self.pending: collections.deque = collections.deque()
+
+    def update(self, data) -> None:
+        if len(data) < 4096:                 # not worth a hand-off; keeps the order
+            self._drain(0)
+            self.sha1.update(data)
+            return
+        self._drain(self.AHEAD - 1)
+        self.pending.append(self.pool.submit(self.sha1.update, data))
+
+    def _drain(self, keep: int) -> None:
+        while len(self.pending) > keep:
+            self.pending.popleft().result()
+
+    def digest(self) -> bytes:
+        self._drain(0)
+        return self.sha1.digest()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 def read_session_packets(src: ByteSource) -> tuple[list[bytes], BodyReader]:
@@ -478,13 +515,16 @@ def decrypt(src: ByteSource, unlock: Callable[[list[bytes]], tuple[int, bytes]]
     tag, _, length, partial = read_header(plain)
     if tag != TAG_LITERAL:
         raise FormatError(f"expected a literal data packet, found tag {tag}")
-    literal = BodyReader(plain, length, partial, "literal data")
-    header = literal.read_exact(2, "literal data header")
-    literal.read_exact(header[1] + 4, "literal data header")
-    yield from literal.rest()
-    trailer = check_trailer(plain, src)
-    if plain.mdc.digest() != trailer[2:]:
-        raise IntegrityError("modification detection code mismatch: archive damaged")
+    try:
+        literal = BodyReader(plain, length, partial, "literal data")
+        header = literal.read_exact(2, "literal data header")
+        literal.read_exact(header[1] + 4, "literal data header")
+        yield from literal.rest()
+        trailer = check_trailer(plain, src)
+        if plain.mdc.digest() != trailer[2:]:
+            raise IntegrityError("modification detection code mismatch: archive damaged")
+    finally:
+        plain.close()
 
 
 def check_trailer(plain: Decrypted, src: ByteSource) -> bytes:

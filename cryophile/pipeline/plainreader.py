@@ -20,8 +20,8 @@ from typing import Callable, Iterator
 
 from .. import errors
 from ..manifest import ClearInfo
-from . import compress, openpgp
-from .reader import verify_fragment
+from . import buffers, compress, openpgp
+from .reader import Ahead, VerifiedFile, open_fragment, open_verified
 
 BLOCK_SIZE = 1 << 20
 SKIP_LIMIT = 32 << 20      # farther than this ahead: seek through the index
@@ -31,13 +31,15 @@ PREFETCH = 4               # decrypted blocks ready ahead of decompression
 class PlainReader:
     def __init__(self, clear: ClearInfo, manifest: dict, unlock,
                  fragment_path: Callable[[int], str]):
+        buffers.reuse_buffers()
         self.clear, self.manifest = clear, manifest
         self.fragment_path = fragment_path
         self.size = manifest["size"]
         self.layout = openpgp.Layout(manifest["seipd_start"], manifest["stream_size"])
         self.index = [(p, s, bytes.fromhex(iv)) for p, s, iv in manifest["index"]]
         self.starts = [p for p, _, _ in self.index]
-        self.verified: set[int] = set()
+        self.verified: dict[int, tuple] = {}     # fragment -> stamp of the file hashed
+        self.ahead: Ahead | None = None
         self.lock = threading.Lock()
         self.unlock = unlock
         self.key: bytes | None = None
@@ -62,13 +64,17 @@ class PlainReader:
                 and self._entry(offset)[0] > self.pos:
             self._seek(offset)
         self._skip(offset - self.pos)
-        out = bytearray()
-        while len(out) < size:
-            out += self._take(size - len(out))
+        first = self._take(size)
+        if len(first) == size:        # the usual case: a whole frame, handed on uncopied
+            out = first if isinstance(first, bytes) else bytes(first)
+        else:
+            parts = bytearray(first)
+            while len(parts) < size:
+                parts += self._take(size - len(parts))
+            out = bytes(parts)
         if self.pos == self.size:
             self._finish()
-        return bytes(out)
-
+        return out
     def _finish(self) -> None:
         """At the end of the plaintext, run the stream to its end: that checks
         the MDC (or, from a seek, that the MDC packet is where it belongs) and
@@ -76,11 +82,16 @@ class PlainReader:
         if self.buf or any(len(block) for block in self.stream):
             raise errors.IntegrityError("archive holds more data than its stated size")
 
-    def _take(self, n: int) -> memoryview:
+    def _take(self, n: int) -> bytes | memoryview:
+        """Up to n bytes of the current block: the block itself when it is
+        bytes taken whole, else a view of it."""
         if not self.buf:
             block = next(self.stream, None)
             if block is None:
                 raise errors.IntegrityError("archive ends before its stated size")
+            if isinstance(block, bytes) and len(block) <= n:
+                self.pos += len(block)
+                return block
             self.buf = memoryview(block)
         part, self.buf = self.buf[:n], self.buf[n:]
         self.pos += len(part)
@@ -124,6 +135,9 @@ class PlainReader:
         if self.prefetch is not None:
             self.prefetch.close()
             self.prefetch = None
+        if self.ahead is not None:
+            self.ahead.close()
+            self.ahead = None
         self.stream = None
 
     def _unlock_and_remember(self, pkesks):
@@ -132,19 +146,29 @@ class PlainReader:
         return algo, key
 
     def _blocks(self, start: int) -> Iterator[bytes]:
-        """Message bytes from offset ``start`` on, fragment by fragment."""
+        """Message bytes from offset ``start`` on, fragment by fragment; the
+        next fragment is verified in another thread while this one is read."""
         fsize = self.clear.fragment_size
         n, skip = start // fsize + 1, start % fsize
+        if self.ahead is not None:
+            self.ahead.close()
+        self.ahead = ahead = Ahead(self._open, len(self.clear.fragments))
         for n in range(n, len(self.clear.fragments) + 1):
-            path = self.fragment_path(n)
-            if n not in self.verified:
-                verify_fragment(path, self.clear.fragments[n - 1], n)
-                self.verified.add(n)
-            with open(path, "rb") as f:
-                f.seek(skip)
-                skip = 0
-                while block := f.read(BLOCK_SIZE):
-                    yield block
+            yield from ahead.get(n).blocks(skip)
+            skip = 0
+
+    def _open(self, n: int) -> VerifiedFile:
+        """Fragment n, hashed unless this very file was hashed before (and
+        has not been written since)."""
+        frag, path = self.clear.fragments[n - 1], self.fragment_path(n)
+        if n in self.verified:
+            f, stamp = open_fragment(path, frag, n)
+            if stamp == self.verified[n]:
+                return VerifiedFile(f, n, stamp)
+            f.close()
+        found = open_verified(path, frag, n)
+        self.verified[n] = found.stamp
+        return found
 
 
 _END = object()
@@ -172,6 +196,10 @@ class Prefetch:
             self._put(_END)
         except BaseException as exc:       # handed to the consumer
             self._put(_Failed(exc))
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:          # its open fragments, in this thread
+                close()
 
     def _put(self, item) -> bool:
         while not self.stopped.is_set():

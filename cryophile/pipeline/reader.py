@@ -19,7 +19,7 @@ from typing import BinaryIO, Callable, Iterator
 
 from .. import errors
 from ..manifest import ClearInfo, Fragment
-from . import compress, openpgp
+from . import buffers, compress, openpgp
 
 log = logging.getLogger("cryophile.restore")
 
@@ -28,44 +28,151 @@ _DONE = object()
 
 
 def verify_fragment(path: str, frag: Fragment, n: int) -> None:
+    open_verified(path, frag, n).close()
+
+
+class VerifiedFile:
+    """An open fragment whose SHA-256 matched chunk.0.
+
+    Its bytes are read from the same open file that was hashed, and each
+    block read is followed by a check that the file has not been written
+    since (its size and mtime): a fragment read in place in a local vault
+    cannot change between its check and its use unnoticed.
+    """
+
+    def __init__(self, f, n: int, stamp: tuple):
+        self.f, self.n, self.stamp = f, n, stamp
+
+    def blocks(self, skip: int = 0) -> Iterator[bytes]:
+        try:
+            self.f.seek(skip)
+            while block := self.f.read(BLOCK_SIZE):
+                self.check()
+                yield block
+        finally:
+            self.close()
+
+    def check(self) -> None:
+        if stamp(os.fstat(self.f.fileno())) != self.stamp:
+            raise errors.IntegrityError(f"fragment chunk.{self.n} changed while it was "
+                                        "read: it is damaged or being overwritten")
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def stamp(st: os.stat_result) -> tuple:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def open_fragment(path: str, frag: Fragment, n: int) -> tuple:
+    """(open file, its stamp), the size checked."""
     try:
-        size = os.path.getsize(path)
+        f = open(path, "rb")
     except FileNotFoundError:
         raise errors.MissingFragmentError(f"fragment chunk.{n} is missing ({path})") from None
-    if size != frag.size:
+    st = os.fstat(f.fileno())
+    if st.st_size != frag.size:
+        f.close()
         raise errors.MissingFragmentError(
-            f"fragment chunk.{n} has {size} bytes, expected {frag.size}: truncated or damaged")
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(BLOCK_SIZE):
-            h.update(block)
-    if h.hexdigest() != frag.sha256:
-        raise errors.IntegrityError(f"fragment chunk.{n} fails its SHA-256 check: it is damaged")
+            f"fragment chunk.{n} has {st.st_size} bytes, expected {frag.size}: "
+            "truncated or damaged")
+    return f, stamp(st)
 
 
-def _blocks(path: str) -> Iterator[bytes]:
-    with open(path, "rb") as f:
-        while block := f.read(BLOCK_SIZE):
-            yield block
+def open_verified(path: str, frag: Fragment, n: int) -> VerifiedFile:
+    f, st = open_fragment(path, frag, n)
+    try:
+        h = hashlib.sha256()
+        buf = bytearray(BLOCK_SIZE)
+        view = memoryview(buf)
+        while k := f.readinto(buf):
+            h.update(view[:k])
+        verified = VerifiedFile(f, n, st)
+        verified.check()
+        if h.hexdigest() != frag.sha256:
+            raise errors.IntegrityError(f"fragment chunk.{n} fails its SHA-256 check: "
+                                        "it is damaged")
+    except BaseException:
+        f.close()
+        raise
+    return verified
+
+
+class Ahead:
+    """Opens and verifies fragments one ahead of their use, in a thread of its
+    own, so that hashing the next fragment overlaps decrypting this one.
+
+    ``open_(n)`` returns a VerifiedFile (or raises).  A failure of the look
+    ahead is not reported there: the fragment is opened again when it is
+    wanted, in the caller's thread, which then raises what is true by then
+    (a fragment thawed meanwhile is found).
+    """
+
+    def __init__(self, open_: Callable[[int], VerifiedFile], last: int):
+        self.open, self.last = open_, last
+        self.pool = concurrent.futures.ThreadPoolExecutor(1, "cryophile-verify")
+        self.pending: tuple[int, concurrent.futures.Future] | None = None
+        self.lock = threading.Lock()          # get (a reading thread) against close
+        self.closed = False
+
+    def get(self, n: int) -> VerifiedFile:
+        with self.lock:
+            if self.closed:
+                raise errors.Interrupted("read stream closed")
+            pending, self.pending = self.pending, None
+            if n < self.last:
+                self.pending = n + 1, self.pool.submit(self.open, n + 1)
+        found = None
+        if pending is not None:
+            k, future = pending
+            if k == n and not future.cancel():
+                try:
+                    found = future.result()
+                except Exception:
+                    found = None
+            else:
+                future.add_done_callback(_close_result)
+        return found if found is not None else self.open(n)
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+            if self.pending is not None:
+                self.pending[1].add_done_callback(_close_result)
+                self.pending = None
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _close_result(future: concurrent.futures.Future) -> None:
+    if not future.cancelled() and future.exception() is None:
+        future.result().close()
 
 
 def verified_blocks(clear: ClearInfo, fragment_path: Callable[[int], str]) -> Iterator[bytes]:
-    """The message, fragment by fragment, each verified before it is read."""
+    """The message, fragment by fragment, each verified before it is read.
+
+    Unlike ``Ahead``, the next fragment's failure is the restore's: restore
+    waits for each fragment once, and a damaged one ends it."""
     with concurrent.futures.ThreadPoolExecutor(1, "cryophile-verify") as pool:
-        def check(n: int):
-            path = fragment_path(n)
-            verify_fragment(path, clear.fragments[n - 1], n)
-            return path
-        ahead = pool.submit(check, 1) if clear.fragments else None
-        for n in range(1, len(clear.fragments) + 1):
-            path = ahead.result()
-            ahead = pool.submit(check, n + 1) if n < len(clear.fragments) else None
-            yield from _blocks(path)
+        def check(n: int) -> VerifiedFile:
+            return open_verified(fragment_path(n), clear.fragments[n - 1], n)
+        last = len(clear.fragments)
+        ahead = pool.submit(check, 1) if last else None
+        try:
+            for n in range(1, last + 1):
+                f = ahead.result()
+                ahead = pool.submit(check, n + 1) if n < last else None
+                yield from f.blocks()
+        finally:
+            if ahead is not None:
+                ahead.add_done_callback(_close_result)
 
 
 def restore(clear: ClearInfo, manifest: dict, unlock, fragment_path: Callable[[int], str],
             out: BinaryIO) -> int:
     """Write the plaintext to ``out``; return its size.  Raises on any damage."""
+    buffers.reuse_buffers()
     literal = openpgp.decrypt(openpgp.ByteSource(verified_blocks(clear, fragment_path)), unlock)
     chunks: queue.Queue = queue.Queue(8)
     result: dict = {}

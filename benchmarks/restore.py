@@ -1,0 +1,283 @@
+"""The read path against its peers, measured interleaved in one run.
+
+    .venv/bin/python benchmarks/restore.py [--size-gib 1] [--big-gib 4] [--repeat 3]
+
+For real data (the first GiB of `tar -c /usr`, behind
+a line of text) and random data, with lz4
+and zstd, one archive is backed up and frozen into a local (file://) vault;
+then, round after round:
+
+- baseline: `cat chunk.1 … chunk.N | gpg -d | lz4 -d` (or `zstd -d`) of the
+  archive's own fragments (an archive is one OpenPGP message);
+- `cryophile restore` from the spool (fragments still in the freeze queue);
+- `cryophile restore` from the vault (an empty spool, fragments read in place);
+- `cat` of the archive through a cryophilefs mount of the vault (the
+  mount's page cache dropped first), compared with the restore from the vault;
+- `rclone cat` of a crypt remote holding the same data, when rclone is
+  installed (optional peer).
+
+Each line prints the throughput of both sides, the ratio (above 1.0:
+cryophile is faster), CPU-seconds per GiB and peak RSS, with the load
+average.  ``--big-gib`` restores a bigger archive and reads it through the
+mount to check that memory stays flat.  Vault fragments are read once
+before the runs, so every side reads them from the page cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import CRYOPHILE, GIB, WORK, gpg_key, mixed_data  # noqa: E402
+
+VAULT = "5f0c6a8e-0d1e-4b8a-9f2e-000000000003"
+ULID = "01J00000000000000000000003"
+# Compiled modules cached as an installed package has them (under WORK), even where
+# the environment says PYTHONDONTWRITEBYTECODE: else every start compiles ~150 modules.
+ENV = {**{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"},
+       "PYTHONPYCACHEPREFIX": str(WORK / "pycache"),
+       "CRYOPHILE_LOG": "warn", "CRYOPHILE_LOG_STYLE": "never"}
+
+
+class Result:
+    def __init__(self, seconds: float, cpu: float, rss_kib: int):
+        self.seconds, self.cpu, self.rss_kib = seconds, cpu, rss_kib
+
+
+def run(cmd, *, shell: bool = False, env=None) -> Result:
+    """Run a command to its end: wall seconds, CPU-seconds of it and its children, peak RSS."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, shell=shell, env=env, stdout=subprocess.DEVNULL,
+                            stdin=subprocess.DEVNULL,
+                            executable="/bin/bash" if shell else None)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{cmd} failed with {os.waitstatus_to_exitcode(status)}")
+    return Result(seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss)
+
+
+def real_data(size: int) -> Path:
+    """The first bytes of `tar -c /usr` behind a 512-byte line of text: cut short, a
+    recognised tar stream would be refused by backup, and the text makes it no tar."""
+    path = WORK / f"real-{size}.bin"
+    if not (path.exists() and path.stat().st_size == size):
+        with open(mixed_data(size), "rb") as src, open(path, "wb") as f:
+            f.write(b"cryophile read-path benchmark\n".ljust(512))
+            left = size - 512
+            while left:
+                block = src.read(min(left, 1 << 20))
+                f.write(block)
+                left -= len(block)
+    return path
+
+
+def random_data(size: int) -> Path:
+    path = WORK / f"random-{size}.bin"
+    if not (path.exists() and path.stat().st_size == size):
+        WORK.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as f:
+            for _ in range(size >> 20):
+                f.write(os.urandom(1 << 20))
+    return path
+
+
+class Case:
+    """One archive, in the freeze queue of ``spool`` and frozen into ``vaults``."""
+
+    def __init__(self, root: Path, data: Path, codec: str, cert: Path, key: Path):
+        self.root, self.data, self.codec, self.key = root, data, codec, key
+        self.size = data.stat().st_size
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+        self.vaults = root / "vaults"
+        self.spool = root / "spool"           # holds the archive in its freeze queue
+        self.empty = root / "empty"           # reads from the vault
+        self.config = root / "cryophile.toml"
+        self.config.write_text(f'[vault.{VAULT}]\nurl = "file://{self.vaults}"\n'
+                               f'keyring = ["{cert}"]\n')
+        frozen = root / "frozen"
+        subprocess.run(CRYOPHILE + ["-S", str(self.spool), "-c", str(self.config), "backup",
+                                    "-v", VAULT, "-u", ULID, "-C", codec, "-i", str(data)],
+                       env=ENV, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(["cp", "-al", str(self.spool), str(frozen)], check=True)   # links
+        subprocess.run(CRYOPHILE + ["-S", str(frozen), "-c", str(self.config), "freeze",
+                                    "--once"], env=ENV, check=True)
+        shutil.rmtree(frozen)
+        self.fragments = sorted(glob.glob(f"{self.vaults}/{VAULT}/{ULID}/chunk.*"),
+                                key=lambda p: int(p.rsplit(".", 1)[1]))[1:]
+        for path in self.fragments:          # into the page cache, for every side alike
+            with open(path, "rb") as f:
+                while f.read(1 << 20):
+                    pass
+
+    def restore(self, spool: Path) -> Result:
+        if spool == self.empty:
+            shutil.rmtree(spool, ignore_errors=True)
+        else:
+            shutil.rmtree(spool / "restore", ignore_errors=True)
+        return run(CRYOPHILE + ["-S", str(spool), "-c", str(self.config), "restore",
+                                "-v", VAULT, "-u", ULID, "-k", str(self.key)], env=ENV)
+
+    def baseline(self, genv: dict) -> Result:
+        tool = "lz4 -d -q -c" if self.codec == "lz4" else "zstd -d -q -c"
+        return run(f"cat {' '.join(self.fragments)} | gpg --batch --quiet --decrypt "
+                   f"| {tool} > /dev/null", shell=True, env=genv)
+
+
+class Mount:
+    """cryophilefs over a case's vault; CPU and peak RSS read from /proc."""
+
+    def __init__(self, case: Case):
+        self.mnt = case.root / "mnt"
+        self.mnt.mkdir(exist_ok=True)
+        shutil.rmtree(case.root / "fs-spool", ignore_errors=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cryophilefs", "-f", "-q", "-S", str(case.root / "fs-spool"),
+             "-c", str(case.config), "-k", str(case.key), str(self.mnt)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=ENV)
+        deadline = time.monotonic() + 60
+        while not os.path.ismount(self.mnt):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.proc.kill()
+                raise SystemExit(f"cryophilefs did not mount ({self.proc.poll()})")
+            time.sleep(0.05)
+        self.archive = self.mnt / VAULT / ULID
+
+    def _stat(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def peak_rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+        return 0
+
+    def cat(self) -> Result:
+        with open(self.archive, "rb") as f:      # cold: none of it in the page cache
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        before = self._stat()
+        r = run(["cat", str(self.archive)])
+        r.cpu += self._stat() - before
+        r.rss_kib = self.peak_rss_kib()
+        return r
+
+    def close(self) -> None:
+        subprocess.run(["fusermount3", "-u", str(self.mnt)], check=True)
+        if self.proc.wait(120) != 0:
+            raise SystemExit(f"cryophilefs exited with {self.proc.returncode}")
+
+
+def rclone_case(case: Case, root: Path) -> tuple[list[str], dict] | None:
+    """A local rclone crypt remote holding the case's plaintext (optional peer)."""
+    if shutil.which("rclone") is None:
+        return None
+    conf = root / "rclone.conf"
+    obscured = subprocess.run(["rclone", "obscure", "cryophile-bench"], check=True,
+                              capture_output=True, text=True).stdout.strip()
+    conf.write_text(f"[local]\ntype = local\n\n[crypt]\ntype = crypt\n"
+                    f"remote = local:{root}/rclone\npassword = {obscured}\n")
+    env = {**os.environ, "RCLONE_CONFIG": str(conf)}
+    subprocess.run(["rclone", "copyto", str(case.data), "crypt:data"], env=env, check=True)
+    return ["rclone", "cat", "crypt:data"], env
+
+
+def line(what: str, size: int, ours: list[Result], base: list[Result], base_name: str) -> None:
+    o = min(ours, key=lambda r: r.seconds)
+    b = min(base, key=lambda r: r.seconds)
+    gib = size / GIB
+    print(f"  {what:<22} {size / o.seconds / 1e6:7.1f} MB/s {o.cpu / gib:5.2f} CPU-s/GiB "
+          f"{o.rss_kib / 1024:4.0f} MiB | {base_name:<14} {size / b.seconds / 1e6:7.1f} MB/s "
+          f"{b.cpu / gib:5.2f} CPU-s/GiB | ratio {b.seconds / o.seconds:.2f}x", flush=True)
+
+
+def load() -> str:
+    return " ".join(open("/proc/loadavg").read().split()[:3])
+
+
+def measure(case: Case, repeat: int, genv: dict, mount: bool, rclone) -> None:
+    res: dict[str, list[Result]] = {k: [] for k in ("base", "spool", "vault", "mount", "rclone")}
+    fs = Mount(case) if mount else None
+    try:
+        for _ in range(repeat):                # interleaved: load hits every side alike
+            res["base"].append(case.baseline(genv))
+            res["spool"].append(case.restore(case.spool))
+            res["vault"].append(case.restore(case.empty))
+            if fs is not None:
+                res["mount"].append(fs.cat())
+            if rclone is not None:
+                res["rclone"].append(run(rclone[0], env=rclone[1]))
+    finally:
+        if fs is not None:
+            fs.close()
+    tool = f"gpg|{case.codec}"
+    line("restore from spool", case.size, res["spool"], res["base"], tool)
+    line("restore from vault", case.size, res["vault"], res["base"], tool)
+    if res["rclone"]:
+        line("restore from vault", case.size, res["vault"], res["rclone"], "rclone cat")
+    if res["mount"]:
+        line("mount cat", case.size, res["mount"], res["vault"], "restore (vault)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size-gib", type=float, default=1.0)
+    ap.add_argument("--big-gib", type=int, default=4, help="archive size for the memory check "
+                    "(0: none)")
+    ap.add_argument("--repeat", type=int, default=3, help="rounds; the best of each counts")
+    ap.add_argument("--kinds", default="real,random")
+    ap.add_argument("--codecs", default="lz4,zstd")
+    ap.add_argument("--no-mount", action="store_true")
+    args = ap.parse_args()
+    size = int(args.size_gib * GIB)
+    home = WORK / "gnupg"
+    _, cert, key = gpg_key(home)
+    key.chmod(0o600)                          # else every command warns about it
+    genv = {**os.environ, "GNUPGHOME": str(home)}
+    root = WORK / "restore"
+    print(f"load average {load()} at the start; {os.cpu_count()} CPUs")
+    for kind in filter(None, args.kinds.split(",")):
+        data = real_data(size) if kind == "real" else random_data(size)
+        for codec in args.codecs.split(","):
+            print(f"{kind} data, {size / GIB:g} GiB, -C {codec}:", flush=True)
+            case = Case(root / f"{kind}-{codec}", data, codec, cert, key)
+            rclone = rclone_case(case, case.root) if codec == "lz4" else None
+            measure(case, args.repeat, genv, not args.no_mount, rclone)
+            shutil.rmtree(case.root)
+            print(f"  load average {load()}", flush=True)
+    if args.big_gib:
+        big = WORK / f"big-{args.big_gib}.tar"
+        with open(big, "wb") as f:
+            for _ in range(args.big_gib):
+                with open(real_data(size), "rb") as src:
+                    shutil.copyfileobj(src, f, 1 << 20)
+        for data, name in ((real_data(size), "small"), (big, "big")):
+            case = Case(root / name, data, "lz4", cert, key)
+            r = case.restore(case.empty)
+            rss_mount = None
+            if not args.no_mount:
+                fs = Mount(case)
+                try:
+                    rss_mount = fs.cat().rss_kib
+                finally:
+                    fs.close()
+            print(f"peak RSS, {case.size / GIB:g} GiB real data -C lz4: restore from vault "
+                  f"{r.rss_kib / 1024:.0f} MiB"
+                  + (f", mount after cat {rss_mount / 1024:.0f} MiB" if rss_mount else ""),
+                  flush=True)
+            shutil.rmtree(case.root)
+        big.unlink()
+    print(f"load average {load()} at the end")
+
+
+if __name__ == "__main__":
+    main()
