@@ -30,6 +30,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 
 from . import errors
 from .ids import BackupId
@@ -154,6 +155,7 @@ class Reader:
         self.dir: str | None = None
         self.fd: int | None = None
         self.at = 1
+        self.moving = threading.Lock()   # advance: the reader and its look-ahead thread
 
     def register(self) -> "Reader":
         for _ in range(PRUNE_RACES):
@@ -207,14 +209,15 @@ class Reader:
 
     def advance(self, n: int) -> None:
         """Everything before fragment n is consumed: drop those links."""
-        if n <= self.at:
-            return
-        for name in os.listdir(self.dir):
-            k = chunk_number(name)
-            if k is not None and k < n:
-                _unlink(os.path.join(self.dir, name))
-        os.rename(os.path.join(self.dir, f"at.{self.at}"), os.path.join(self.dir, f"at.{n}"))
-        self.at = n
+        with self.moving:
+            if n <= self.at:
+                return
+            for name in os.listdir(self.dir):
+                k = chunk_number(name)
+                if k is not None and k < n:
+                    _unlink(os.path.join(self.dir, name))
+            os.rename(os.path.join(self.dir, f"at.{self.at}"), os.path.join(self.dir, f"at.{n}"))
+            self.at = n
 
     def has(self, n: int) -> bool:
         return os.path.exists(os.path.join(self.dir, chunk_name(n)))
