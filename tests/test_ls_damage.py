@@ -101,3 +101,18 @@ def test_a_thaw_in_progress_is_thawing_not_frozen(tmp_path, bucket, s3proxy, rec
     assert not list((rig.spool / "thaw" / bucket).rglob("chunk.*"))
     assert [r for r in s3proxy.requests("POST") if "restore" in r.query]
     assert states(rig) == {ulids[0]: "thawing", ulids[1]: "frozen", ulids[2]: "frozen"}
+
+
+def test_ls_of_an_archive_as_ls_prints_it(tmp_path, recipes):
+    """ls VAULT/PREFIX/ULID lists that archive alone (a ULID is not taken for a
+    prefix holding nothing); one that does not exist is exit 7, not silence."""
+    from tests.clirig import make_rig
+    rig = make_rig(tmp_path)
+    one = rig.backup(b"one", recipes["gpg"].cert, "-p", "tank")
+    two = rig.backup(b"two", recipes["gpg"].cert, "-p", "tank")
+    rows = json.loads(rig.run("ls", "--json", f"{rig.vault}/tank/{one}", check=True).stdout)
+    assert [r["ulid"] for r in rows] == [one]
+    rows = json.loads(rig.run("ls", "--json", f"{rig.vault}/tank", check=True).stdout)
+    assert sorted(r["ulid"] for r in rows) == sorted([one, two])
+    missing = rig.run("ls", f"{rig.vault}/tank/{two[:-1]}{'0' if two[-1] != '0' else '1'}")
+    assert missing.returncode == 7 and missing.stderr.count(b"\n") == 1, missing.stderr

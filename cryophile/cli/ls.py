@@ -8,6 +8,7 @@ import logging
 import sys
 
 from .. import catalog, chains, errors, ids
+from .check import parse_target
 from .common import Context, escape, human, passphrase_reader, timestamp
 
 log = logging.getLogger("cryophile")
@@ -28,8 +29,9 @@ def add_parser(sub) -> None:
                     "with -k to show them (and the snapshot of zfs and btrfs streams).  "
                     "chunk.0s are cached in the spool, so listing again costs only LIST "
                     "requests.")
-    p.add_argument("target", nargs="?", metavar="VAULT[/PREFIX]",
-                   help="a vault (UUID or alias), optionally with a prefix")
+    p.add_argument("target", nargs="?", metavar="VAULT[/PREFIX][/ULID]",
+                   help="a vault (UUID or alias), optionally with a prefix; with a ULID, "
+                        "only that archive (as ls prints it; exit 7 when there is none)")
     p.add_argument("-k", "--keyring", action="append", default=[], metavar="KEYRING",
                    help="secret key file(s), to show archive names")
     p.add_argument("-P", "--pass-fd", type=int, metavar="FD",
@@ -48,10 +50,10 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     ctx = Context(args)
+    only = None                             # VAULT/PREFIX/ULID, as ls prints it: that one
     if args.target:
-        vault_text, _, prefix = args.target.partition("/")
-        vaults = [ctx.vault(vault_text).uuid]
-        prefix = ids.parse_prefix(prefix)
+        vault, prefix, only = parse_target(ctx, args.target)
+        vaults = [vault]
     else:
         vaults = sorted(set(ctx.config.vaults) | catalog.spool_vaults(ctx.spool))
         prefix = ""
@@ -85,7 +87,8 @@ def run(args) -> int:
                     failure = failure or entries
                     continue
                 links = chains.parents(entries)
-                rows += [row(e, links.get(e.bid.ulid)) for e in entries if _wanted(e, args)]
+                rows += [row(e, links.get(e.bid.ulid)) for e in entries
+                         if _wanted(e, args) and only in (None, e.bid.ulid)]
     finally:
         ctx.close()
     if args.json:
@@ -94,6 +97,8 @@ def run(args) -> int:
     else:
         write_table(rows, full_ids=not args.target, scripted=args.scripted)
     failure = failure or (problems[0] if problems else None)   # warned about as they came
+    if only is not None and not rows and failure is None:
+        raise errors.NotFoundError(f"no archive {args.target.strip('/')}")
     return failure.exit_code if failure else 0
 
 
