@@ -81,6 +81,9 @@ class Backpressure:
                 log.warning("could not freeze all of the queue here (not tried again by "
                             "this backup): %s", failure)
             return True
+        # No room made.  An archive an earlier round failed on is not tried
+        # again: if that is what fills the spool, nothing here ever will.
+        failure = failure or getattr(self.freeze_inline, "failure", None)
         if failure is not None:
             raise errors.SpoolError(
                 f"the spool holds {_size(left)} not yet frozen (spool_max "

@@ -279,6 +279,7 @@ class InlineFreeze:
         self.spool, self.stores, self.storage_class = spool, stores, storage_class
         self.swept: set[BackupId] = set()     # sweep each archive once per backup
         self.failed: set[BackupId] = set()    # not tried again by this backup
+        self.failure: errors.Error | None = None    # why the last of them failed
 
     def __call__(self) -> None:
         freezer = Freezer(self.spool, self.stores, self.storage_class,
@@ -286,5 +287,8 @@ class InlineFreeze:
         freezer.swept = self.swept
         try:
             trio.run(freezer.round)
+        except errors.Error as exc:
+            self.failure = exc
+            raise
         finally:
             self.failed |= freezer.failed

@@ -163,15 +163,20 @@ class Spool:
             path = os.path.dirname(path)
 
     def unfrozen_bytes(self) -> int:
-        """Bytes waiting in backup/ and freeze/ (the spool_max bound)."""
-        total = 0
+        """Bytes waiting in backup/ and freeze/ (the spool_max bound); each
+        file once, however many links (a fragment being moved from backup/
+        to freeze/ is linked into both for a moment)."""
+        seen, total = set(), 0
         for q in ("backup", "freeze"):
             for dirpath, _, filenames in os.walk(self.queue(q)):
                 for name in filenames:
                     try:
-                        total += os.lstat(os.path.join(dirpath, name)).st_size
+                        st = os.lstat(os.path.join(dirpath, name))
                     except FileNotFoundError:
-                        pass
+                        continue
+                    if (st.st_dev, st.st_ino) not in seen:
+                        seen.add((st.st_dev, st.st_ino))
+                        total += st.st_size
         return total
 
     # --- crash recovery ---------------------------------------------------

@@ -376,3 +376,52 @@ def test_freezers_in_one_process_freeze_each_archive_once(tmp_path, recipes):
     assert len(puts) == sum(len(list((rig.vaults / rig.vault / u).glob("chunk.*")))
                             for u in ulids)
     assert queue_empty(rig)
+
+
+def test_a_fragment_being_moved_to_the_freeze_queue_counts_once(tmp_path):
+    """While publish links a fragment into freeze/ before unlinking it from
+    backup/, unfrozen_bytes must not see it twice: a double count then looks
+    like room made when it drops, and the backup waited on an inline freeze
+    that would never run again."""
+    spool = Spool(str(tmp_path / "spool"))
+    bid = BackupId(str(uuid.uuid4()), "tank", new_ulid())
+    work, queued = tmp_path / "spool/backup" / bid.vault / bid.key, \
+        tmp_path / "spool/freeze" / bid.vault / bid.key
+    work.mkdir(parents=True)
+    queued.mkdir(parents=True)
+    (work / "chunk.1").write_bytes(b"x" * 1000)
+    os.link(work / "chunk.1", queued / "chunk.1")
+    assert spool.unfrozen_bytes() == 1000
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.expect_log
+def test_an_inline_freeze_that_failed_before_never_leaves_the_backup_waiting(tmp_path):
+    """A round that failed but made some room, then a round with nothing left
+    to try (the failed archive is not tried again): the backup must fail with
+    the failure, not wait for ever for a freeze nobody runs."""
+    from cryophile.backpressure import Backpressure
+    spool = Spool(str(tmp_path / "spool"))
+    spool.ensure()
+    stuck = tmp_path / "spool/freeze/v/a"
+    stuck.mkdir(parents=True)
+    (stuck / "chunk.1").write_bytes(b"x" * 4000)
+    gone = stuck.parent / "b"
+    gone.mkdir()
+    (gone / "chunk.1").write_bytes(b"y" * 1000)
+
+    class Inline:
+        failure = None
+        calls = 0
+
+        def __call__(self):
+            self.calls += 1
+            if self.calls == 1:                 # froze b, failed on a
+                (gone / "chunk.1").unlink()
+                self.failure = errors.StoreError("the vault is down")
+                raise self.failure
+    inline = Inline()
+    pressure = Backpressure(spool, 1000, freeze_inline=inline)
+    with pytest.raises(errors.SpoolError, match="the vault is down"):
+        pressure.wait()
+    assert inline.calls == 2
