@@ -56,14 +56,7 @@ def test_zfs_chain_into_zfs_receive(rig, tmp_path):
         rig.run("restore", "-k", rig.key, f"{rig.vault}/tank/src/{ulids[2]}", "--chain",
                 "--", *pool.command("zfs", "receive", f"{pool.name}/dst"), input=None,
                 check=True, timeout=300)
-        snaps = pool.zfs("list", "-H", "-o", "name", "-t", "snapshot", "-r",
-                         f"{pool.name}/dst").decode().split()
-        assert snaps == [f"{pool.name}/dst@s{n}" for n in range(3)]
-        assert pool.guid(f"{pool.name}/dst@s2") == pool.guid(f"{src}@s2")
-        diff = subprocess.run(pool.command("diff", "-r", str(pool.mnt / "src"),
-                                           str(pool.mnt / "dst")), capture_output=True,
-                              timeout=120)
-        assert diff.returncode == 0, diff.stdout + diff.stderr
+        received_whole(pool, src)
     finally:
         pool.close()
 
@@ -141,13 +134,18 @@ def test_zfs_chain_written_through_the_mount(tmp_path, fskeys):
         subprocess.run([*cli, "restore", "-k", str(fskeys[1]), f"{rig.vault}/tank/{ulids[2]}",
                         "--chain", "--", *pool.command("zfs", "receive", f"{pool.name}/dst")],
                        check=True, capture_output=True, timeout=300)
-        snaps = pool.zfs("list", "-H", "-o", "name", "-t", "snapshot", "-r",
-                         f"{pool.name}/dst").decode().split()
-        assert snaps == [f"{pool.name}/dst@s{n}" for n in range(3)]
-        assert pool.guid(f"{pool.name}/dst@s2") == pool.guid(f"{src}@s2")
-        diff = subprocess.run(pool.command("diff", "-r", str(pool.mnt / "src"),
-                                           str(pool.mnt / "dst")), capture_output=True,
-                              timeout=120)
-        assert diff.returncode == 0, diff.stdout + diff.stderr
+        received_whole(pool, src)
     finally:
         pool.close()
+
+
+def received_whole(pool, src: str) -> None:
+    """pool/dst holds s0…s2 received from ``src``: same guid, same files."""
+    snaps = pool.zfs("list", "-H", "-o", "name", "-t", "snapshot", "-r",
+                     f"{pool.name}/dst").decode().split()
+    assert snaps == [f"{pool.name}/dst@s{n}" for n in range(3)]
+    assert pool.guid(f"{pool.name}/dst@s2") == pool.guid(f"{src}@s2")
+    diff = subprocess.run(pool.command("diff", "-r", str(pool.mnt / "src"),
+                                       str(pool.mnt / "dst")), capture_output=True,
+                          timeout=120)
+    assert diff.returncode == 0, diff.stdout + diff.stderr
