@@ -62,10 +62,14 @@ def backup(rig, cert, *args, data: bytes = b"data", pre=()):
     (["-s", "0"], ["fragment size", "zero"]),
     (["-s", "lots"], ["lots", "fragment size"]),
     (["-s", "-5"], ["-5", "fragment size"]),
+    (["-s", "1"], ["fragment size", "'1'", "4KiB"]),
+    (["-s", "4095"], ["fragment size", "4KiB to 5TiB"]),
+    (["-s", "6T"], ["fragment size", "'6T'", "5TiB"]),
     (["-t", "yesterday"], ["yesterday", "timestamp"]),
     (["-u", "not-a-ulid"], ["ULID"]),
 ], ids=["vault", "dotdot", "space", "leading-slash", "too-long", "long-segment", "t-and-u", "compression",
-        "fragment-0", "fragment-junk", "fragment-negative", "timestamp", "ulid"])
+        "fragment-0", "fragment-junk", "fragment-negative", "fragment-1", "fragment-below-4KiB",
+        "fragment-above-5TiB", "timestamp", "ulid"])
 def test_bad_backup_arguments(rig, recipes, args, needles):
     cmd = ["backup", "-v", rig.vault, "-k", str(recipes["sq"].cert), *args]
     if args[0] == "-v":

@@ -66,7 +66,7 @@ def run(args) -> int:
     compression = args.compression or vault.compression
     if compression not in CODECS:
         raise errors.UsageError(f"unknown compression {compression!r}: use none, lz4 or zstd")
-    fragment_size = ids.parse_size(args.fragment_size or vault.fragment_size, "fragment size")
+    fragment_size = ids.parse_fragment_size(args.fragment_size or vault.fragment_size)
     prefix = ids.parse_prefix(args.prefix, base=vault.key_base)
     if args.ulid:
         ulid = ids.parse_ulid(args.ulid)
