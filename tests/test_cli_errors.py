@@ -246,9 +246,32 @@ def test_output_not_writable(frozen, recipes, target):
 def test_spool_not_writable(rig, recipes):
     (rig.root / "file").write_bytes(b"")
     bad = rig.root / "file" / "spool"
-    failed(backup(rig, recipes["sq"].cert, pre=["-S", str(bad)]), SPOOL, str(bad))
+    line = failed(backup(rig, recipes["sq"].cert, pre=["-S", str(bad)]), SPOOL, str(bad))
+    assert f"{rig.root / 'file'}: not a directory; move it away or choose another spool" \
+        in line.lower()
     proc = rig.run("freeze", "--once", pre=["-S", str(bad)])
-    failed(proc, SPOOL, str(bad))
+    failed(proc, SPOOL, str(bad), "not a directory", "-S DIR")
+
+
+def test_spool_where_no_directory_can_be_made(rig, recipes):
+    """Not "its parent keeps disappearing": the errno, where, and what to do."""
+    bad = "/proc/cryophile-nonexistent/spool"
+    failed(backup(rig, recipes["sq"].cert, pre=["-S", bad]), SPOOL,
+           f"cannot create {bad}", "/proc/cryophile-nonexistent: no such file or directory",
+           "makes no new directories", "-S DIR")
+
+
+def test_spool_on_a_read_only_filesystem(rig, recipes, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1M", "tmpfs", str(ro)],
+                           capture_output=True)
+    assert mount.returncode == 0, f"cannot mount a tmpfs (tests run as root): {mount.stderr}"
+    try:
+        failed(backup(rig, recipes["sq"].cert, pre=["-S", str(ro / "spool")]), SPOOL,
+               f"{ro / 'spool'}: read-only file system", "remount it read-write", "-S DIR")
+    finally:
+        subprocess.run(["umount", str(ro)], check=True)
 
 
 def test_disk_full(rig, recipes, tmp_path):
