@@ -28,7 +28,8 @@ import trio
 
 from cryophile import __version__, config as configuration, errors, keys, log as logsetup, thaw
 from cryophile import sdnotify, throttle
-from cryophile.options import add_log_file_option, add_spool_options, passphrase_reader
+from cryophile.options import (add_log_file_option, add_spool_options, add_verbosity_options,
+                               passphrase_reader)
 from cryophile.freeze import Freezer
 from cryophile.ledger import Guard
 from cryophile.spool import FreezeDaemonLock, Spool
@@ -88,10 +89,7 @@ def parser() -> argparse.ArgumentParser:
     add_log_file_option(p)
     p.add_argument("-o", "--options", action="append", default=[], metavar="OPTS",
                    help="mount options, comma separated (see below)")
-    p.add_argument("-d", "--debug", action="count", default=0,
-                   help="more log output; twice for trace")
-    p.add_argument("-q", "--quiet", action="count", default=0,
-                   help="less log output: warnings and errors only")
+    add_verbosity_options(p)
     p.add_argument("-V", "--version", action="version", version=f"{PROG} {__version__}")
     shtab.add_argument_to(p, "--print-completion", help="print a completion script for that shell")
     p.add_argument("where", nargs="+", metavar="MOUNTPOINT",
