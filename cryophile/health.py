@@ -22,7 +22,7 @@ import time
 from . import restorequeue
 from .catalog import unsealed_state
 from .ids import BackupId
-from .spool import QUEUES, FreezeDaemonLock, Spool, makedirs
+from .spool import QUEUES, FreezeDaemonLock, Spool, flock_held, makedirs
 
 log = logging.getLogger("cryophile.health")
 
@@ -141,27 +141,11 @@ def lock_pids(path: str, locks: str = "/proc/locks") -> list[int]:
     return sorted(set(exact or same_inode))
 
 
-def _held(path: str) -> bool:
-    """Is an flock held on ``path``? (a probe that never waits, never creates)"""
-    import fcntl
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-
-
 def daemons(spool: Spool) -> dict:
     """Is a thaw daemon (or a mount, or a restore fetching for itself) holding
     the thaw lock, and which process; is any freeze daemon or mount serving."""
     thaw_lock = os.path.join(spool.queue("thaw"), ".daemon")
-    thaw = {"running": _held(thaw_lock), "pid": None, "command": None}
+    thaw = {"running": flock_held(thaw_lock), "pid": None, "command": None}
     if thaw["running"]:
         holder = read_holder(thaw_lock)
         pids = lock_pids(thaw_lock)
@@ -170,7 +154,7 @@ def daemons(spool: Spool) -> dict:
         thaw["pid"] = holder.get("pid") or (pids[0] if pids else None)
         thaw["command"] = holder.get("command")
     freeze_lock = FreezeDaemonLock(spool).path
-    running = _held(freeze_lock)
+    running = flock_held(freeze_lock)
     freeze = {"running": running, "pids": lock_pids(freeze_lock) if running else []}
     return {"thaw": thaw, "freeze": freeze}
 

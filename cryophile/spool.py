@@ -415,11 +415,22 @@ class FreezeDaemonLock:
             self.fd = None
 
     def anyone_freezing(self) -> bool:
-        fd = self._open()
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return False
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
+        return flock_held(self.path)
+
+
+def flock_held(path: str) -> bool:
+    """Does a process hold an flock on ``path``?  A probe: it never waits and
+    never creates the file (where there is none, nobody holds it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise errors.from_oserror(exc, f"cannot open {path}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
