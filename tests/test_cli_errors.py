@@ -3,6 +3,7 @@ and nothing half-made left looking complete."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 
@@ -261,28 +262,29 @@ def test_spool_where_no_directory_can_be_made(rig, recipes):
            "makes no new directories", "-S DIR")
 
 
-def test_spool_on_a_read_only_filesystem(rig, recipes, tmp_path):
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1M", "tmpfs", str(ro)],
+@contextlib.contextmanager
+def tmpfs(where, options: str):
+    """A small tmpfs mounted on ``where`` (made here) for the test's length."""
+    where.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
                            capture_output=True)
     assert mount.returncode == 0, f"cannot mount a tmpfs (tests run as root): {mount.stderr}"
     try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=True)
+
+
+def test_spool_on_a_read_only_filesystem(rig, recipes, tmp_path):
+    with tmpfs(tmp_path / "ro", "ro,size=1M") as ro:
         failed(backup(rig, recipes["sq"].cert, pre=["-S", str(ro / "spool")]), SPOOL,
                f"{ro / 'spool'}: read-only file system", "remount it read-write", "-S DIR")
-    finally:
-        subprocess.run(["umount", str(ro)], check=True)
 
 
 def test_disk_full(rig, recipes, tmp_path):
-    small = tmp_path / "small"
-    small.mkdir()
-    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2M", "tmpfs", str(small)],
-                           capture_output=True)
-    assert mount.returncode == 0, f"cannot mount a tmpfs (tests run as root): {mount.stderr}"
     # a bound above the disk's size: nothing waits or freezes before the disk is full
     rig.config.write_text('spool_max = "64MiB"\n' + rig.config.read_text())
-    try:
+    with tmpfs(tmp_path / "small", "size=2M") as small:
         spool = small / "spool"
         proc = backup(rig, recipes["sq"].cert, "-C", "none", "-s", "256KiB",
                       data=os.urandom(10 << 20), pre=["-S", str(spool)])
@@ -297,8 +299,6 @@ def test_disk_full(rig, recipes, tmp_path):
         # and with room again, backups work
         ulid = backup(rig, recipes["sq"].cert, pre=["-S", str(spool)]).stdout.decode().strip()
         assert (spool / "freeze" / rig.vault / ulid / "chunk.0").exists()
-    finally:
-        subprocess.run(["umount", str(small)], check=True)
 
 
 # --- tracebacks -------------------------------------------------------------------
