@@ -214,7 +214,7 @@ def _vault(key: str, table: dict, where: str) -> VaultConfig:
     _budgets(v, table, f"{where}: [vault.{key}]")
     if isinstance(v.keyring, str):
         v.keyring = [v.keyring]
-    v.fragment_size = ids.parse_size(v.fragment_size, "fragment_size")
+    v.fragment_size = ids.parse_fragment_size(v.fragment_size, "fragment_size")
     v.part_size = ids.parse_size(v.part_size, "part_size")
     if v.part_size < 5 << 20:
         raise ConfigError(f"{where}: [vault.{key}] part_size must be at least 5MiB (S3's minimum)")

@@ -22,7 +22,7 @@ import time
 from . import restorequeue
 from .catalog import unsealed_state
 from .ids import BackupId
-from .spool import QUEUES, FreezeDaemonLock, Spool, makedirs
+from .spool import QUEUES, FreezeDaemonLock, Spool, flock_held, makedirs
 
 log = logging.getLogger("cryophile.health")
 
@@ -141,27 +141,20 @@ def lock_pids(path: str, locks: str = "/proc/locks") -> list[int]:
     return sorted(set(exact or same_inode))
 
 
-def _held(path: str) -> bool:
-    """Is an flock held on ``path``? (a probe that never waits, never creates)"""
-    import fcntl
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-
-
 def daemons(spool: Spool) -> dict:
     """Is a thaw daemon (or a mount, or a restore fetching for itself) holding
     the thaw lock, and which process; is any freeze daemon or mount serving."""
+    thaw = thaw_daemon(spool)
+    freeze_lock = FreezeDaemonLock(spool).path
+    running = flock_held(freeze_lock)
+    freeze = {"running": running, "pids": lock_pids(freeze_lock) if running else []}
+    return {"thaw": thaw, "freeze": freeze}
+
+
+def thaw_daemon(spool: Spool) -> dict:
+    """Is the thaw lock held, by which pid and command (None where unknown)."""
     thaw_lock = os.path.join(spool.queue("thaw"), ".daemon")
-    thaw = {"running": _held(thaw_lock), "pid": None, "command": None}
+    thaw = {"running": flock_held(thaw_lock), "pid": None, "command": None}
     if thaw["running"]:
         holder = read_holder(thaw_lock)
         pids = lock_pids(thaw_lock)
@@ -169,10 +162,21 @@ def daemons(spool: Spool) -> dict:
             holder = {}             # a record left by an earlier holder
         thaw["pid"] = holder.get("pid") or (pids[0] if pids else None)
         thaw["command"] = holder.get("command")
-    freeze_lock = FreezeDaemonLock(spool).path
-    running = _held(freeze_lock)
-    freeze = {"running": running, "pids": lock_pids(freeze_lock) if running else []}
-    return {"thaw": thaw, "freeze": freeze}
+    return thaw
+
+
+def thaw_holder(spool: Spool) -> str:
+    """Who holds the thaw lock, for people: 'pid 12 (cryophile -S /srv thaw)'."""
+    thaw = thaw_daemon(spool)
+    if thaw["pid"] is None:
+        return "another process"
+    if not thaw["command"]:
+        return f"pid {thaw['pid']}"
+    program, _, rest = thaw["command"].partition(" ")
+    name = os.path.basename(program)
+    if name == "__main__.py":           # python -m PACKAGE
+        name = os.path.basename(os.path.dirname(program))
+    return f"pid {thaw['pid']} ({' '.join(filter(None, (name, rest)))})"
 
 
 # --- the whole picture ------------------------------------------------------------

@@ -209,6 +209,23 @@ def parse_size(text: str | int, what: str = "size") -> int:
     return value
 
 
+# Fragment sizes taken from the user.  Below a filesystem block a fragment
+# costs more in spool and vault overhead than it carries, and a bare number
+# like 512 or 64 has most likely lost its unit; 4 KiB still holds the session
+# key packets of several recipients in chunk.1.  Above S3's largest object
+# (5 TiB) a fragment could never be frozen.
+MIN_FRAGMENT = 4 << 10
+MAX_FRAGMENT = 5 << 40
+
+
+def parse_fragment_size(text: str | int, what: str = "fragment size") -> int:
+    """parse_size, within MIN_FRAGMENT … MAX_FRAGMENT."""
+    value = parse_size(text, what)
+    if not MIN_FRAGMENT <= value <= MAX_FRAGMENT:
+        raise UsageError(f"{what} {text!r} is out of range: it must be from 4KiB to 5TiB")
+    return value
+
+
 def human(n: float) -> str:
     """Bytes for people: 512 B, 1.5 MiB."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):

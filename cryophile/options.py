@@ -20,6 +20,15 @@ def add_spool_options(p, default=None) -> None:
                    help="read only this configuration file (it must exist)")
 
 
+def add_verbosity_options(p, debug_also: str = "", quiet_also: str = "") -> None:
+    """-d and -q, which cryophile and cryophilefs share; each may say more of
+    what they do there (``debug_also``, ``quiet_also`` end the help texts)."""
+    p.add_argument("-d", "--debug", action="count", default=0,
+                   help="more log output; twice for trace" + debug_also)
+    p.add_argument("-q", "--quiet", action="count", default=0,
+                   help="less log output: warnings and errors only" + quiet_also)
+
+
 def add_log_file_option(p, default=None) -> None:
     p.add_argument("--log-file", metavar="PATH", default=default,
                    help="append the log to PATH, with timestamps, instead of stderr")

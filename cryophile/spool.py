@@ -12,6 +12,7 @@ rather than freeze inline); freeze/…/ULID/.ledger lists what was uploaded.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
@@ -52,11 +53,29 @@ def makedirs(path: str) -> None:
         try:
             _makedirs_private(path)
             return
-        except FileNotFoundError:   # a parent pruned by another process meanwhile
-            continue
+        except FileNotFoundError as exc:    # a parent pruned by another process meanwhile,
+            missing = exc                   # or a filesystem that makes none (/proc)
         except OSError as exc:
-            raise errors.from_oserror(exc, f"cannot create {path}") from None
+            raise _cannot_create(path, exc) from None
+    if os.path.isdir(os.path.dirname(missing.filename)):
+        raise _cannot_create(path, missing)
     raise errors.SpoolError(f"cannot create {path}: its parent keeps disappearing")
+
+
+# What to do about a spool directory that cannot be made, by errno
+_REMEDY = {errno.ENOENT: "its filesystem makes no new directories",
+           errno.ENOTDIR: "move it away",
+           errno.EROFS: "remount it read-write",
+           errno.EACCES: "check ownership and permissions",
+           errno.EPERM: "check ownership and permissions"}
+
+
+def _cannot_create(path: str, exc: OSError) -> errors.Error:
+    remedy = _REMEDY.get(exc.errno)
+    if remedy is None:
+        return errors.from_oserror(exc, f"cannot create {path}")
+    return errors.SpoolError(f"cannot create {path}: {exc.filename}: {exc.strerror}; "
+                             f"{remedy} or choose another spool (-S DIR)")
 
 
 def _makedirs_private(path: str) -> None:
@@ -69,7 +88,7 @@ def _makedirs_private(path: str) -> None:
         os.mkdir(path, 0o700)
     except FileExistsError:
         if not os.path.isdir(path):
-            raise
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path) from None
 
 
 def create_in(directory: str, make):
@@ -396,11 +415,22 @@ class FreezeDaemonLock:
             self.fd = None
 
     def anyone_freezing(self) -> bool:
-        fd = self._open()
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return False
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
+        return flock_held(self.path)
+
+
+def flock_held(path: str) -> bool:
+    """Does a process hold an flock on ``path``?  A probe: it never waits and
+    never creates the file (where there is none, nobody holds it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise errors.from_oserror(exc, f"cannot open {path}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)

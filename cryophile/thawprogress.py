@@ -57,13 +57,30 @@ def ago(seconds: float) -> str:
 def message(bid: BackupId | str, restored: int, total: int, requested_at: float,
             now: float, storage_class: str, tier: str) -> str:
     """The line: how many are restored, since when asked, what to expect."""
+    return (f"{bid}: {restored} of {total} {_noun(total)} restored, requested "
+            f"{_since(restored, total, requested_at, now, storage_class, tier)}")
+
+
+def waiting_message(bid: BackupId | str, holder: str, here: int, total: int, since: float,
+                    now: float, storage_class: str, tier: str) -> str:
+    """A restore's line while another process thaws: it sees only what has
+    arrived in the spool, not what the vault has restored."""
+    return (f"{bid}: waiting for the thaw held by {holder}: {here} of {total} "
+            f"{_noun(total)} here, restore started "
+            f"{_since(here, total, since, now, storage_class, tier)}")
+
+
+def _noun(total: int) -> str:
+    return "fragment" if total == 1 else "fragments"
+
+
+def _since(done: int, total: int, since: float, now: float, storage_class: str,
+           tier: str) -> str:
+    """'2 h ago (Standard, typically 3–5 h)': how long, and what to expect."""
     tier = effective_tier(storage_class, tier)
     text, longest = typical_wait(storage_class, tier)
-    waited = now - requested_at
-    late = "; longer than usual" if longest and waited > longest and restored < total else ""
-    noun = "fragment" if total == 1 else "fragments"
-    return (f"{bid}: {restored} of {total} {noun} restored, requested {ago(waited)} "
-            f"({tier}, typically {text}{late})")
+    late = "; longer than usual" if longest and now - since > longest and done < total else ""
+    return f"{ago(now - since)} ({tier}, typically {text}{late})"
 
 
 @dataclasses.dataclass
@@ -158,33 +175,40 @@ class Tracker:
 
 class Waiting:
     """A restore waiting for another process's thaw (`cryophile thaw`, the
-    mount): the same line, counting the fragments that have arrived, said
-    when the count changes (at most every ``every / 6`` seconds) and at least
-    every ``every`` seconds.  Silent if the plan thaws nothing."""
+    mount): who holds it and how many of the fragments it reads have
+    arrived (``waiting_message``), said when the count changes (at most
+    every ``every / 6`` seconds) and at least every ``every`` seconds; the
+    count is taken at most every ``every / 60`` seconds.  Silent if the plan
+    thaws nothing."""
 
     def __init__(self, log: logging.Logger, bid: BackupId, plan, total: int,
-                 every: float = EVERY_LOG, clock: Callable[[], float] = time.time):
+                 every: float = EVERY_LOG, clock: Callable[[], float] = time.time,
+                 holder: Callable[[], str] = lambda: "another process"):
         self.log, self.bid, self.total, self.every, self.clock = log, bid, total, every, clock
+        self.holder = holder
         classes = [i.storage_class for i in plan.thaw + plan.restoring]
         self.storage_class = max(set(classes), key=classes.count) if classes else None
         self.tier = plan.tier
         self.since = clock()
         self.said: int | None = None
-        self.said_at = float("-inf")
+        self.said_at = self.counted_at = float("-inf")
 
-    def line(self, have: int) -> str | None:
-        """The line due now, if any (and note it said)."""
-        if self.storage_class is None:
-            return None
+    def line(self, here: Callable[[], int]) -> str | None:
+        """The line due now, if any (and note it said); ``here()`` counts
+        the fragments that have arrived."""
         now = self.clock()
+        if self.storage_class is None or now - self.counted_at < self.every / 60:
+            return None
+        self.counted_at = now
+        have = here()
         if have != self.said and now - self.said_at >= self.every / 6 \
                 or now - self.said_at >= self.every:
             self.said, self.said_at = have, now
-            return message(self.bid, have, self.total, self.since, now, self.storage_class,
-                           self.tier)
+            return waiting_message(self.bid, self.holder(), have, self.total, self.since, now,
+                                   self.storage_class, self.tier)
         return None
 
-    def tick(self, have: int) -> None:
-        text = self.line(have)
+    def tick(self, here: Callable[[], int]) -> None:
+        text = self.line(here)
         if text is not None:
             self.log.info("%s", text)

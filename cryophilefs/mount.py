@@ -28,7 +28,8 @@ import trio
 
 from cryophile import __version__, config as configuration, errors, keys, log as logsetup, thaw
 from cryophile import sdnotify, throttle
-from cryophile.options import add_log_file_option, add_spool_options, passphrase_reader
+from cryophile.options import (add_log_file_option, add_spool_options, add_verbosity_options,
+                               passphrase_reader)
 from cryophile.freeze import Freezer
 from cryophile.ledger import Guard
 from cryophile.spool import FreezeDaemonLock, Spool
@@ -88,10 +89,7 @@ def parser() -> argparse.ArgumentParser:
     add_log_file_option(p)
     p.add_argument("-o", "--options", action="append", default=[], metavar="OPTS",
                    help="mount options, comma separated (see below)")
-    p.add_argument("-d", "--debug", action="count", default=0,
-                   help="more log output; twice for trace")
-    p.add_argument("-q", "--quiet", action="count", default=0,
-                   help="less log output: warnings and errors only")
+    add_verbosity_options(p)
     p.add_argument("-V", "--version", action="version", version=f"{PROG} {__version__}")
     shtab.add_argument_to(p, "--print-completion", help="print a completion script for that shell")
     p.add_argument("where", nargs="+", metavar="MOUNTPOINT",
@@ -258,18 +256,21 @@ async def serve(settings: Settings, opts: Options, mountpoint: str, mounted) -> 
     settings.policy = ReadPolicy(cfg, spool, settings.stores, lambda v: _tier(cfg, opts, v))
     ops = Operations(settings)
     answered = trio.Event()
+    ended = trio.Event()        # pyfuse3.main returned: no terminate() from here on
     try:
         async with trio.open_nursery() as nursery:
             ops.nursery = nursery
             pyfuse3.init(ops, mountpoint, opts.fuse)
             try:
-                nursery.start_soon(confirm_mounted, spool.root, mountpoint, mounted, answered)
+                nursery.start_soon(confirm_mounted, spool.root, mountpoint, mounted, answered,
+                                   ended)
                 nursery.start_soon(supervise, "freeze", settings.freezer.run)
                 if settings.thawer is not None:
                     nursery.start_soon(supervise, "thaw", settings.thawer.run)
-                nursery.start_soon(unmount_on_signal)
+                nursery.start_soon(unmount_on_signal, ended)
                 await pyfuse3.main()
             finally:
+                ended.set()
                 await trio.to_thread.run_sync(ops.abort_writers)
                 pyfuse3.close(unmount=True)
                 nursery.cancel_scope.cancel()
@@ -286,7 +287,8 @@ async def serve(settings: Settings, opts: Options, mountpoint: str, mounted) -> 
     log.info("unmounted %s", mountpoint)
 
 
-async def confirm_mounted(root: str, mountpoint: str, detached, answered: trio.Event) -> None:
+async def confirm_mounted(root: str, mountpoint: str, detached, answered: trio.Event,
+                          ended: trio.Event) -> None:
     """Say "mounted" (log, parent process, systemd) once the mount answers a
     stat of its root: libfuse can still refuse the mount at FUSE_INIT, after
     pyfuse3.init succeeded, and then ends the session at once."""
@@ -296,7 +298,7 @@ async def confirm_mounted(root: str, mountpoint: str, detached, answered: trio.E
         log.debug("stat of the new mount failed: %s", exc)
         st = None
     if st is None or st.st_ino != pyfuse3.ROOT_INODE:    # refused, or already gone
-        pyfuse3.terminate()
+        terminate(ended)
         return
     answered.set()
     _report_mounted(detached, True)
@@ -336,11 +338,19 @@ def _named_error(exc: BaseException) -> errors.Error | None:
     return exc if isinstance(exc, errors.Error) else None
 
 
-async def unmount_on_signal() -> None:
+def terminate(ended: trio.Event) -> None:
+    """End pyfuse3's main loop, unless it has ended: a stat answered (or a signal
+    received) as a refused FUSE_INIT ends the session can be taken in after
+    pyfuse3.close(), and terminate() then hands libfuse the freed session."""
+    if not ended.is_set():
+        pyfuse3.terminate()
+
+
+async def unmount_on_signal(ended: trio.Event) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             log.info("%s: unmounting", signal.Signals(signum).name)
-            pyfuse3.terminate()
+            terminate(ended)
             return
 
 

@@ -3,6 +3,7 @@ and nothing half-made left looking complete."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 
@@ -62,10 +63,14 @@ def backup(rig, cert, *args, data: bytes = b"data", pre=()):
     (["-s", "0"], ["fragment size", "zero"]),
     (["-s", "lots"], ["lots", "fragment size"]),
     (["-s", "-5"], ["-5", "fragment size"]),
+    (["-s", "1"], ["fragment size", "'1'", "4KiB"]),
+    (["-s", "4095"], ["fragment size", "4KiB to 5TiB"]),
+    (["-s", "6T"], ["fragment size", "'6T'", "5TiB"]),
     (["-t", "yesterday"], ["yesterday", "timestamp"]),
     (["-u", "not-a-ulid"], ["ULID"]),
 ], ids=["vault", "dotdot", "space", "leading-slash", "too-long", "long-segment", "t-and-u", "compression",
-        "fragment-0", "fragment-junk", "fragment-negative", "timestamp", "ulid"])
+        "fragment-0", "fragment-junk", "fragment-negative", "fragment-1", "fragment-below-4KiB",
+        "fragment-above-5TiB", "timestamp", "ulid"])
 def test_bad_backup_arguments(rig, recipes, args, needles):
     cmd = ["backup", "-v", rig.vault, "-k", str(recipes["sq"].cert), *args]
     if args[0] == "-v":
@@ -242,20 +247,44 @@ def test_output_not_writable(frozen, recipes, target):
 def test_spool_not_writable(rig, recipes):
     (rig.root / "file").write_bytes(b"")
     bad = rig.root / "file" / "spool"
-    failed(backup(rig, recipes["sq"].cert, pre=["-S", str(bad)]), SPOOL, str(bad))
+    line = failed(backup(rig, recipes["sq"].cert, pre=["-S", str(bad)]), SPOOL, str(bad))
+    assert f"{rig.root / 'file'}: not a directory; move it away or choose another spool" \
+        in line.lower()
     proc = rig.run("freeze", "--once", pre=["-S", str(bad)])
-    failed(proc, SPOOL, str(bad))
+    failed(proc, SPOOL, str(bad), "not a directory", "-S DIR")
+
+
+def test_spool_where_no_directory_can_be_made(rig, recipes):
+    """Not "its parent keeps disappearing": the errno, where, and what to do."""
+    bad = "/proc/cryophile-nonexistent/spool"
+    failed(backup(rig, recipes["sq"].cert, pre=["-S", bad]), SPOOL,
+           f"cannot create {bad}", "/proc/cryophile-nonexistent: no such file or directory",
+           "makes no new directories", "-S DIR")
+
+
+@contextlib.contextmanager
+def tmpfs(where, options: str):
+    """A small tmpfs mounted on ``where`` (made here) for the test's length."""
+    where.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
+                           capture_output=True)
+    assert mount.returncode == 0, f"cannot mount a tmpfs (tests run as root): {mount.stderr}"
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=True)
+
+
+def test_spool_on_a_read_only_filesystem(rig, recipes, tmp_path):
+    with tmpfs(tmp_path / "ro", "ro,size=1M") as ro:
+        failed(backup(rig, recipes["sq"].cert, pre=["-S", str(ro / "spool")]), SPOOL,
+               f"{ro / 'spool'}: read-only file system", "remount it read-write", "-S DIR")
 
 
 def test_disk_full(rig, recipes, tmp_path):
-    small = tmp_path / "small"
-    small.mkdir()
-    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2M", "tmpfs", str(small)],
-                           capture_output=True)
-    assert mount.returncode == 0, f"cannot mount a tmpfs (tests run as root): {mount.stderr}"
     # a bound above the disk's size: nothing waits or freezes before the disk is full
     rig.config.write_text('spool_max = "64MiB"\n' + rig.config.read_text())
-    try:
+    with tmpfs(tmp_path / "small", "size=2M") as small:
         spool = small / "spool"
         proc = backup(rig, recipes["sq"].cert, "-C", "none", "-s", "256KiB",
                       data=os.urandom(10 << 20), pre=["-S", str(spool)])
@@ -270,8 +299,6 @@ def test_disk_full(rig, recipes, tmp_path):
         # and with room again, backups work
         ulid = backup(rig, recipes["sq"].cert, pre=["-S", str(spool)]).stdout.decode().strip()
         assert (spool / "freeze" / rig.vault / ulid / "chunk.0").exists()
-    finally:
-        subprocess.run(["umount", str(small)], check=True)
 
 
 # --- tracebacks -------------------------------------------------------------------

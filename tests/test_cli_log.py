@@ -32,7 +32,7 @@ def assert_clean(text: str) -> None:
 def test_trace_log_of_a_real_session_shows_no_credentials(tmp_path, bucket, moto_endpoint,
                                                           recipes):
     rig = S3Rig(tmp_path, bucket, moto_endpoint)
-    ulid = rig.backup(os.urandom(3000), recipes["sq"].cert, "-s", "1KiB")
+    ulid = rig.backup(os.urandom(12000), recipes["sq"].cert, "-s", "4KiB")
     seen = []
     for args in (["freeze", "--once"], ["ls", rig.vault]):
         proc = rig.run(*args, env=CREDS, check=True)
@@ -48,7 +48,7 @@ def test_trace_log_of_a_real_session_shows_no_credentials(tmp_path, bucket, moto
 @pytest.mark.timeout(300)
 def test_log_file_has_timestamps_and_no_credentials(tmp_path, bucket, moto_endpoint, recipes):
     rig = S3Rig(tmp_path, bucket, moto_endpoint)
-    rig.backup(b"x" * 3000, recipes["sq"].cert, "-s", "1KiB")
+    rig.backup(b"x" * 12000, recipes["sq"].cert, "-s", "4KiB")
     logfile = tmp_path / "freeze.log"
     old = os.umask(0)
     try:

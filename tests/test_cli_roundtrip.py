@@ -100,8 +100,8 @@ def test_message_length_around_fragment_size(rig, recipes):
 
 
 def test_many_fragments(rig, recipes):
-    data = os.urandom(300 << 10)
-    ulid = roundtrip(rig, recipes["sq"], data, "-s", "1KiB", "-C", "zstd", to_file=False)
+    data = os.urandom(1200 << 10)
+    ulid = roundtrip(rig, recipes["sq"], data, "-s", "4KiB", "-C", "zstd", to_file=False)
     assert len(fragments(archive_dir(rig, ulid))) > 300
 
 
@@ -244,18 +244,18 @@ def test_prefix_roundtrip_and_ls(rig, recipes):
 def test_config_defaults_and_alias(tmp_path, recipes):
     sq = recipes["sq"]
     rig = make_rig(tmp_path, name="offsite", keyring=[str(sq.cert)], compression="zstd",
-                   fragment_size="2KiB")
-    data = b"A" * 10000 + os.urandom(5000)
+                   fragment_size="4KiB")
+    data = b"A" * 10000 + os.urandom(12000)
     proc = rig.run("backup", "-v", "offsite", input=data, check=True)
     ulid = proc.stdout.decode().strip()
     frags = fragments(archive_dir(rig, ulid, where="freeze"))
-    assert all(p.stat().st_size == 2048 for p in frags[:-1]) and len(frags) > 2
+    assert all(p.stat().st_size == 4096 for p in frags[:-1]) and len(frags) > 2
     rig.run("freeze", "--once", check=True)
     # zstd frames: the disaster-recovery recipe needs zstd -d
     clear, encrypted = manifest.load(str(archive_dir(rig, ulid) / "chunk.0"))
     ring = keys.load_secret_keys([str(sq.key)], None)
     body = manifest.read_manifest(encrypted, clear, ring.decrypt_session_key)
-    assert body["compression"] == "zstd" and body["fragment_size"] == 2048
+    assert body["compression"] == "zstd" and body["fragment_size"] == 4096
     proc = rig.run("restore", "-v", "offsite", "-u", ulid, "-k", str(sq.key), input=None,
                    check=True)
     assert proc.stdout == data

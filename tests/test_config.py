@@ -23,6 +23,8 @@ def rig(tmp_path):
     (f"[vault.{VAULT}]\nrestore_days = true\n", ["restore_days", "whole number", "boolean"]),
     (f"[vault.{VAULT}]\nrestore_days = 1.5\n", ["restore_days", "whole number"]),
     (f"[vault.{VAULT}]\nfragment_size = true\n", ["fragment_size", "size"]),
+    (f"[vault.{VAULT}]\nfragment_size = 1\n", ["fragment_size", "4KiB to 5TiB"]),
+    (f"[vault.{VAULT}]\nfragment_size = '512B'\n", ["fragment_size", "'512B'", "4KiB"]),
     (f"[vault.{VAULT}]\nregion = ['eu']\n", ["region", "string", "list"]),
     (f"[vault.{VAULT}]\nstorage_class = 3\n", ["storage_class", "string"]),
     (f"[vault.{VAULT}]\nurl = {{ a = 1 }}\n", ["url", "string", "table"]),

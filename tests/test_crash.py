@@ -128,8 +128,8 @@ def snapshot(directory: Path) -> dict[str, bytes]:
 
 def test_killed_freeze_is_finished_by_the_next(rig, recipes):
     sq = recipes["sq"]
-    data = os.urandom(600 << 10)
-    ulid = rig.backup(data, sq.cert, "-s", "1KiB", "-C", "none")
+    data = os.urandom(2400 << 10)
+    ulid = rig.backup(data, sq.cert, "-s", "4KiB", "-C", "none")
     queued = snapshot(rig.spool / "freeze" / rig.vault / ulid)
     total = len(queued)
     assert total > 600

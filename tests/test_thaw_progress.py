@@ -174,23 +174,39 @@ class Plan:
         self.restoring, self.tier = [], tier
 
 
-def test_a_restore_waiting_for_another_thaw_says_the_same_line():
+def test_a_restore_waiting_for_another_thaw_says_what_it_knows():
+    """Who holds the thaw, and what has arrived: not what the vault has restored,
+    which only the holder sees."""
     clock = Clock()
     w = thawprogress.Waiting(logging.getLogger("test"), BID, Plan(["GLACIER"] * 3), 3, 60.0,
-                             clock)
-    assert w.line(0).endswith("0 of 3 fragments restored, requested just now "
-                              "(Standard, typically 3–5 h)")
+                             clock, holder=lambda: "pid 42 (cryophile thaw)")
+    assert w.line(lambda: 0) == (
+        f"{BID}: waiting for the thaw held by pid 42 (cryophile thaw): 0 of 3 fragments "
+        "here, restore started just now (Standard, typically 3–5 h)")
     clock.now += 5
-    assert w.line(0) is None and w.line(1) is None, "not at every poll"
+    assert w.line(lambda: 0) is None, "not at every poll"
     clock.now += 5
-    assert "1 of 3" in w.line(1)
+    assert "1 of 3 fragments here" in w.line(lambda: 1)
     clock.now += 59
-    assert w.line(1) is None
+    assert w.line(lambda: 1) is None
     clock.now += 1
-    assert w.line(1).endswith("1 of 3 fragments restored, requested 70 s ago "
-                              "(Standard, typically 3–5 h)")
+    assert w.line(lambda: 1).endswith("1 of 3 fragments here, restore started 70 s ago "
+                                      "(Standard, typically 3–5 h)")
+    counted = []
+
+    def here() -> int:
+        counted.append(clock.now)
+        return 1
+    clock.now += 2
+    assert w.line(here) is None and w.line(here) is None
+    assert counted == [clock.now], "counted at most every every/60 seconds"
     silent = thawprogress.Waiting(logging.getLogger("test"), BID, Plan([]), 3, 60.0, clock)
-    assert silent.line(0) is None, "nothing to thaw: nothing to wait for"
+    assert silent.line(lambda: 0) is None, "nothing to thaw: nothing to wait for"
+
+
+WAITING = re.compile(r"waiting for the thaw held by pid (\d+) \(cryophile [^)]* thaw\): "
+                     r"(\d+) of (\d+) fragments? here, restore started (?:just now|\d+ s ago) "
+                     r"\(Standard, typically 3–5 h\)")
 
 
 @pytest.mark.timeout(300)
@@ -210,7 +226,8 @@ def test_a_restore_served_by_the_thaw_service_says_how_far_it_is(tmp_path, key, 
     assert proc.stdout == data
     err = proc.stderr.decode()
     assert "waiting for the running `cryophile thaw`" in err, err
-    said = [(int(a), int(b)) for a, b, _ in PROGRESS.findall(err)]
-    assert said and said[0] == (0, 3), err
+    said = [(int(pid), int(a), int(b)) for pid, a, b in WAITING.findall(err)]
+    assert said and said[0] == (service.pid, 0, 3), err
+    assert not PROGRESS.findall(err), "only the thaw's holder knows what the vault restored"
     said = [(int(a), int(b)) for a, b, _ in PROGRESS.findall(service_err.decode())]
     assert said[0] == (0, 3) and said[-1] == (3, 3), service_err

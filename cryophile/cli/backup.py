@@ -45,7 +45,7 @@ def add_parser(sub) -> None:
                    help="make the ULID at this time (ISO 8601 or seconds since the epoch)")
     p.add_argument("-u", "--ulid", metavar="ULID", help="use this ULID")
     p.add_argument("-s", "--fragment-size", metavar="SIZE",
-                   help="fragment size, e.g. 64MiB, 1G, 512 (default: 64MiB)")
+                   help="fragment size from 4KiB to 5TiB, e.g. 64MiB, 1G (default: 64MiB)")
     p.add_argument("--name", metavar="NAME", help="a name kept (encrypted) with the archive")
     p.add_argument("--allow-empty", action="store_true",
                    help="keep an archive of empty input (refused otherwise)")
@@ -66,7 +66,7 @@ def run(args) -> int:
     compression = args.compression or vault.compression
     if compression not in CODECS:
         raise errors.UsageError(f"unknown compression {compression!r}: use none, lz4 or zstd")
-    fragment_size = ids.parse_size(args.fragment_size or vault.fragment_size, "fragment size")
+    fragment_size = ids.parse_fragment_size(args.fragment_size or vault.fragment_size)
     prefix = ids.parse_prefix(args.prefix, base=vault.key_base)
     if args.ulid:
         ulid = ids.parse_ulid(args.ulid)

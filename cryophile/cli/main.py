@@ -13,6 +13,7 @@ import shtab
 from .. import __version__, errors, log, progress
 from . import backup, chain, check, freeze, ls, prune, restore, rm, status, thaw
 from ..options import add_log_file_option, add_spool_options
+from ..options import add_verbosity_options
 
 COMMANDS = (backup, freeze, thaw, restore, ls, chain, status, rm, prune, check)
 PROG = "cryophile"
@@ -46,10 +47,7 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_spool_options(p)
     add_log_file_option(p)
-    p.add_argument("-d", "--debug", action="count", default=0,
-                   help="more log output; twice for trace, with tracebacks on errors")
-    p.add_argument("-q", "--quiet", action="count", default=0,
-                   help="less log output: warnings and errors only, and no progress bars")
+    add_verbosity_options(p, ", with tracebacks on errors", ", and no progress bars")
     p.add_argument("-V", "--version", action="version", version=f"{PROG} {__version__}")
     shtab.add_argument_to(p, "--print-completion", help="print a completion script for that shell")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)

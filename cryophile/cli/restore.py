@@ -10,6 +10,7 @@ import time
 import trio
 
 from .. import backpressure, errors, manifest, ranges, restorequeue, thaw, thawprogress
+from ..health import thaw_holder
 from ..ids import BackupId
 from ..pipeline import reader
 from ..spool import BackupLock
@@ -146,7 +147,8 @@ class Restore:
         plan = await trio.to_thread.run_sync(thawplan.reserve, self.ctx, self.bid, clear,
                                              self.order)
         self.waiting = thawprogress.Waiting(log, self.bid, plan, len(self.order),
-                                            thawprogress.every())
+                                            thawprogress.every(),
+                                            holder=lambda: thaw_holder(self.spool))
         self.window = window(self.ctx, self.spool, clear)
         store = self.ctx.store(self.bid.vault)
         if isinstance(store, LocalStore):
@@ -261,8 +263,13 @@ class Restore:
                 restorequeue.request(self.spool, self.bid, [n])     # taken away meanwhile
                 self.poke()
             if self.daemon and self.waiting is not None:
-                self.waiting.tick(bisect.bisect_left(self.order, n))
+                self.waiting.tick(lambda: self.here(n))
             time.sleep(WAIT_POLL)
+
+    def here(self, n: int) -> int:
+        """The fragments to read that have arrived, while waiting for fragment n."""
+        at = bisect.bisect_left(self.order, n)
+        return at + sum(self.local(k) for k in self.order[at:])
 
     def decrypt(self, clear, body, out) -> int:
         total = clear.size if self.span is None else self.span[1] - self.span[0]
