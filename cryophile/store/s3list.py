@@ -53,10 +53,7 @@ def parse(body: bytes) -> dict:
         raise ErrorDocument("an error document in a 200 answer")
     if _local(root.tag) != "ListBucketResult":
         raise MalformedPage(f"a ListObjectsV2 answer is a {_local(root.tag)!r} document")
-    try:
-        return _page(root)
-    except (TypeError, ValueError) as exc:
-        raise MalformedPage(f"ListObjectsV2 page does not read: {exc}") from None
+    return _page(root)
 
 
 def _local(tag: str) -> str:
@@ -73,7 +70,7 @@ def _page(root: ET.Element) -> dict:
         elif tag == "IsTruncated":
             page[tag] = el.text == "true"
         elif tag == "KeyCount":
-            page[tag] = int(el.text)
+            page[tag] = _int(el.text, tag)
         elif tag in ("NextContinuationToken", "EncodingType", "StartAfter", "Prefix"):
             page[tag] = el.text or ""
     if page.get("EncodingType") == "url":
@@ -94,7 +91,7 @@ def _object(el: ET.Element) -> dict:
         if tag == "Key" or tag == "ETag" or tag == "StorageClass":
             obj[tag] = field.text or ""
         elif tag == "Size":
-            obj[tag] = int(field.text)
+            obj[tag] = _int(field.text, tag)
         elif tag == "LastModified":
             obj[tag] = _timestamp(field.text)
         elif tag == "RestoreStatus":
@@ -102,6 +99,13 @@ def _object(el: ET.Element) -> dict:
     if "Key" not in obj:
         raise MalformedPage("a listed object has no Key")
     return obj
+
+
+def _int(text: str | None, tag: str) -> int:
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        raise MalformedPage(f"{tag} {text!r} is not a number") from None
 
 
 def _restore(el: ET.Element) -> dict:
@@ -121,7 +125,10 @@ def _timestamp(text: str | None) -> datetime.datetime:
     try:
         when = datetime.datetime.fromisoformat(text)
     except (TypeError, ValueError):
-        return parse_timestamp(text)
+        try:
+            return parse_timestamp(text)
+        except (TypeError, ValueError):
+            raise MalformedPage(f"timestamp {text!r} does not read") from None
     return when if when.tzinfo is not None else when.replace(tzinfo=datetime.timezone.utc)
 
 
