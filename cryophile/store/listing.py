@@ -100,12 +100,14 @@ def bounds(expected: list[str], per_page: int) -> list[str]:
 
 
 def parallel(page: Callable[[str, str | None], Page], workers: int,
-             pieces: int | None = None, bounds: list[str] = ()) -> Iterator[T]:
+             pieces: int | None = None, bounds: list[str] | None = None) -> Iterator[T]:
     """Every item of the key space, in key order, listed ``workers`` pages
     at a time.  ``page(after, upto)`` lists one page of the range (after,
-    upto] (``after`` "" for the start).  ``bounds`` (sorted) are the first
-    cuts (else there is one range, cut as its pages come back full).  The
-    first failure is raised (and no new request is started after it)."""
+    upto] (``after`` "" for the start).  ``bounds`` (sorted, from
+    ``bounds``) are the first cuts, and what lies beyond the expected keys
+    (new archives) is then listed page after page; without them there is
+    one range, cut as its pages come back full.  The first failure is
+    raised (and no new request is started after it)."""
     pieces = pieces or workers
     found: list[tuple[str, T]] = []
 
@@ -113,10 +115,11 @@ def parallel(page: Callable[[str, str | None], Page], workers: int,
         items, keys, full = page(after, upto)
         if keys and keys[-1] == upto:
             full = False                # the range ends at its last key: nothing left
-        rest = split(keys[0], keys[-1], upto, pieces) if full and keys else []
+        cuts = 1 if bounds is not None and upto is None else pieces
+        rest = split(keys[0], keys[-1], upto, cuts) if full and keys else []
         return list(zip(keys, items)), rest
 
-    edges = ["", *bounds, None]
+    edges = ["", *(bounds or ()), None]
     with concurrent.futures.ThreadPoolExecutor(workers, "cryophile-list") as pool:
         todo = {pool.submit(one, a, b) for a, b in zip(edges, edges[1:])}
         try:

@@ -278,8 +278,8 @@ class S3Store(Store):
             infos = [self._listed(o) for o in mine]
             return infos, [o["Key"] for o in mine], (
                 bool(parsed.get("IsTruncated")) and len(mine) == len(contents))
-        bounds = listing.bounds(sorted(self.prefix + k for k in expected if k.startswith(prefix)),
-                                self.list_page)
+        expected = sorted({self.prefix + k for k in expected if k.startswith(prefix)})
+        bounds = listing.bounds(expected, self.list_page) if expected else None
         try:
             return listing.parallel(page, self.list_workers, bounds=bounds)
         except _FAILURES as exc:
