@@ -60,19 +60,27 @@ def _local(tag: str) -> str:
     return tag.rpartition("}")[2]
 
 
+_NAMES = ("Contents", "IsTruncated", "KeyCount", "NextContinuationToken", "EncodingType",
+          "StartAfter", "Prefix", "Key", "ETag", "StorageClass", "Size", "LastModified",
+          "RestoreStatus", "IsRestoreInProgress", "RestoreExpiryDate")
+
+
 def _page(root: ET.Element) -> dict:
+    # full tag (in the root's namespace, as S3 sends them all) -> member name
+    ns = root.tag[:len(root.tag) - len(_local(root.tag))]
+    names = {ns + name: name for name in _NAMES}
     page: dict = {}
     contents = []
     for el in root:
-        tag = _local(el.tag)
-        if tag == "Contents":
-            contents.append(_object(el))
-        elif tag == "IsTruncated":
-            page[tag] = el.text == "true"
-        elif tag == "KeyCount":
-            page[tag] = _int(el.text, tag)
-        elif tag in ("NextContinuationToken", "EncodingType", "StartAfter", "Prefix"):
-            page[tag] = el.text or ""
+        name = names.get(el.tag)
+        if name == "Contents":
+            contents.append(_object(el, names))
+        elif name == "IsTruncated":
+            page[name] = el.text == "true"
+        elif name == "KeyCount":
+            page[name] = _int(el.text, name)
+        elif name in ("NextContinuationToken", "EncodingType", "StartAfter", "Prefix"):
+            page[name] = el.text or ""
     if page.get("EncodingType") == "url":
         for name in ("StartAfter", "Prefix"):
             if name in page:
@@ -84,18 +92,18 @@ def _page(root: ET.Element) -> dict:
     return page
 
 
-def _object(el: ET.Element) -> dict:
+def _object(el: ET.Element, names: dict[str, str]) -> dict:
     obj: dict = {}
     for field in el:
-        tag = _local(field.tag)
-        if tag == "Key" or tag == "ETag" or tag == "StorageClass":
-            obj[tag] = field.text or ""
-        elif tag == "Size":
-            obj[tag] = _int(field.text, tag)
-        elif tag == "LastModified":
-            obj[tag] = _timestamp(field.text)
-        elif tag == "RestoreStatus":
-            obj[tag] = _restore(field)
+        name = names.get(field.tag)
+        if name == "Key" or name == "ETag" or name == "StorageClass":
+            obj[name] = field.text or ""
+        elif name == "Size":
+            obj[name] = _int(field.text, name)
+        elif name == "LastModified":
+            obj[name] = _timestamp(field.text)
+        elif name == "RestoreStatus":
+            obj[name] = _restore(field, names)
     if "Key" not in obj:
         raise MalformedPage("a listed object has no Key")
     return obj
@@ -108,14 +116,14 @@ def _int(text: str | None, tag: str) -> int:
         raise MalformedPage(f"{tag} {text!r} is not a number") from None
 
 
-def _restore(el: ET.Element) -> dict:
+def _restore(el: ET.Element, names: dict[str, str]) -> dict:
     status: dict = {}
     for field in el:
-        tag = _local(field.tag)
-        if tag == "IsRestoreInProgress":
-            status[tag] = field.text == "true"
-        elif tag == "RestoreExpiryDate":
-            status[tag] = _timestamp(field.text)
+        name = names.get(field.tag)
+        if name == "IsRestoreInProgress":
+            status[name] = field.text == "true"
+        elif name == "RestoreExpiryDate":
+            status[name] = _timestamp(field.text)
     return status
 
 
