@@ -117,18 +117,22 @@ def vault_entries(store, vault: str, prefix: str, cache: MarkCache | None = None
     whose fragments are not all there, at their sizes, is ``damaged``.
     An archive whose chunk.0 cannot be read is left out, with a warning
     and its error added to ``problems``."""
+    if cache is None and spool is not None:
+        cache = MarkCache(spool)
+    cached = cache.read_all(vault, prefix) if cache is not None else {}
+    # the keys the cached chunk.0s say the vault holds: the listing places its ranges by them
+    expected = [f"{key}/chunk.{n}" for key, clear in cached.items()
+                for n in range(len(clear.fragments) + 1)]
     objects: dict[str, dict[int, ObjectInfo]] = {}
-    for info in store.list(prefix + "/" if prefix else ""):
+    for info in store.list(prefix + "/" if prefix else "", expected=expected):
         m = FRAGMENT_RE.match(info.key)
         if m:
             key = f"{m.group(1)}/{m.group(2)}" if m.group(1) else m.group(2)
             objects.setdefault(key, {})[int(m.group(3))] = info
-    if cache is None and spool is not None:
-        cache = MarkCache(spool)
     if cache is not None:
         cache.forget_missing(vault, prefix, {k for k, o in objects.items() if 0 in o})
     bids = [_bid(vault, key) for key, objs in objects.items() if 0 in objs]
-    marks = _marks(store, bids, cache, problems)
+    marks = _marks(store, bids, cache, problems, cached)
     entries = {}
     for bid in bids:
         clear = marks.get(bid.key)
@@ -147,15 +151,21 @@ def _bid(vault: str, key: str) -> BackupId:
 
 
 def _marks(store, bids: list[BackupId], cache: MarkCache | None,
-           problems: list | None = None) -> dict[str, manifest.ClearInfo]:
+           problems: list | None = None, cached: dict | None = None
+           ) -> dict[str, manifest.ClearInfo]:
+    """chunk.0s' clear metadata: from ``cached`` (read from the cache
+    already), else the cache, else fetched (and cached)."""
     found: dict[str, manifest.ClearInfo] = {}
     todo = []
+    cached = cached or {}
     for bid in bids:
-        hit = cache.get(bid) if cache is not None else None
+        hit = cached.get(bid.key)
+        if hit is None and cache is not None:       # (cached meanwhile by another listing?)
+            hit = (cache.get(bid) or (None,))[0]
         if hit is None:
             todo.append(bid)
         else:
-            found[bid.key] = hit[0]
+            found[bid.key] = hit
     if todo:
         with concurrent.futures.ThreadPoolExecutor(FETCHERS) as pool:
             for bid, clear in zip(todo, pool.map(lambda b: _fetch_mark(store, b, cache), todo)):

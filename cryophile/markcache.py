@@ -69,6 +69,24 @@ class MarkCache:
         except (OSError, errors.SpoolError) as exc:
             log.debug("cannot cache chunk.0 of %s: %s", bid, exc)
 
+    def read_all(self, vault: str, prefix: str) -> dict[str, manifest.ClearInfo]:
+        """Archive key (PREFIX/ULID) → clear metadata of every cached
+        chunk.0 under VAULT/PREFIX (each checked as ``get`` does)."""
+        top = os.path.join(self.root, vault)
+        start = os.path.join(top, prefix) if prefix else top
+        skip = len(os.path.join(top, ""))
+        found = {}
+        for dirpath, _dirs, files in os.walk(start):
+            for name in files:
+                if name.startswith(".tmp-") or not name.endswith(SUFFIX):
+                    continue
+                key = os.path.join(dirpath, name)[skip:-len(SUFFIX)]
+                where, _, ulid = key.rpartition("/")
+                hit = self.get(BackupId(vault, where, ulid))     # (drops a misnamed copy)
+                if hit is not None:
+                    found[key] = hit[0]
+        return found
+
     def forget_missing(self, vault: str, prefix: str, present: set[str]) -> int:
         """Drop cached chunk.0s under VAULT/PREFIX whose archive key
         (PREFIX/ULID) is not in ``present``; return how many."""

@@ -67,3 +67,35 @@ def test_a_failing_page_is_raised():
         return ["a", "b"], ["a", "b"], True
     with pytest.raises(OSError, match="boom"):
         list(listing.parallel(page, 4))
+
+
+def test_bounds_cut_every_page_of_expected_keys():
+    keys = [f"k{i:03d}" for i in range(25)]
+    assert listing.bounds(keys, 10) == ["k009", "k019"]      # 10, 10, then 5 and any new
+    assert listing.bounds(keys[:20], 10) == ["k009"]         # the last range holds a page
+    assert listing.bounds(keys[:10], 10) == [] and listing.bounds([], 10) == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sets(KEY, max_size=200), st.integers(1, 9), st.integers(1, 9),
+       st.sets(KEY, max_size=20), st.sets(KEY, max_size=20))
+def test_expected_keys_only_place_ranges(keys, size, workers, gone, added):
+    """Whatever was expected (stale: keys gone, keys added since), every key
+    comes once, in order; with nothing changed, one request per page."""
+    expected = sorted(keys)
+    actual = sorted((keys - gone) | added)
+    calls = []
+    got = list(listing.parallel(pager(actual, size, calls), workers,
+                                bounds=listing.bounds(expected, size)))
+    assert got == [k.upper() for k in actual]
+    if not gone and not added:
+        assert len(calls) == max(1, -(-len(actual) // size))
+
+
+def test_keys_added_at_the_end_cost_only_their_pages():
+    keys = [f"tank/{i:05d}/chunk.{n}" for i in range(1000) for n in (0, 1)]
+    new = keys + [f"tank/{i:05d}/chunk.{n}" for i in range(1000, 1010) for n in (0, 1)]
+    calls = []
+    got = list(listing.parallel(pager(new, 100, calls), 8, bounds=listing.bounds(keys, 100)))
+    assert got == [k.upper() for k in new]
+    assert len(calls) == -(-len(new) // 100) == 21

@@ -94,3 +94,49 @@ def test_prune_plans_from_the_chunk0_cache(rig, recipes, s3proxy):
     assert len(list((rig.spool / "cache" / rig.vault / "tank").iterdir())) == 4
     assert gets("prune", "-n", "--keep-last", "1", f"{rig.vault}/tank") == 0    # warm
     assert gets("check", f"{rig.vault}/tank") >= len(ulids)     # the vault's own copies
+
+
+def list_requests(s3proxy) -> int:
+    return len(s3proxy.requests("GET", "list-type=2"))
+
+
+def test_expected_keys_cost_one_list_per_page(bucket, s3client, s3proxy):
+    from cryophile.store.s3 import S3Store
+    keys = [f"tank/k{i:03d}/chunk.{n}" for i in range(25) for n in (0, 1)]
+    for key in keys:
+        s3client.put_object(Bucket=bucket, Key=key, Body=b"x")
+    store = S3Store(bucket, endpoint_url=s3proxy.endpoint)
+    store.list_page = 10
+    try:
+        s3proxy.reset()
+        assert [i.key for i in store.list("tank/", expected=keys)] == keys
+        assert list_requests(s3proxy) == 5
+        # one archive gone from the middle, two new at the end: still one per page
+        for key in keys[20:22]:
+            s3client.delete_object(Bucket=bucket, Key=key)
+        new = [f"tank/k{i:03d}/chunk.{n}" for i in (25, 26) for n in (0, 1)]
+        for key in new:
+            s3client.put_object(Bucket=bucket, Key=key, Body=b"x")
+        s3proxy.reset()
+        now = keys[:20] + keys[22:] + new
+        assert [i.key for i in store.list("tank/", expected=keys)] == now
+        assert list_requests(s3proxy) == -(-len(now) // 10) == 6
+    finally:
+        store.close()
+
+
+def test_warm_listing_places_its_ranges_by_the_cache(rig, recipes, s3proxy):
+    from cryophile import catalog
+    from cryophile.spool import Spool
+    from cryophile.store.s3 import S3Store
+    ulids = frozen(rig, recipes, 5)         # 10 objects: chunk.0 and chunk.1 each
+    listing(rig, s3proxy)                   # caches the chunk.0s
+    store = S3Store(rig.vault, endpoint_url=s3proxy.endpoint)
+    store.list_page = 3
+    try:
+        s3proxy.reset()
+        entries = catalog.vault_entries(store, rig.vault, "tank", spool=Spool(str(rig.spool)))
+    finally:
+        store.close()
+    assert sorted(e.bid.ulid for e in entries.values()) == sorted(ulids)
+    assert list_requests(s3proxy) == 4 == len(s3proxy.requests())     # ⌈10 / 3⌉, LIST only

@@ -21,7 +21,7 @@ import dataclasses
 import datetime
 import enum
 import hashlib
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 from cryophile.errors import ConflictError
 
@@ -74,10 +74,12 @@ class Store(abc.ABC):
         in progress, or an object that needs none, is not an error."""
 
     @abc.abstractmethod
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def list(self, prefix: str = "", *, expected: Iterable[str] = ()) -> Iterator[ObjectInfo]:
         """Every object whose key starts with ``prefix``; state as far as
         the listing tells (S3 sends the restore status of archived objects;
-        listing does not call head)."""
+        listing does not call head).  ``expected``: keys the caller
+        believes are there, a hint that may make the listing cheaper; the
+        result never depends on it."""
 
     @abc.abstractmethod
     def delete(self, key: str) -> None:

@@ -13,6 +13,13 @@ the pieces are listed at once.  A vault that fits in one page costs one
 request, as before; a bigger one costs a few more requests than pages
 (ranges that turn out empty), in much less wall time.
 
+When the caller knows what keys to expect (a warm cache of chunk.0s
+names the archives and their fragments), ``bounds`` places the ranges
+from the start so that each holds exactly one page of the expected keys
+and the last, unbounded one the rest: an unchanged key space costs one
+request per page and not one more; archives added since (new ULIDs come
+last) only grow the last range.
+
 Pure: ``page(after, upto)`` does the I/O.
 """
 
@@ -84,22 +91,37 @@ def split(first: str, last: str, upto: str | None, pieces: int) -> list[tuple[st
     return list(zip(edges, edges[1:]))
 
 
+def bounds(expected: list[str], per_page: int) -> list[str]:
+    """Range boundaries for the sorted ``expected`` keys: every
+    ``per_page``-th key, so that each range ``(b[i-1], b[i]]`` holds one
+    full page of them; the last range, beyond the last boundary, holds the
+    remaining 1 to ``per_page`` keys and whatever is added after them."""
+    return [expected[i] for i in range(per_page - 1, len(expected) - 1, per_page)]
+
+
 def parallel(page: Callable[[str, str | None], Page], workers: int,
-             pieces: int | None = None) -> Iterator[T]:
+             pieces: int | None = None, bounds: list[str] | None = None) -> Iterator[T]:
     """Every item of the key space, in key order, listed ``workers`` pages
     at a time.  ``page(after, upto)`` lists one page of the range (after,
-    upto] (``after`` "" for the start).  The first failure is raised (and
-    no new request is started after it)."""
+    upto] (``after`` "" for the start).  ``bounds`` (sorted, from
+    ``bounds``) are the first cuts, and what lies beyond the expected keys
+    (new archives) is then listed page after page; without them there is
+    one range, cut as its pages come back full.  The first failure is
+    raised (and no new request is started after it)."""
     pieces = pieces or workers
     found: list[tuple[str, T]] = []
 
     def one(after: str, upto: str | None):
         items, keys, full = page(after, upto)
-        rest = split(keys[0], keys[-1], upto, pieces) if full and keys else []
+        if keys and keys[-1] == upto:
+            full = False                # the range ends at its last key: nothing left
+        cuts = 1 if bounds is not None and upto is None else pieces
+        rest = split(keys[0], keys[-1], upto, cuts) if full and keys else []
         return list(zip(keys, items)), rest
 
+    edges = ["", *(bounds or ()), None]
     with concurrent.futures.ThreadPoolExecutor(workers, "cryophile-list") as pool:
-        todo = {pool.submit(one, "", None)}
+        todo = {pool.submit(one, a, b) for a, b in zip(edges, edges[1:])}
         try:
             while todo:
                 done, todo = concurrent.futures.wait(

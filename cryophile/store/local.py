@@ -111,7 +111,7 @@ class LocalStore(Store):
     def request_restore(self, key, *, tier, days) -> None:
         self.head(key)
 
-    def list(self, prefix="") -> Iterator[ObjectInfo]:
+    def list(self, prefix="", *, expected=()) -> Iterator[ObjectInfo]:
         if not os.path.isdir(self.root):
             return
         top = os.path.join(self.root, "")

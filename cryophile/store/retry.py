@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from typing import BinaryIO, Callable, Iterator, TypeVar
+from typing import BinaryIO, Callable, Iterable, Iterator, TypeVar
 
 from cryophile.errors import TransientStoreError
 from cryophile.store.base import ObjectInfo, Store
@@ -57,10 +57,11 @@ class RetryingStore(Store):
         self._retry(f"restore of {key}", lambda: self.inner.request_restore(
             key, tier=tier, days=days))
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def list(self, prefix: str = "", *, expected: Iterable[str] = ()) -> Iterator[ObjectInfo]:
         # Collected first: retrying a half-consumed listing would repeat items.
+        expected = tuple(expected)
         return iter(self._retry(f"listing of {prefix!r}",
-                                lambda: list(self.inner.list(prefix))))
+                                lambda: list(self.inner.list(prefix, expected=expected))))
 
     def delete(self, key: str) -> None:
         self._retry(f"delete of {key}", lambda: self.inner.delete(key))

@@ -31,7 +31,7 @@ import concurrent.futures
 import hashlib
 import logging
 import threading
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 import boto3
 import botocore.config
@@ -43,7 +43,7 @@ from cryophile.errors import (
     AccessDeniedError, ConflictError,
     IntegrityError, NotFoundError, NotRestoredError, StoreError, TransientStoreError,
 )
-from cryophile.store import listing
+from cryophile.store import listing, s3list
 from cryophile.store.base import ObjectInfo, State, Store, check_same, file_sha256
 
 log = logging.getLogger("cryophile.store")
@@ -127,6 +127,7 @@ class S3Store(Store):
         except botocore.exceptions.BotoCoreError as exc:
             raise self._error(exc, "open") from exc
         self.endpoint = endpoint_url or self._client.meta.endpoint_url
+        s3list.install(self._client)       # listings: our parser, not botocore's
 
     # -- the Store interface ----------------------------------------------
 
@@ -256,9 +257,11 @@ class S3Store(Store):
         except _FAILURES as exc:
             raise self._error(exc, "restore", key) from exc
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def list(self, prefix: str = "", *, expected: Iterable[str] = ()) -> Iterator[ObjectInfo]:
         """Several pages at once (listing.py), each with the restore status
-        of archived objects (no HEAD each)."""
+        of archived objects (no HEAD each), read by s3list.py.  With the
+        keys the caller ``expected``, the ranges are placed so that each
+        holds one page of them."""
         full = self.prefix + prefix
 
         def page(after: str, upto: str | None):
@@ -266,13 +269,19 @@ class S3Store(Store):
             reply = self._client.list_objects_v2(
                 Bucket=self.bucket, Prefix=full, MaxKeys=self.list_page,
                 OptionalObjectAttributes=["RestoreStatus"], **kw)
-            contents = reply.get("Contents", [])
+            parsed = reply.get(s3list.PAGE, reply)      # botocore's, if the hook did not run
+            if isinstance(parsed, s3list.MalformedPage):
+                raise StoreError(f"list of {prefix!r} in bucket {self.bucket} at "
+                                 f"{self.endpoint} failed: {_one_line(parsed)}")
+            contents = parsed.get("Contents", [])
             mine = [o for o in contents if upto is None or o["Key"] <= upto]
             infos = [self._listed(o) for o in mine]
             return infos, [o["Key"] for o in mine], (
-                bool(reply.get("IsTruncated")) and len(mine) == len(contents))
+                bool(parsed.get("IsTruncated")) and len(mine) == len(contents))
+        expected = sorted({self.prefix + k for k in expected if k.startswith(prefix)})
+        bounds = listing.bounds(expected, self.list_page) if expected else None
         try:
-            return listing.parallel(page, self.list_workers)
+            return listing.parallel(page, self.list_workers, bounds=bounds)
         except _FAILURES as exc:
             raise self._error(exc, "list", prefix) from exc
 
