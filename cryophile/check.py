@@ -142,8 +142,11 @@ def scan(store, vault: str, prefix: str = "", ulid: str | None = None) -> dict[s
 class Checker:
     def __init__(self, store, storage_class: str, *, queued: Callable[[BackupId], bool],
                  parents: Callable[[list], dict] | None = None,
-                 restore: tuple[str, int] = ("Standard", 1)):
+                 restore: tuple[str, int] = ("Standard", 1), cache: MarkCache | None = None,
+                 widen: Callable[[], tuple[Iterable[Archive], Iterable]] | None = None):
         self.store = store
+        self.cache = cache                    # chunk.0s of the chains' other links
+        self.widen = widen                    # the whole vault's archives and queued ones
         self.storage_class = storage_class
         self.queued = queued                  # bid -> still in the spool's freeze queue?
         self.parents = parents or chains.parents
@@ -164,7 +167,8 @@ class Checker:
         ``queued`` (sealed archives still in the spool, with bid, stream and
         parent) only serve as links of their chains."""
         others = [a for a in context if a.bid.key not in archives]
-        marks = fetch_marks(self.store, [*archives.values(), *others])
+        marks = fetch_marks(self.store, archives.values())     # the vault's own
+        marks.update(fetch_marks(self.store, others, cache=self.cache))
         for archive in sorted(archives.values(), key=lambda a: (a.bid.prefix, a.bid.ulid)):
             if 0 not in archive.objects:
                 if not self.queued(archive.bid):
@@ -212,8 +216,19 @@ class Checker:
                          "fragments chunk.0 records", archive.bid.fragment_key(n))
 
     def _chains(self, context: list, queued: list) -> None:
+        """Links are looked for among the context first; a chain broken there
+        is looked for again in the whole vault (``widen``: a base may live
+        under another prefix), which costs one more listing only then."""
         checked = {a.bid.ulid: a for a in self.checked}
         links = self.parents([*self.checked, *context, *queued])
+        if self.widen is not None and any(isinstance(links.get(u), chains.Missing)
+                                          for u in checked):
+            known = {a.bid.key for a in [*self.checked, *context]}
+            more, more_queued = self.widen()
+            more = [a for a in more if a.bid.key not in known and 0 in a.objects]
+            fetch_marks(self.store, more, cache=self.cache)
+            links = self.parents([*self.checked, *context, *queued,
+                                  *(a for a in more if a.clear is not None), *more_queued])
         for ulid, archive in checked.items():
             up = links.get(ulid)
             if up is not None and not isinstance(up, str):
