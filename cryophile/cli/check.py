@@ -91,7 +91,7 @@ def _check(ctx, vault, prefix, ulid, args, keyring):
     checker = check.Checker(
         store, conf.storage_class, restore=(conf.restore_tier, conf.restore_days),
         queued=lambda bid: os.path.isdir(ctx.spool.dir("freeze", bid)),
-        cache=MarkCache(ctx.spool),
+        cache=MarkCache(ctx.spool), spool=ctx.spool, read_data=args.read_data,
         widen=(lambda: (check.scan(store, vault).values(),
                         check.queued_entries(ctx.spool, vault))) if prefix else None)
     checker.metadata(archives, context.values(), check.queued_entries(ctx.spool, vault, prefix))
