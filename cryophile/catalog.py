@@ -39,6 +39,7 @@ class Entry:
     stream: dict | None = None    # chunk.0's clear stream identity (chains.py)
     parent: str | None = None     # ULID given with backup --parent
     snapshot: str | None = None   # zfs/btrfs snapshot name (with the secret key)
+    objects: dict | None = dataclasses.field(default=None, repr=False)  # n -> listed ObjectInfo
 
 
 def spool_vaults(spool: Spool) -> set[str]:
@@ -141,7 +142,8 @@ def vault_entries(store, vault: str, prefix: str, cache: MarkCache | None = None
         state, sclass = _listed_state(objects[bid.key], clear)
         entries[bid.key] = Entry(bid, clear.created, clear.size, len(clear.fragments),
                                  _sealed(clear, state), storage_class=sclass, kind=clear.kind,
-                                 stored=clear.stored, stream=clear.stream, parent=clear.parent)
+                                 stored=clear.stored, stream=clear.stream, parent=clear.parent,
+                                 objects=objects[bid.key])
     return entries
 
 
@@ -225,7 +227,7 @@ def list_archives(spool: Spool, store, vault: str, prefix: str = "", keyring=Non
     for key, entry in spool_entries(spool, vault, prefix, problems).items():
         entries.setdefault(key, entry)
     result = sorted(entries.values(), key=lambda e: (e.bid.ulid, e.bid.prefix))
-    _thaw_states(spool, vault, prefix, result)
+    _thaw_states(spool, vault, prefix, result, store)
     if keyring is not None:
         cache = MarkCache(spool)
         for e in result:
@@ -243,22 +245,46 @@ def list_archives(spool: Spool, store, vault: str, prefix: str = "", keyring=Non
     return result
 
 
-def _thaw_states(spool: Spool, vault: str, prefix: str, entries: list[Entry]) -> None:
+def _thaw_states(spool: Spool, vault: str, prefix: str, entries: list[Entry],
+                 store=None) -> None:
     """What the spool knows beyond the listing: a fragment thaw gave up on
-    (``SPOOL/thaw/…/chunk.N.failed``) makes the archive ``damaged``; a
+    (``SPOOL/thaw/…/chunk.N.failed``) makes the archive ``damaged``, unless
+    the listing shows that the vault's object is no longer the one thaw saw
+    (the record is stale: it is removed); a
     frozen archive with a thaw request waiting, or a restore charged in
     the thaw ledger that has not expired, is ``thawing`` (stores such as
-    moto send no restore status in their listings)."""
+    moto send no restore status in their listings) — or ``thawed`` when a
+    HEAD of its first fragment says it is readable already (one request
+    per such archive: only those with thaws asked for)."""
     failed, requested = thaw_records(spool, vault, prefix)
     charged = ledger.charged_archives(spool, vault)
     for e in entries:
-        if e.bid.key in failed and e.state not in UNSEALED:
+        if e.bid.key in failed and e.state not in UNSEALED and _still_failed(spool, e):
             e.state = "damaged"
         elif e.state == "frozen" and (e.bid.key in requested or e.bid.key in charged):
-            e.state = "thawing"
+            e.state = "thawed" if _readable(store, e) else "thawing"
 
 
 UNSEALED = ("writing", "dead", "abandoned")
+
+
+def _readable(store, entry: Entry) -> bool:
+    if store is None or not entry.fragments:
+        return False
+    try:
+        return store.head(entry.bid.fragment_key(1)).state is State.AVAILABLE
+    except errors.Error:
+        return False                    # the listing's view stands
+
+
+def _still_failed(spool: Spool, entry: Entry) -> bool:
+    if entry.objects is None:           # not (yet) in the vault: nothing to compare with
+        return bool(restorequeue.failures(spool, entry.bid))
+    held = restorequeue.drop_stale(spool, entry.bid, entry.objects)
+    if not held:
+        log.debug("%s: the thaw failure records no longer match the vault: dropped",
+                  entry.bid)
+    return bool(held)
 
 
 def thaw_records(spool: Spool, vault: str, prefix: str = "") -> tuple[set[str], set[str]]:

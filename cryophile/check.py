@@ -33,7 +33,7 @@ import tempfile
 import time
 from typing import Callable, Iterable
 
-from . import chains, errors, manifest
+from . import chains, errors, manifest, restorequeue
 from .ids import BackupId
 from .markcache import MarkCache
 from .spool import being_written
@@ -142,8 +142,14 @@ def scan(store, vault: str, prefix: str = "", ulid: str | None = None) -> dict[s
 class Checker:
     def __init__(self, store, storage_class: str, *, queued: Callable[[BackupId], bool],
                  parents: Callable[[list], dict] | None = None,
-                 restore: tuple[str, int] = ("Standard", 1)):
+                 restore: tuple[str, int] = ("Standard", 1), cache: MarkCache | None = None,
+                 widen: Callable[[], tuple[Iterable[Archive], Iterable]] | None = None,
+                 spool=None, read_data: bool = False):
         self.store = store
+        self.cache = cache                    # chunk.0s of the chains' other links
+        self.widen = widen                    # the whole vault's archives and queued ones
+        self.spool = spool                    # its thaw failure records are confirmed or dropped
+        self.reading = read_data              # read_data will follow: it settles the records
         self.storage_class = storage_class
         self.queued = queued                  # bid -> still in the spool's freeze queue?
         self.parents = parents or chains.parents
@@ -164,7 +170,8 @@ class Checker:
         ``queued`` (sealed archives still in the spool, with bid, stream and
         parent) only serve as links of their chains."""
         others = [a for a in context if a.bid.key not in archives]
-        marks = fetch_marks(self.store, [*archives.values(), *others])
+        marks = fetch_marks(self.store, archives.values())     # the vault's own
+        marks.update(fetch_marks(self.store, others, cache=self.cache))
         for archive in sorted(archives.values(), key=lambda a: (a.bid.prefix, a.bid.ulid)):
             if 0 not in archive.objects:
                 if not self.queued(archive.bid):
@@ -174,6 +181,7 @@ class Checker:
                 continue
             if self._mark(archive, marks[archive.bid.key]):
                 self._fragments(archive)
+                self._records(archive)
                 self.checked.append(archive)
         self._chains([a for a in others if a.clear is not None], list(queued))
 
@@ -211,9 +219,37 @@ class Checker:
             self.problem(archive, DAMAGED, f"chunk.{n} is not one of the {len(frags)} "
                          "fragments chunk.0 records", archive.bid.fragment_key(n))
 
+    def _records(self, archive: Archive) -> None:
+        """The spool's thaw failure records of the archive: dropped when the
+        vault's object is no longer the one thaw saw, or chunk.0 (just read)
+        for the mark's; else reported (without read_data: reading it again
+        settles a record, see read_each)."""
+        if self.spool is None:
+            return
+        if restorequeue.clear_failure(self.spool, archive.bid, 0):
+            log.info("%s: chunk.0 reads: its thaw failure record is dropped", archive.bid)
+        held = restorequeue.drop_stale(self.spool, archive.bid, archive.objects)
+        if self.reading:
+            return
+        for n, exc in sorted(held.items()):
+            kind = DAMAGED if isinstance(exc, errors.IntegrityError) else MISSING
+            self.problem(archive, kind, f"chunk.{n}: a thaw gave up on it ({exc}); "
+                         "--read-data reads it again", archive.bid.fragment_key(n))
+
     def _chains(self, context: list, queued: list) -> None:
+        """Links are looked for among the context first; a chain broken there
+        is looked for again in the whole vault (``widen``: a base may live
+        under another prefix), which costs one more listing only then."""
         checked = {a.bid.ulid: a for a in self.checked}
         links = self.parents([*self.checked, *context, *queued])
+        if self.widen is not None and any(isinstance(links.get(u), chains.Missing)
+                                          for u in checked):
+            known = {a.bid.key for a in [*self.checked, *context]}
+            more, more_queued = self.widen()
+            more = [a for a in more if a.bid.key not in known and 0 in a.objects]
+            fetch_marks(self.store, more, cache=self.cache)
+            links = self.parents([*self.checked, *context, *queued,
+                                  *(a for a in more if a.clear is not None), *more_queued])
         for ulid, archive in checked.items():
             up = links.get(ulid)
             if up is not None and not isinstance(up, str):
@@ -255,6 +291,10 @@ class Checker:
                              "it is damaged", key)
             else:
                 good.append(n)
+                if self.spool is not None:      # read back whole: a thaw's verdict is stale
+                    if restorequeue.clear_failure(self.spool, archive.bid, n):
+                        log.info("%s: chunk.%d reads back whole: its thaw failure record is "
+                                 "dropped", archive.bid, n)
         return good
 
     def decrypt(self, archive: Archive, unlock, workdir: str) -> None:

@@ -49,6 +49,16 @@ def chain_entries(spool: Spool, store, vault: str) -> list:
              if e.bid.ulid not in writing] + list(writing.values()))
 
 
+def names(ulids, of: BackupId, entries: list, most: int = 5) -> str:
+    """Dependants of ``of`` for a message: by ULID under its prefix, in full
+    (VAULT/PREFIX/ULID) under another one, at most ``most`` of them."""
+    where = {e.bid.ulid: e.bid for e in entries}
+    shown = sorted(ulids)
+    more = f" and {len(shown) - most} more" if len(shown) > most else ""
+    return ", ".join(u if u not in where or where[u].prefix == of.prefix else str(where[u])
+                     for u in shown[:most]) + more
+
+
 @dataclasses.dataclass
 class Removed:
     bid: BackupId

@@ -18,7 +18,13 @@ failing its checks after the bounded downloads) is a permanent failure:
 ``SPOOL/thaw/…/ULID/chunk.N.failed`` holds the reason (``chunk.0.failed``:
 the archive's mark).  Thaw and the mount do not ask for it again until the
 user does (a new restore, ``setfattr user.cryophile.thaw``, or a new open
-after the failure was reported), which clears the records.
+after the failure was reported), which clears the records.  A record also
+says what the vault held when thaw gave up (``seen``: the object's size,
+time and SHA-256 from a HEAD, or that it was absent): when the vault's
+object differs now (uploaded since, or replaced) the record is
+stale, and ``ls``, ``check`` and the mount's state drop it instead of
+calling the archive damaged; ``check --read-data`` drops the records of
+the fragments it reads back whole.
 
 Blocking file I/O: call from threads.
 """
@@ -26,6 +32,7 @@ Blocking file I/O: call from threads.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import re
 import shutil
@@ -52,13 +59,52 @@ def failed_path(spool: Spool, bid: BackupId, n: int) -> str:
     return os.path.join(spool.dir("thaw", bid), f"{chunk_name(n)}.failed")
 
 
-def record_failure(spool: Spool, bid: BackupId, n: int, exc: errors.Error) -> None:
-    """Fragment n (0: the mark) cannot be brought back: say so, and drop its
-    requests (all of the archive's, when the mark itself failed)."""
+def look(store, key: str) -> dict | None:
+    """What the vault holds under ``key`` now, as a failure record keeps it
+    (None when the vault cannot say: such a record is never stale)."""
+    try:
+        info = store.head(key)
+    except errors.NotFoundError:
+        return {"absent": True}
+    except errors.Error:
+        return None
+    return {"size": info.size, "modified": _seconds(info.modified),
+            "sha256": info.sha256.hex() if info.sha256 else None}
+
+
+def _seconds(when) -> int | None:
+    return int(when.timestamp()) if when is not None else None     # as listings say it
+
+
+def stale(seen: dict | None, info) -> bool:
+    """Whether the object ``info`` (an ObjectInfo from a listing or a HEAD,
+    None for absent) is not the one the record saw."""
+    if not seen:
+        return False                    # a record from before records said what they saw
+    if seen.get("absent"):
+        return info is not None
+    if info is None:
+        return False                    # gone since: it still cannot be had
+    if info.size != seen.get("size"):
+        return True
+    now, then = _seconds(info.modified), seen.get("modified")
+    if now is not None and then is not None and now != then:
+        return True
+    sha = info.sha256.hex() if getattr(info, "sha256", None) else None
+    return sha is not None and seen.get("sha256") is not None and sha != seen["sha256"]
+
+
+def record_failure(spool: Spool, bid: BackupId, n: int, exc: errors.Error,
+                   seen: dict | None = None) -> None:
+    """Fragment n (0: the mark) cannot be brought back: say so (and what the
+    vault held then, from ``look``), and drop its requests (all of the
+    archive's, when the mark itself failed)."""
     path = failed_path(spool, bid, n)
     tmp = f"{path}.tmp-{os.getpid()}"
     with create_in(os.path.dirname(path), lambda: open(tmp, "w")) as f:
         f.write(f"{type(exc).__name__}\n{exc.message}\n")
+        if seen is not None:
+            f.write(json.dumps(seen, sort_keys=True) + "\n")
     os.rename(tmp, path)
     for k in ([n] if n else requests(spool, bid)):
         drop_request(spool, bid, k)
@@ -66,6 +112,12 @@ def record_failure(spool: Spool, bid: BackupId, n: int, exc: errors.Error) -> No
 
 def failures(spool: Spool, bid: BackupId) -> dict[int, errors.Error]:
     """The archive's recorded permanent failures, by fragment number."""
+    return {n: exc for n, (exc, _seen) in records(spool, bid).items()}
+
+
+def records(spool: Spool, bid: BackupId) -> dict[int, tuple[errors.Error, dict | None]]:
+    """The archive's failure records: by fragment, the error and what the
+    vault held then (None if the record does not say)."""
     found = {}
     qdir = spool.dir("thaw", bid)
     try:
@@ -78,12 +130,43 @@ def failures(spool: Spool, bid: BackupId) -> dict[int, errors.Error]:
             continue
         try:
             with open(os.path.join(qdir, name)) as f:
-                kind, _, message = f.read().partition("\n")
+                kind, _, rest = f.read().partition("\n")
         except FileNotFoundError:
             continue
-        found[int(m.group(1))] = KINDS.get(kind, errors.MissingFragmentError)(
-            message.strip() or f"fragment {name} could not be thawed")
+        message, _, seen = rest.partition("\n")
+        found[int(m.group(1))] = (KINDS.get(kind, errors.MissingFragmentError)(
+            message.strip() or f"fragment {name} could not be thawed"), _seen(seen))
     return found
+
+
+def _seen(text: str) -> dict | None:
+    try:
+        seen = json.loads(text) if text.strip() else None
+    except ValueError:
+        return None
+    return seen if isinstance(seen, dict) else None
+
+
+def clear_failure(spool: Spool, bid: BackupId, n: int) -> bool:
+    """Forget fragment n's record (it proved stale, or was read back whole)."""
+    try:
+        os.unlink(failed_path(spool, bid, n))
+    except FileNotFoundError:
+        return False
+    prune_dir(spool, "thaw", bid)
+    return True
+
+
+def drop_stale(spool: Spool, bid: BackupId, objects: dict) -> dict[int, errors.Error]:
+    """The archive's failure records that still hold against ``objects``
+    (fragment number → ObjectInfo, as listed now); stale ones are removed."""
+    held = {}
+    for n, (exc, seen) in records(spool, bid).items():
+        if stale(seen, objects.get(n)):
+            clear_failure(spool, bid, n)
+        else:
+            held[n] = exc
+    return held
 
 
 def failure(spool: Spool, bid: BackupId, n: int) -> errors.Error | None:

@@ -23,7 +23,10 @@ rules would delete:
 Archives still in the spool's freeze queue (``queued``) are no backups yet
 in the vault: no rule counts them, and they are always kept (with their
 bases); so are backups still being written (``writing``), whose parent is
-held as "parent of a backup in progress".  Deleting the result's ``delete`` set from the input and planning
+held as "parent of a backup in progress".  Archives of the vault outside
+the planned prefix (``others``) are not planned but stay, so they hold
+their bases in it too (an incremental stored under another prefix than its
+base).  Deleting the result's ``delete`` set from the input and planning
 again deletes nothing more.
 """
 
@@ -140,10 +143,11 @@ class Prices:
 
 def plan(items: Iterable[Item], policy: Policy, now: datetime.datetime,
          parent_of: Callable[[Item], str | None], prices: Prices = Prices(),
-         allow_early_delete: bool = False) -> list[Decision]:
+         allow_early_delete: bool = False, others: Iterable[Item] = ()) -> list[Decision]:
     """A decision for every item, newest first within each prefix.
     ``parent_of(item)`` names the ULID of the archive ``item``'s chain
-    needs next (None for a full backup or an unknown parent)."""
+    needs next (None for a full backup or an unknown parent); ``others``
+    stay whatever the policy says and only hold their bases."""
     if policy.empty:
         raise ValueError("a retention policy needs at least one keep rule")
     items = list(items)
@@ -163,7 +167,10 @@ def plan(items: Iterable[Item], policy: Policy, now: datetime.datetime,
         if d.action == DELETE and d.early and not allow_early_delete:
             d.action = HELD
             d.reasons = [f"too young to delete without a charge ({d.early})"]
-    _hold_bases(items, decisions, parent_of)
+    outside = [o for o in others if id(o) not in decisions]
+    for o in outside:
+        decisions[id(o)] = Decision(o, KEEP)
+    _hold_bases(items + outside, decisions, parent_of)
     order = sorted(items, key=lambda i: (i.prefix, _newest_first(i)))
     return [decisions[id(i)] for i in order]
 
@@ -222,7 +229,9 @@ def _rules(group: list[Item], policy: Policy) -> list[list[str]]:
 def _hold_bases(items: list[Item], decisions: dict[int, Decision],
                 parent_of: Callable[[Item], str | None]) -> None:
     """Every archive on the chain of one that stays is held."""
-    by_ulid = {i.ulid: i for i in items}
+    by_ulid: dict[str, Item] = {}
+    for i in items:              # the same ULID twice: the planned one is held (safe side)
+        by_ulid.setdefault(i.ulid, i)
     stays = sorted((i for i in items if decisions[id(i)].action != DELETE),
                    key=lambda i: (i.prefix, _newest_first(i)))
     for start in stays:

@@ -265,7 +265,9 @@ class Thawer:
             return self.marks[bid]
 
     def _give_up(self, bid: BackupId, which: int, exc: errors.Error, once: bool) -> None:
-        restorequeue.record_failure(self.spool, bid, which, exc)
+        # what the vault holds now, so that a record it no longer matches is known stale
+        seen = restorequeue.look(self.stores(bid.vault), bid.fragment_key(which))
+        restorequeue.record_failure(self.spool, bid, which, exc, seen)
         # a restore reports what it hits itself; thaw --once its first failure
         reported = self.fail_fast or (once and self.permanent is None)
         self.permanent = self.permanent or exc

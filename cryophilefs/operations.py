@@ -288,8 +288,8 @@ class Operations(pyfuse3.Operations):
                                                 bid.vault)
         needed = chains.dependents(entries, bid.ulid)
         if needed:          # as cryophile rm without -R/--force
-            raise FsError(errno.EBUSY, f"{bid} is the base of {', '.join(sorted(needed))}: "
-                          "not deleted (delete those first)")
+            raise FsError(errno.EBUSY, f"{bid} is the base of "
+                          f"{remove.names(needed, bid, entries)}: not deleted (delete those first)")
         try:
             await trio.to_thread.run_sync(remove.remove, self.spool, store, bid)
         except errors.NotFoundError:

@@ -130,7 +130,7 @@ def state(spool: Spool, store, archive: Archive) -> tuple[str, str | None]:
 def _where(spool: Spool, store, archive: Archive) -> tuple[str, str | None]:
     bid = archive.bid
     n = archive.fragments
-    if restorequeue.failures(spool, bid):
+    if _failed(spool, store, bid):
         return "damaged", None          # thaw gave up on a fragment (until asked again)
     queued = spool.fragments("freeze", bid)
     if os.path.isdir(spool.dir("freeze", bid)) and queued:
@@ -143,12 +143,37 @@ def _where(spool: Spool, store, archive: Archive) -> tuple[str, str | None]:
         return "damaged", None
     if info.storage_class == LocalStore.storage_class:
         return "local", info.storage_class
-    if spool.fragments("thaw", bid) or info.state is State.RESTORING:
+    if info.state is State.AVAILABLE:       # readable now, whatever is still queued
+        return ("thawed" if info.storage_class in ("GLACIER", "DEEP_ARCHIVE") else "stored",
+                info.storage_class)
+    if info.state is State.RESTORING or _thaw_asked(spool, bid):
         return "thawing", info.storage_class
-    if info.state is State.ARCHIVED:
-        return "frozen", info.storage_class
-    return ("thawed" if info.storage_class in ("GLACIER", "DEEP_ARCHIVE") else "stored",
-            info.storage_class)
+    return "frozen", info.storage_class
+
+
+def _failed(spool: Spool, store, bid: BackupId) -> bool:
+    """Thaw gave up on a fragment, and the vault still holds what it saw
+    then (a record the vault's object no longer matches is dropped)."""
+    records = restorequeue.records(spool, bid)
+    if not records:
+        return False
+    now = {}
+    for n, (_exc, seen) in records.items():
+        if seen:                        # else nothing to compare: the record holds
+            try:
+                now[n] = store.head(bid.fragment_key(n))
+            except errors.NotFoundError:
+                pass
+            except errors.Error:
+                return True             # the vault cannot say: the record holds
+    return bool(restorequeue.drop_stale(spool, bid, now))
+
+
+def _thaw_asked(spool: Spool, bid: BackupId) -> bool:
+    """A thaw request waits in the spool: a download, or a warm one (restore
+    only in the vault, as `cryophile restore` asks for the fragments beyond
+    its window) that no thawer has sent yet."""
+    return bool(restorequeue.requests(spool, bid) or restorequeue.requests(spool, bid, warm=True))
 
 
 def local_count(spool: Spool, store, archive: Archive) -> int:

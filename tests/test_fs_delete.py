@@ -63,6 +63,7 @@ def test_unlink_of_an_archive_still_queued_is_ebusy(tmp_path, fskeys, data):
 
 
 def test_unlink_of_a_base_that_an_incremental_needs_is_ebusy(rig, fskeys, tmp_path):
+    """The incremental under another prefix of the vault (named in full)."""
     from tests.streamgen import zfs_substream
     full, incr = tmp_path / "full", tmp_path / "incr"
     full.write_bytes(zfs_substream("<", 11, 0, "tank/home@d1", []))
@@ -70,9 +71,10 @@ def test_unlink_of_a_base_that_an_incremental_needs_is_ebusy(rig, fskeys, tmp_pa
     with rig.mounted("-k", str(fskeys[1]), "-o", "allow_delete",
                      expect=("is the base of",)):
         sh(f"cat {full} > {rig.incoming}/full")
-        sh(f"cat {incr} > {rig.incoming}/incr")
+        os.makedirs(rig.incoming / "incr")
+        sh(f"cat {incr} > {rig.incoming}/incr/incr")
         base = rig.archive(name_like="full")
-        child = rig.archive(name_like="incr")
+        child = rig.archive("incr", name_like="incr")
         wait_until(lambda: state(base) == "local" and state(child) == "local")
         assert os.getxattr(child, "user.cryophile.parent").decode() == base.name
         with pytest.raises(OSError) as info:
@@ -81,5 +83,5 @@ def test_unlink_of_a_base_that_an_incremental_needs_is_ebusy(rig, fskeys, tmp_pa
         assert base.exists()
         os.unlink(child)
         os.unlink(base)
-        assert not os.listdir(rig.archives)
-    assert f"is the base of {child.name}" in rig.log
+        assert not [p for p in rig.archives.rglob("*") if p.is_file()]
+    assert f"is the base of {rig.vault}/incr/{child.name}:" in rig.log

@@ -85,3 +85,43 @@ def test_the_mount_lists_a_vault_from_the_chunk0_cache(s3rig, s3proxy, data, fsk
             assert len([p for p in fresh.archives.iterdir() if p.is_file()]) == 3
         marks.append([r.path for r in s3proxy.requests("GET") if r.path.endswith("/chunk.0")])
     assert len(marks[0]) == 3 and marks[1] == [], marks
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("slow", [False, True], ids=["moto", "proxy"])
+def test_state_after_a_warm_thaw_request(tmp_path, fskeys, moto_endpoint, s3proxy, bucket,
+                                         data, slow):
+    """A warm request (`cryophile restore` asks the vault to restore the
+    fragments beyond its window, no download) shows thawing while it waits
+    for a thawer, and thawed once the vault says the object is readable:
+    at once on moto, after the restore's delay through the proxy."""
+    import sys
+    from cryophile import restorequeue, thaw
+    from cryophile.ids import BackupId
+    from cryophile.spool import Spool
+    rig = FsRig(tmp_path / "one", fskeys[0], url=f"s3://{bucket}", storage_class="GLACIER",
+                endpoint_url=s3proxy.endpoint if slow else moto_endpoint)
+    spool = Spool(str(rig.spool))
+    spool.ensure()
+    daemon = thaw.DaemonLock(spool)          # a `cryophile thaw` elsewhere: the mount has none
+    assert daemon.acquire()
+    try:
+        with rig.mounted(expect=()):
+            sh(f"cat {data} > {rig.incoming}/warm")
+            archive = rig.archive()
+            wait_until(lambda: state(archive) == "frozen")
+            bid = BackupId(rig.vault, "", archive.name)
+            restorequeue.request(spool, bid, [1, 2, 3, 4], warm=True)
+            assert state(archive) == "thawing"
+            daemon.release()
+            if slow:
+                s3proxy.restore_delay = 2.0
+            subprocess.run([sys.executable, "-m", "cryophile", "-S", str(rig.spool), "-c",
+                            str(rig.config), "thaw", "--once"], check=True, timeout=120,
+                           capture_output=True)
+            assert not restorequeue.requests(spool, bid, warm=True)
+            if slow:
+                assert state(archive) == "thawing"        # the vault's restore is ongoing
+            wait_until(lambda: state(archive) == "thawed", timeout=60)
+    finally:
+        daemon.release()

@@ -84,7 +84,11 @@ def states(rig) -> dict[str, str]:
 # --- S3 without restore status in listings (moto) -----------------------------------
 
 
-def test_a_thaw_in_progress_is_thawing_not_frozen(tmp_path, bucket, s3proxy, recipes):
+@pytest.mark.parametrize("delay", [0.0, 600.0], ids=["at-once", "slow"])
+def test_a_thaw_in_progress_is_thawing_not_frozen(tmp_path, bucket, s3proxy, recipes, delay):
+    """Listings carry no restore status: the spool's requests and the ledger
+    say thawing; a HEAD of such an archive says thawed once it is readable
+    (moto restores at once; through the proxy the restore takes its delay)."""
     from cryophile import restorequeue
     from cryophile.ids import BackupId
     from cryophile.spool import Spool
@@ -97,10 +101,12 @@ def test_a_thaw_in_progress_is_thawing_not_frozen(tmp_path, bucket, s3proxy, rec
     spool = Spool(str(rig.spool))
     restorequeue.request(spool, BackupId(bucket, "db", ulids[0]), [1, 2, 3], warm=True)
     assert states(rig) == {ulids[0]: "thawing", ulids[1]: "frozen", ulids[2]: "frozen"}
+    s3proxy.restore_delay = delay
     rig.run("thaw", "--once", check=True)             # sends the restores, drops the requests
     assert not list((rig.spool / "thaw" / bucket).rglob("chunk.*"))
     assert [r for r in s3proxy.requests("POST") if "restore" in r.query]
-    assert states(rig) == {ulids[0]: "thawing", ulids[1]: "frozen", ulids[2]: "frozen"}
+    assert states(rig) == {ulids[0]: "thawed" if not delay else "thawing",
+                           ulids[1]: "frozen", ulids[2]: "frozen"}
 
 
 def test_ls_of_an_archive_as_ls_prints_it(tmp_path, recipes):
@@ -116,3 +122,87 @@ def test_ls_of_an_archive_as_ls_prints_it(tmp_path, recipes):
     assert sorted(r["ulid"] for r in rows) == sorted([one, two])
     missing = rig.run("ls", f"{rig.vault}/tank/{two[:-1]}{'0' if two[-1] != '0' else '1'}")
     assert missing.returncode == 7 and missing.stderr.count(b"\n") == 1, missing.stderr
+
+
+# --- failure records that no longer hold ---------------------------------------------
+
+
+def _flip(path, at: int = 10) -> None:
+    data = bytearray(path.read_bytes())
+    data[at] ^= 1
+    path.write_bytes(bytes(data))
+
+
+def _later(path, seconds: float = 5.0) -> None:
+    st = path.stat()
+    os.utime(path, (st.st_atime, st.st_mtime + seconds))
+
+
+@pytest.mark.expect_log
+def test_a_record_the_vault_no_longer_matches_is_stale(rig, recipes):
+    """Thaw gave up on a damaged fragment (or one missing): once the vault holds
+    another object there (repaired, uploaded since), ls, check and the mount's
+    state drop the record instead of calling the archive damaged."""
+    from cryophile import restorequeue
+    from cryophile.ids import BackupId
+    from cryophile.spool import Spool
+    from cryophile.store.local import LocalStore
+    from cryophilefs import vaults
+    ulids = [rig.backup(os.urandom(20_000), recipes["gpg"].cert, "-s", "4KiB")
+             for _ in range(2)]
+    rig.run("freeze", "--once", check=True)
+    spool = Spool(str(rig.spool))
+    bids = [BackupId(rig.vault, "", u) for u in ulids]
+    damaged, gone = archive_dir(rig, ulids[0]) / "chunk.2", archive_dir(rig, ulids[1]) / "chunk.3"
+    good, kept = damaged.read_bytes(), gone.read_bytes()
+    _flip(damaged)
+    gone.unlink()
+    restorequeue.request(spool, bids[0], [2])
+    restorequeue.request(spool, bids[1], [3])
+    assert rig.run("thaw", "--once").returncode != 0
+    assert sorted(restorequeue.records(spool, bids[0])) == [2]
+    assert restorequeue.records(spool, bids[1])[3][1] == {"absent": True}
+    assert states(rig) == {ulids[0]: "damaged", ulids[1]: "damaged"}
+    store = LocalStore(str(rig.vaults / rig.vault))
+    archive = vaults.Archive.from_mark(bids[0], (archive_dir(rig, ulids[0]) / "chunk.0")
+                                       .read_bytes())
+    assert vaults.state(spool, store, archive)[0] == "damaged"     # the mount's view
+    proc = rig.run("check", rig.vault)         # the record stands for the damaged one
+    assert proc.returncode == 9 and f"{ulids[0]}: chunk.2: a thaw gave up" in proc.stdout.decode()
+
+    damaged.write_bytes(good)                  # repaired: another object than thaw saw
+    _later(damaged)
+    gone.write_bytes(kept)                     # uploaded since
+    assert vaults.state(spool, store, archive)[0] == "local"
+    assert not restorequeue.records(spool, bids[0])
+    assert states(rig) == {ulids[0]: "local", ulids[1]: "local"}
+    assert not restorequeue.records(spool, bids[1])
+    assert rig.run("check", rig.vault).returncode == 0
+
+
+def test_check_read_data_settles_a_record_of_an_intact_archive(tmp_path, bucket, s3proxy,
+                                                              recipes):
+    """A download damaged on the way (the vault's object intact) left a record:
+    ls says damaged, check confirms the record without reading; check
+    --read-data reads the fragment back whole and drops it."""
+    from cryophile import errors, restorequeue
+    from cryophile.ids import BackupId
+    from cryophile.spool import Spool
+    from cryophile.store.s3 import S3Store
+    from tests.test_s3_e2e import S3Rig
+    rig = S3Rig(tmp_path, bucket, s3proxy.endpoint, storage_class="GLACIER")
+    ulid = rig.backup(os.urandom(20_000), recipes["gpg"].cert, "-p", "db", "-s", "8KiB")
+    rig.run("freeze", "--once", check=True)
+    spool, bid = Spool(str(rig.spool)), BackupId(bucket, "db", ulid)
+    store = S3Store(bucket, endpoint_url=s3proxy.endpoint)
+    restorequeue.record_failure(spool, bid, 2, errors.IntegrityError(
+        "db/…/chunk.2 fails verification after 3 downloads"),
+        restorequeue.look(store, bid.fragment_key(2)))      # as thaw records it
+    assert states(rig) == {ulid: "damaged"}
+    proc = rig.run("check", f"{bucket}/db")
+    assert proc.returncode == 9 and b"chunk.2: a thaw gave up" in proc.stdout, proc.stdout
+    assert states(rig) == {ulid: "damaged"}
+    proc = rig.run("check", "--read-data", f"{bucket}/db/{ulid}")
+    assert proc.returncode == 0, (proc.stdout, proc.stderr)
+    assert not restorequeue.records(spool, bid)
+    assert states(rig)[ulid] != "damaged"

@@ -213,3 +213,30 @@ def test_planning_again_after_the_deletions_deletes_nothing(history, policy, ear
     second = plan(survivors, policy, NOW, parent_of, allow_early_delete=early)
     assert [d.action for d in second] == [d.action for d in first if d.action != DELETE]
     assert [d.reasons for d in second] == [d.reasons for d in first if d.action != DELETE]
+
+
+@settings(max_examples=120, deadline=None)
+@given(histories(), policies, st.booleans())
+def test_planning_one_prefix_holds_the_bases_of_the_others(history, policy, early):
+    """Only prefix "a" is planned; "b"'s archives stay and hold their bases
+    (an incremental stored under another prefix than its base)."""
+    items, parents = history
+    mine = [i for i in items if i.prefix == "a"]
+    others = [i for i in items if i.prefix != "a"]
+    got = plan(mine, policy, NOW, lambda i: parents.get(i.ulid), allow_early_delete=early,
+               others=others)
+    assert sorted(d.item.ulid for d in got) == sorted(i.ulid for i in mine)
+    deleted = {d.item.ulid for d in got if d.action == DELETE}
+    for survivor in [*others, *(d.item for d in got if d.action != DELETE)]:
+        assert not deleted & set(ancestors(survivor.ulid, parents)), survivor
+    alone = plan(mine, policy, NOW, lambda i: parents.get(i.ulid), allow_early_delete=early)
+    assert deleted <= {d.item.ulid for d in alone if d.action == DELETE}
+
+
+def test_a_base_held_for_another_prefix_names_it():
+    base, child = item(1, 0, "a"), item(2, 5, "b")
+    child.label = "V/b/U0002"
+    got = plan([base, item(3, 10, "a")], Policy(last=1), NOW,
+               lambda i: {"U0002": "U0001"}.get(i.ulid), others=[child])
+    assert {d.item.ulid: (d.action, d.reasons) for d in got} == {
+        "U0003": (KEEP, ["last"]), "U0001": (HELD, ["base of V/b/U0002"])}

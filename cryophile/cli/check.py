@@ -8,6 +8,7 @@ import os
 import sys
 
 from .. import check, errors, ids
+from ..markcache import MarkCache
 from .common import Context
 
 log = logging.getLogger("cryophile")
@@ -89,7 +90,10 @@ def _check(ctx, vault, prefix, ulid, args, keyring):
                                    else f"{what} in {store.url}")
     checker = check.Checker(
         store, conf.storage_class, restore=(conf.restore_tier, conf.restore_days),
-        queued=lambda bid: os.path.isdir(ctx.spool.dir("freeze", bid)))
+        queued=lambda bid: os.path.isdir(ctx.spool.dir("freeze", bid)),
+        cache=MarkCache(ctx.spool), spool=ctx.spool, read_data=args.read_data,
+        widen=(lambda: (check.scan(store, vault).values(),
+                        check.queued_entries(ctx.spool, vault))) if prefix else None)
     checker.metadata(archives, context.values(), check.queued_entries(ctx.spool, vault, prefix))
     if args.read_data:
         for archive in checker.checked:

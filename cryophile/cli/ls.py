@@ -74,19 +74,20 @@ def run(args) -> int:
             if isinstance(stores[vault], errors.Error):
                 return stores[vault]
             try:
-                return catalog.list_archives(ctx.spool, stores[vault], vault, prefix, keyring,
-                                             problems)
+                entries = catalog.list_archives(ctx.spool, stores[vault], vault, prefix,
+                                                keyring, problems)
+                return entries, _parents(ctx, stores[vault], vault, prefix, entries)
             except errors.Error as exc:
                 return exc
         # with a key, one vault at a time: unlocking it may ask for a passphrase
         workers = 1 if keyring is not None else max(1, min(len(vaults), VAULTS))
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-            for vault, entries in zip(vaults, pool.map(listing, vaults)):
-                if isinstance(entries, errors.Error):      # show the other vaults all the same
-                    log.error("cannot list vault %s: %s", vault, entries)
-                    failure = failure or entries
+            for vault, found in zip(vaults, pool.map(listing, vaults)):
+                if isinstance(found, errors.Error):      # show the other vaults all the same
+                    log.error("cannot list vault %s: %s", vault, found)
+                    failure = failure or found
                     continue
-                links = chains.parents(entries)
+                entries, links = found
                 rows += [row(e, links.get(e.bid.ulid)) for e in entries
                          if _wanted(e, args) and only in (None, e.bid.ulid)]
     finally:
@@ -100,6 +101,18 @@ def run(args) -> int:
     if only is not None and not rows and failure is None:
         raise errors.NotFoundError(f"no archive {args.target.strip('/')}")
     return failure.exit_code if failure else 0
+
+
+def _parents(ctx, store, vault: str, prefix: str, entries: list) -> dict:
+    """Each entry's parent; one missing under PREFIX is looked for in the
+    whole vault (a base may live under another prefix): one more listing,
+    only then."""
+    links = chains.parents(entries)
+    if prefix and any(isinstance(up, chains.Missing) for up in links.values()):
+        whole = catalog.list_archives(ctx.spool, store, vault)
+        wider = chains.parents(whole)
+        links = {ulid: wider.get(ulid, up) for ulid, up in links.items()}
+    return links
 
 
 def _wanted(entry: catalog.Entry, args) -> bool:

@@ -68,13 +68,13 @@ def run(args) -> int:
             raise errors.UsageError("prune takes VAULT[/PREFIX]; to delete one archive use "
                                     "cryophile rm")
         store = ctx.store(vault)
-        items, entries = _items(ctx, store, vault, prefix)
+        items, others, entries = _items(ctx, store, vault, prefix)
         links = chains.parents(list(entries.values()))
         decisions = retention.plan(
             items, policy, datetime.datetime.now(datetime.timezone.utc),
             lambda item: _ulid_or_none(links.get(item.ulid)),
             retention.Prices.from_table(ctx.config.prices),
-            allow_early_delete=args.allow_early_delete)
+            allow_early_delete=args.allow_early_delete, others=others)
         _print(vault, decisions, ctx.config.prices.currency)
         if args.dry_run:
             return 0
@@ -88,35 +88,54 @@ def _ulid_or_none(link) -> str | None:
 
 
 def _items(ctx, store, vault: str, prefix: str):
-    """Archives in the vault (whole: with chunk.0) and sealed ones still
-    queued in the spool, as retention items, and chain entries by ULID."""
+    """Archives of VAULT/PREFIX as retention items: those in the vault (whole:
+    with chunk.0) and sealed ones still queued in the spool or being written;
+    the vault's archives under other prefixes, which are not planned but hold
+    their bases (a chain may cross prefixes); and chain entries by ULID.
+    One listing of the whole vault; chunk.0s come from the spool's cache."""
     items: dict[str, retention.Item] = {}
     entries: dict[str, check.Link] = {}
-    archives = [a for a in check.scan(store, vault, prefix).values() if 0 in a.objects]
+    archives = [a for a in check.scan(store, vault).values() if 0 in a.objects]
     marks = check.fetch_marks(store, archives, cache=MarkCache(ctx.spool))  # as ls does
     for archive in archives:
         failure = marks[archive.bid.key]
         if failure is not None:
-            log.warning("%s is left alone: %s", archive.bid, failure)
+            if _under(archive.bid.prefix, prefix):
+                log.warning("%s is left alone: %s", archive.bid, failure)
+            else:       # not pruned, but whatever base it needs is not known
+                log.warning("%s: %s (an archive it needs would not be held)", archive.bid,
+                            failure)
             continue
         made = ulid_time(archive.bid.ulid)
         objects = tuple(retention.Stored(o.storage_class, o.size, o.modified or made)
                         for o in archive.objects.values())
         items[archive.bid.key] = retention.Item(archive.bid.ulid, archive.bid.prefix, made,
-                                                objects)
+                                                objects, label=_label(archive.bid, prefix))
         entries[archive.bid.ulid] = check.Link(archive.bid, archive.clear.stream,
                                                archive.clear.parent)
-    for q in check.queued_entries(ctx.spool, vault, prefix):
+    for q in check.queued_entries(ctx.spool, vault):
         if q.bid.key not in items:
             items[q.bid.key] = retention.Item(q.bid.ulid, q.bid.prefix, ulid_time(q.bid.ulid),
-                                              queued=True)
+                                              queued=True, label=_label(q.bid, prefix))
             entries[q.bid.ulid] = q
-    for w in check.writing_entries(ctx.spool, vault, prefix):
+    for w in check.writing_entries(ctx.spool, vault):
         if w.bid.key not in items:
             items[w.bid.key] = retention.Item(w.bid.ulid, w.bid.prefix, ulid_time(w.bid.ulid),
-                                              queued=True, writing=True)
+                                              queued=True, writing=True,
+                                              label=_label(w.bid, prefix))
             entries[w.bid.ulid] = w
-    return list(items.values()), entries
+    mine = [i for i in items.values() if _under(i.prefix, prefix)]
+    others = [i for i in items.values() if not _under(i.prefix, prefix)]
+    return mine, others, entries
+
+
+def _under(prefix: str, wanted: str) -> bool:
+    return not wanted or prefix == wanted or prefix.startswith(wanted + "/")
+
+
+def _label(bid: BackupId, prefix: str) -> str:
+    """How a plan names an archive: by ULID within the pruned prefix, else in full."""
+    return "" if _under(bid.prefix, prefix) else str(bid)
 
 
 def _print(vault: str, decisions: list[retention.Decision], currency: str) -> None:

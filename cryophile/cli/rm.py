@@ -76,8 +76,10 @@ def _with_dependants(ctx: Context, bids: list[ids.BackupId], args
     DependantsError when an archive not named needs one that is."""
     todo = {b.ulid: b for b in bids}
     needs: dict[str, set[str]] = {}
+    known: list = []
     for vault in dict.fromkeys(b.vault for b in bids):
-        entries = remove.chain_entries(ctx.spool, ctx.store(vault), vault)
+        entries = remove.chain_entries(ctx.spool, ctx.store(vault), vault)    # all prefixes
+        known += entries
         by_ulid = {e.bid.ulid: e.bid for e in entries}
         for bid in [b for b in bids if b.vault == vault]:
             needs[bid.ulid] = chains.dependents(entries, bid.ulid)
@@ -91,9 +93,9 @@ def _with_dependants(ctx: Context, bids: list[ids.BackupId], args
             continue
         if not args.force:
             raise remove.DependantsError(
-                f"{bid} is the base of {_names(others)}: not removed (-R removes those too, "
-                "--force breaks their chains)")
-        log.warning("removing %s breaks the chain of %s", bid, _names(others))
+                f"{bid} is the base of {remove.names(others, bid, known)}: not removed (-R "
+                "removes those too, --force breaks their chains)")
+        log.warning("removing %s breaks the chain of %s", bid, remove.names(others, bid, known))
     return list(todo.values()), needs
 
 

@@ -41,7 +41,7 @@ class ObjectInfo:
     state: State = State.AVAILABLE
     storage_class: str = "STANDARD"
     sha256: bytes | None = None      # when the store knows it (head only)
-    modified: datetime.datetime | None = None    # when stored (list gives it; else None)
+    modified: datetime.datetime | None = None    # when stored (list and head; else None)
 
 
 class Store(abc.ABC):

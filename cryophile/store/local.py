@@ -106,7 +106,8 @@ class LocalStore(Store):
             raise errors.NotFoundError(f"{key} is not in {self.url}") from None
         except OSError as exc:
             raise _error(exc, f"cannot read {key} from {self.url}") from None
-        return ObjectInfo(key, st.st_size, State.AVAILABLE, self.storage_class)
+        return ObjectInfo(key, st.st_size, State.AVAILABLE, self.storage_class,
+                          modified=_mtime(st))
 
     def request_restore(self, key, *, tier, days) -> None:
         self.head(key)

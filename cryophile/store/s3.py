@@ -230,7 +230,7 @@ class S3Store(Store):
         storage_class = resp.get("StorageClass") or "STANDARD"
         return ObjectInfo(key=key, size=resp["ContentLength"], storage_class=storage_class,
                           state=_state(storage_class, resp.get("Restore")),
-                          sha256=_sha256(resp))
+                          sha256=_sha256(resp), modified=resp.get("LastModified"))
 
     def request_restore(self, key: str, *, tier: str, days: int) -> None:
         """Start a restore; tolerate one already running or one not needed.
