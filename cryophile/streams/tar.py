@@ -37,7 +37,7 @@ def checksum_ok(h) -> bool:
     wrote it.  This runs for every member: with no byte above 127 (most
     headers) the block sums to less than Adler-32's modulus, so that one
     call in C gives the sum."""
-    h = bytes(h)
+    h = bytes(h[:BLOCK])
     field = h[148:156]
     try:
         want = int(field.replace(b"\0", b" "), 8)    # int() skips the blanks
