@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import logging
 import os
@@ -191,7 +192,13 @@ def _terminate(signum, frame):
 
 
 def run() -> None:
-    sys.exit(main())
+    code = main()
+    # What is left is freed by the exit itself: without this, the interpreter's
+    # last garbage collection walks every object the imports made (~0.1 s of a
+    # run).  Files are closed and stdout flushed by now; logging's handlers
+    # are flushed at exit all the same.
+    gc.freeze()
+    sys.exit(code)
 
 
 if __name__ == "__main__":
