@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -12,6 +13,29 @@ from pathlib import Path
 GIB = 1 << 30
 WORK = Path(os.environ.get("CRYOPHILE_BENCH_DIR", "/tmp/cryophile-bench"))
 CRYOPHILE = [sys.executable, "-m", "cryophile"]
+
+
+def compiled() -> None:
+    """Byte-compile cryophile and cryophilefs, as installing them does: with
+    PYTHONDONTWRITEBYTECODE set (as here), each run would otherwise compile
+    its modules from source (~0.1 CPU-s)."""
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(root / "cryophile"),
+                    str(root / "cryophilefs")], check=True)
+
+
+def rclone_crypt(root: Path) -> dict | None:
+    """The environment for a local rclone crypt remote ``crypt:`` under
+    ``root`` (an optional peer; None when rclone is not installed)."""
+    if shutil.which("rclone") is None:
+        return None
+    root.mkdir(parents=True, exist_ok=True)
+    conf = root / "rclone.conf"
+    obscured = subprocess.run(["rclone", "obscure", "cryophile-bench"], check=True,
+                              capture_output=True, text=True).stdout.strip()
+    conf.write_text(f"[local]\ntype = local\n\n[crypt]\ntype = crypt\n"
+                    f"remote = local:{root}/rclone\npassword = {obscured}\n")
+    return {**os.environ, "RCLONE_CONFIG": str(conf)}
 
 
 def mixed_data(size: int = GIB) -> Path:

@@ -6,7 +6,9 @@ write: `dd if=DATA of=MOUNT/incoming/VAULT/bench bs=1M` vs `cryophile backup -i 
        of the same data with the same vault settings, interleaved, on real data (a
        whole tar of /usr) and random data; once with the mount's freeze running (as
        in use; each written archive is frozen before the next timed run), once with
-       it held back (the vault cannot be reached): the write path alone;
+       it held back (the vault cannot be reached): the write path alone; and, with
+       the freeze running, `dd` into `rclone mount` of a local crypt remote (an
+       optional peer, when rclone is installed);
 read:  `cat MOUNT/VAULT/ULID > /dev/null` vs cat of nullfs's zero file;
 memory: peak RSS of the cryophilefs process after writing 1 GiB and 4 GiB.
 Prints each figure, its baseline, the ratio, CPU seconds and the load average.
@@ -23,8 +25,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (CRYOPHILE, GIB, WORK, gpg_key, load, measure, mixed_data,  # noqa: E402
-                    random_data, rate, run)
+from common import (CRYOPHILE, GIB, WORK, compiled, gpg_key, load, measure,  # noqa: E402
+                    mixed_data, random_data, rate, rclone_crypt, run)
 
 VAULT = "5f0c6a8e-0d1e-4b8a-9f2e-000000000002"
 HERE = Path(__file__).resolve().parent
@@ -105,10 +107,11 @@ def write_series(args, root: Path, cert: Path, key: Path, freeze: bool) -> int:
     config = root / "w" / "cryophile.toml"
     cli_spool = root / "cli-spool"
     what = "freeze running" if freeze else "freeze held back"
+    rclone = rclone_mount(root / "rclone") if freeze else None
     n = 0
     try:
         for kind, data in (("real", mixed_data(size)), ("random", random_data(size))):
-            ours, base, fs_cpu = [], [], []
+            ours, base, fs_cpu, peer = [], [], [], []
             for _ in range(args.repeat):          # interleaved, the best of each
                 shutil.rmtree(cli_spool, ignore_errors=True)
                 base.append(measure(CRYOPHILE + ["-S", str(cli_spool), "-c", str(config),
@@ -121,25 +124,45 @@ def write_series(args, root: Path, cert: Path, key: Path, freeze: bool) -> int:
                 if freeze:                        # untimed: no freeze overlaps the next run
                     for archive in (fs.mnt / VAULT).iterdir():
                         wait_frozen(archive)
+                if rclone is not None:
+                    peer.append(measure(f"dd if={data} of={rclone.mnt}/bench bs=1M status=none",
+                                        shell=True))
+                    os.remove(rclone.mnt / "bench")
             b = min(base, key=lambda u: u.seconds)
             i = min(range(len(ours)), key=lambda j: ours[j].seconds)
             print(f"write  {kind:6} {what}  mount (dd bs=1M) {rate(size, ours[i].seconds)} "
-                  f"(mount {fs_cpu[i] / (size / GIB):.2f} CPU-s/GiB)   "
+                  f"(mount {fs_cpu[i] / (size / GIB):.2f} CPU-s/GiB, "
+                  f"{fs_cpu[i] / ours[i].seconds / 2 * 100:.0f} % of its 2-core ceiling)   "
                   f"cryophile backup {rate(size, b.seconds)} "
                   f"({b.cpu / (size / GIB):.2f} CPU-s/GiB)   "
                   f"ratio {b.seconds / ours[i].seconds:.2f}x   [{load()}]", flush=True)
+            if peer:
+                p = min(peer, key=lambda u: u.seconds)
+                print(f"write  {kind:6} rclone mount (crypt, dd bs=1M) {rate(size, p.seconds)}   "
+                      f"ratio {p.seconds / ours[i].seconds:.2f}x", flush=True)
         return fs.peak_rss_kib()
     finally:
         fs.close()
+        if rclone is not None:
+            rclone.close()
         shutil.rmtree(root / "w", ignore_errors=True)
         shutil.rmtree(cli_spool, ignore_errors=True)
+
+
+def rclone_mount(root: Path) -> Mount | None:
+    """``rclone mount`` of a local crypt remote (writes need no VFS cache when
+    sequential, as dd's are), or None without rclone."""
+    env = rclone_crypt(root)
+    if env is None:
+        print("rclone: not installed, its crypt mount skipped")
+        return None
+    return Mount(["rclone", "--config", env["RCLONE_CONFIG"], "mount", "crypt:", str(root / "mnt")],
+                 root / "mnt")
 
 
 def write_part(args, root: Path, cert: Path, key: Path) -> None:
     rss_small = write_series(args, root, cert, key, freeze=True)
     write_series(args, root, cert, key, freeze=False)
-    if shutil.which("rclone") is None:
-        print("rclone: not installed, its crypt mount skipped")
     if not args.big_gib:
         return
     big = cryophilefs(root / "big", cert, key)
@@ -190,6 +213,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="runs of each; the best counts")
     ap.add_argument("--part", choices=("write", "read", "all"), default="all")
     args = ap.parse_args()
+    compiled()
     _, cert, key = gpg_key(WORK / "gnupg")
     root = WORK / "fs"
     shutil.rmtree(root, ignore_errors=True)

@@ -6,6 +6,9 @@
 backup: `cryophile backup -C lz4` and `-C zstd` against `lz4 -1 | gpg -e | split`
 and `zstd -1 | gpg -e | split`, on real data (a whole tar of /usr) and on random
 data, runs interleaved (baseline, cryophile, baseline, …), the best of each;
+with `-C lz4` also against `restic backup --stdin` (a new local repository,
+one run: it is several times slower) and `rclone rcat` to a local crypt
+remote, when installed;
 then peak RSS of backups of 1 and --big-gib GiB.
 Prints each figure with its baseline, the ratio, CPU seconds per GiB, peak RSS
 and the load average; see BENCHMARKS.md.
@@ -19,8 +22,8 @@ import shutil
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (CRYOPHILE, GIB, WORK, gpg_key, load, measure, mixed_data,  # noqa: E402
-                    random_data, rate, run)
+from common import (CRYOPHILE, GIB, WORK, compiled, gpg_key, load, measure,  # noqa: E402
+                    mixed_data, random_data, rate, rclone_crypt, run)
 
 VAULT = "5f0c6a8e-0d1e-4b8a-9f2e-000000000001"
 ULID = "01J00000000000000000000000"
@@ -42,13 +45,31 @@ class Setup:
                        f"--encrypt --compress-algo none -r {self.fpr} | "
                        f"split -b 64M - {self.out}/chunk.", shell=True, env=self.genv)
 
-    def backup_command(self, codec: str) -> list[str]:
+    def backup_command(self, codec: str, ulid: bool = True) -> list[str]:
+        """``ulid=False``: a new ULID, as a backup without -u makes (-u first
+        asks the vault whether it holds that archive already)."""
         return CRYOPHILE + ["-S", str(self.spool), "-c", "/dev/null", "backup", "-v", VAULT,
-                            "-k", str(self.cert), "-C", codec, "-u", ULID]
+                            "-k", str(self.cert), "-C", codec] + (["-u", ULID] if ulid else [])
 
-    def our_backup(self, data, codec: str = "lz4"):
+    def our_backup(self, data, codec: str = "lz4", ulid: bool = True):
         shutil.rmtree(self.spool, ignore_errors=True)
-        return measure(self.backup_command(codec) + ["-i", str(data)])
+        return measure(self.backup_command(codec, ulid) + ["-i", str(data)])
+
+    def restic_backup(self, data):
+        """restic into a new repository (an old one would deduplicate the data away)."""
+        repo = WORK / "restic"
+        shutil.rmtree(repo, ignore_errors=True)
+        env = {**os.environ, "RESTIC_PASSWORD": "cryophile-bench", "RESTIC_REPOSITORY": str(repo)}
+        run(["restic", "init", "-q"], env=env)
+        try:
+            return measure(f"restic backup -q --stdin --stdin-filename data < {data}",
+                           shell=True, env=env)
+        finally:
+            shutil.rmtree(repo, ignore_errors=True)
+
+    def rclone_rcat(self, data, env):
+        shutil.rmtree(WORK / "rclone" / "rclone", ignore_errors=True)
+        return measure(f"rclone rcat crypt:data < {data}", shell=True, env=env)
 
 
 def per_gib(size: int, u) -> str:
@@ -57,18 +78,35 @@ def per_gib(size: int, u) -> str:
 
 def backup_part(s: Setup, repeat: int, big_gib: int) -> None:
     size = s.size
+    rclone = rclone_crypt(WORK / "rclone")
+    restic = shutil.which("restic") is not None
     for kind, data in (("real", mixed_data(size)), ("random", random_data(size))):
         for codec in ("lz4", "zstd"):
-            base, ours = [], []
-            for _ in range(repeat):               # interleaved: load hits both alike
+            base, ours, peers = [], [], {"restic": [], "rclone": []}
+            for i in range(repeat):               # interleaved: load hits all alike
                 base.append(s.baseline_backup(data, codec))
-                ours.append(s.our_backup(data, codec))
+                ours.append(s.our_backup(data, codec, ulid=False))
+                if codec == "lz4" and restic and i == 0:     # far behind: one run is enough
+                    peers["restic"].append(s.restic_backup(data))
+                if codec == "lz4" and rclone:
+                    peers["rclone"].append(s.rclone_rcat(data, rclone))
             b = min(base, key=lambda u: u.seconds)
             o = min(ours, key=lambda u: u.seconds)
             print(f"backup -C {codec:4} {kind:6}  {codec}|gpg|split {rate(size, b.seconds)} "
                   f"({per_gib(size, b)})   cryophile {rate(size, o.seconds)} "
-                  f"({per_gib(size, o)}, peak RSS {o.rss_kib / 1024:.0f} MiB)   "
+                  f"({per_gib(size, o)}, peak RSS {o.rss_kib / 1024:.0f} MiB, "
+                  f"{o.cpu / o.seconds / 2 * 100:.0f} % of its 2-core ceiling)   "
                   f"ratio {b.seconds / o.seconds:.2f}x   [{load()}]", flush=True)
+            for name, runs in peers.items():
+                if runs:
+                    p = min(runs, key=lambda u: u.seconds)
+                    what = "restic backup --stdin" if name == "restic" else "rclone rcat (crypt)"
+                    print(f"         {kind:6}  {what} {rate(size, p.seconds)} "
+                          f"({per_gib(size, p)})   ratio {p.seconds / o.seconds:.2f}x", flush=True)
+    if not restic:
+        print("restic: not installed, skipped")
+    if rclone is None:
+        print("rclone: not installed, skipped")
     if big_gib:
         data = mixed_data(size)
         small = s.our_backup(data)
@@ -115,6 +153,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="runs of each; the best counts")
     ap.add_argument("--part", choices=("backup", "restore", "all"), default="all")
     args = ap.parse_args()
+    compiled()
     s = Setup(int(args.size_gib * GIB))
     print(f"input: {s.size / GIB:.2f} GiB of tar -c /usr, and of random bytes; {load()}")
     if args.part in ("backup", "all"):

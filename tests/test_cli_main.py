@@ -118,8 +118,7 @@ LEAST = {"backup": ["-v", "V"], "thaw": ["--plan", "V"], "restore": ["V/P/01ARZ3
          "rm": ["V/P/01ARZ3NDEKTSV4RRFFQ69G5FAV"], "prune": ["V"], "check": ["V"]}
 
 
-@pytest.mark.parametrize("command", [m.add_parser.__module__.rsplit(".", 1)[1]
-                                     for m in cli_main.COMMANDS])
+@pytest.mark.parametrize("command", list(cli_main.COMMANDS))
 def test_every_command_takes_global_options_last(command):
     args = cli_main.parser().parse_args(
         [command, *LEAST.get(command, []), "-d", "-q", "-q", "--log-file", "L", "-S", "S"])
@@ -187,3 +186,27 @@ def test_restore_with_a_world_readable_key_warns(rig, recipes, tmp_path):
     assert proc.stderr.decode().splitlines() == [
         f"cryophile: warning: secret key file {key} is readable by every user (mode 0644): "
         f"chmod 600 {key}"]
+
+
+def test_a_run_imports_only_its_command():
+    """The top-level --help of a run that builds one command (the others stand
+    in) is the same as with every command built; the stand-ins' help is the
+    commands' own."""
+    whole = cli_main.parser()
+    for name in cli_main.COMMANDS:
+        one = cli_main.parser(["-d", name, "--help"])
+        assert one.format_help() == whole.format_help(), name
+    code = ("import sys; from cryophile.cli import main; main.parser(['backup']); "
+            "print(sorted(m for m in sys.modules if m.startswith(('boto3', 'trio', 'shtab', "
+            "'cryophile.cli.'))))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120, check=True).stdout
+    assert eval(loaded) == ["cryophile.cli.backup", "cryophile.cli.common", "cryophile.cli.main"]
+
+
+def test_completion_script_covers_every_command():
+    proc = cryophile("--print-completion", "bash")
+    assert proc.returncode == 0, proc.stderr
+    for name in cli_main.COMMANDS:
+        assert name.encode() in proc.stdout
+    assert b"--fragment-size" in proc.stdout and b"--keep-within" in proc.stdout

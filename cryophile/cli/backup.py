@@ -14,7 +14,6 @@ from .. import config, errors, ids, keys
 from ..pipeline.compress import CODECS
 from ..pipeline.writer import ArchiveWriter
 from ..backpressure import Backpressure
-from ..freeze import InlineFreeze
 from .common import Context, Progress
 
 log = logging.getLogger("cryophile.backup")
@@ -87,8 +86,7 @@ def run(args) -> int:
     ctx.spool.ensure()
     ctx.spool.clean_dead_backups()
     source = source or Producer(args.producer)
-    pressure = Backpressure(ctx.spool, ctx.config.spool_max, freeze_inline=InlineFreeze(
-        ctx.spool, ctx.store, lambda v: ctx.vault(v).storage_class))
+    pressure = Backpressure(ctx.spool, ctx.config.spool_max, freeze_inline=_InlineFreeze(ctx))
     try:
         writer = ArchiveWriter(ctx.spool, bid, recipients, compression, fragment_size,
                                name=args.name, created=ids.ulid_time(ulid),
@@ -106,6 +104,25 @@ def run(args) -> int:
             source.close()
     print(ulid, flush=True)
     return 0
+
+
+class _InlineFreeze:
+    """freeze.InlineFreeze, made at its first call: most backups never freeze
+    inline, and freeze's imports (trio, the catalog) would cost each of them."""
+
+    def __init__(self, ctx: Context):
+        self.ctx, self.made = ctx, None
+
+    def __call__(self) -> None:
+        if self.made is None:
+            from ..freeze import InlineFreeze
+            self.made = InlineFreeze(self.ctx.spool, self.ctx.store,
+                                     lambda v: self.ctx.vault(v).storage_class)
+        self.made()
+
+    @property
+    def failure(self) -> errors.Error | None:
+        return self.made.failure if self.made is not None else None
 
 
 class Producer:

@@ -3,19 +3,32 @@
 from __future__ import annotations
 
 import argparse
+import gc
+import importlib
 import logging
 import os
 import signal
 import sys
 
-import shtab
-
 from .. import __version__, errors, log, progress
-from . import backup, chain, check, freeze, ls, prune, restore, rm, status, thaw
 from ..options import add_log_file_option, add_spool_options
 from ..options import add_verbosity_options
 
-COMMANDS = (backup, freeze, thaw, restore, ls, chain, status, rm, prune, check)
+# Each command is a module of this package; its one-line help is also here, so
+# that a run imports only the command it runs (see ``parser``).
+COMMANDS = {
+    "backup": "compress, encrypt and split a stream into the spool",
+    "freeze": "upload queued fragments into their vaults",
+    "thaw": "restore requested fragments from cold storage into the restore queue",
+    "restore": "decrypt an archive to stdout or a file",
+    "ls": "list archives",
+    "chain": "the chain of incrementals an archive needs",
+    "status": "show the spool's queues",
+    "rm": "delete archives",
+    "prune": "delete archives a retention policy does not keep",
+    "check": "check archives in the vault without restoring them",
+}
+SHELLS = ("bash", "zsh", "tcsh", "fish", "powershell")     # what shtab completes
 PROG = "cryophile"
 
 DESCRIPTION = """\
@@ -42,17 +55,33 @@ shell reports a command killed by SIGPIPE.  Global options may also come
 after COMMAND, anywhere among its options and arguments."""
 
 
-def parser() -> argparse.ArgumentParser:
+def command_module(name: str):
+    return importlib.import_module(f"{__package__}.{name}")
+
+
+def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The whole command line.  Given ``argv``, only the commands named in it
+    are built from their modules (a command's imports, such as boto3, pgpy
+    or trio, cost more than a short run of another); the others are
+    stand-ins with their name and help, which is all the top-level --help
+    shows and all a run of another command needs.  The word that names the
+    command is always in ``argv``; with none there (--help, an error), or
+    without ``argv``, every command is built."""
+    named = set(COMMANDS) if argv is None else set(COMMANDS).intersection(argv)
     p = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_spool_options(p)
     add_log_file_option(p)
     add_verbosity_options(p, ", with tracebacks on errors", ", and no progress bars")
     p.add_argument("-V", "--version", action="version", version=f"{PROG} {__version__}")
-    shtab.add_argument_to(p, "--print-completion", help="print a completion script for that shell")
+    p.add_argument("--print-completion", choices=SHELLS, action=_PrintCompletion,
+                   help="print a completion script for that shell")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in COMMANDS:
-        module.add_parser(sub)
+    for name, help in COMMANDS.items():
+        if name in named or not named:
+            command_module(name).add_parser(sub)
+        else:
+            sub.add_parser(name, help=help)
     for command in sub.choices.values():
         add_options_after_command(command)
     return p
@@ -73,6 +102,16 @@ def add_options_after_command(command: argparse.ArgumentParser) -> None:
                        default=argparse.SUPPRESS, help="as before COMMAND")
 
 
+class _PrintCompletion(argparse.Action):
+    """--print-completion SHELL: shtab's script for the whole command line
+    (shtab is imported only here)."""
+
+    def __call__(self, p, namespace, shell, option_string=None):
+        import shtab
+        print(shtab.complete(parser(), shell=shell))
+        p.exit(0)
+
+
 class _Skipping:
     """add_argument that leaves out option strings a command already uses for itself."""
 
@@ -86,7 +125,9 @@ class _Skipping:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    if argv is None:
+        argv = sys.argv[1:]
+    args = parser(argv).parse_args(argv)
     if getattr(args, "prepare", None):     # a command's own second look at its words
         args.prepare(args)
     verbosity = (args.debug + getattr(args, "debug_after", 0)
@@ -149,7 +190,13 @@ def _terminate(signum, frame):
 
 
 def run() -> None:
-    sys.exit(main())
+    code = main()
+    # What is left is freed by the exit itself: without this, the interpreter's
+    # last garbage collection walks every object the imports made (~0.1 s of a
+    # run).  Files are closed and stdout flushed by now; logging's handlers
+    # are flushed at exit all the same.
+    gc.freeze()
+    sys.exit(code)
 
 
 if __name__ == "__main__":

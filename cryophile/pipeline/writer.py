@@ -25,7 +25,7 @@ from .. import __version__, errors, keys, manifest, streams
 from ..fsutil import fsync_dir
 from ..ids import BackupId
 from ..spool import BackupLock, Spool, makedirs, note_stream
-from . import compress, openpgp
+from . import buffers, compress, openpgp
 from .split import Splitter, publish
 
 log = logging.getLogger("cryophile.backup")
@@ -57,6 +57,7 @@ class ArchiveWriter:
                  before_fragment: Callable[[], None] = lambda: None,
                  parent: str | None = None):
         self.spool, self.bid, self.name, self.parent = spool, bid, name, parent
+        buffers.reuse_buffers()     # each read and each frame is a fresh ~1 MiB buffer
         self.watcher = streams.Watcher()
         self.stream: streams.Stream | None = None     # what the input was, once closed
         self.compression = compress.check_codec(compression)

@@ -53,32 +53,49 @@ class Walker:
         n = len(view)
         pos = 0
         while pos < n and self.failure is None:
-            if self.skip:
-                take = min(self.skip, n - pos)
-                if self.kept is not None:
-                    self.kept += view[pos:pos + take]
-                pos += take
-                self.skip -= take
-                if not self.skip:
-                    self._kept()
+            if self.skip or self.partial:
+                pos = self._resume(view, pos)
                 continue
             size = self.header_size
-            if self.partial or n - pos < size:
-                take = min(size - len(self.partial), n - pos)
-                self.partial += view[pos:pos + take]
-                pos += take
-                if len(self.partial) < size:
-                    break
-                head = memoryview(bytes(self.partial))
-                self.partial.clear()
+            if n - pos < size:
+                self.partial += view[pos:]
+                break
+            self.record = self.offset + pos
+            pos += size
+            skip = self.header(view[pos - size:pos])
+            if not skip:
+                self._kept()
+            elif self.kept is None and skip <= n - pos:
+                pos += skip                 # a body within this buffer: passed at once
             else:
-                head = view[pos:pos + size]
-                pos += size
-            self.record = self.offset + pos - size
-            self.skip = self.header(head)
+                self.skip = skip
+        self.offset += n
+
+    def _resume(self, view: memoryview, pos: int) -> int:
+        """Go on with a body or a header that the previous buffer cut; return
+        where in ``view`` the next record starts (or its end)."""
+        n = len(view)
+        if self.skip:
+            take = min(self.skip, n - pos)
+            if self.kept is not None:
+                self.kept += view[pos:pos + take]
+            self.skip -= take
             if not self.skip:
                 self._kept()
-        self.offset += n
+            return pos + take
+        size = self.header_size
+        take = min(size - len(self.partial), n - pos)
+        self.partial += view[pos:pos + take]
+        pos += take
+        if len(self.partial) < size:
+            return pos
+        head = memoryview(bytes(self.partial))
+        self.partial.clear()
+        self.record = self.offset + pos - size
+        self.skip = self.header(head)
+        if not self.skip:
+            self._kept()
+        return pos
 
     def _kept(self) -> None:
         if self.kept is not None:

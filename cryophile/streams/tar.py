@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import re
 import zlib
+from zlib import adler32
 
 from .records import Walker
 
 BLOCK = 512
 MAGICS = (b"ustar\x0000", b"ustar  \x00")
-NO_DATA = b"123456"                 # hard link, symlink, char, block, directory, FIFO
+NO_DATA = frozenset(b"123456")      # hard link, symlink, char, block, directory, FIFO
+PAX_HEADERS = frozenset(b"xg")      # extended headers: a size there is for the next member
+PAX, SPARSE = ord("x"), ord("S")
 PAX_SIZE = re.compile(rb"(?:^|\n)\d+ size=(\d+)\n")
 ZERO = bytes(BLOCK)
 
@@ -29,16 +32,24 @@ def _sum(data) -> int:
 
 
 def checksum_ok(h) -> bool:
-    field = bytes(h[148:156]).replace(b"\0", b" ").strip()
+    """The header's checksum field matches the sum of its bytes (the field
+    itself counted as spaces), unsigned as POSIX says or signed as old tars
+    wrote it.  This runs for every member: with no byte above 127 (most
+    headers) the block sums to less than Adler-32's modulus, so that one
+    call in C gives the sum."""
+    h = bytes(h[:BLOCK])
+    field = h[148:156]
     try:
-        want = int(field, 8)
+        want = int(field.replace(b"\0", b" "), 8)    # int() skips the blanks
     except ValueError:
         return False
-    unsigned = _sum(h[:148]) + _sum(h[156:356]) + _sum(h[356:BLOCK]) + 8 * 32
+    if h.isascii():
+        return want == adler32(h) % 65536 - adler32(field) % 65536 + 8 * 32
+    unsigned = _sum(h[:256]) + _sum(h[256:BLOCK]) - sum(field) + 8 * 32
     if want == unsigned:
         return True
-    signed = unsigned - 256 * sum(1 for b in bytes(h) if b >= 128)
-    return want == signed + 256 * sum(1 for b in bytes(h[148:156]) if b >= 128)
+    signed = unsigned - 256 * sum(1 for b in h if b >= 128)
+    return want == signed + 256 * sum(1 for b in field if b >= 128)
 
 
 def is_header(h) -> bool:
@@ -50,11 +61,11 @@ def number(field) -> int | None:
     field = bytes(field)
     if field and field[0] & 0x80:                       # GNU base-256
         return int.from_bytes(bytes([field[0] & 0x7F]) + field[1:], "big")
-    text = field.replace(b"\0", b" ").strip()
+    text = field.replace(b"\0", b" ")
     try:
-        return int(text, 8) if text else 0
+        return int(text, 8)                             # int() skips the blanks
     except ValueError:
-        return None
+        return None if text.strip() else 0              # all blank: 0
 
 
 def blocks(size: int) -> int:
@@ -76,6 +87,7 @@ class TarStream(Walker):
         if self.sparse_ext:
             self.sparse_ext = bool(h[504])
             return 0 if self.sparse_ext else blocks(self.sparse_size)
+        h = bytes(h)            # one copy: the fields below are then read from bytes
         if h == ZERO:
             self.zeros += 1
             self.ended = self.ended or self.zeros >= 2
@@ -92,16 +104,17 @@ class TarStream(Walker):
         if size is None:
             self.fail("a tar header with a bad size field")
             return 0
-        kind = bytes(h[156:157])
-        if self.pax_size is not None and kind not in b"xg":
+        kind = h[156]
+        if self.pax_size is not None and kind not in PAX_HEADERS:
             size, self.pax_size = self.pax_size, None
-        if kind == b"S" and h[482]:
+        if kind == SPARSE and h[482]:
             self.sparse_ext, self.sparse_size = True, size
             return 0
-        if kind in b"123456" and kind:
+        if kind in NO_DATA:
             return 0
-        self.pax_body = kind == b"x" and self.keep(blocks(size))
-        return blocks(size)
+        length = blocks(size)
+        self.pax_body = kind == PAX and self.keep(length)
+        return length
 
     def body(self, data: bytes) -> None:
         if self.pax_body:
