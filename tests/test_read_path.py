@@ -315,6 +315,15 @@ def test_only_the_last_frame_may_be_short(codec):
             b"".join(compress.decompress(codec, frames, 100))
 
 
+@pytest.fixture(params=["xxhash", "lz4.frame"])
+def lz4_decoder(request, monkeypatch):
+    """Both ways lz4 frames are read: one-block frames as raw blocks checked
+    with xxhash, and python-lz4's frame decoder (without xxhash installed)."""
+    if request.param == "lz4.frame":
+        monkeypatch.setattr(compress, "xxhash", None)
+    return request.param
+
+
 FRAME_VARIANTS = {
     "lz4": lambda data: lz4.frame.compress(data, block_size=lz4.frame.BLOCKSIZE_MAX64KB,
                                            block_checksum=True, content_checksum=True),
@@ -325,11 +334,12 @@ FRAME_VARIANTS = {
 }
 
 
-@settings(max_examples=80, deadline=None, database=None)
+@settings(max_examples=80, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.binary(max_size=5000) | st.builds(mixed, st.integers(0, 300_000)),
        frame_size=st.integers(1, 200_000), cuts=st.lists(st.integers(1, 70_000), max_size=30),
        variant=st.sampled_from(["lz4", "zstd", *FRAME_VARIANTS]))
-def test_frames_decompress_across_any_chunking(data, frame_size, cuts, variant):
+def test_frames_decompress_across_any_chunking(lz4_decoder, data, frame_size, cuts, variant):
     """Frames found by their headers, whatever the chunks (one octet, many frames)."""
     codec = variant.split("-")[0]
     c = FRAME_VARIANTS.get(variant) or compress.compressor(codec)
@@ -343,6 +353,53 @@ def test_frames_decompress_across_any_chunking(data, frame_size, cuts, variant):
     if len(stream) > 1:
         with pytest.raises(errors.IntegrityError, match="ends inside a frame|unexpected size"):
             b"".join(compress.decompress(codec, [stream[:-1]], frame_size))
+
+
+@settings(max_examples=150, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=3000) | st.builds(mixed, st.integers(0, 70_000)) |
+       st.builds(os.urandom, st.integers(0, 70_000)),
+       flip=st.integers(0, 1 << 30), bit=st.integers(0, 7))
+def test_a_damaged_lz4_frame_never_gives_wrong_bytes(lz4_decoder, data, flip, bit):
+    """Any one bit flipped anywhere in a frame (header, block size, stored or
+    compressed block, checksum): the right bytes or IntegrityError."""
+    frame = compress.compressor("lz4")(data)
+    assert b"".join(compress.decompress("lz4", [frame], len(data) or 1)) == data
+    bad = bytearray(frame)
+    bad[flip % len(bad)] ^= 1 << bit
+    try:
+        got = b"".join(compress.decompress("lz4", [bytes(bad)], len(data) or 1))
+    except errors.IntegrityError:
+        return
+    assert got == data
+
+
+@pytest.mark.parametrize("kind", ["stored", "compressed"])
+def test_lz4_frames_read_as_blocks_are_checked(kind):
+    data = {"stored": os.urandom(5000), "compressed": b"abc" * 5000}[kind]
+    frame = compress.compressor("lz4")(data)
+    assert (frame[18] >> 7) == (kind == "stored")
+    out = list(compress.decompress("lz4", [frame], 1 << 20))
+    assert b"".join(out) == data
+    if kind == "stored":
+        assert isinstance(out[0], memoryview)      # handed on without a copy
+    for where, what in ((-1, "content checksum"), (14, "header checksum")):
+        bad = bytearray(frame)
+        bad[where] ^= 0x10
+        with pytest.raises(errors.IntegrityError, match=what):
+            list(compress.decompress("lz4", [bytes(bad)], 1 << 20))
+    with pytest.raises(errors.IntegrityError, match="unexpected length|ends inside"):
+        list(compress.decompress("lz4", [frame + b"\0"], 1 << 20))
+
+
+def test_lz4_block_claiming_more_than_lz4_can_expand_is_refused():
+    """A header claiming a huge size over a small compressed block is refused
+    before anything of that size is allocated."""
+    frame = bytearray(compress.compressor("lz4")(b"ab" * 50))
+    frame[6:14] = (1 << 40).to_bytes(8, "little")
+    frame[14] = (compress.xxhash.xxh32(bytes(frame[4:14])).intdigest() >> 8) & 0xFF
+    with pytest.raises(errors.IntegrityError, match="unexpected size"):
+        list(compress.decompress("lz4", [bytes(frame)]))
 
 
 @pytest.mark.parametrize("codec", ["lz4", "zstd"])
