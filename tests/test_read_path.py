@@ -483,6 +483,56 @@ def test_restore_raises_and_ends(ring, tmp_path, codec, kind, where):
     assert threading.active_count() < 20
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("codec", compress.CODECS)
+def test_restore_drops_the_mdc_only_where_frames_vouch(ring, tmp_path, monkeypatch, codec):
+    """A restore computes the MDC's SHA-1 only for archives without frame
+    checksums; damage of the decrypted stream is caught either way."""
+    recipients, secret = ring
+    data = os.urandom(32 * MiB)
+    built = Built(str(tmp_path), recipients, secret, data, codec, 8 * MiB)
+    hashed = []
+    update = openpgp.BackgroundHash.update
+    monkeypatch.setattr(openpgp.BackgroundHash, "update",
+                        lambda self, b: (hashed.append(len(b)), update(self, b))[1])
+    out = io.BytesIO()
+    reader.restore(built.clear, built.body, secret.decrypt_session_key, built.path, out,
+                   frames_vouch=True)
+    assert out.getvalue() == data
+    if codec == "none":
+        assert sum(hashed) > len(data)
+    else:       # bounded by the queues between decryption and decompression
+        assert sum(hashed) < 24 * MiB
+    # a bit flipped through CFB in the last fragment, its SHA-256 made to match
+    n = len(built.clear.fragments)
+    raw = bytearray(Path(built.path(n)).read_bytes())
+    raw[-100] ^= 1
+    Path(built.path(n)).write_bytes(raw)
+    built.clear.fragments[-1] = manifest.Fragment(len(raw), hashlib.sha256(raw).hexdigest())
+    with pytest.raises(errors.IntegrityError):
+        reader.restore(built.clear, built.body, secret.decrypt_session_key, built.path,
+                       io.BytesIO(), frames_vouch=True)
+
+
+@pytest.mark.parametrize("codec", ["lz4", "zstd"])
+def test_frames_vouch_only_if_all_of_them_carry_checksums(codec):
+    with_sum = compress.compressor(codec)
+    without = {"lz4": lambda d: lz4.frame.compress(d, content_checksum=False, store_size=True),
+               "zstd": lambda d: zstandard.ZstdCompressor(write_checksum=False).compress(d)}[codec]
+    mdc = openpgp.Mdc(frames_vouch=True)
+    frames = [with_sum(b"a" * 100), without(b"b" * 100)]
+    with pytest.raises(errors.IntegrityError, match="without a checksum"):
+        b"".join(compress.decompress(codec, frames, 100, mdc.frame))
+    assert not mdc.wanted
+    mdc = openpgp.Mdc(frames_vouch=True)       # the first frame decides: an older archive
+    frames = [without(b"a" * 100), with_sum(b"b" * 100)]
+    assert b"".join(compress.decompress(codec, frames, 100, mdc.frame)) == b"a" * 100 + b"b" * 100
+    assert mdc.wanted
+    mdc = openpgp.Mdc()                          # (check --read-data: always the MDC)
+    b"".join(compress.decompress(codec, [with_sum(b"a")], 100, mdc.frame))
+    assert mdc.wanted
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("codec", compress.CODECS)
 def test_restore_reports_a_failing_output(ring, tmp_path, codec):

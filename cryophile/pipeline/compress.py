@@ -56,24 +56,27 @@ def compressor(name: str) -> Callable[[bytes], bytes]:
     return bytes
 
 
-def decompress(name: str, chunks: Iterable[bytes], frame_size: int | None = None
-               ) -> Iterator[bytes]:
+def decompress(name: str, chunks: Iterable[bytes], frame_size: int | None = None,
+               checked: Callable[[bool], None] | None = None) -> Iterator[bytes]:
     """Decompress a sequence of frames given as arbitrary chunks.
 
     With ``frame_size``, every frame but the last must hold exactly that
     many bytes (as the writer cuts them).  Each frame's extent is read from
     its block headers and the frame decompressed in one call: a frame lying
     within one chunk is not copied, and one spread over chunks once.
+    ``checked(bool)`` is told, frame by frame, whether the frame carried a
+    content checksum (verified by then).
     """
     if name == "none":
         yield from chunks
     elif name in ("lz4", "zstd"):
-        yield from _frames(chunks, name, frame_size)
+        yield from _frames(chunks, name, frame_size, checked)
     else:
         raise IntegrityError(f"archive uses unknown compression {name!r}")
 
 
-def _frames(chunks: Iterable[bytes], codec: str, frame_size: int | None) -> Iterator[bytes]:
+def _frames(chunks: Iterable[bytes], codec: str, frame_size: int | None,
+            checked: Callable[[bool], None] | None) -> Iterator[bytes]:
     whole = _decompress_lz4 if codec == "lz4" else _decompress_zstd
     scan = _Scanner(codec)
     parts: list = []                  # of the frame being gathered
@@ -96,6 +99,8 @@ def _frames(chunks: Iterable[bytes], codec: str, frame_size: int | None) -> Iter
                 if len(out) > frame_size:
                     raise IntegrityError("compressed frame of unexpected size: archive damaged")
                 short = len(out) != frame_size
+            if checked is not None:
+                checked(scan.checksum)
             scan = _Scanner(codec)
             if out:
                 yield out
@@ -194,6 +199,7 @@ class _Scanner:
         self.head = bytearray()
         self.started = False
         self.content_size: int | None = None
+        self.checksum = False             # the frame carries a content checksum
 
     def feed(self, view: memoryview) -> int:
         """Offset in ``view`` just past the frame's end, or -1: all of it belongs."""
@@ -227,6 +233,7 @@ def _lz4_layout(scan: _Scanner):
     if head[:4] != LZ4_MAGIC:
         raise IntegrityError("decompression failed: not an lz4 frame: archive damaged")
     flg = head[4]
+    scan.checksum = bool(flg & 0x04)
     extra = (8 if flg & 0x08 else 0) + (4 if flg & 0x01 else 0)
     if extra:
         more = yield ("read", extra)
@@ -247,6 +254,7 @@ def _zstd_layout(scan: _Scanner):
     if head[:4] != ZSTD_MAGIC:
         raise IntegrityError("decompression failed: not a zstd frame: archive damaged")
     fhd = head[4]
+    scan.checksum = bool(fhd & 0x04)
     single = fhd >> 5 & 1
     fcs = (1 if single else 0, 2, 4, 8)[fhd >> 6]
     rest = (0 if single else 1) + (0, 1, 2, 4)[fhd & 3] + fcs

@@ -2,7 +2,10 @@
 
 Each fragment's size and SHA-256 are checked against chunk.0 before any of
 its bytes are decrypted, so damage is reported before it reaches the
-output; the MDC then vouches for the message as a whole.  The next
+output; the MDC then vouches for the message as a whole (for a restore,
+the frame checksums of lz4 and zstd archives do instead: openpgp.Mdc;
+manifest.read_manifest has checked chunk.0's SHA-256 sums against the
+encrypted manifest).  The next
 fragment is verified in a second thread while this one is decrypted, and
 decompression and output run in a third.
 """
@@ -170,15 +173,21 @@ def verified_blocks(clear: ClearInfo, fragment_path: Callable[[int], str]) -> It
 
 
 def restore(clear: ClearInfo, manifest: dict, unlock, fragment_path: Callable[[int], str],
-            out: BinaryIO) -> int:
-    """Write the plaintext to ``out``; return its size.  Raises on any damage."""
+            out: BinaryIO, frames_vouch: bool = False) -> int:
+    """Write the plaintext to ``out``; return its size.  Raises on any damage.
+
+    With ``frames_vouch``, the MDC is not computed when the frames carry
+    checksums (openpgp.Mdc): every fragment is checked against its SHA-256
+    before use, and the frame checksums check the decrypted stream."""
     buffers.reuse_buffers()
-    literal = openpgp.decrypt(openpgp.ByteSource(verified_blocks(clear, fragment_path)), unlock)
+    mdc = openpgp.Mdc(frames_vouch)
+    literal = openpgp.decrypt(openpgp.ByteSource(verified_blocks(clear, fragment_path)), unlock,
+                              mdc)
     chunks: queue.Queue = queue.Queue(8)
     result: dict = {}
     sink = threading.Thread(target=_sink, name="cryophile-output",
                             args=(manifest["compression"], manifest.get("frame_size"),
-                                  chunks, out, result), daemon=True)
+                                  chunks, out, result, mdc.frame), daemon=True)
     sink.start()
     try:
         for data in literal:
@@ -198,7 +207,7 @@ def restore(clear: ClearInfo, manifest: dict, unlock, fragment_path: Callable[[i
 
 
 def _sink(codec: str, frame_size: int | None, chunks: queue.Queue, out: BinaryIO,
-          result: dict) -> None:
+          result: dict, checked: Callable[[bool], None]) -> None:
     """Decompress and write until _DONE; on an error, note it and keep taking
     items until _DONE, so that the producer never blocks on a full queue."""
     done = False
@@ -210,7 +219,7 @@ def _sink(codec: str, frame_size: int | None, chunks: queue.Queue, out: BinaryIO
         done = True
     size = 0
     try:
-        for data in compress.decompress(codec, items(), frame_size):
+        for data in compress.decompress(codec, items(), frame_size, checked):
             out.write(data)
             size += len(data)
         out.flush()
