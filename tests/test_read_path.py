@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cryophile import errors, ids, keys, manifest
-from cryophile.pipeline import compress, openpgp, plainreader, reader, writer
+from cryophile.pipeline import compress, openpgp, plainreader, reader, verdict, writer
 from cryophile.spool import Spool
 from tests.fsrig import fskeys  # noqa: F401
 
@@ -548,6 +548,103 @@ def test_restore_reports_a_failing_output(ring, tmp_path, codec):
     with pytest.raises(errors.SpoolError):
         reader.restore(built.clear, built.body, secret.decrypt_session_key, built.path,
                        Broken())
+
+
+# --- verdicts: a fragment hashed as it was written is not hashed again ----------
+
+class CountingSha256:
+    def __init__(self, monkeypatch):
+        self.calls = 0
+        real = reader.hashlib.sha256
+
+        def sha256():
+            self.calls += 1
+            return real()
+        monkeypatch.setattr(reader.hashlib, "sha256", sha256)
+
+
+def test_a_verdict_holds_for_the_unchanged_file_in_this_boot(tmp_path, monkeypatch):
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 100)
+    sha = hashlib.sha256(b"x" * 100).hexdigest()
+    with open(path, "rb") as f:
+        verdict.record(f.fileno(), sha)
+        assert verdict.holds(f.fileno(), sha)
+        assert not verdict.holds(f.fileno(), hashlib.sha256(b"y").hexdigest())
+        monkeypatch.setattr(verdict, "_boot", "another-boot")
+        assert not verdict.holds(f.fileno(), sha)
+        monkeypatch.setattr(verdict, "_boot", "")          # no boot id: nothing trusted
+        assert not verdict.holds(f.fileno(), sha)
+    monkeypatch.undo()
+    with open(path, "r+b") as f:                           # a write, same size
+        f.write(b"y")
+    with open(path, "rb") as f:
+        assert not verdict.holds(f.fileno(), sha)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("codec", compress.CODECS)
+def test_fragments_the_writer_hashed_are_not_hashed_again(ring, tmp_path, monkeypatch, codec):
+    recipients, secret = ring
+    data = mixed(3 * MiB, 5)
+    built = Built(str(tmp_path), recipients, secret, data, codec, MiB)
+    counting = CountingSha256(monkeypatch)
+    assert built.restore() == data
+    assert counting.calls == 0
+    # written to: hashed before use, and the damage caught before any output
+    n = len(built.clear.fragments) // 2 + 1
+    with open(built.path(n), "r+b") as f:
+        f.seek(100)
+        f.write(b"\0")
+    with pytest.raises(errors.IntegrityError, match=f"chunk.{n} fails its SHA-256"):
+        built.restore()
+    assert counting.calls >= 1
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("codec", compress.CODECS)
+def test_a_disk_fault_under_a_verdict_is_still_caught(ring, tmp_path, codec):
+    """Bytes that change under an unchanged size and mtime (a disk returning
+    other bytes than were written): the frame checksums or the MDC catch it."""
+    recipients, secret = ring
+    data = mixed(3 * MiB, 6)
+    built = Built(str(tmp_path), recipients, secret, data, codec, MiB)
+    n = len(built.clear.fragments) // 2 + 1
+    st = os.stat(built.path(n))
+    with open(built.path(n), "r+b") as f:
+        f.seek(st.st_size // 2)
+        byte = f.read(1)
+        f.seek(st.st_size // 2)
+        f.write(bytes([byte[0] ^ 0x20]))
+    os.utime(built.path(n), ns=(st.st_atime_ns, st.st_mtime_ns))
+    with open(built.path(n), "rb") as f:
+        assert verdict.holds(f.fileno(), built.clear.fragments[n - 1].sha256)
+    with pytest.raises(errors.IntegrityError):
+        reader.restore(built.clear, built.body, secret.decrypt_session_key, built.path,
+                       io.BytesIO(), frames_vouch=True)
+    reader.verify_fragment(built.path(1), built.clear.fragments[0], 1)
+    with pytest.raises(errors.IntegrityError):     # (what thaw.drop_damaged uses)
+        reader.verify_fragment(built.path(n), built.clear.fragments[n - 1], n)
+
+
+def test_a_thawed_fragment_is_hashed_once(ring, tmp_path, monkeypatch):
+    """thaw hashes a download as it arrives and records the verdict: restore
+    takes it without hashing it again; one that fails its check is not kept."""
+    from cryophile import thaw
+    from cryophile.store.local import LocalStore
+    recipients, secret = ring
+    built = Built(str(tmp_path / "a"), recipients, secret, mixed(2 * MiB, 7), "lz4", MiB)
+    store = LocalStore(str(tmp_path / "vault"))
+    frag = built.clear.fragments[0]
+    store.put("k", built.path(1), size=frag.size)
+    dest = str(tmp_path / "chunk.1")
+    thaw.fetch(store, "k", dest, expect=frag, n=1)
+    counting = CountingSha256(monkeypatch)
+    reader.open_verified(dest, frag, 1).close()
+    assert counting.calls == 0
+    with pytest.raises(errors.IntegrityError):
+        thaw.fetch(store, "k", dest + "x", expect=manifest.Fragment(frag.size, "0" * 64), n=1)
+    assert not os.path.exists(dest + "x")
 
 
 # --- the archive asked for -----------------------------------------------------
