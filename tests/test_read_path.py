@@ -338,8 +338,9 @@ FRAME_VARIANTS = {
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.binary(max_size=5000) | st.builds(mixed, st.integers(0, 300_000)),
        frame_size=st.integers(1, 200_000), cuts=st.lists(st.integers(1, 70_000), max_size=30),
-       variant=st.sampled_from(["lz4", "zstd", *FRAME_VARIANTS]))
-def test_frames_decompress_across_any_chunking(lz4_decoder, data, frame_size, cuts, variant):
+       variant=st.sampled_from(["lz4", "zstd", *FRAME_VARIANTS]), workers=st.sampled_from([1, 2]))
+def test_frames_decompress_across_any_chunking(lz4_decoder, data, frame_size, cuts, variant,
+                                               workers):
     """Frames found by their headers, whatever the chunks (one octet, many frames)."""
     codec = variant.split("-")[0]
     c = FRAME_VARIANTS.get(variant) or compress.compressor(codec)
@@ -349,10 +350,10 @@ def test_frames_decompress_across_any_chunking(lz4_decoder, data, frame_size, cu
         chunks.append(stream[pos:pos + cut])
         pos += cut
     chunks = [x for x in chunks if x] + ([stream[pos:]] if stream[pos:] else [])
-    assert b"".join(compress.decompress(codec, chunks, frame_size)) == data
+    assert b"".join(compress.decompress(codec, chunks, frame_size, workers=workers)) == data
     if len(stream) > 1:
         with pytest.raises(errors.IntegrityError, match="ends inside a frame|unexpected size"):
-            b"".join(compress.decompress(codec, [stream[:-1]], frame_size))
+            b"".join(compress.decompress(codec, [stream[:-1]], frame_size, workers=workers))
 
 
 @settings(max_examples=150, deadline=None, database=None,
@@ -368,7 +369,7 @@ def test_a_damaged_lz4_frame_never_gives_wrong_bytes(lz4_decoder, data, flip, bi
     bad = bytearray(frame)
     bad[flip % len(bad)] ^= 1 << bit
     try:
-        got = b"".join(compress.decompress("lz4", [bytes(bad)], len(data) or 1))
+        got = b"".join(compress.decompress("lz4", [bytes(bad)], len(data) or 1, workers=2))
     except errors.IntegrityError:
         return
     assert got == data
@@ -400,6 +401,27 @@ def test_lz4_block_claiming_more_than_lz4_can_expand_is_refused():
     frame[14] = (compress.xxhash.xxh32(bytes(frame[4:14])).intdigest() >> 8) & 0xFF
     with pytest.raises(errors.IntegrityError, match="unexpected size"):
         list(compress.decompress("lz4", [bytes(frame)]))
+
+
+@pytest.mark.parametrize("codec", ["lz4", "zstd"])
+def test_frames_decompressed_in_threads_come_in_order(codec):
+    """Frames decompressed side by side come out in order, a damaged one
+    raises where it stands, and a reader that stops early stops them."""
+    c = compress.compressor(codec)
+    frames = [c(bytes([i]) * 1000) for i in range(20)]
+    assert b"".join(compress.decompress(codec, frames, 1000, workers=2)) == \
+        b"".join(bytes([i]) * 1000 for i in range(20))
+    bad = bytearray(frames[7])
+    bad[-1] ^= 1
+    got = []
+    with pytest.raises(errors.IntegrityError):
+        for out in compress.decompress(codec, frames[:7] + [bytes(bad)] + frames[8:], 1000,
+                                       workers=2):
+            got.append(bytes(out))
+    assert got == [bytes([i]) * 1000 for i in range(7)]
+    stream = compress.decompress(codec, frames, 1000, workers=2)
+    assert bytes(next(stream)) == bytes(1000)
+    stream.close()
 
 
 @pytest.mark.parametrize("codec", ["lz4", "zstd"])

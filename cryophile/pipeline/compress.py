@@ -10,6 +10,8 @@ wrong place, or a decoder bug, cannot pass garbage on silently.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import threading
 from typing import Callable, Iterable, Iterator
 
@@ -57,7 +59,8 @@ def compressor(name: str) -> Callable[[bytes], bytes]:
 
 
 def decompress(name: str, chunks: Iterable[bytes], frame_size: int | None = None,
-               checked: Callable[[bool], None] | None = None) -> Iterator[bytes]:
+               checked: Callable[[bool], None] | None = None,
+               workers: int = 1) -> Iterator[bytes]:
     """Decompress a sequence of frames given as arbitrary chunks.
 
     With ``frame_size``, every frame but the last must hold exactly that
@@ -65,22 +68,28 @@ def decompress(name: str, chunks: Iterable[bytes], frame_size: int | None = None
     its block headers and the frame decompressed in one call: a frame lying
     within one chunk is not copied, and one spread over chunks once.
     ``checked(bool)`` is told, frame by frame, whether the frame carried a
-    content checksum (verified by then).
+    content checksum (verified by then).  With ``workers`` > 1, that many
+    threads decompress frames side by side (the decoders release the GIL),
+    a few frames ahead; results come in order all the same.
     """
     if name == "none":
         yield from chunks
     elif name in ("lz4", "zstd"):
-        yield from _frames(chunks, name, frame_size, checked)
+        frames = _split(chunks, name)
+        whole = _decompress_lz4 if name == "lz4" else _decompress_zstd
+        if workers > 1:
+            done = _in_threads(whole, frames, frame_size, workers)
+        else:
+            done = ((whole(f, size, frame_size), summed) for f, size, summed in frames)
+        yield from _checked(done, frame_size, checked)
     else:
         raise IntegrityError(f"archive uses unknown compression {name!r}")
 
 
-def _frames(chunks: Iterable[bytes], codec: str, frame_size: int | None,
-            checked: Callable[[bool], None] | None) -> Iterator[bytes]:
-    whole = _decompress_lz4 if codec == "lz4" else _decompress_zstd
+def _split(chunks: Iterable[bytes], codec: str) -> Iterator[tuple]:
+    """(frame, its stated content size, has a checksum) for each frame."""
     scan = _Scanner(codec)
     parts: list = []                  # of the frame being gathered
-    short = False                     # an earlier frame was short
     for data in chunks:
         view = memoryview(data)
         while view:
@@ -90,22 +99,45 @@ def _frames(chunks: Iterable[bytes], codec: str, frame_size: int | None,
                 break
             parts.append(view[:end])
             view = view[end:]
-            frame = parts[0] if len(parts) == 1 else b"".join(parts)
+            yield parts[0] if len(parts) == 1 else b"".join(parts), scan.content_size, \
+                scan.checksum
             parts = []
-            if short:
-                raise IntegrityError("compressed frame of unexpected size: archive damaged")
-            out = whole(frame, scan.content_size, frame_size)
-            if frame_size is not None:
-                if len(out) > frame_size:
-                    raise IntegrityError("compressed frame of unexpected size: archive damaged")
-                short = len(out) != frame_size
-            if checked is not None:
-                checked(scan.checksum)
             scan = _Scanner(codec)
-            if out:
-                yield out
     if scan.started:
         raise IntegrityError("compressed stream ends inside a frame: archive truncated")
+
+
+def _checked(done: Iterator[tuple], frame_size: int | None,
+             checked: Callable[[bool], None] | None) -> Iterator[bytes]:
+    short = False                     # an earlier frame was short
+    for out, summed in done:
+        if short:
+            raise IntegrityError("compressed frame of unexpected size: archive damaged")
+        if frame_size is not None:
+            if len(out) > frame_size:
+                raise IntegrityError("compressed frame of unexpected size: archive damaged")
+            short = len(out) != frame_size
+        if checked is not None:
+            checked(summed)
+        if out:
+            yield out
+
+
+def _in_threads(whole: Callable, frames: Iterator[tuple], frame_size: int | None,
+                workers: int) -> Iterator[tuple]:
+    """Decompress frames in a pool, at most 2 × workers ahead, in order.
+    Closing the generator drops what is still pending."""
+    pool = concurrent.futures.ThreadPoolExecutor(workers, "cryophile-decompress")
+    pending: collections.deque = collections.deque()
+    try:
+        for frame, size, summed in frames:
+            if len(pending) >= 2 * workers:
+                yield pending[0][0].result(), pending.popleft()[1]
+            pending.append((pool.submit(whole, frame, size, frame_size), summed))
+        while pending:
+            yield pending[0][0].result(), pending.popleft()[1]
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _decompress_lz4(frame, content_size: int | None, frame_size: int | None) -> bytes:

@@ -7,7 +7,7 @@ the frame checksums of lz4 and zstd archives do instead: openpgp.Mdc;
 manifest.read_manifest has checked chunk.0's SHA-256 sums against the
 encrypted manifest).  The next
 fragment is verified in a second thread while this one is decrypted, and
-decompression and output run in a third.
+output runs in a third, with frames decompressed in two more beside it.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from . import buffers, compress, openpgp, verdict
 log = logging.getLogger("cryophile.restore")
 
 BLOCK_SIZE = 1 << 20
+DECOMPRESSORS = 2       # threads: decompression is restore's costliest stage (zstd, lz4)
 _DONE = object()
 
 
@@ -225,7 +226,7 @@ def _sink(codec: str, frame_size: int | None, chunks: queue.Queue, out: BinaryIO
         done = True
     size = 0
     try:
-        for data in compress.decompress(codec, items(), frame_size, checked):
+        for data in compress.decompress(codec, items(), frame_size, checked, DECOMPRESSORS):
             out.write(data)
             size += len(data)
         out.flush()
