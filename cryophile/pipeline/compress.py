@@ -110,17 +110,21 @@ def _split(chunks: Iterable[bytes], codec: str) -> Iterator[tuple]:
 def _checked(done: Iterator[tuple], frame_size: int | None,
              checked: Callable[[bool], None] | None) -> Iterator[bytes]:
     short = False                     # an earlier frame was short
-    for out, summed in done:
-        if short:
-            raise IntegrityError("compressed frame of unexpected size: archive damaged")
-        if frame_size is not None:
-            if len(out) > frame_size:
+    try:
+        for out, summed in done:
+            if short:
                 raise IntegrityError("compressed frame of unexpected size: archive damaged")
-            short = len(out) != frame_size
-        if checked is not None:
-            checked(summed)
-        if out:
-            yield out
+            if frame_size is not None:
+                if len(out) > frame_size:
+                    raise IntegrityError("compressed frame of unexpected size: "
+                                         "archive damaged")
+                short = len(out) != frame_size
+            if checked is not None:
+                checked(summed)
+            if out:
+                yield out
+    finally:
+        done.close()                  # (threads: stops them at once)
 
 
 def _in_threads(whole: Callable, frames: Iterator[tuple], frame_size: int | None,
