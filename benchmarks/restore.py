@@ -9,8 +9,10 @@ then, round after round:
 
 - baseline: `cat chunk.1 … chunk.N | gpg -d | lz4 -d` (or `zstd -d`) of the
   archive's own fragments (an archive is one OpenPGP message);
-- `cryophile restore` from the spool (fragments still in the freeze queue);
-- `cryophile restore` from the vault (an empty spool, fragments read in place);
+- `cryophile restore` from the spool (fragments still in the freeze queue,
+  hashed by the writer in this boot: not hashed again);
+- `cryophile restore` from the vault (an empty spool, fragments read in
+  place: copies, hashed before use as after a reboot);
 - `cat` of the archive through a cryophilefs mount of the vault (the
   mount's page cache dropped first), compared with the restore from the vault;
 - `rclone cat` of a crypt remote holding the same data, when rclone is
@@ -113,6 +115,12 @@ class Case:
         shutil.rmtree(frozen)
         self.fragments = sorted(glob.glob(f"{self.vaults}/{VAULT}/{ULID}/chunk.*"),
                                 key=lambda p: int(p.rsplit(".", 1)[1]))[1:]
+        for path in self.fragments:
+            # freeze hard-linked the spool's files, and with them the writer's record
+            # that they were hashed in this boot: the vault gets copies without it,
+            # so that a restore from the vault hashes them, as after a reboot
+            subprocess.run(["cp", "--no-preserve=all", path, path + ".copy"], check=True)
+            os.replace(path + ".copy", path)
         for path in self.fragments:          # into the page cache, for every side alike
             with open(path, "rb") as f:
                 while f.read(1 << 20):

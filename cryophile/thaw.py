@@ -21,6 +21,7 @@ import trio
 from . import errors, health, manifest, progress, restorequeue, thawprogress
 from .ids import BackupId
 from .spool import FileLock, Spool, create_in
+from .pipeline import verdict
 from .pipeline.reader import verify_fragment
 from .store.base import State
 
@@ -36,16 +37,18 @@ def fetch(store, key: str, dest: str, check: Callable[[str], None] | None = None
           expect: manifest.Fragment | None = None, n: int = 0) -> None:
     """Download ``key`` to ``dest`` via a temporary file, renamed once checked:
     against ``expect`` (size and SHA-256, hashed as the bytes arrive) and/or by
-    ``check(tmp)``.  No fsync: the restore queue is a cache that restore
-    verifies again before use."""
+    ``check(tmp)``.  No fsync: the restore queue is a cache; the verdict
+    recorded with it holds for this boot only (pipeline/verdict.py)."""
     tmp = f"{dest}.part-{uuid.uuid4().hex[:8]}"
     try:
         with create_in(os.path.dirname(dest), lambda: open(tmp, "wb")) as f:
             os.fchmod(f.fileno(), 0o600)
             sink = _Hashing(f)
             store.get(key, sink)
-        if expect is not None:
-            sink.verify(expect, n)
+            f.flush()
+            if expect is not None:
+                sink.verify(expect, n)
+                verdict.record(f.fileno(), expect.sha256)   # restore need not hash it again
         if check is not None:
             check(tmp)
         os.rename(tmp, dest)

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cryophile import errors, ids, keys, manifest
-from cryophile.pipeline import compress, openpgp, plainreader, reader, writer
+from cryophile.pipeline import compress, openpgp, plainreader, reader, verdict, writer
 from cryophile.spool import Spool
 from tests.fsrig import fskeys  # noqa: F401
 
@@ -315,6 +315,15 @@ def test_only_the_last_frame_may_be_short(codec):
             b"".join(compress.decompress(codec, frames, 100))
 
 
+@pytest.fixture(params=["xxhash", "lz4.frame"])
+def lz4_decoder(request, monkeypatch):
+    """Both ways lz4 frames are read: one-block frames as raw blocks checked
+    with xxhash, and python-lz4's frame decoder (without xxhash installed)."""
+    if request.param == "lz4.frame":
+        monkeypatch.setattr(compress, "xxhash", None)
+    return request.param
+
+
 FRAME_VARIANTS = {
     "lz4": lambda data: lz4.frame.compress(data, block_size=lz4.frame.BLOCKSIZE_MAX64KB,
                                            block_checksum=True, content_checksum=True),
@@ -325,11 +334,13 @@ FRAME_VARIANTS = {
 }
 
 
-@settings(max_examples=80, deadline=None, database=None)
+@settings(max_examples=80, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.binary(max_size=5000) | st.builds(mixed, st.integers(0, 300_000)),
        frame_size=st.integers(1, 200_000), cuts=st.lists(st.integers(1, 70_000), max_size=30),
-       variant=st.sampled_from(["lz4", "zstd", *FRAME_VARIANTS]))
-def test_frames_decompress_across_any_chunking(data, frame_size, cuts, variant):
+       variant=st.sampled_from(["lz4", "zstd", *FRAME_VARIANTS]), workers=st.sampled_from([1, 2]))
+def test_frames_decompress_across_any_chunking(lz4_decoder, data, frame_size, cuts, variant,
+                                               workers):
     """Frames found by their headers, whatever the chunks (one octet, many frames)."""
     codec = variant.split("-")[0]
     c = FRAME_VARIANTS.get(variant) or compress.compressor(codec)
@@ -339,10 +350,78 @@ def test_frames_decompress_across_any_chunking(data, frame_size, cuts, variant):
         chunks.append(stream[pos:pos + cut])
         pos += cut
     chunks = [x for x in chunks if x] + ([stream[pos:]] if stream[pos:] else [])
-    assert b"".join(compress.decompress(codec, chunks, frame_size)) == data
+    assert b"".join(compress.decompress(codec, chunks, frame_size, workers=workers)) == data
     if len(stream) > 1:
         with pytest.raises(errors.IntegrityError, match="ends inside a frame|unexpected size"):
-            b"".join(compress.decompress(codec, [stream[:-1]], frame_size))
+            b"".join(compress.decompress(codec, [stream[:-1]], frame_size, workers=workers))
+
+
+@settings(max_examples=150, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=3000) | st.builds(mixed, st.integers(0, 70_000)) |
+       st.builds(os.urandom, st.integers(0, 70_000)),
+       flip=st.integers(0, 1 << 30), bit=st.integers(0, 7))
+def test_a_damaged_lz4_frame_never_gives_wrong_bytes(lz4_decoder, data, flip, bit):
+    """Any one bit flipped anywhere in a frame (header, block size, stored or
+    compressed block, checksum): the right bytes or IntegrityError."""
+    frame = compress.compressor("lz4")(data)
+    assert b"".join(compress.decompress("lz4", [frame], len(data) or 1)) == data
+    bad = bytearray(frame)
+    bad[flip % len(bad)] ^= 1 << bit
+    try:
+        got = b"".join(compress.decompress("lz4", [bytes(bad)], len(data) or 1, workers=2))
+    except errors.IntegrityError:
+        return
+    assert got == data
+
+
+@pytest.mark.parametrize("kind", ["stored", "compressed"])
+def test_lz4_frames_read_as_blocks_are_checked(kind):
+    data = {"stored": os.urandom(5000), "compressed": b"abc" * 5000}[kind]
+    frame = compress.compressor("lz4")(data)
+    assert (frame[18] >> 7) == (kind == "stored")
+    out = list(compress.decompress("lz4", [frame], 1 << 20))
+    assert b"".join(out) == data
+    if kind == "stored":
+        assert isinstance(out[0], memoryview)      # handed on without a copy
+    for where, what in ((-1, "content checksum"), (14, "header checksum")):
+        bad = bytearray(frame)
+        bad[where] ^= 0x10
+        with pytest.raises(errors.IntegrityError, match=what):
+            list(compress.decompress("lz4", [bytes(bad)], 1 << 20))
+    with pytest.raises(errors.IntegrityError, match="unexpected length|ends inside"):
+        list(compress.decompress("lz4", [frame + b"\0"], 1 << 20))
+
+
+def test_lz4_block_claiming_more_than_lz4_can_expand_is_refused():
+    """A header claiming a huge size over a small compressed block is refused
+    before anything of that size is allocated."""
+    frame = bytearray(compress.compressor("lz4")(b"ab" * 50))
+    frame[6:14] = (1 << 40).to_bytes(8, "little")
+    frame[14] = (compress.xxhash.xxh32(bytes(frame[4:14])).intdigest() >> 8) & 0xFF
+    with pytest.raises(errors.IntegrityError, match="unexpected size"):
+        list(compress.decompress("lz4", [bytes(frame)]))
+
+
+@pytest.mark.parametrize("codec", ["lz4", "zstd"])
+def test_frames_decompressed_in_threads_come_in_order(codec):
+    """Frames decompressed side by side come out in order, a damaged one
+    raises where it stands, and a reader that stops early stops them."""
+    c = compress.compressor(codec)
+    frames = [c(bytes([i]) * 1000) for i in range(20)]
+    assert b"".join(compress.decompress(codec, frames, 1000, workers=2)) == \
+        b"".join(bytes([i]) * 1000 for i in range(20))
+    bad = bytearray(frames[7])
+    bad[-1] ^= 1
+    got = []
+    with pytest.raises(errors.IntegrityError):
+        for out in compress.decompress(codec, frames[:7] + [bytes(bad)] + frames[8:], 1000,
+                                       workers=2):
+            got.append(bytes(out))
+    assert got == [bytes([i]) * 1000 for i in range(7)]
+    stream = compress.decompress(codec, frames, 1000, workers=2)
+    assert bytes(next(stream)) == bytes(1000)
+    stream.close()
 
 
 @pytest.mark.parametrize("codec", ["lz4", "zstd"])
@@ -426,6 +505,56 @@ def test_restore_raises_and_ends(ring, tmp_path, codec, kind, where):
     assert threading.active_count() < 20
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("codec", compress.CODECS)
+def test_restore_drops_the_mdc_only_where_frames_vouch(ring, tmp_path, monkeypatch, codec):
+    """A restore computes the MDC's SHA-1 only for archives without frame
+    checksums; damage of the decrypted stream is caught either way."""
+    recipients, secret = ring
+    data = os.urandom(32 * MiB)
+    built = Built(str(tmp_path), recipients, secret, data, codec, 8 * MiB)
+    hashed = []
+    update = openpgp.BackgroundHash.update
+    monkeypatch.setattr(openpgp.BackgroundHash, "update",
+                        lambda self, b: (hashed.append(len(b)), update(self, b))[1])
+    out = io.BytesIO()
+    reader.restore(built.clear, built.body, secret.decrypt_session_key, built.path, out,
+                   frames_vouch=True)
+    assert out.getvalue() == data
+    if codec == "none":
+        assert sum(hashed) > len(data)
+    else:       # bounded by the queues between decryption and decompression
+        assert sum(hashed) < 24 * MiB
+    # a bit flipped through CFB in the last fragment, its SHA-256 made to match
+    n = len(built.clear.fragments)
+    raw = bytearray(Path(built.path(n)).read_bytes())
+    raw[-100] ^= 1
+    Path(built.path(n)).write_bytes(raw)
+    built.clear.fragments[-1] = manifest.Fragment(len(raw), hashlib.sha256(raw).hexdigest())
+    with pytest.raises(errors.IntegrityError):
+        reader.restore(built.clear, built.body, secret.decrypt_session_key, built.path,
+                       io.BytesIO(), frames_vouch=True)
+
+
+@pytest.mark.parametrize("codec", ["lz4", "zstd"])
+def test_frames_vouch_only_if_all_of_them_carry_checksums(codec):
+    with_sum = compress.compressor(codec)
+    without = {"lz4": lambda d: lz4.frame.compress(d, content_checksum=False, store_size=True),
+               "zstd": lambda d: zstandard.ZstdCompressor(write_checksum=False).compress(d)}[codec]
+    mdc = openpgp.Mdc(frames_vouch=True)
+    frames = [with_sum(b"a" * 100), without(b"b" * 100)]
+    with pytest.raises(errors.IntegrityError, match="without a checksum"):
+        b"".join(compress.decompress(codec, frames, 100, mdc.frame))
+    assert not mdc.wanted
+    mdc = openpgp.Mdc(frames_vouch=True)       # the first frame decides: an older archive
+    frames = [without(b"a" * 100), with_sum(b"b" * 100)]
+    assert b"".join(compress.decompress(codec, frames, 100, mdc.frame)) == b"a" * 100 + b"b" * 100
+    assert mdc.wanted
+    mdc = openpgp.Mdc()                          # (check --read-data: always the MDC)
+    b"".join(compress.decompress(codec, [with_sum(b"a")], 100, mdc.frame))
+    assert mdc.wanted
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("codec", compress.CODECS)
 def test_restore_reports_a_failing_output(ring, tmp_path, codec):
@@ -441,6 +570,103 @@ def test_restore_reports_a_failing_output(ring, tmp_path, codec):
     with pytest.raises(errors.SpoolError):
         reader.restore(built.clear, built.body, secret.decrypt_session_key, built.path,
                        Broken())
+
+
+# --- verdicts: a fragment hashed as it was written is not hashed again ----------
+
+class CountingSha256:
+    def __init__(self, monkeypatch):
+        self.calls = 0
+        real = reader.hashlib.sha256
+
+        def sha256():
+            self.calls += 1
+            return real()
+        monkeypatch.setattr(reader.hashlib, "sha256", sha256)
+
+
+def test_a_verdict_holds_for_the_unchanged_file_in_this_boot(tmp_path, monkeypatch):
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 100)
+    sha = hashlib.sha256(b"x" * 100).hexdigest()
+    with open(path, "rb") as f:
+        verdict.record(f.fileno(), sha)
+        assert verdict.holds(f.fileno(), sha)
+        assert not verdict.holds(f.fileno(), hashlib.sha256(b"y").hexdigest())
+        monkeypatch.setattr(verdict, "_boot", "another-boot")
+        assert not verdict.holds(f.fileno(), sha)
+        monkeypatch.setattr(verdict, "_boot", "")          # no boot id: nothing trusted
+        assert not verdict.holds(f.fileno(), sha)
+    monkeypatch.undo()
+    with open(path, "r+b") as f:                           # a write, same size
+        f.write(b"y")
+    with open(path, "rb") as f:
+        assert not verdict.holds(f.fileno(), sha)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("codec", compress.CODECS)
+def test_fragments_the_writer_hashed_are_not_hashed_again(ring, tmp_path, monkeypatch, codec):
+    recipients, secret = ring
+    data = mixed(3 * MiB, 5)
+    built = Built(str(tmp_path), recipients, secret, data, codec, MiB)
+    counting = CountingSha256(monkeypatch)
+    assert built.restore() == data
+    assert counting.calls == 0
+    # written to: hashed before use, and the damage caught before any output
+    n = len(built.clear.fragments) // 2 + 1
+    with open(built.path(n), "r+b") as f:
+        f.seek(100)
+        f.write(b"\0")
+    with pytest.raises(errors.IntegrityError, match=f"chunk.{n} fails its SHA-256"):
+        built.restore()
+    assert counting.calls >= 1
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("codec", compress.CODECS)
+def test_a_disk_fault_under_a_verdict_is_still_caught(ring, tmp_path, codec):
+    """Bytes that change under an unchanged size and mtime (a disk returning
+    other bytes than were written): the frame checksums or the MDC catch it."""
+    recipients, secret = ring
+    data = mixed(3 * MiB, 6)
+    built = Built(str(tmp_path), recipients, secret, data, codec, MiB)
+    n = len(built.clear.fragments) // 2 + 1
+    st = os.stat(built.path(n))
+    with open(built.path(n), "r+b") as f:
+        f.seek(st.st_size // 2)
+        byte = f.read(1)
+        f.seek(st.st_size // 2)
+        f.write(bytes([byte[0] ^ 0x20]))
+    os.utime(built.path(n), ns=(st.st_atime_ns, st.st_mtime_ns))
+    with open(built.path(n), "rb") as f:
+        assert verdict.holds(f.fileno(), built.clear.fragments[n - 1].sha256)
+    with pytest.raises(errors.IntegrityError):
+        reader.restore(built.clear, built.body, secret.decrypt_session_key, built.path,
+                       io.BytesIO(), frames_vouch=True)
+    reader.verify_fragment(built.path(1), built.clear.fragments[0], 1)
+    with pytest.raises(errors.IntegrityError):     # (what thaw.drop_damaged uses)
+        reader.verify_fragment(built.path(n), built.clear.fragments[n - 1], n)
+
+
+def test_a_thawed_fragment_is_hashed_once(ring, tmp_path, monkeypatch):
+    """thaw hashes a download as it arrives and records the verdict: restore
+    takes it without hashing it again; one that fails its check is not kept."""
+    from cryophile import thaw
+    from cryophile.store.local import LocalStore
+    recipients, secret = ring
+    built = Built(str(tmp_path / "a"), recipients, secret, mixed(2 * MiB, 7), "lz4", MiB)
+    store = LocalStore(str(tmp_path / "vault"))
+    frag = built.clear.fragments[0]
+    store.put("k", built.path(1), size=frag.size)
+    dest = str(tmp_path / "chunk.1")
+    thaw.fetch(store, "k", dest, expect=frag, n=1)
+    counting = CountingSha256(monkeypatch)
+    reader.open_verified(dest, frag, 1).close()
+    assert counting.calls == 0
+    with pytest.raises(errors.IntegrityError):
+        thaw.fetch(store, "k", dest + "x", expect=manifest.Fragment(frag.size, "0" * 64), n=1)
+    assert not os.path.exists(dest + "x")
 
 
 # --- the archive asked for -----------------------------------------------------

@@ -280,7 +280,7 @@ class Restore:
                                    self.wait_for, Counting(out, progress), *self.span,
                                    self.order)
             return reader.restore(clear, body, self.keyring.decrypt_session_key,
-                                  self.wait_for, Counting(out, progress))
+                                  self.wait_for, Counting(out, progress), frames_vouch=True)
         except (errors.IntegrityError, errors.MissingFragmentError) as exc:
             thaw.drop_damaged(self.spool, self.bid, clear)
             self.decrypt_error = untrusted(exc, self.bid)

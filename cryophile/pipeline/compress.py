@@ -10,13 +10,21 @@ wrong place, or a decoder bug, cannot pass garbage on silently.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import threading
 from typing import Callable, Iterable, Iterator
 
+import lz4.block
 import lz4.frame
 import zstandard
 
 from ..errors import IntegrityError, UsageError
+
+try:
+    import xxhash
+except ImportError:       # an install older than this dependency: lz4 checks frames itself
+    xxhash = None
 
 FRAME_SIZE = 1 << 20
 CODECS = ("none", "lz4", "zstd")
@@ -50,28 +58,38 @@ def compressor(name: str) -> Callable[[bytes], bytes]:
     return bytes
 
 
-def decompress(name: str, chunks: Iterable[bytes], frame_size: int | None = None
-               ) -> Iterator[bytes]:
+def decompress(name: str, chunks: Iterable[bytes], frame_size: int | None = None,
+               checked: Callable[[bool], None] | None = None,
+               workers: int = 1) -> Iterator[bytes]:
     """Decompress a sequence of frames given as arbitrary chunks.
 
     With ``frame_size``, every frame but the last must hold exactly that
     many bytes (as the writer cuts them).  Each frame's extent is read from
     its block headers and the frame decompressed in one call: a frame lying
     within one chunk is not copied, and one spread over chunks once.
+    ``checked(bool)`` is told, frame by frame, whether the frame carried a
+    content checksum (verified by then).  With ``workers`` > 1, that many
+    threads decompress frames side by side (the decoders release the GIL),
+    a few frames ahead; results come in order all the same.
     """
     if name == "none":
         yield from chunks
     elif name in ("lz4", "zstd"):
-        yield from _frames(chunks, name, frame_size)
+        frames = _split(chunks, name)
+        whole = _decompress_lz4 if name == "lz4" else _decompress_zstd
+        if workers > 1:
+            done = _in_threads(whole, frames, frame_size, workers)
+        else:
+            done = ((whole(f, size, frame_size), summed) for f, size, summed in frames)
+        yield from _checked(done, frame_size, checked)
     else:
         raise IntegrityError(f"archive uses unknown compression {name!r}")
 
 
-def _frames(chunks: Iterable[bytes], codec: str, frame_size: int | None) -> Iterator[bytes]:
-    whole = _decompress_lz4 if codec == "lz4" else _decompress_zstd
+def _split(chunks: Iterable[bytes], codec: str) -> Iterator[tuple]:
+    """(frame, its stated content size, has a checksum) for each frame."""
     scan = _Scanner(codec)
     parts: list = []                  # of the frame being gathered
-    short = False                     # an earlier frame was short
     for data in chunks:
         view = memoryview(data)
         while view:
@@ -81,28 +99,109 @@ def _frames(chunks: Iterable[bytes], codec: str, frame_size: int | None) -> Iter
                 break
             parts.append(view[:end])
             view = view[end:]
-            frame = parts[0] if len(parts) == 1 else b"".join(parts)
+            yield parts[0] if len(parts) == 1 else b"".join(parts), scan.content_size, \
+                scan.checksum
             parts = []
-            if short:
-                raise IntegrityError("compressed frame of unexpected size: archive damaged")
-            out = whole(frame, scan.content_size, frame_size)
-            if frame_size is not None:
-                if len(out) > frame_size:
-                    raise IntegrityError("compressed frame of unexpected size: archive damaged")
-                short = len(out) != frame_size
             scan = _Scanner(codec)
-            if out:
-                yield out
     if scan.started:
         raise IntegrityError("compressed stream ends inside a frame: archive truncated")
 
 
+def _checked(done: Iterator[tuple], frame_size: int | None,
+             checked: Callable[[bool], None] | None) -> Iterator[bytes]:
+    short = False                     # an earlier frame was short
+    try:
+        for out, summed in done:
+            if short:
+                raise IntegrityError("compressed frame of unexpected size: archive damaged")
+            if frame_size is not None:
+                if len(out) > frame_size:
+                    raise IntegrityError("compressed frame of unexpected size: "
+                                         "archive damaged")
+                short = len(out) != frame_size
+            if checked is not None:
+                checked(summed)
+            if out:
+                yield out
+    finally:
+        done.close()                  # (threads: stops them at once)
+
+
+def _in_threads(whole: Callable, frames: Iterator[tuple], frame_size: int | None,
+                workers: int) -> Iterator[tuple]:
+    """Decompress frames in a pool, at most 2 × workers ahead, in order.
+    Closing the generator drops what is still pending."""
+    pool = concurrent.futures.ThreadPoolExecutor(workers, "cryophile-decompress")
+    pending: collections.deque = collections.deque()
+    try:
+        for frame, size, summed in frames:
+            if len(pending) >= 2 * workers:
+                yield pending[0][0].result(), pending.popleft()[1]
+            pending.append((pool.submit(whole, frame, size, frame_size), summed))
+        while pending:
+            yield pending[0][0].result(), pending.popleft()[1]
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
 def _decompress_lz4(frame, content_size: int | None, frame_size: int | None) -> bytes:
     _check_size(content_size, frame_size)
+    if xxhash is not None and content_size is not None:
+        out = _lz4_one_block(memoryview(frame), content_size)
+        if out is not None:
+            return out
     try:
         return lz4.frame.decompress(frame)
     except Exception as exc:          # lz4 raises RuntimeError
         raise IntegrityError(f"decompression failed: {exc}") from None
+
+
+def _lz4_one_block(frame: memoryview, content_size: int):
+    """A frame of one block (as the writer makes them), decompressed as a
+    raw block and its checksums verified with xxhash: python-lz4's frame
+    decoder costs about twice as much (its XXH32 is slow, and it copies its
+    output), and a stored block needs no copy at all.  None: another kind
+    of frame, for lz4.frame."""
+    flg = frame[4]
+    if flg >> 6 != 1 or flg & 0x11:   # version 01; no block checksums, no dictionary
+        return None
+    if (xxhash.xxh32(frame[4:14]).intdigest() >> 8) & 0xFF != frame[14]:
+        raise IntegrityError("decompression failed: lz4 frame header checksum mismatch: "
+                             "archive damaged")
+    word = int.from_bytes(frame[15:19], "little")
+    size, stored = word & 0x7FFFFFFF, word >> 31
+    end = 19 + size
+    if size == 0:
+        block = frame[19:19]
+        end = 15                      # no block: the end mark follows the header
+    elif frame[end:end + 4] != b"\0\0\0\0":
+        return None                   # more blocks (maybe linked): lz4.frame
+    else:
+        block = frame[19:end]
+    tail = frame[end + 4:]
+    if len(tail) != (4 if flg & 0x04 else 0):
+        raise IntegrityError("decompression failed: lz4 frame of unexpected length: "
+                             "archive damaged")
+    if stored or size == 0:
+        out = block
+    elif content_size > size * 255:   # more than lz4 can expand: refused before allocating
+        raise IntegrityError("decompression failed: lz4 frame of unexpected size: "
+                             "archive damaged")
+    else:
+        try:
+            out = lz4.block.decompress(block, uncompressed_size=content_size)
+        except Exception as exc:      # lz4.block.LZ4BlockError
+            raise IntegrityError(f"decompression failed: {exc}") from None
+    if len(out) != content_size:
+        raise IntegrityError("decompression failed: lz4 frame holds other than its stated "
+                             "size: archive damaged")
+    if flg & 0x04:
+        h = xxhash.xxh32()
+        h.update(out)                 # (update releases the GIL for large buffers)
+        if h.intdigest() != int.from_bytes(tail, "little"):
+            raise IntegrityError("decompression failed: lz4 content checksum mismatch: "
+                                 "archive damaged")
+    return out
 
 
 def _decompress_zstd(frame, content_size: int | None, frame_size: int | None) -> bytes:
@@ -136,6 +235,7 @@ class _Scanner:
         self.head = bytearray()
         self.started = False
         self.content_size: int | None = None
+        self.checksum = False             # the frame carries a content checksum
 
     def feed(self, view: memoryview) -> int:
         """Offset in ``view`` just past the frame's end, or -1: all of it belongs."""
@@ -169,6 +269,7 @@ def _lz4_layout(scan: _Scanner):
     if head[:4] != LZ4_MAGIC:
         raise IntegrityError("decompression failed: not an lz4 frame: archive damaged")
     flg = head[4]
+    scan.checksum = bool(flg & 0x04)
     extra = (8 if flg & 0x08 else 0) + (4 if flg & 0x01 else 0)
     if extra:
         more = yield ("read", extra)
@@ -189,6 +290,7 @@ def _zstd_layout(scan: _Scanner):
     if head[:4] != ZSTD_MAGIC:
         raise IntegrityError("decompression failed: not a zstd frame: archive damaged")
     fhd = head[4]
+    scan.checksum = bool(fhd & 0x04)
     single = fhd >> 5 & 1
     fcs = (1 if single else 0, 2, 4, 8)[fhd >> 6]
     rest = (0 if single else 1) + (0, 1, 2, 4)[fhd & 3] + fcs

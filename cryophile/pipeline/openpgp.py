@@ -415,10 +415,11 @@ class Decrypted:
     thread of its own: SHA-1 costs more than the decryption)."""
 
     def __init__(self, body: BodyReader, key: bytes, iv: bytes = bytes(BLOCK),
-                 check_mdc: bool = True):
+                 check_mdc: bool = True, policy: "Mdc | None" = None):
         self.body = body
         self.cipher = Cipher(algorithms.AES(key), CFB(iv)).decryptor()
         self.mdc = BackgroundHash() if check_mdc else None
+        self.policy = policy or Mdc()
         self.held = b""           # the last 20 bytes: maybe the MDC value
         self.buf = memoryview(b"")
 
@@ -428,7 +429,7 @@ class Decrypted:
             if not ct:
                 return memoryview(b"")
             pt = self.cipher.update(ct)
-            if self.mdc is not None:
+            if self.mdc is not None and self.policy.wanted:
                 if len(pt) >= 20:       # hash all but the last 20 bytes seen
                     self.mdc.update(self.held)
                     self.mdc.update(memoryview(pt)[:-20])
@@ -447,6 +448,34 @@ class Decrypted:
     def close(self) -> None:
         if self.mdc is not None:
             self.mdc.close()
+
+
+class Mdc:
+    """Whether the MDC is still to be checked.
+
+    The MDC vouches for the decrypted message; so do, for lz4 and zstd
+    archives, the frame checksums, and for the ciphertext the fragments'
+    SHA-256 sums checked against the manifest before use.  A whole restore
+    that has both may drop the MDC's SHA-1 (as much CPU as decrypting):
+    ``frame(checked)`` is told of each frame in order, and once the first
+    frame is found checksummed the MDC is no longer computed, and every
+    later frame must carry a checksum too (an archive mixing them is not
+    one cryophile writes).  With ``frames_vouch`` False (the default) the
+    MDC is always checked.
+    """
+
+    def __init__(self, frames_vouch: bool = False):
+        self.frames_vouch = frames_vouch
+        self.wanted = True
+        self.frames = 0
+
+    def frame(self, checked: bool) -> None:
+        if self.frames == 0 and checked and self.frames_vouch:
+            self.wanted = False
+        elif not self.wanted and not checked:
+            raise IntegrityError("a compressed frame without a checksum follows frames with "
+                                 "one: archive damaged or not written by cryophile")
+        self.frames += 1
 
 
 class BackgroundHash:
@@ -496,9 +525,10 @@ def read_session_packets(src: ByteSource) -> tuple[list[bytes], BodyReader]:
             raise FormatError(f"unexpected OpenPGP packet (tag {tag}) before the encrypted data")
 
 
-def decrypt(src: ByteSource, unlock: Callable[[list[bytes]], tuple[int, bytes]]
-            ) -> Iterator[memoryview]:
-    """Yield the literal data of an encrypted message; verify the MDC at the end.
+def decrypt(src: ByteSource, unlock: Callable[[list[bytes]], tuple[int, bytes]],
+            mdc: Mdc | None = None) -> Iterator[memoryview]:
+    """Yield the literal data of an encrypted message; verify the MDC at the
+    end (unless ``mdc`` says the frames vouch for it).
 
     ``unlock(pkesks)`` returns (symmetric algorithm, session key).
     """
@@ -508,7 +538,7 @@ def decrypt(src: ByteSource, unlock: Callable[[list[bytes]], tuple[int, bytes]]
         raise FormatError(f"symmetric algorithm {algo} is not AES-256")
     if body.read_exact(1, "encrypted data")[0] != 1:
         raise FormatError("encrypted data packet is not version 1")
-    plain = Decrypted(body, key)
+    plain = Decrypted(body, key, policy=mdc)
     prefix = plain.read_exact(PREFIX_LEN, "encrypted data")
     if prefix[14:16] != prefix[16:18]:
         raise IntegrityError("session key does not decrypt the archive (quick check failed)")
@@ -521,7 +551,7 @@ def decrypt(src: ByteSource, unlock: Callable[[list[bytes]], tuple[int, bytes]]
         literal.read_exact(header[1] + 4, "literal data header")
         yield from literal.rest()
         trailer = check_trailer(plain, src)
-        if plain.mdc.digest() != trailer[2:]:
+        if plain.policy.wanted and plain.mdc.digest() != trailer[2:]:
             raise IntegrityError("modification detection code mismatch: archive damaged")
     finally:
         plain.close()

@@ -2,9 +2,12 @@
 
 Each fragment's size and SHA-256 are checked against chunk.0 before any of
 its bytes are decrypted, so damage is reported before it reaches the
-output; the MDC then vouches for the message as a whole.  The next
+output; the MDC then vouches for the message as a whole (for a restore,
+the frame checksums of lz4 and zstd archives do instead: openpgp.Mdc;
+manifest.read_manifest has checked chunk.0's SHA-256 sums against the
+encrypted manifest).  The next
 fragment is verified in a second thread while this one is decrypted, and
-decompression and output run in a third.
+output runs in a third, with frames decompressed in two more beside it.
 """
 
 from __future__ import annotations
@@ -19,16 +22,18 @@ from typing import BinaryIO, Callable, Iterator
 
 from .. import errors
 from ..manifest import ClearInfo, Fragment
-from . import buffers, compress, openpgp
+from . import buffers, compress, openpgp, verdict
 
 log = logging.getLogger("cryophile.restore")
 
 BLOCK_SIZE = 1 << 20
+DECOMPRESSORS = 2       # threads: decompression is restore's costliest stage (zstd, lz4)
 _DONE = object()
 
 
 def verify_fragment(path: str, frag: Fragment, n: int) -> None:
-    open_verified(path, frag, n).close()
+    """Hash the fragment now, whatever verdict it carries."""
+    open_verified(path, frag, n, trust=False).close()
 
 
 class VerifiedFile:
@@ -80,9 +85,14 @@ def open_fragment(path: str, frag: Fragment, n: int) -> tuple:
     return f, stamp(st)
 
 
-def open_verified(path: str, frag: Fragment, n: int) -> VerifiedFile:
+def open_verified(path: str, frag: Fragment, n: int, trust: bool = True) -> VerifiedFile:
+    """Fragment n, hashed and checked against chunk.0, unless (``trust``) a
+    verdict of this boot says that this very file, unchanged, has that
+    SHA-256 (verdict.py)."""
     f, st = open_fragment(path, frag, n)
     try:
+        if trust and verdict.holds(f.fileno(), frag.sha256):
+            return VerifiedFile(f, n, st)
         h = hashlib.sha256()
         buf = bytearray(BLOCK_SIZE)
         view = memoryview(buf)
@@ -170,15 +180,21 @@ def verified_blocks(clear: ClearInfo, fragment_path: Callable[[int], str]) -> It
 
 
 def restore(clear: ClearInfo, manifest: dict, unlock, fragment_path: Callable[[int], str],
-            out: BinaryIO) -> int:
-    """Write the plaintext to ``out``; return its size.  Raises on any damage."""
+            out: BinaryIO, frames_vouch: bool = False) -> int:
+    """Write the plaintext to ``out``; return its size.  Raises on any damage.
+
+    With ``frames_vouch``, the MDC is not computed when the frames carry
+    checksums (openpgp.Mdc): every fragment is checked against its SHA-256
+    before use, and the frame checksums check the decrypted stream."""
     buffers.reuse_buffers()
-    literal = openpgp.decrypt(openpgp.ByteSource(verified_blocks(clear, fragment_path)), unlock)
+    mdc = openpgp.Mdc(frames_vouch)
+    literal = openpgp.decrypt(openpgp.ByteSource(verified_blocks(clear, fragment_path)), unlock,
+                              mdc)
     chunks: queue.Queue = queue.Queue(8)
     result: dict = {}
     sink = threading.Thread(target=_sink, name="cryophile-output",
                             args=(manifest["compression"], manifest.get("frame_size"),
-                                  chunks, out, result), daemon=True)
+                                  chunks, out, result, mdc.frame), daemon=True)
     sink.start()
     try:
         for data in literal:
@@ -198,7 +214,7 @@ def restore(clear: ClearInfo, manifest: dict, unlock, fragment_path: Callable[[i
 
 
 def _sink(codec: str, frame_size: int | None, chunks: queue.Queue, out: BinaryIO,
-          result: dict) -> None:
+          result: dict, checked: Callable[[bool], None]) -> None:
     """Decompress and write until _DONE; on an error, note it and keep taking
     items until _DONE, so that the producer never blocks on a full queue."""
     done = False
@@ -210,7 +226,7 @@ def _sink(codec: str, frame_size: int | None, chunks: queue.Queue, out: BinaryIO
         done = True
     size = 0
     try:
-        for data in compress.decompress(codec, items(), frame_size):
+        for data in compress.decompress(codec, items(), frame_size, checked, DECOMPRESSORS):
             out.write(data)
             size += len(data)
         out.flush()

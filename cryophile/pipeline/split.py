@@ -19,6 +19,7 @@ from .. import errors
 from ..manifest import Fragment
 from ..fsutil import fsync_dir
 from ..store.base import file_sha256
+from . import verdict
 
 
 SYNC_DEPTH = 2
@@ -92,6 +93,7 @@ class Splitter:
             try:
                 if self.sync_error is None:
                     record_sha256(file.fileno(), sha256)
+                    verdict.record(file.fileno(), sha256.hex())
                     os.fsync(file.fileno())
                     file.close()
                     publish(self.work_dir, self.queue_dir, f"chunk.{n}")
