@@ -29,6 +29,7 @@ import trio
 from cryophile import __version__, config as configuration, errors, keys, log as logsetup, thaw
 from cryophile import sdnotify, throttle
 from cryophile.options import add_log_file_option, add_spool_options, passphrase_reader
+from cryophile.pipeline import buffers
 from cryophile.freeze import Freezer
 from cryophile.ledger import Guard
 from cryophile.spool import FreezeDaemonLock, Spool
@@ -237,6 +238,8 @@ def mount(args) -> int:
     stores = configuration.Stores(cfg)
     settings = Settings(cfg, spool, stores, certificates, keyring, opts.allow_other,
                         allow_delete=opts.allow_delete)
+    buffers.reuse_buffers()
+    buffers.one_heap()          # before any thread: memory stays flat over many reads
     try:
         trio.run(serve, settings, opts, mountpoint, mounted)
     finally:

@@ -23,6 +23,7 @@ import trio
 
 from cryophile import errors, restorequeue, thaw
 from cryophile.ids import BackupId
+from cryophile.pipeline import buffers
 from cryophile.pipeline.plainreader import PlainReader
 from cryophile.spool import Spool
 
@@ -290,6 +291,8 @@ class ReadAhead:
     def close(self) -> None:
         self.closed = True
         self.plain.close_stream()         # its decryption thread ends too
+        with self.lock:
+            self.cache.clear()
         self._wake()
 
     # --- the background task and its thread -----------------------------------
@@ -302,6 +305,11 @@ class ReadAhead:
                 await self._changed()
             else:
                 await self._step()
+        with self.lock:
+            self.cache.clear()
+        # the heap's freed buffers go back to the kernel: the mount's memory
+        # after reads is what it was before them
+        await trio.to_thread.run_sync(buffers.release_unused)
 
     async def _step(self) -> None:
         generation = self.generation

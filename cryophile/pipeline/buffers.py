@@ -6,6 +6,10 @@ has risen, and returns freed heap tops to the kernel eagerly: each MiB then
 costs page faults and zeroing, about a tenth of restore's CPU time.  A fixed
 threshold above the buffers' size keeps them in the heap, where freed ones
 are reused; the trim threshold bounds what the heap keeps unused.
+
+A long-running process with many threads (the mount) also keeps one heap
+for all of them (glibc otherwise gives threads heaps of their own, each
+keeping its freed buffers) and hands free pages back when a reader is done.
 """
 
 from __future__ import annotations
@@ -15,9 +19,32 @@ import ctypes.util
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
 MMAP_THRESHOLD = 8 << 20
 TRIM_THRESHOLD = 64 << 20
 _done = False
+
+
+def _libc():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+def one_heap() -> None:
+    """All threads allocate from one heap: freed buffers serve any thread.
+    Call before threads start; does nothing where the C library is not glibc."""
+    mallopt = getattr(_libc(), "mallopt", None)
+    if mallopt is not None:
+        mallopt(M_ARENA_MAX, 1)
+
+
+def release_unused() -> None:
+    """Hand the heap's free pages back to the kernel (after a reader is done)."""
+    trim = getattr(_libc(), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
 
 
 def reuse_buffers() -> None:
