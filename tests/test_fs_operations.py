@@ -498,3 +498,23 @@ def test_what_is_sealed_is_every_byte_in_order_or_nothing(tmp_path_factory, fske
                 assert await read_all(ops, node.ino, len(written)) == written
             nursery.cancel_scope.cancel()
     trio.run(run)
+
+
+async def test_a_closed_reader_hands_its_memory_back(tmp_path, fskeys, nursery, monkeypatch):
+    """The mount's memory after reads is what it was before them: the closed
+    reader's cache goes, and the heap's freed buffers go back to the kernel."""
+    from cryophile.pipeline import buffers
+    trims = []
+    monkeypatch.setattr(buffers, "release_unused", lambda: trims.append(1))
+    ops = make_ops(tmp_path, fskeys, nursery)
+    data = os.urandom(3 * MiB + 5)
+    node = await backup(ops, data)
+    info = await ops.open(node.ino, os.O_RDONLY, None)
+    reader = ops.handles[info.fh].reader
+    assert await ops.read(info.fh, MiB, MiB) == data[MiB:2 * MiB]
+    assert reader.cache
+    await ops.release(info.fh)
+    assert not reader.cache
+    with trio.fail_after(60):           # a hang guard: the read-ahead task ends
+        while not trims:
+            await trio.sleep(0.01)
