@@ -214,7 +214,9 @@ class ReadAhead:
         self.cache: dict[int, bytes] = {}
         self.waiting: collections.Counter = collections.Counter()   # block -> readers
         self.next = 0                 # the block the background thread decrypts next
-        self.horizon = AHEAD          # it stops before this block
+        self.horizon = 0              # it stops before this block: nothing before the
+                                      # first read (an open alone, to stat or fadvise,
+                                      # would hash a fragment and decrypt for nothing)
         self.generation = 0           # bumped when steered: the thread's run is stale
         self.decoding = 0             # the block the thread is at (for its failures)
         self.failed: dict[int, BaseException] = {}    # blocks that cannot be read
