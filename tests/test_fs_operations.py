@@ -11,6 +11,7 @@ import stat
 import pyfuse3
 import pytest
 import trio
+import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -518,3 +519,21 @@ async def test_a_closed_reader_hands_its_memory_back(tmp_path, fskeys, nursery, 
     with trio.fail_after(60):           # a hang guard: the read-ahead task ends
         while not trims:
             await trio.sleep(0.01)
+
+
+async def test_an_open_alone_decrypts_nothing(tmp_path, fskeys, nursery, monkeypatch):
+    """Decryption starts with the first read: an open to stat, fadvise or probe
+    the file must not hash fragments and decrypt beside the reads that follow."""
+    from cryophile.pipeline.plainreader import PlainReader
+    calls = []
+    real = PlainReader.read
+    monkeypatch.setattr(PlainReader, "read", lambda self, *a: calls.append(a) or real(self, *a))
+    ops = make_ops(tmp_path, fskeys, nursery)
+    data = os.urandom(2 * MiB + 5)
+    node = await backup(ops, data)
+    info = await ops.open(node.ino, os.O_RDONLY, None)
+    await trio.testing.wait_all_tasks_blocked()
+    await trio.sleep(0.5)               # time for a thread that should not run
+    assert calls == []
+    assert await ops.read(info.fh, 0, MiB) == data[:MiB]
+    await ops.release(info.fh)
