@@ -34,6 +34,7 @@ log = logging.getLogger("cryophilefs")
 
 BLOCK = 1 << 20          # one decryption step
 AHEAD = 12                # blocks decrypted ahead of the last read, per open file
+RESUME = AHEAD // 2       # a thread that got that far ahead starts again this far behind
 CACHED = 24              # blocks kept per open file (the kernel's reads arrive out of order)
 WAIT_POLL = 0.1
 
@@ -221,6 +222,7 @@ class ReadAhead:
         self.decoding = 0             # the block the thread is at (for its failures)
         self.failed: dict[int, BaseException] = {}    # blocks that cannot be read
         self.stalled = False          # the task stopped at a failed block
+        self.running = False          # the task has a thread decrypting (or is about to)
         self.changed = trio.Event()
         self.closed = False
 
@@ -233,11 +235,11 @@ class ReadAhead:
         wanted = range(off // BLOCK, (off + size - 1) // BLOCK + 1)
         with self.lock:
             self.waiting.update(wanted)
-            further = wanted[-1] + 1 + AHEAD > self.horizon
-            if further:
+            if wanted[-1] + 1 + AHEAD > self.horizon:
                 self.horizon = wanted[-1] + 1 + AHEAD    # a running thread sees it
-        if further:
-            self._wake()                  # the task may be resting at the old horizon
+            resume = not self.running and not self._idle()
+        if resume:
+            self._wake()                  # the task rests at the old horizon
         try:
             while missing := self._missing(wanted):
                 for b in missing:
@@ -299,10 +301,17 @@ class ReadAhead:
 
     # --- the background task and its thread -----------------------------------
 
+    def _idle(self) -> bool:
+        """Nothing to do, or ahead enough that starting again can wait a few
+        reads: a thread that goes back to trio at each MiB costs a hand-off
+        per read (under ``lock``)."""
+        return self.stalled or self.next >= self.blocks or self.horizon - self.next < RESUME
+
     async def run(self) -> None:
         while not self.closed:
             with self.lock:
-                idle = self.stalled or self.next >= min(self.horizon, self.blocks)
+                idle = self._idle()
+                self.running = not idle
             if idle:
                 await self._changed()
             else:
