@@ -156,8 +156,11 @@ class Mount:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def peak_rss_kib(self) -> int:
+        return self.rss_kib("VmHWM")
+
+    def rss_kib(self, field: str) -> int:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
         return 0
 
@@ -268,11 +271,14 @@ def main() -> None:
                 fs = Mount(case)
                 try:
                     rss_mount = fs.cat().rss_kib
+                    time.sleep(1)            # the closed reader's memory handed back
+                    rss_now = fs.rss_kib("VmRSS")
                 finally:
                     fs.close()
             print(f"peak RSS, {case.size / GIB:g} GiB real data -C lz4: restore from vault "
                   f"{r.rss_kib / 1024:.0f} MiB"
-                  + (f", mount after cat {rss_mount / 1024:.0f} MiB" if rss_mount else ""),
+                  + (f", mount after cat {rss_mount / 1024:.0f} MiB (peak), "
+                     f"{rss_now / 1024:.0f} MiB (now)" if rss_mount else ""),
                   flush=True)
             shutil.rmtree(case.root)
         big.unlink()
