@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
@@ -25,7 +26,9 @@ TRIM_THRESHOLD = 64 << 20
 _done = False
 
 
+@functools.cache
 def _libc():
+    """The C library, found once (find_library runs ldconfig)."""
     try:
         return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     except OSError:
