@@ -12,7 +12,6 @@ FUSE and decryption overlap; a read elsewhere moves it there.
 
 from __future__ import annotations
 
-import collections
 import errno
 import logging
 import os
@@ -213,7 +212,7 @@ class ReadAhead:
         self.token = trio.lowlevel.current_trio_token()
         self.lock = threading.Lock()
         self.cache: dict[int, bytes] = {}
-        self.waiting: collections.Counter = collections.Counter()   # block -> readers
+        self.waiting: dict[int, int] = {}     # block -> readers waiting for it
         self.next = 0                 # the block the background thread decrypts next
         self.horizon = 0              # it stops before this block: nothing before the
                                       # first read (an open alone, to stat or fadvise,
@@ -234,35 +233,40 @@ class ReadAhead:
             return b""
         wanted = range(off // BLOCK, (off + size - 1) // BLOCK + 1)
         with self.lock:
-            self.waiting.update(wanted)
+            for b in wanted:
+                self.waiting[b] = self.waiting.get(b, 0) + 1
             if wanted[-1] + 1 + AHEAD > self.horizon:
                 self.horizon = wanted[-1] + 1 + AHEAD    # a running thread sees it
             resume = not self.running and not self._idle()
         if resume:
             self._wake()                  # the task rests at the old horizon
         try:
-            while missing := self._missing(wanted):
+            while True:
+                with self.lock:
+                    missing = [b for b in wanted if b not in self.cache]
+                    if not missing:
+                        data = self._slice(wanted, off, size)
+                        break
                 for b in missing:
                     if b in self.failed:
                         raise self.failed[b]
                 self._steer()
                 await self._changed()
-            start = off - wanted[0] * BLOCK
-            with self.lock:
-                if len(wanted) == 1:      # the usual case: copy only what is asked
-                    data = self.cache[wanted[0]][start:start + size]
-                else:
-                    data = b"".join(self.cache[b] for b in wanted)[start:start + size]
         finally:
             with self.lock:
-                self.waiting.subtract(wanted)
-                self.waiting += collections.Counter()      # drop zero counts
+                for b in wanted:
+                    if self.waiting[b] == 1:
+                        del self.waiting[b]
+                    else:
+                        self.waiting[b] -= 1
                 self._evict()
         return data
 
-    def _missing(self, wanted: range) -> list[int]:
-        with self.lock:
-            return [b for b in wanted if b not in self.cache]
+    def _slice(self, wanted: range, off: int, size: int) -> bytes:
+        start = off - wanted[0] * BLOCK
+        if len(wanted) == 1:           # the usual case: a whole block is not copied
+            return self.cache[wanted[0]][start:start + size]
+        return b"".join(self.cache[b] for b in wanted)[start:start + size]
 
     def _steer(self) -> None:
         with self.lock:
