@@ -209,6 +209,10 @@ class ReadAhead:
         self.size = archive.size
         self.blocks = -(-self.size // BLOCK)
         self.plain = PlainReader(archive.clear, archive.manifest, unlock, fragments.path)
+        # a fragment file hashed by an earlier open, unchanged since (same inode, size
+        # and mtime), is not hashed again: an open and a read far into an archive
+        # cost a whole fragment's SHA-256 each time otherwise
+        self.plain.verified = archive.verified
         self.token = trio.lowlevel.current_trio_token()
         self.lock = threading.Lock()
         self.cache: dict[int, bytes] = {}

@@ -537,3 +537,43 @@ async def test_an_open_alone_decrypts_nothing(tmp_path, fskeys, nursery, monkeyp
     assert calls == []
     assert await ops.read(info.fh, 0, MiB) == data[:MiB]
     await ops.release(info.fh)
+
+
+@pytest.mark.expect_log
+async def test_a_fragment_is_hashed_again_only_when_it_changed(tmp_path, fskeys, nursery,
+                                                               monkeypatch, caplog):
+    """Opens after the first do not hash an unchanged fragment again (a read far
+    into an archive cost a whole fragment's SHA-256 at each open); a fragment
+    written since is hashed again, and damage is EIO, never wrong bytes."""
+    from cryophile.pipeline import plainreader
+    hashed = []
+    real = plainreader.open_verified
+    monkeypatch.setattr(plainreader, "open_verified",
+                        lambda path, frag, n: hashed.append(n) or real(path, frag, n))
+    ops = make_ops(tmp_path, fskeys, nursery)
+    data = os.urandom(3 * MiB)
+    node = await backup(ops, data)
+    s = ops.s
+    await Freezer(s.spool, s.stores, lambda v: "STANDARD").run(once=True)
+
+    async def read_at(off: int) -> bytes:
+        info = await ops.open(node.ino, os.O_RDONLY, None)
+        try:
+            return await ops.read(info.fh, off, 4096)
+        finally:
+            await ops.release(info.fh)
+    far = len(data) - 5000
+    assert await read_at(far) == data[far:far + 4096]
+    first = len(hashed)
+    assert first >= 1
+    for _ in range(3):
+        assert await read_at(far) == data[far:far + 4096]
+    assert len(hashed) == first                  # nothing hashed again
+    path = tmp_path / "vaults" / VAULT / node.archive.bid.fragment_key(hashed[-1])
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 1
+    path.write_bytes(bytes(raw))                 # written since: hashed again, refused
+    with pytest.raises(pyfuse3.FUSEError) as failure:
+        await read_at(far)
+    assert failure.value.errno == errno.EIO
+    assert len(hashed) > first
