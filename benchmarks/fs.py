@@ -184,6 +184,14 @@ class RcloneMount:
         self.proc.wait(60)
 
 
+def wait_listed(path: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{path} not listed after {timeout} s")
+        time.sleep(0.05)
+
+
 def timed_cat(path: Path, daemon_pid: int) -> tuple[float, float]:
     """Wall seconds and CPU-seconds (cat and the filesystem's process) of a cold cat."""
     drop_caches()
@@ -201,31 +209,41 @@ def rss_kib(pid: int, field: str) -> int:
 
 def read_part(args, root: Path, cert: Path, key: Path) -> None:
     """Cold `cat` of an archive through cryophilefs against nullfs's zero file and
-    against `rclone mount` (crypt) of the same data, interleaved, on both kinds."""
+    against `rclone mount` (crypt) of the same data, interleaved, on both kinds.
+    cryophilefs is mounted afresh for each timed read, so that every one is a
+    first read (a mount does not hash a fragment again that it checked before);
+    then one mount reads every archive ``repeat`` times, for its memory."""
     size = int(args.size_gib * GIB)
     gib = size / GIB
+    kinds = (("real", mixed_data(size)), ("random", random_data(size)))
+    fs = cryophilefs(root / "one", cert, key)
+    try:
+        for kind, data in kinds:
+            run(f"dd if={data} of={fs.mnt}/incoming/{VAULT}/{kind} bs=1M status=none",
+                shell=True)
+        archives = {os.getxattr(a, "user.cryophile.name").decode(): a
+                    for a in (fs.mnt / VAULT).iterdir()}
+        for archive in archives.values():
+            wait_frozen(archive)
+    finally:
+        fs.close()
     null = Mount([sys.executable, str(HERE / "nullfs.py"), str(root / "null"), str(size)],
                  root / "null")
-    try:
-        fs = cryophilefs(root / "one", cert, key)
-    except BaseException:
-        null.close()
-        raise
     if shutil.which("rclone") is None:
         print("rclone: not installed, its crypt mount skipped")
     try:
-        for kind, data in (("real", mixed_data(size)), ("random", random_data(size))):
-            run(f"dd if={data} of={fs.mnt}/incoming/{VAULT}/{kind} bs=1M status=none",
-                shell=True)
-            archive = next(a for a in (fs.mnt / VAULT).iterdir()
-                           if os.getxattr(a, "user.cryophile.name") == kind.encode())
-            wait_frozen(archive)
+        for kind, data in kinds:
             rclone = RcloneMount(root / f"rclone-{kind}", data) if shutil.which("rclone") else None
             res: dict[str, list[tuple[float, float]]] = {"null": [], "ours": [], "rclone": []}
             try:
                 for _ in range(args.repeat):          # interleaved, each from cold
                     res["null"].append(timed_cat(null.mnt / "zero", null.proc.pid))
-                    res["ours"].append(timed_cat(archive, fs.proc.pid))
+                    fs = cryophilefs(root / "one", cert, key)
+                    try:
+                        wait_listed(archives[kind])
+                        res["ours"].append(timed_cat(archives[kind], fs.proc.pid))
+                    finally:
+                        fs.close()
                     if rclone is not None:
                         res["rclone"].append(timed_cat(rclone.file, rclone.proc.pid))
             finally:
@@ -241,13 +259,20 @@ def read_part(args, root: Path, cert: Path, key: Path) -> None:
                 line += (f"   rclone mount (crypt) {rate(size, peer[0])} "
                          f"({peer[1] / gib:.2f} CPU-s/GiB) ratio {peer[0] / ours[0]:.2f}x")
             print(line + f"   [{load()}]", flush=True)
+    finally:
+        null.close()
+    fs = cryophilefs(root / "one", cert, key)
+    try:
+        for _ in range(args.repeat):
+            for archive in archives.values():
+                wait_listed(archive)
+                run(["cat", str(archive)])
         time.sleep(1)           # the last reader's memory handed back
-        print(f"memory of the mount after {args.repeat * 2} reads: peak RSS "
-              f"{rss_kib(fs.proc.pid, 'VmHWM') / 1024:.0f} MiB, now "
-              f"{rss_kib(fs.proc.pid, 'VmRSS') / 1024:.0f} MiB", flush=True)
+        print(f"memory of one mount after {args.repeat * len(archives)} reads of "
+              f"{args.size_gib:g} GiB: peak RSS {rss_kib(fs.proc.pid, 'VmHWM') / 1024:.0f} MiB, "
+              f"now {rss_kib(fs.proc.pid, 'VmRSS') / 1024:.0f} MiB", flush=True)
     finally:
         fs.close()
-        null.close()
     shutil.rmtree(root / "one", ignore_errors=True)
 
 
