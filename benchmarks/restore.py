@@ -1,6 +1,7 @@
 """The read path against its peers, measured interleaved in one run.
 
     .venv/bin/python benchmarks/restore.py [--size-gib 1] [--big-gib 4] [--repeat 3]
+                                           [--mount-only]
 
 For real data (the first GiB of `tar -c /usr`, behind
 a line of text) and random data, with lz4
@@ -208,12 +209,14 @@ def load() -> str:
     return " ".join(open("/proc/loadavg").read().split()[:3])
 
 
-def measure(case: Case, repeat: int, genv: dict, mount: bool, rclone) -> None:
+def measure(case: Case, repeat: int, genv: dict, mount: bool, rclone,
+            mount_only: bool = False) -> None:
     res: dict[str, list[Result]] = {k: [] for k in ("base", "spool", "vault", "mount", "again",
                                                     "rclone")}
     for _ in range(repeat):                # interleaved: load hits every side alike
-        res["base"].append(case.baseline(genv))
-        res["spool"].append(case.restore(case.spool))
+        if not mount_only:
+            res["base"].append(case.baseline(genv))
+            res["spool"].append(case.restore(case.spool))
         res["vault"].append(case.restore(case.empty))
         if mount:                          # afresh: a first read, fragments not yet checked
             fs = Mount(case)
@@ -225,8 +228,9 @@ def measure(case: Case, repeat: int, genv: dict, mount: bool, rclone) -> None:
         if rclone is not None:
             res["rclone"].append(run(rclone[0], env=rclone[1]))
     tool = f"gpg|{case.codec}"
-    line("restore from spool", case.size, res["spool"], res["base"], tool)
-    line("restore from vault", case.size, res["vault"], res["base"], tool)
+    if not mount_only:
+        line("restore from spool", case.size, res["spool"], res["base"], tool)
+        line("restore from vault", case.size, res["vault"], res["base"], tool)
     if res["rclone"]:
         line("restore from vault", case.size, res["vault"], res["rclone"], "rclone cat")
     if res["mount"]:
@@ -244,6 +248,8 @@ def main() -> None:
     ap.add_argument("--kinds", default="real,random")
     ap.add_argument("--codecs", default="lz4,zstd")
     ap.add_argument("--no-mount", action="store_true")
+    ap.add_argument("--mount-only", action="store_true", help="the mount against restore from "
+                    "the vault only (no gpg baseline, spool restore or rclone)")
     args = ap.parse_args()
     size = int(args.size_gib * GIB)
     home = WORK / "gnupg"
@@ -257,8 +263,9 @@ def main() -> None:
         for codec in args.codecs.split(","):
             print(f"{kind} data, {size / GIB:g} GiB, -C {codec}:", flush=True)
             case = Case(root / f"{kind}-{codec}", data, codec, cert, key)
-            rclone = rclone_case(case, case.root) if codec == "lz4" else None
-            measure(case, args.repeat, genv, not args.no_mount, rclone)
+            rclone = rclone_case(case, case.root) if codec == "lz4" and not args.mount_only \
+                else None
+            measure(case, args.repeat, genv, not args.no_mount, rclone, args.mount_only)
             shutil.rmtree(case.root)
             print(f"  load average {load()}", flush=True)
     if args.big_gib:
