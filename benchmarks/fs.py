@@ -7,9 +7,7 @@ write: `dd if=DATA of=MOUNT/incoming/VAULT/bench bs=1M` vs `cryophile backup -i 
        whole tar of /usr) and random data; once with the mount's freeze running (as
        in use; each written archive is frozen before the next timed run), once with
        it held back (the vault cannot be reached): the write path alone;
-read:  `cat MOUNT/VAULT/ULID > /dev/null` vs cat of nullfs's zero file and vs
-       `rclone mount` of a crypt remote holding the same data (when rclone is
-       installed), from cold, on real and random data; the mount's memory after;
+read:  `cat MOUNT/VAULT/ULID > /dev/null` vs cat of nullfs's zero file;
 memory: peak RSS of the cryophilefs process after writing 1 GiB and 4 GiB.
 Prints each figure, its baseline, the ratio, CPU seconds and the load average.
 """

@@ -29,9 +29,9 @@ import trio
 from cryophile import __version__, config as configuration, errors, keys, log as logsetup, thaw
 from cryophile import sdnotify, throttle
 from cryophile.options import add_log_file_option, add_spool_options, passphrase_reader
-from cryophile.pipeline import buffers
 from cryophile.freeze import Freezer
 from cryophile.ledger import Guard
+from cryophile.pipeline import buffers
 from cryophile.spool import FreezeDaemonLock, Spool
 
 from .operations import Operations, Settings
