@@ -12,10 +12,8 @@ then, round after round:
   archive's own fragments (an archive is one OpenPGP message);
 - `cryophile restore` from the spool (fragments still in the freeze queue);
 - `cryophile restore` from the vault (an empty spool, fragments read in place);
-- `cat` of the archive through a cryophilefs mount of the vault, mounted
-  afresh for each round (a first read: every fragment is hashed), compared
-  with the restore from the vault; then `cat` again in the same mount (a
-  re-read: fragments checked before and unchanged are not hashed again);
+- `cat` of the archive through a cryophilefs mount of the vault (the
+  mount's page cache dropped first), compared with the restore from the vault;
 - `rclone cat` of a crypt remote holding the same data, when rclone is
   installed (optional peer).
 
@@ -136,7 +134,12 @@ class Case:
 
 
 class Mount:
-    """cryophilefs over a case's vault; CPU and peak RSS read from /proc."""
+    """cryophilefs over a case's vault; CPU and peak RSS read from /proc.
+
+    Mounted afresh for each round, so that its `cat` is a first read (every
+    fragment hashed), as restore's is; a second `cat` in the same mount is
+    the re-read (fragments checked before and unchanged are not hashed again).
+    """
 
     def __init__(self, case: Case):
         self.mnt = case.root / "mnt"

@@ -6,48 +6,18 @@ has risen, and returns freed heap tops to the kernel eagerly: each MiB then
 costs page faults and zeroing, about a tenth of restore's CPU time.  A fixed
 threshold above the buffers' size keeps them in the heap, where freed ones
 are reused; the trim threshold bounds what the heap keeps unused.
-
-A long-running process with many threads (the mount) also keeps one heap
-for all of them (glibc otherwise gives threads heaps of their own, each
-keeping its freed buffers) and hands free pages back when a reader is done.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import functools
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
-M_ARENA_MAX = -8
 MMAP_THRESHOLD = 8 << 20
 TRIM_THRESHOLD = 64 << 20
 _done = False
-
-
-@functools.cache
-def _libc():
-    """The C library, found once (find_library runs ldconfig)."""
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:
-        return None
-
-
-def one_heap() -> None:
-    """All threads allocate from one heap: freed buffers serve any thread.
-    Call before threads start; does nothing where the C library is not glibc."""
-    mallopt = getattr(_libc(), "mallopt", None)
-    if mallopt is not None:
-        mallopt(M_ARENA_MAX, 1)
-
-
-def release_unused() -> None:
-    """Hand the heap's free pages back to the kernel (after a reader is done)."""
-    trim = getattr(_libc(), "malloc_trim", None)
-    if trim is not None:
-        trim(0)
 
 
 def reuse_buffers() -> None:
@@ -63,3 +33,25 @@ def reuse_buffers() -> None:
         return
     mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
     mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+
+
+# A long-running process with many threads (the mount) also keeps one heap
+# for all of them (glibc otherwise gives threads heaps of their own, each
+# keeping its freed buffers) and hands free pages back when a reader is done.
+
+M_ARENA_MAX = -8
+
+
+def one_heap() -> None:
+    """All threads allocate from one heap: freed buffers serve any thread.
+    Call before threads start; does nothing where the C library is not glibc."""
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)    # the process's own symbols
+    if mallopt is not None:
+        mallopt(M_ARENA_MAX, 1)
+
+
+def release_unused() -> None:
+    """Hand the heap's free pages back to the kernel (after a reader is done)."""
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
