@@ -88,11 +88,6 @@ def drop_caches() -> None:
         pass
 
 
-def ratio(what: str, size: int, ours: float, base: float) -> None:
-    print(f"{what:6} cryophilefs {rate(size, ours)}  nullfs {rate(size, base)}  "
-          f"ratio {base / ours:.2f}x")
-
-
 def cpu_of(pid: int) -> float:
     """CPU seconds (user + system) the process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -179,30 +174,126 @@ def write_part(args, root: Path, cert: Path, key: Path) -> None:
           f"MiB ({(rss_big - rss_small) / rss_small * 100:+.0f} %)   [{load()}]", flush=True)
 
 
+class RcloneMount:
+    """`rclone mount` of a crypt remote over a local directory holding ``data``
+    (the optional peer of reads; its default VFS mode reads through, no cache)."""
+
+    def __init__(self, root: Path, data: Path):
+        root.mkdir(parents=True, exist_ok=True)
+        conf = root / "rclone.conf"
+        obscured = subprocess.run(["rclone", "obscure", "cryophile-bench"], check=True,
+                                  capture_output=True, text=True).stdout.strip()
+        conf.write_text(f"[local]\ntype = local\n\n[crypt]\ntype = crypt\n"
+                        f"remote = local:{root}/store\npassword = {obscured}\n")
+        self.env = {**os.environ, "RCLONE_CONFIG": str(conf)}
+        subprocess.run(["rclone", "copyto", str(data), "crypt:data"], env=self.env, check=True)
+        self.mnt = root / "mnt"
+        self.mnt.mkdir(exist_ok=True)
+        self.proc = subprocess.Popen(["rclone", "mount", "--read-only", "crypt:", str(self.mnt)],
+                                     env=self.env, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while not os.path.ismount(self.mnt):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.proc.kill()
+                raise SystemExit(f"rclone mount did not mount ({self.proc.poll()})")
+            time.sleep(0.05)
+        self.file = self.mnt / "data"
+
+    def close(self) -> None:
+        subprocess.run(["fusermount3", "-u", str(self.mnt)], check=True)
+        self.proc.wait(60)
+
+
+def wait_listed(path: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{path} not listed after {timeout} s")
+        time.sleep(0.05)
+
+
+def timed_cat(path: Path, daemon_pid: int) -> tuple[float, float]:
+    """Wall seconds and CPU-seconds (cat and the filesystem's process) of a cold cat."""
+    drop_caches()
+    before = cpu_of(daemon_pid)
+    use = measure(["cat", str(path)])
+    return use.seconds, use.cpu + cpu_of(daemon_pid) - before
+
+
+def rss_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
 def read_part(args, root: Path, cert: Path, key: Path) -> None:
+    """Cold `cat` of an archive through cryophilefs against nullfs's zero file and
+    against `rclone mount` (crypt) of the same data, interleaved, on both kinds.
+    cryophilefs is mounted afresh for each timed read, so that every one is a
+    first read (a mount does not hash a fragment again that it checked before);
+    then one mount reads every archive ``repeat`` times, for its memory."""
     size = int(args.size_gib * GIB)
-    data = mixed_data(size)
-    null = Mount([sys.executable, str(HERE / "nullfs.py"), str(root / "null"), str(size)],
-                 root / "null")
+    gib = size / GIB
+    kinds = (("real", mixed_data(size)), ("random", random_data(size)))
+    fs = cryophilefs(root / "one", cert, key)
     try:
-        fs = cryophilefs(root / "one", cert, key)
-    except BaseException:
-        null.close()
-        raise
-    try:
-        run(f"dd if={data} of={fs.mnt}/incoming/{VAULT}/bench bs=1M status=none", shell=True)
-        archive = sorted((fs.mnt / VAULT).iterdir())[0]
-        wait_frozen(archive)
-        reads_base, reads_ours = [], []
-        for _ in range(args.repeat):          # from cold: nothing in the page cache
-            drop_caches()
-            reads_base.append(run(f"cat {null.mnt}/zero > /dev/null", shell=True)[0])
-            drop_caches()
-            reads_ours.append(run(f"cat {archive} > /dev/null", shell=True)[0])
-        ratio("read", size, min(reads_ours), min(reads_base))
+        for kind, data in kinds:
+            run(f"dd if={data} of={fs.mnt}/incoming/{VAULT}/{kind} bs=1M status=none",
+                shell=True)
+        archives = {os.getxattr(a, "user.cryophile.name").decode(): a
+                    for a in (fs.mnt / VAULT).iterdir()}
+        for archive in archives.values():
+            wait_frozen(archive)
     finally:
         fs.close()
+    null = Mount([sys.executable, str(HERE / "nullfs.py"), str(root / "null"), str(size)],
+                 root / "null")
+    if shutil.which("rclone") is None:
+        print("rclone: not installed, its crypt mount skipped")
+    try:
+        for kind, data in kinds:
+            rclone = RcloneMount(root / f"rclone-{kind}", data) if shutil.which("rclone") else None
+            res: dict[str, list[tuple[float, float]]] = {"null": [], "ours": [], "rclone": []}
+            try:
+                for _ in range(args.repeat):          # interleaved, each from cold
+                    res["null"].append(timed_cat(null.mnt / "zero", null.proc.pid))
+                    fs = cryophilefs(root / "one", cert, key)
+                    try:
+                        wait_listed(archives[kind])
+                        res["ours"].append(timed_cat(archives[kind], fs.proc.pid))
+                    finally:
+                        fs.close()
+                    if rclone is not None:
+                        res["rclone"].append(timed_cat(rclone.file, rclone.proc.pid))
+            finally:
+                if rclone is not None:
+                    rclone.close()
+            best = {k: min(v) for k, v in res.items() if v}
+            ours = best["ours"]
+            line = (f"read   {kind:6} cryophilefs (cat) {rate(size, ours[0])} "
+                    f"({ours[1] / gib:.2f} CPU-s/GiB)   nullfs {rate(size, best['null'][0])} "
+                    f"ratio {best['null'][0] / ours[0]:.2f}x")
+            if "rclone" in best:
+                peer = best["rclone"]
+                line += (f"   rclone mount (crypt) {rate(size, peer[0])} "
+                         f"({peer[1] / gib:.2f} CPU-s/GiB) ratio {peer[0] / ours[0]:.2f}x")
+            print(line + f"   [{load()}]", flush=True)
+    finally:
         null.close()
+    fs = cryophilefs(root / "one", cert, key)
+    try:
+        for _ in range(args.repeat):
+            for archive in archives.values():
+                wait_listed(archive)
+                run(["cat", str(archive)])
+        time.sleep(1)           # the last reader's memory handed back
+        print(f"memory of one mount after {args.repeat * len(archives)} reads of "
+              f"{args.size_gib:g} GiB: peak RSS {rss_kib(fs.proc.pid, 'VmHWM') / 1024:.0f} MiB, "
+              f"now {rss_kib(fs.proc.pid, 'VmRSS') / 1024:.0f} MiB", flush=True)
+    finally:
+        fs.close()
     shutil.rmtree(root / "one", ignore_errors=True)
 
 

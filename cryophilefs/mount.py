@@ -32,6 +32,7 @@ from cryophile.options import (add_log_file_option, add_spool_options, add_verbo
                                passphrase_reader)
 from cryophile.freeze import Freezer
 from cryophile.ledger import Guard
+from cryophile.pipeline import buffers
 from cryophile.spool import FreezeDaemonLock, Spool
 
 from .operations import Operations, Settings
@@ -235,6 +236,8 @@ def mount(args) -> int:
     stores = configuration.Stores(cfg)
     settings = Settings(cfg, spool, stores, certificates, keyring, opts.allow_other,
                         allow_delete=opts.allow_delete)
+    buffers.reuse_buffers()
+    buffers.one_heap()          # before any thread: memory stays flat over many reads
     try:
         trio.run(serve, settings, opts, mountpoint, mounted)
     finally:

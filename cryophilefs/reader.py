@@ -12,16 +12,17 @@ FUSE and decryption overlap; a read elsewhere moves it there.
 
 from __future__ import annotations
 
-import collections
 import errno
 import logging
 import os
+import threading
 import time
 
 import trio
 
 from cryophile import errors, restorequeue, thaw
 from cryophile.ids import BackupId
+from cryophile.pipeline import buffers
 from cryophile.pipeline.plainreader import PlainReader
 from cryophile.spool import Spool
 
@@ -32,6 +33,7 @@ log = logging.getLogger("cryophilefs")
 
 BLOCK = 1 << 20          # one decryption step
 AHEAD = 12                # blocks decrypted ahead of the last read, per open file
+RESUME = AHEAD // 2       # a thread that got that far ahead starts again this far behind
 CACHED = 24              # blocks kept per open file (the kernel's reads arrive out of order)
 WAIT_POLL = 0.1
 
@@ -185,12 +187,21 @@ class FsThawer(thaw.Thawer):
 class ReadAhead:
     """One open archive: plaintext in 1 MiB blocks, the next ones prepared.
 
-    A background task decrypts blocks in order from ``next`` and caches
-    them; reads take what they need from the cache.  The kernel's readahead
-    sends several reads at once, at increasing offsets: the decryption is
-    steered to the lowest block anyone waits for, and only moved when that
-    block is not coming soon anyway, so concurrent reads never make it jump
-    back and forth.
+    A background task keeps a thread decrypting blocks in order from
+    ``next`` and caching them; reads take what they need from the cache.
+    The thread runs on from block to block without coming back to trio, and
+    wakes trio only when a read waits for the block it just made: a read of
+    a block already there is a lookup, with no thread hand-off (one per MiB
+    held the decompression back while the trio thread answered FUSE).
+
+    The kernel's readahead sends several reads at once, at increasing
+    offsets: the decryption is steered to the lowest block anyone waits for,
+    and only moved when that block is not coming soon anyway, so concurrent
+    reads never make it jump back and forth.
+
+    ``lock`` guards the cache and the positions between the trio thread and
+    the decrypting thread; it is held only for dictionary work, never while
+    decrypting, so the trio thread never waits long for it.
     """
 
     def __init__(self, archive: Archive, fragments: Fragments, thaws: Thaws, unlock):
@@ -198,13 +209,23 @@ class ReadAhead:
         self.size = archive.size
         self.blocks = -(-self.size // BLOCK)
         self.plain = PlainReader(archive.clear, archive.manifest, unlock, fragments.path)
+        # a fragment file hashed by an earlier open, unchanged since (same inode, size
+        # and mtime), is not hashed again: an open and a read far into an archive
+        # cost a whole fragment's SHA-256 each time otherwise
+        self.plain.verified = archive.verified
+        self.token = trio.lowlevel.current_trio_token()
+        self.lock = threading.Lock()
         self.cache: dict[int, bytes] = {}
-        self.waiting: collections.Counter = collections.Counter()   # block -> readers
-        self.next = 0                 # the block the background task decrypts next
-        self.horizon = AHEAD          # it stops before this block
-        self.generation = 0           # bumped when steered: a block in flight is stale
+        self.waiting: dict[int, int] = {}     # block -> readers waiting for it
+        self.next = 0                 # the block the background thread decrypts next
+        self.horizon = 0              # it stops before this block: nothing before the
+                                      # first read (an open alone, to stat or fadvise,
+                                      # would hash a fragment and decrypt for nothing)
+        self.generation = 0           # bumped when steered: the thread's run is stale
+        self.decoding = 0             # the block the thread is at (for its failures)
         self.failed: dict[int, BaseException] = {}    # blocks that cannot be read
         self.stalled = False          # the task stopped at a failed block
+        self.running = False          # the task has a thread decrypting (or is about to)
         self.changed = trio.Event()
         self.closed = False
 
@@ -215,40 +236,56 @@ class ReadAhead:
         if size <= 0:
             return b""
         wanted = range(off // BLOCK, (off + size - 1) // BLOCK + 1)
-        self.waiting.update(wanted)
-        try:
+        with self.lock:
+            for b in wanted:
+                self.waiting[b] = self.waiting.get(b, 0) + 1
             if wanted[-1] + 1 + AHEAD > self.horizon:
-                self.horizon = wanted[-1] + 1 + AHEAD
-                self._wake()              # the task may be resting at the old horizon
-            while missing := [b for b in wanted if b not in self.cache]:
+                self.horizon = wanted[-1] + 1 + AHEAD    # a running thread sees it
+            resume = not self.running and not self._idle()
+        if resume:
+            self._wake()                  # the task rests at the old horizon
+        try:
+            while True:
+                with self.lock:
+                    missing = [b for b in wanted if b not in self.cache]
+                    if not missing:
+                        data = self._slice(wanted, off, size)
+                        break
                 for b in missing:
                     if b in self.failed:
                         raise self.failed[b]
                 self._steer()
                 await self._changed()
         finally:
-            self.waiting.subtract(wanted)
-            self.waiting += collections.Counter()      # drop zero counts
-        start = off - wanted[0] * BLOCK
-        if len(wanted) == 1:           # the usual case: copy only what is asked
-            data = self.cache[wanted[0]][start:start + size]
-        else:
-            data = b"".join(self.cache[b] for b in wanted)[start:start + size]
-        self._evict()
+            with self.lock:
+                for b in wanted:
+                    if self.waiting[b] == 1:
+                        del self.waiting[b]
+                    else:
+                        self.waiting[b] -= 1
+                self._evict()
         return data
 
+    def _slice(self, wanted: range, off: int, size: int) -> bytes:
+        start = off - wanted[0] * BLOCK
+        if len(wanted) == 1:           # the usual case: a whole block is not copied
+            return self.cache[wanted[0]][start:start + size]
+        return b"".join(self.cache[b] for b in wanted)[start:start + size]
+
     def _steer(self) -> None:
-        pending = [b for b in self.waiting if b not in self.cache and b not in self.failed]
-        if not pending:
-            return
-        low = min(pending)
-        if self.stalled or not self.next <= low < self.next + AHEAD:
-            self.generation += 1
-            self.next, self.horizon, self.stalled = low, low + AHEAD, False
-            self._wake()
+        with self.lock:
+            pending = [b for b in self.waiting if b not in self.cache and b not in self.failed]
+            if not pending:
+                return
+            low = min(pending)
+            if self.stalled or not self.next <= low < self.next + AHEAD:
+                self.generation += 1
+                self.next, self.horizon, self.stalled = low, low + AHEAD, False
+                self._wake()
 
     def _evict(self) -> None:
-        """Keep CACHED blocks, dropping those farthest behind the decryption."""
+        """Keep CACHED blocks, dropping those farthest behind the decryption
+        (under ``lock``)."""
         while len(self.cache) > CACHED:
             victim = max((b for b in self.cache if b not in self.waiting),
                          key=lambda b: (b < self.next, abs(self.next - b)), default=None)
@@ -266,48 +303,84 @@ class ReadAhead:
     def close(self) -> None:
         self.closed = True
         self.plain.close_stream()         # its decryption thread ends too
+        with self.lock:
+            self.cache.clear()
         self._wake()
 
-    # --- the background task --------------------------------------------------
+    # --- the background task and its thread -----------------------------------
+
+    def _idle(self) -> bool:
+        """Nothing to do, or ahead enough that starting again can wait a few
+        reads: a thread that goes back to trio at each MiB costs a hand-off
+        per read (under ``lock``)."""
+        return self.stalled or self.next >= self.blocks or self.horizon - self.next < RESUME
 
     async def run(self) -> None:
         while not self.closed:
-            if self.stalled or self.next >= min(self.horizon, self.blocks):
+            with self.lock:
+                idle = self._idle()
+                self.running = not idle
+            if idle:
                 await self._changed()
-            elif self.next in self.cache:
-                self.next += 1
             else:
                 await self._step()
+        with self.lock:
+            self.cache.clear()
+        # the heap's freed buffers go back to the kernel: the mount's memory
+        # after reads is what it was before them
+        await trio.to_thread.run_sync(buffers.release_unused)
 
     async def _step(self) -> None:
-        generation, block = self.generation, self.next
+        generation = self.generation
         try:
-            data = await trio.to_thread.run_sync(self.plain.read, block * BLOCK, BLOCK)
+            await trio.to_thread.run_sync(self._decrypt, generation)
         except NeedFragment as need:
+            block = self.decoding
             self.plain.close_stream()         # restart decryption there after the thaw
             if self.thaws.policy is not None and not self.waiting.get(block):
                 self.stalled = True           # read-ahead thaws nothing: a read will
                 self._wake()
                 return
             await self._thaw(generation, block, need.n)
-            return
         except errors.IntegrityError as exc:
+            block = self.decoding
             self.plain.close_stream()
             await trio.to_thread.run_sync(thaw.drop_damaged, self.fragments.spool,
                                           self.archive.bid, self.archive.clear)
             self._fail(generation, block, errors.IntegrityError(
                 f"{self.archive.bid} at byte {block * BLOCK}: {exc}; nothing unverified "
                 "was returned"))
-            return
         except Exception as exc:
             self.plain.close_stream()
-            self._fail(generation, block, exc)
-            return
-        if generation == self.generation:
-            self.cache[block] = data
-            self.next = block + 1
-            self._evict()
-            self._wake()
+            self._fail(generation, self.decoding, exc)
+
+    def _decrypt(self, generation: int) -> None:
+        """In a thread: decrypt blocks from ``next`` until the horizon, a
+        steer (a new generation) or the close; wake trio for waited-for blocks."""
+        while True:
+            with self.lock:
+                if self.closed or generation != self.generation:
+                    return
+                block = self.next
+                if block >= min(self.horizon, self.blocks):
+                    return
+                if block in self.cache:
+                    self.next += 1
+                    continue
+                self.decoding = block
+            data = self.plain.read(block * BLOCK, BLOCK)
+            with self.lock:
+                if generation != self.generation:
+                    return
+                self.cache[block] = data
+                self.next = block + 1
+                self._evict()
+                wanted = bool(self.waiting.get(block))
+            if wanted:
+                try:
+                    self.token.run_sync_soon(self._wake)
+                except trio.RunFinishedError:
+                    return
 
     async def _thaw(self, generation: int, block: int, n: int) -> None:
         try:

@@ -40,6 +40,7 @@ class Archive:
     manifest: dict | None = None      # decrypted on first open (needs the secret key)
     ready: trio.Event = dataclasses.field(default_factory=trio.Event)   # set once sealed
     readers: int = 0
+    verified: dict = dataclasses.field(default_factory=dict)   # fragment -> stamp hashed
 
     @property
     def mtime_ns(self) -> int:

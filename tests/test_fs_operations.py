@@ -11,6 +11,7 @@ import stat
 import pyfuse3
 import pytest
 import trio
+import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -498,3 +499,81 @@ def test_what_is_sealed_is_every_byte_in_order_or_nothing(tmp_path_factory, fske
                 assert await read_all(ops, node.ino, len(written)) == written
             nursery.cancel_scope.cancel()
     trio.run(run)
+
+
+async def test_a_closed_reader_hands_its_memory_back(tmp_path, fskeys, nursery, monkeypatch):
+    """The mount's memory after reads is what it was before them: the closed
+    reader's cache goes, and the heap's freed buffers go back to the kernel."""
+    from cryophile.pipeline import buffers
+    trims = []
+    monkeypatch.setattr(buffers, "release_unused", lambda: trims.append(1))
+    ops = make_ops(tmp_path, fskeys, nursery)
+    data = os.urandom(3 * MiB + 5)
+    node = await backup(ops, data)
+    info = await ops.open(node.ino, os.O_RDONLY, None)
+    reader = ops.handles[info.fh].reader
+    assert await ops.read(info.fh, MiB, MiB) == data[MiB:2 * MiB]
+    assert reader.cache
+    await ops.release(info.fh)
+    assert not reader.cache
+    with trio.fail_after(60):           # a hang guard: the read-ahead task ends
+        while not trims:
+            await trio.sleep(0.01)
+
+
+async def test_an_open_alone_decrypts_nothing(tmp_path, fskeys, nursery, monkeypatch):
+    """Decryption starts with the first read: an open to stat, fadvise or probe
+    the file must not hash fragments and decrypt beside the reads that follow."""
+    from cryophile.pipeline.plainreader import PlainReader
+    calls = []
+    real = PlainReader.read
+    monkeypatch.setattr(PlainReader, "read", lambda self, *a: calls.append(a) or real(self, *a))
+    ops = make_ops(tmp_path, fskeys, nursery)
+    data = os.urandom(2 * MiB + 5)
+    node = await backup(ops, data)
+    info = await ops.open(node.ino, os.O_RDONLY, None)
+    await trio.testing.wait_all_tasks_blocked()
+    await trio.sleep(0.5)               # time for a thread that should not run
+    assert calls == []
+    assert await ops.read(info.fh, 0, MiB) == data[:MiB]
+    await ops.release(info.fh)
+
+
+@pytest.mark.expect_log
+async def test_a_fragment_is_hashed_again_only_when_it_changed(tmp_path, fskeys, nursery,
+                                                               monkeypatch, caplog):
+    """Opens after the first do not hash an unchanged fragment again (a read far
+    into an archive cost a whole fragment's SHA-256 at each open); a fragment
+    written since is hashed again, and damage is EIO, never wrong bytes."""
+    from cryophile.pipeline import plainreader
+    hashed = []
+    real = plainreader.open_verified
+    monkeypatch.setattr(plainreader, "open_verified",
+                        lambda path, frag, n: hashed.append(n) or real(path, frag, n))
+    ops = make_ops(tmp_path, fskeys, nursery)
+    data = os.urandom(3 * MiB)
+    node = await backup(ops, data)
+    s = ops.s
+    await Freezer(s.spool, s.stores, lambda v: "STANDARD").run(once=True)
+
+    async def read_at(off: int) -> bytes:
+        info = await ops.open(node.ino, os.O_RDONLY, None)
+        try:
+            return await ops.read(info.fh, off, 4096)
+        finally:
+            await ops.release(info.fh)
+    far = len(data) - 5000
+    assert await read_at(far) == data[far:far + 4096]
+    first = len(hashed)
+    assert first >= 1
+    for _ in range(3):
+        assert await read_at(far) == data[far:far + 4096]
+    assert len(hashed) == first                  # nothing hashed again
+    path = tmp_path / "vaults" / VAULT / node.archive.bid.fragment_key(hashed[-1])
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 1
+    path.write_bytes(bytes(raw))                 # written since: hashed again, refused
+    with pytest.raises(pyfuse3.FUSEError) as failure:
+        await read_at(far)
+    assert failure.value.errno == errno.EIO
+    assert len(hashed) > first

@@ -31,3 +31,25 @@ def reuse_buffers() -> None:
         return
     mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
     mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+
+
+# A long-running process with many threads (the mount) also keeps one heap
+# for all of them (glibc otherwise gives threads heaps of their own, each
+# keeping its freed buffers) and hands free pages back when a reader is done.
+
+M_ARENA_MAX = -8
+
+
+def one_heap() -> None:
+    """All threads allocate from one heap: freed buffers serve any thread.
+    Call before threads start; does nothing where the C library is not glibc."""
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)    # the process's own symbols
+    if mallopt is not None:
+        mallopt(M_ARENA_MAX, 1)
+
+
+def release_unused() -> None:
+    """Hand the heap's free pages back to the kernel (after a reader is done)."""
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
