@@ -18,7 +18,7 @@ import pytest
 from cryophile import restorequeue, thaw
 from cryophile.ids import BackupId
 from cryophile.spool import Spool
-from tests.clirig import Rig
+from tests.clirig import Rig, thaw_daemon_running
 from tests.fsrig import FsRig, data, fskeys, needs_fuse, sh, state, wait_until  # noqa: F401
 from tests.test_s3_e2e import FRAG, S3Rig
 
@@ -105,7 +105,11 @@ def test_thaw_daemon_gives_up_on_a_missing_fragment(s3, recipes, s3client, bucke
     s3proxy.reset()
     daemon = s3.popen("thaw")
     try:
-        time.sleep(3)                       # a daemon left alone does not try again
+        # a daemon left alone does not try again; it is given 3 s from the moment
+        # it holds its lock (its start alone can take 3 s on a loaded machine)
+        wait_until(lambda: thaw_daemon_running(s3.spool) or daemon.poll() is not None,
+                   timeout=60)
+        time.sleep(3)
     finally:
         daemon.terminate()
         _, err = daemon.communicate(timeout=30)
