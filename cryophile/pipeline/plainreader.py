@@ -26,6 +26,7 @@ from .reader import Ahead, VerifiedFile, open_fragment, open_verified
 BLOCK_SIZE = 1 << 20
 SKIP_LIMIT = 32 << 20      # farther than this ahead: seek through the index
 PREFETCH = 4               # decrypted blocks ready ahead of decompression
+WORKERS = 1                # threads decompressing frames (more read ahead past a range)
 
 
 class PlainReader:
@@ -111,11 +112,14 @@ class PlainReader:
         self.buf = memoryview(b"")
         self.close_stream()
         if stream_offset <= 0 or plain == 0:
+            mdc = openpgp.Mdc(frames_vouch=True)     # as restore: checksummed frames vouch
+
             def literal():
                 src = openpgp.ByteSource(self._blocks(0))
-                yield from openpgp.decrypt(src, self._unlock_and_remember)
+                yield from openpgp.decrypt(src, self._unlock_and_remember, mdc)
             self.prefetch = Prefetch(literal())
-            self.stream, self.pos = compress.decompress(codec, self.prefetch, frames), 0
+            self.stream = compress.decompress(codec, self.prefetch, frames, mdc.frame, WORKERS)
+            self.pos = 0
             return
         if self.key is None:
             src = openpgp.ByteSource(self._blocks(0))
@@ -128,7 +132,8 @@ class PlainReader:
             yield from openpgp.decrypt_from(src, self.layout, self.key, stream_offset, iv,
                                             iv_in_src)
         self.prefetch = Prefetch(literal_from())
-        self.stream, self.pos = compress.decompress(codec, self.prefetch, frames), plain
+        self.stream = compress.decompress(codec, self.prefetch, frames, None, WORKERS)
+        self.pos = plain
 
     def close_stream(self) -> None:
         """Stop the decryption thread of the current stream, if any."""
