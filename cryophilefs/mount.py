@@ -259,6 +259,7 @@ async def serve(settings: Settings, opts: Options, mountpoint: str, mounted) -> 
     settings.policy = ReadPolicy(cfg, spool, settings.stores, lambda v: _tier(cfg, opts, v))
     ops = Operations(settings)
     answered = trio.Event()
+    checked = trio.Event()      # confirm_mounted has its answer, either way
     ended = trio.Event()        # pyfuse3.main returned: no terminate() from here on
     try:
         async with trio.open_nursery() as nursery:
@@ -266,11 +267,11 @@ async def serve(settings: Settings, opts: Options, mountpoint: str, mounted) -> 
             pyfuse3.init(ops, mountpoint, opts.fuse)
             try:
                 nursery.start_soon(confirm_mounted, spool.root, mountpoint, mounted, answered,
-                                   ended)
+                                   checked, ended)
                 nursery.start_soon(supervise, "freeze", settings.freezer.run)
                 if settings.thawer is not None:
                     nursery.start_soon(supervise, "thaw", settings.thawer.run)
-                nursery.start_soon(unmount_on_signal, ended)
+                nursery.start_soon(unmount_on_signal, checked, ended)
                 await pyfuse3.main()
             finally:
                 ended.set()
@@ -291,7 +292,7 @@ async def serve(settings: Settings, opts: Options, mountpoint: str, mounted) -> 
 
 
 async def confirm_mounted(root: str, mountpoint: str, detached, answered: trio.Event,
-                          ended: trio.Event) -> None:
+                          checked: trio.Event, ended: trio.Event) -> None:
     """Say "mounted" (log, parent process, systemd) once the mount answers a
     stat of its root: libfuse can still refuse the mount at FUSE_INIT, after
     pyfuse3.init succeeded, and then ends the session at once."""
@@ -300,6 +301,8 @@ async def confirm_mounted(root: str, mountpoint: str, detached, answered: trio.E
     except OSError as exc:
         log.debug("stat of the new mount failed: %s", exc)
         st = None
+    finally:
+        checked.set()
     if st is None or st.st_ino != pyfuse3.ROOT_INODE:    # refused, or already gone
         terminate(ended)
         return
@@ -341,6 +344,9 @@ def _named_error(exc: BaseException) -> errors.Error | None:
     return exc if isinstance(exc, errors.Error) else None
 
 
+STARTUP_CHECK_WAIT = 10.0      # seconds a signal waits for the start-up stat
+
+
 def terminate(ended: trio.Event) -> None:
     """End pyfuse3's main loop, unless it has ended: a stat answered (or a signal
     received) as a refused FUSE_INIT ends the session can be taken in after
@@ -349,10 +355,15 @@ def terminate(ended: trio.Event) -> None:
         pyfuse3.terminate()
 
 
-async def unmount_on_signal(ended: trio.Event) -> None:
+async def unmount_on_signal(checked: trio.Event, ended: trio.Event) -> None:
+    """A signal unmounts.  One that comes while the start-up stat is still on
+    its way waits for it (our own loop answers it), so that a mount that was up
+    ends as unmounted, exit 0, not as refused."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             log.info("%s: unmounting", signal.Signals(signum).name)
+            with trio.move_on_after(STARTUP_CHECK_WAIT):
+                await checked.wait()
             terminate(ended)
             return
 

@@ -6,6 +6,7 @@ import errno
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -170,6 +171,24 @@ def test_sigterm_unmounts_cleanly(rig, data):
             assert rig.terminate() == 0
             assert not os.path.ismount(rig.mnt)
             raise SystemExit
+
+
+@pytest.mark.timeout(300)
+def test_sigterm_at_once_is_an_unmount_not_a_refusal(rig):
+    """A signal that comes the moment the mount is up, while the mount's own
+    start-up check may still be on its way, ends in "unmounted" and exit 0."""
+    for _ in range(10):
+        rig.proc = subprocess.Popen(rig.command(), stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    env={**os.environ, "CRYOPHILE_LOG_STYLE": "never"})
+        deadline = time.monotonic() + 30
+        while not os.path.ismount(rig.mnt):
+            assert rig.proc.poll() is None and time.monotonic() < deadline
+        rig.proc.send_signal(signal.SIGTERM)
+        out, _ = rig.proc.communicate(timeout=60)
+        assert rig.proc.returncode == 0, out.decode()
+        assert b"unmounted" in out and b"error" not in out
+        assert not os.path.ismount(rig.mnt)
 
 
 def test_allow_other_modes(rig, data, fskeys):
