@@ -251,7 +251,7 @@ from cryophilefs import mount
 async def main():
     ended = trio.Event()
     ended.set()
-    await mount.confirm_mounted("spool", sys.argv[1], None, trio.Event(), ended)
+    await mount.confirm_mounted("spool", sys.argv[1], None, trio.Event(), trio.Event(), ended)
 trio.run(main)
 print("no terminate")
 """
