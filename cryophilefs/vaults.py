@@ -4,6 +4,9 @@ chunk.0 is immutable, so an archive's clear metadata and encrypted manifest
 are read once per mount; a refresh only lists keys and reads the new marks
 (several at once, from the spool's chunk.0 cache that ``cryophile ls``
 shares when it has them, so a mount after an ``ls`` makes LIST requests only).
+Each listing is told the keys the known archives hold (the first one: those
+the chunk.0 cache names), so that its requests are placed as a warm
+``cryophile ls`` places them: one LIST per 1,000 keys of an unchanged vault.
 Listings are refreshed when a directory is read or a name is missing, at
 most every ``REFRESH`` seconds per vault.  All I/O here is blocking and runs
 in threads (``trio.to_thread.run_sync``).
@@ -81,22 +84,33 @@ def local_fragment(store, bid: BackupId, n: int) -> str | None:
     return None
 
 
-def scan(spool: Spool, store, vault: str, known: set[str]) -> tuple[dict[str, Archive], str | None]:
-    """New archives of ``vault`` (spool first, then store); and a store error, if any."""
+def object_keys(bid: BackupId, clear) -> list[str]:
+    """The keys an archive's chunk.0 says the vault holds for it."""
+    return [bid.fragment_key(n) for n in range(len(clear.fragments) + 1)]
+
+
+def scan(spool: Spool, store, vault: str, known: set[str],
+         expected: list[str] | None = None) -> tuple[dict[str, Archive], str | None]:
+    """New archives of ``vault`` (spool first, then store); and a store error,
+    if any.  ``expected``: the keys the vault is known to hold, which place
+    the listing's requests (None: those of the chunk.0 cache)."""
+    cache = MarkCache(spool)
+    if expected is None:
+        expected = [k for key, clear in cache.read_all(vault, "").items()
+                    for k in object_keys(_bid(vault, key), clear)]
     bids: dict[str, BackupId] = {}
     for bid in spool.archives("freeze"):
         if bid.vault == vault and os.path.exists(spool.path("freeze", bid, 0)):
             bids[bid.key] = bid
     problem = None
     try:
-        for info in store.list(""):
+        for info in store.list("", expected=expected):
             m = catalog.MARK_RE.match(info.key)
             if m:
                 bid = BackupId(vault, m.group(1) or "", m.group(2))
                 bids.setdefault(bid.key, bid)
     except errors.Error as exc:
         problem = f"cannot list vault {vault} ({store.url}): {exc}"
-    cache = MarkCache(spool)
 
     def one(bid: BackupId) -> Archive | errors.Error | None:
         try:
@@ -114,6 +128,11 @@ def scan(spool: Spool, store, vault: str, known: set[str]) -> tuple[dict[str, Ar
             elif got is not None:
                 found[bid.key] = got
     return found, problem
+
+
+def _bid(vault: str, key: str) -> BackupId:
+    prefix, _, ulid = key.rpartition("/")
+    return BackupId(vault, prefix, ulid)
 
 
 def state(spool: Spool, store, archive: Archive) -> tuple[str, str | None]:
@@ -193,16 +212,21 @@ class Listings:
         self.spool, self.stores = spool, stores
         self.on_found = on_found            # (vault, {key: Archive}) -> None
         self.known: dict[str, set[str]] = {}
+        self.keys: dict[str, dict[str, list[str]]] = {}   # vault -> archive -> its object keys
         self.when: dict[str, float] = {}
         self.locks: dict[str, trio.Lock] = {}
         self.problems: dict[str, str] = {}
 
     def add(self, archive: Archive) -> None:
         self.known.setdefault(archive.bid.vault, set()).add(archive.bid.key)
+        if archive.clear is not None:
+            self.keys.setdefault(archive.bid.vault, {})[archive.bid.key] = object_keys(
+                archive.bid, archive.clear)
 
     def forget(self, bid: BackupId) -> None:
         """An archive deleted through the mount."""
         self.known.get(bid.vault, set()).discard(bid.key)
+        self.keys.get(bid.vault, {}).pop(bid.key, None)
 
     async def refresh(self, vault: str, force: bool = False) -> None:
         lock = self.locks.setdefault(vault, trio.Lock())
@@ -212,8 +236,11 @@ class Listings:
                 return
             known = set(self.known.get(vault, ()))
             store = self.stores(vault)
+            expected = None                 # the first listing: the chunk.0 cache's keys
+            if vault in self.when:
+                expected = [k for keys in self.keys.get(vault, {}).values() for k in keys]
             found, problem = await trio.to_thread.run_sync(
-                scan, self.spool, store, vault, known)
+                scan, self.spool, store, vault, known, expected)
             self.when[vault] = time.monotonic()
             self._report(vault, problem)
             for archive in found.values():
