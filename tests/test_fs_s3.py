@@ -125,3 +125,27 @@ def test_state_after_a_warm_thaw_request(tmp_path, fskeys, moto_endpoint, s3prox
             wait_until(lambda: state(archive) == "thawed", timeout=60)
     finally:
         daemon.release()
+
+
+@pytest.mark.timeout(180)
+def test_a_missing_fragment_record_goes_stale_when_the_object_is_back(s3rig, data, fskeys,
+                                                                       s3client, bucket):
+    """A read that finds a fragment gone records the failure with what the
+    vault held (nothing): the archive is damaged while the object stays
+    gone, and no longer once it is back, without anyone asking again."""
+    with s3rig.mounted("-k", str(fskeys[1]), "-o", "thaw_poll=0.2",
+                       expect=(r"chunk\.2 .*missing",)):
+        sh(f"cat {data} > {s3rig.incoming}/gone")
+        archive = s3rig.archive()
+        wait_until(lambda: state(archive) == "frozen")
+        key = f"{archive.name}/chunk.2"
+        size = s3client.head_object(Bucket=bucket, Key=key)["ContentLength"]
+        s3client.delete_object(Bucket=bucket, Key=key)
+        with pytest.raises(OSError):
+            os.open(archive, os.O_RDONLY | os.O_NONBLOCK)
+        assert list((s3rig.spool / "thaw").rglob("chunk.2.failed"))
+        assert state(archive) == "damaged"              # the object is still gone
+        s3client.put_object(Bucket=bucket, Key=key, Body=b"\0" * size,
+                             StorageClass="GLACIER")      # (put back: any bytes will do)
+        assert state(archive) == "frozen"               # the record no longer holds
+        assert not list((s3rig.spool / "thaw").rglob("chunk.2.failed"))
