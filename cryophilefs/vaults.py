@@ -44,6 +44,7 @@ class Archive:
     ready: trio.Event = dataclasses.field(default_factory=trio.Event)   # set once sealed
     readers: int = 0
     verified: dict = dataclasses.field(default_factory=dict)   # fragment -> stamp hashed
+    heads: dict = dataclasses.field(default_factory=dict)      # fragment -> (HEAD, when)
 
     @property
     def mtime_ns(self) -> int:
@@ -148,6 +149,12 @@ def state(spool: Spool, store, archive: Archive) -> tuple[str, str | None]:
 
 
 def _where(spool: Spool, store, archive: Archive) -> tuple[str, str | None]:
+    """Judged over every fragment: ``thawed`` once each is readable (in
+    the restore queue, or readable in the vault), ``thawing`` while one is
+    not and a thaw is asked for or under way, else ``frozen``.  The vault is
+    asked fragment by fragment only until one that is not readable decides,
+    and a readable answer is kept (``_head``): a stat costs at most one
+    HEAD once each fragment was seen readable, none once all were."""
     bid = archive.bid
     n = archive.fragments
     if _failed(spool, store, bid):
@@ -155,20 +162,45 @@ def _where(spool: Spool, store, archive: Archive) -> tuple[str, str | None]:
     queued = spool.fragments("freeze", bid)
     if os.path.isdir(spool.dir("freeze", bid)) and queued:
         return ("queued" if len(queued) == n + 1 else "freezing"), None
-    if len([k for k in spool.fragments("restore", bid) if k]) == n:
-        return "thawed", None
-    try:
-        info = store.head(bid.fragment_key(1))
-    except errors.NotFoundError:
-        return "damaged", None
-    if info.storage_class == LocalStore.storage_class:
-        return "local", info.storage_class
-    if info.state is State.AVAILABLE:       # readable now, whatever is still queued
-        return ("thawed" if info.storage_class in ("GLACIER", "DEEP_ARCHIVE") else "stored",
-                info.storage_class)
-    if info.state is State.RESTORING or _thaw_asked(spool, bid):
-        return "thawing", info.storage_class
-    return "frozen", info.storage_class
+    here = {k for k in spool.fragments("restore", bid) if k}
+    sclass = None
+    for k in range(1, n + 1):
+        if k in here:
+            continue
+        try:
+            info = _head(store, archive, k)
+        except errors.NotFoundError:
+            return "damaged", sclass
+        sclass = sclass or info.storage_class
+        if info.storage_class == LocalStore.storage_class:
+            return "local", info.storage_class
+        if info.storage_class not in catalog.ARCHIVED_CLASSES:
+            return "stored", sclass         # readable without a thaw
+        if info.state is State.AVAILABLE:   # readable now, whatever is still queued
+            continue
+        if info.state is State.RESTORING or _thaw_asked(spool, bid):
+            return "thawing", sclass
+        return "frozen", sclass
+    return "thawed", sclass
+
+
+READABLE_TTL = 600.0    # seconds a HEAD saying "readable" stands (a vault's restore lasts days)
+
+
+def _head(store, archive: Archive, n: int):
+    """HEAD of fragment n, or the archive's last one while it said the
+    fragment is readable (other answers are asked again: they change when a
+    thaw starts or ends)."""
+    hit = archive.heads.get(n)
+    now = time.monotonic()
+    if hit is not None and now - hit[1] < READABLE_TTL:
+        return hit[0]
+    info = store.head(archive.bid.fragment_key(n))
+    if info.state is State.AVAILABLE:
+        archive.heads[n] = (info, now)
+    else:
+        archive.heads.pop(n, None)
+    return info
 
 
 def _failed(spool: Spool, store, bid: BackupId) -> bool:
