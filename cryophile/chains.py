@@ -14,9 +14,12 @@ twice), the latest one made before the child is taken (any would do: the
 stream is the same), else the latest one; archives sealed incomplete are
 never parents.
 
-These are pure functions over entries that have ``bid`` (with ``.ulid``
-and ``.prefix``), ``stream`` (the clear ``stream`` dict or None) and
-``parent`` (a ULID or None), such as ``catalog.Entry``.
+These are pure functions over entries of one vault that have ``bid`` (with
+``.ulid``, ``.prefix`` and ``.key``), ``stream`` (the clear ``stream`` dict
+or None) and ``parent`` (a ULID or None), such as ``catalog.Entry``.  An
+archive is known by its key, PREFIX/ULID (``bid.key``), not by its ULID
+alone: ``backup --ulid`` can give two archives under two prefixes the same
+ULID, and they must not be taken for one another.
 """
 
 from __future__ import annotations
@@ -90,27 +93,43 @@ def _describe(want: tuple[str, object]) -> str:
 
 
 def parents(entries: Iterable) -> dict[str, str | Missing | None]:
-    """Each entry's ULID → its parent's ULID, None for a full backup, or a
-    ``Missing`` saying what it needs when no entry provides it."""
+    """Each entry's key (PREFIX/ULID) → its parent's key, None for a full
+    backup, or a ``Missing`` saying what it needs when no entry provides it."""
+    return {key: (found[0] if isinstance(found, list) else found)
+            for key, found in _candidates(entries).items()}
+
+
+def bases(entries: Iterable) -> dict[str, list[str]]:
+    """Each entry's key → the keys of every archive that may be its parent,
+    the one ``parents`` takes first: for retention, which errs on keeping.
+    A ``--parent ULID`` that several prefixes hold, none of them the
+    child's own, may mean any of them."""
+    return {key: found for key, found in _candidates(entries).items()
+            if isinstance(found, list)}
+
+
+def _candidates(entries: Iterable) -> dict[str, list[str] | Missing | None]:
     entries = list(entries)
     providers: dict[tuple, list] = {}
     for e in entries:
         for key in _provides(e):
             providers.setdefault(_hashable(key), []).append(e)
-    result: dict[str, str | Missing | None] = {}
+    result: dict[str, list[str] | Missing | None] = {}
     for e in entries:
         want = _wanted(e)
         if want is None:
-            result[e.bid.ulid] = None
+            result[e.bid.key] = None
             continue
         found = [p for p in providers.get(_hashable(want), ())
-                 if p.bid.ulid != e.bid.ulid and (want[0] == "ulid" or _usable(p))]
+                 if p.bid.key != e.bid.key and (want[0] == "ulid" or _usable(p))]
         if not found:
-            result[e.bid.ulid] = Missing(_describe(want))
+            result[e.bid.key] = Missing(_describe(want))
             continue
         same = [p for p in found if p.bid.prefix == e.bid.prefix] or found
         before = [p for p in same if p.bid.ulid < e.bid.ulid] or same
-        result[e.bid.ulid] = max(before, key=lambda p: p.bid.ulid).bid.ulid
+        first = max(before, key=lambda p: (p.bid.ulid, p.bid.prefix))
+        others = [p for p in same if p is not first] if want[0] == "ulid" else []
+        result[e.bid.key] = [first.bid.key] + sorted(p.bid.key for p in others)
     return result
 
 
@@ -119,49 +138,56 @@ def _hashable(key: tuple[str, object]) -> tuple:
     return (kind, tuple(value) if isinstance(value, (list, tuple)) else value)
 
 
-def chain(entries: Iterable, ulid: str) -> list:
-    """The entries to receive, in order, full backup first, ending with
-    ``ulid``.  Raises BrokenChainError naming the missing link, or a loop."""
+def chain(entries: Iterable, key: str) -> list:
+    """The entries to receive, in order, full backup first, ending with the
+    archive ``key`` (PREFIX/ULID).  Raises BrokenChainError naming the
+    missing link, or a loop."""
     entries = list(entries)
-    by_ulid = {e.bid.ulid: e for e in entries}
-    if ulid not in by_ulid:
-        raise BrokenChainError(f"archive {ulid} is not in the vault")
+    by_key = {e.bid.key: e for e in entries}
+    if key not in by_key:
+        raise BrokenChainError(f"archive {key} is not in the vault")
     links = parents(entries)
-    order = [by_ulid[ulid]]
-    seen = {ulid}
+    order = [by_key[key]]
+    seen = {key}
     while True:
         here = order[-1]
         if not _usable(here):
             raise BrokenChainError(f"archive {_id(here)} was sealed incomplete: "
-                                   f"the chain of {ulid} cannot be received")
-        up = links[here.bid.ulid]
+                                   f"the chain of {key} cannot be received")
+        up = links[here.bid.key]
         if up is None:
             break
         if isinstance(up, Missing):
-            raise BrokenChainError(f"the chain of {ulid} is broken: {_id(here)} needs "
+            raise BrokenChainError(f"the chain of {key} is broken: {_id(here)} needs "
                                    f"{up.what}, which no complete archive in the vault holds")
         if up in seen:
-            raise BrokenChainError(f"the chain of {ulid} loops back to archive {up}")
+            raise BrokenChainError(f"the chain of {key} loops back to archive {up}")
         seen.add(up)
-        order.append(by_ulid[up])
+        order.append(by_key[up])
     return order[::-1]
 
 
-def dependents(entries: Iterable, ulid: str) -> set[str]:
-    """ULIDs of every archive whose chain passes through ``ulid`` (its
-    children, their children, …), not ``ulid`` itself."""
+def dependents(entries: Iterable, key: str) -> set[str]:
+    """Keys (PREFIX/ULID) of every archive whose chain may pass through the
+    archive ``key`` (its children, their children, …), not ``key`` itself;
+    a child whose ``--parent`` may mean it or another (``bases``) counts."""
     children: dict[str, list[str]] = {}
-    for child, up in parents(entries).items():
-        if isinstance(up, str):
+    for child, ups in bases(entries).items():
+        for up in ups:
             children.setdefault(up, []).append(child)
     found: set[str] = set()
-    todo = [ulid]
+    todo = [key]
     while todo:
         for child in children.get(todo.pop(), ()):
-            if child not in found and child != ulid:
+            if child not in found and child != key:
                 found.add(child)
                 todo.append(child)
     return found
+
+
+def ulid_of(key: str) -> str:
+    """The ULID of an archive key (PREFIX/ULID)."""
+    return key.rpartition("/")[2]
 
 
 def _id(entry) -> str:

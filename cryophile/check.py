@@ -240,7 +240,7 @@ class Checker:
         """Links are looked for among the context first; a chain broken there
         is looked for again in the whole vault (``widen``: a base may live
         under another prefix), which costs one more listing only then."""
-        checked = {a.bid.ulid: a for a in self.checked}
+        checked = {a.bid.key: a for a in self.checked}
         links = self.parents([*self.checked, *context, *queued])
         if self.widen is not None and any(isinstance(links.get(u), chains.Missing)
                                           for u in checked):
@@ -250,8 +250,8 @@ class Checker:
             fetch_marks(self.store, more, cache=self.cache)
             links = self.parents([*self.checked, *context, *queued,
                                   *(a for a in more if a.clear is not None), *more_queued])
-        for ulid, archive in checked.items():
-            up = links.get(ulid)
+        for key, archive in checked.items():
+            up = links.get(key)
             if up is not None and not isinstance(up, str):
                 self.problem(archive, MISSING, "chain broken: needs "
                              f"{getattr(up, 'what', up)}, which is not in the vault")

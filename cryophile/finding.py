@@ -62,4 +62,4 @@ def chain_of(found: list[catalog.Entry], bid: BackupId) -> list[catalog.Entry]:
     same = [e for e in found if e.bid.ulid == bid.ulid and e.bid.prefix == bid.prefix]
     if not same:
         raise errors.NotFoundError(f"no archive {bid}")
-    return chains.chain(found, bid.ulid)
+    return chains.chain(found, bid.key)

@@ -193,7 +193,8 @@ def add_archive(plan: Plan, spool: Spool, store, clear: manifest.ClearInfo,
         except errors.NotFoundError:
             missing = errors.MissingFragmentError(
                 f"fragment chunk.{n} of {bid} is missing from {store.url}")
-            missing.fragment = n        # a fact for the thaw queue's failure records
+            missing.fragment = n        # facts for the thaw queue's failure records:
+            missing.seen = {"absent": True}     # what the vault held (restorequeue.look)
             raise missing from None
         item = Item(bid, n, info.size, info.storage_class)
         {State.ARCHIVED: plan.thaw, State.RESTORING: plan.restoring,

@@ -44,19 +44,23 @@ def chain_entries(spool: Spool, store, vault: str) -> list:
     """What chains in ``vault`` are made of, for ``chains.dependents``: its
     archives (vault and spool), and each backup still being written with
     ``--parent`` (its base must stay until it is sealed)."""
-    writing = {w.bid.ulid: w for w in check.writing_entries(spool, vault)}
+    writing = {w.bid.key: w for w in check.writing_entries(spool, vault)}
     return ([e for e in catalog.list_archives(spool, store, vault)
-             if e.bid.ulid not in writing] + list(writing.values()))
+             if e.bid.key not in writing] + list(writing.values()))
 
 
-def names(ulids, of: BackupId, entries: list, most: int = 5) -> str:
-    """Dependants of ``of`` for a message: by ULID under its prefix, in full
-    (VAULT/PREFIX/ULID) under another one, at most ``most`` of them."""
-    where = {e.bid.ulid: e.bid for e in entries}
-    shown = sorted(ulids)
+def names(keys, of: BackupId, most: int = 5) -> str:
+    """Dependants of ``of`` (their keys, PREFIX/ULID, in its vault) for a
+    message: by ULID under its prefix, in full (VAULT/PREFIX/ULID) under
+    another one, at most ``most`` of them."""
+    shown = sorted(keys, key=lambda k: (k.rpartition("/")[2], k))
     more = f" and {len(shown) - most} more" if len(shown) > most else ""
-    return ", ".join(u if u not in where or where[u].prefix == of.prefix else str(where[u])
-                     for u in shown[:most]) + more
+    return ", ".join(_name(k, of) for k in shown[:most]) + more
+
+
+def _name(key: str, of: BackupId) -> str:
+    prefix, _, ulid = key.rpartition("/")
+    return ulid if prefix == of.prefix else f"{of.vault}/{key}"
 
 
 @dataclasses.dataclass

@@ -142,11 +142,12 @@ class Prices:
 
 
 def plan(items: Iterable[Item], policy: Policy, now: datetime.datetime,
-         parent_of: Callable[[Item], str | None], prices: Prices = Prices(),
+         parent_of: Callable[[Item], str | list[str] | None], prices: Prices = Prices(),
          allow_early_delete: bool = False, others: Iterable[Item] = ()) -> list[Decision]:
     """A decision for every item, newest first within each prefix.
-    ``parent_of(item)`` names the ULID of the archive ``item``'s chain
-    needs next (None for a full backup or an unknown parent); ``others``
+    ``parent_of(item)`` names the archive ``item``'s chain needs next by its
+    key (``item_key``: PREFIX/ULID), or a list of keys when it may be any of
+    them (all are held), or None for a full backup or an unknown parent; ``others``
     stay whatever the policy says and only hold their bases."""
     if policy.empty:
         raise ValueError("a retention policy needs at least one keep rule")
@@ -227,28 +228,41 @@ def _rules(group: list[Item], policy: Policy) -> list[list[str]]:
 
 
 def _hold_bases(items: list[Item], decisions: dict[int, Decision],
-                parent_of: Callable[[Item], str | None]) -> None:
-    """Every archive on the chain of one that stays is held."""
-    by_ulid: dict[str, Item] = {}
-    for i in items:              # the same ULID twice: the planned one is held (safe side)
-        by_ulid.setdefault(i.ulid, i)
+                parent_of: Callable[[Item], str | list[str] | None]) -> None:
+    """Every archive on the chain of one that stays is held.  ``parent_of``
+    names an item's parent by key (PREFIX/ULID, or the ULID alone without a
+    prefix), or a list of keys when it may be any of them: all are held."""
+    by_key: dict[str, Item] = {}
+    for i in items:              # the same archive twice: the planned one is held (safe side)
+        by_key.setdefault(item_key(i), i)
     stays = sorted((i for i in items if decisions[id(i)].action != DELETE),
                    key=lambda i: (i.prefix, _newest_first(i)))
     for start in stays:
-        child, seen = start, {start.ulid}
-        while (up := parent_of(child)) and up in by_ulid and up not in seen:
-            seen.add(up)
-            parent = by_ulid[up]
-            d = decisions[id(parent)]
-            if d.action == DELETE:
-                d.action = HELD
-                d.reasons = []
-            if d.action == HELD:
-                reason = (f"parent of a backup in progress ({child.label or child.ulid})"
-                          if child.writing else f"base of {child.label or child.ulid}")
-                if reason not in d.reasons:
-                    d.reasons.append(reason)
-            child = parent
+        seen = {item_key(start)}
+        todo = [start]
+        while todo:
+            child = todo.pop()
+            ups = parent_of(child)
+            for up in [ups] if isinstance(ups, str) else ups or ():
+                if up not in by_key or up in seen:
+                    continue
+                seen.add(up)
+                parent = by_key[up]
+                d = decisions[id(parent)]
+                if d.action == DELETE:
+                    d.action = HELD
+                    d.reasons = []
+                if d.action == HELD:
+                    reason = (f"parent of a backup in progress ({child.label or child.ulid})"
+                              if child.writing else f"base of {child.label or child.ulid}")
+                    if reason not in d.reasons:
+                        d.reasons.append(reason)
+                todo.append(parent)
+
+
+def item_key(item: Item) -> str:
+    """An item's archive key in its vault: PREFIX/ULID, or the ULID alone."""
+    return f"{item.prefix}/{item.ulid}" if item.prefix else item.ulid
 
 
 def money(amount: float) -> str:

@@ -286,10 +286,10 @@ class Operations(pyfuse3.Operations):
         store = self.s.stores(bid.vault)
         entries = await trio.to_thread.run_sync(remove.chain_entries, self.spool, store,
                                                 bid.vault)
-        needed = chains.dependents(entries, bid.ulid)
+        needed = chains.dependents(entries, bid.key)
         if needed:          # as cryophile rm without -R/--force
             raise FsError(errno.EBUSY, f"{bid} is the base of "
-                          f"{remove.names(needed, bid, entries)}: not deleted (delete those first)")
+                          f"{remove.names(needed, bid)}: not deleted (delete those first)")
         try:
             await trio.to_thread.run_sync(remove.remove, self.spool, store, bid)
         except errors.NotFoundError:
@@ -559,8 +559,9 @@ class Operations(pyfuse3.Operations):
             known = [n.archive for n in (self.tree.walk(top) if top else ())
                      if n.archive is not None and n.archive.clear is not None]
             up = chains.parents([chains.Link.of(a.bid, a.clear) for a in known]).get(
-                archive.bid.ulid)
-            return {"parent": "MISSING" if isinstance(up, chains.Missing) else up}
+                archive.bid.key)
+            return {"parent": "MISSING" if isinstance(up, chains.Missing) else
+                    up and chains.ulid_of(up)}
         if archive.manifest is None and self.s.keyring is None:
             raise FsError(errno.ENOKEY, f"the snapshot of {archive.bid} is encrypted: mount "
                           "with -k SECRET_KEY_FILE to see it")

@@ -98,7 +98,7 @@ class Thaws:
                 n = getattr(exc, "fragment", None)
                 if n is not None:
                     await trio.to_thread.run_sync(restorequeue.record_failure, self.spool,
-                                                  archive.bid, n, exc)
+                                                  archive.bid, n, exc, getattr(exc, "seen", None))
                 raise
         await trio.to_thread.run_sync(thaw.request, self.spool, archive.bid, wanted)
         if self.thawer is not None:

@@ -4,6 +4,9 @@ chunk.0 is immutable, so an archive's clear metadata and encrypted manifest
 are read once per mount; a refresh only lists keys and reads the new marks
 (several at once, from the spool's chunk.0 cache that ``cryophile ls``
 shares when it has them, so a mount after an ``ls`` makes LIST requests only).
+Each listing is told the keys the known archives hold (the first one: those
+the chunk.0 cache names), so that its requests are placed as a warm
+``cryophile ls`` places them: one LIST per 1,000 keys of an unchanged vault.
 Listings are refreshed when a directory is read or a name is missing, at
 most every ``REFRESH`` seconds per vault.  All I/O here is blocking and runs
 in threads (``trio.to_thread.run_sync``).
@@ -41,6 +44,7 @@ class Archive:
     ready: trio.Event = dataclasses.field(default_factory=trio.Event)   # set once sealed
     readers: int = 0
     verified: dict = dataclasses.field(default_factory=dict)   # fragment -> stamp hashed
+    heads: dict = dataclasses.field(default_factory=dict)      # fragment -> (HEAD, when)
 
     @property
     def mtime_ns(self) -> int:
@@ -81,22 +85,33 @@ def local_fragment(store, bid: BackupId, n: int) -> str | None:
     return None
 
 
-def scan(spool: Spool, store, vault: str, known: set[str]) -> tuple[dict[str, Archive], str | None]:
-    """New archives of ``vault`` (spool first, then store); and a store error, if any."""
+def object_keys(bid: BackupId, clear) -> list[str]:
+    """The keys an archive's chunk.0 says the vault holds for it."""
+    return [bid.fragment_key(n) for n in range(len(clear.fragments) + 1)]
+
+
+def scan(spool: Spool, store, vault: str, known: set[str],
+         expected: list[str] | None = None) -> tuple[dict[str, Archive], str | None]:
+    """New archives of ``vault`` (spool first, then store); and a store error,
+    if any.  ``expected``: the keys the vault is known to hold, which place
+    the listing's requests (None: those of the chunk.0 cache)."""
+    cache = MarkCache(spool)
+    if expected is None:
+        expected = [k for key, clear in cache.read_all(vault, "").items()
+                    for k in object_keys(_bid(vault, key), clear)]
     bids: dict[str, BackupId] = {}
     for bid in spool.archives("freeze"):
         if bid.vault == vault and os.path.exists(spool.path("freeze", bid, 0)):
             bids[bid.key] = bid
     problem = None
     try:
-        for info in store.list(""):
+        for info in store.list("", expected=expected):
             m = catalog.MARK_RE.match(info.key)
             if m:
                 bid = BackupId(vault, m.group(1) or "", m.group(2))
                 bids.setdefault(bid.key, bid)
     except errors.Error as exc:
         problem = f"cannot list vault {vault} ({store.url}): {exc}"
-    cache = MarkCache(spool)
 
     def one(bid: BackupId) -> Archive | errors.Error | None:
         try:
@@ -116,6 +131,11 @@ def scan(spool: Spool, store, vault: str, known: set[str]) -> tuple[dict[str, Ar
     return found, problem
 
 
+def _bid(vault: str, key: str) -> BackupId:
+    prefix, _, ulid = key.rpartition("/")
+    return BackupId(vault, prefix, ulid)
+
+
 def state(spool: Spool, store, archive: Archive) -> tuple[str, str | None]:
     """(state, storage class): writing, queued, freezing, frozen, thawing, thawed,
     local, stored; incomplete for a stream sealed although cut short."""
@@ -129,6 +149,12 @@ def state(spool: Spool, store, archive: Archive) -> tuple[str, str | None]:
 
 
 def _where(spool: Spool, store, archive: Archive) -> tuple[str, str | None]:
+    """Judged over every fragment: ``thawed`` once each is readable (in
+    the restore queue, or readable in the vault), ``thawing`` while one is
+    not and a thaw is asked for or under way, else ``frozen``.  The vault is
+    asked fragment by fragment only until one that is not readable decides,
+    and a readable answer is kept (``_head``): a stat costs at most one
+    HEAD once each fragment was seen readable, none once all were."""
     bid = archive.bid
     n = archive.fragments
     if _failed(spool, store, bid):
@@ -136,20 +162,45 @@ def _where(spool: Spool, store, archive: Archive) -> tuple[str, str | None]:
     queued = spool.fragments("freeze", bid)
     if os.path.isdir(spool.dir("freeze", bid)) and queued:
         return ("queued" if len(queued) == n + 1 else "freezing"), None
-    if len([k for k in spool.fragments("restore", bid) if k]) == n:
-        return "thawed", None
-    try:
-        info = store.head(bid.fragment_key(1))
-    except errors.NotFoundError:
-        return "damaged", None
-    if info.storage_class == LocalStore.storage_class:
-        return "local", info.storage_class
-    if info.state is State.AVAILABLE:       # readable now, whatever is still queued
-        return ("thawed" if info.storage_class in ("GLACIER", "DEEP_ARCHIVE") else "stored",
-                info.storage_class)
-    if info.state is State.RESTORING or _thaw_asked(spool, bid):
-        return "thawing", info.storage_class
-    return "frozen", info.storage_class
+    here = {k for k in spool.fragments("restore", bid) if k}
+    sclass = None
+    for k in range(1, n + 1):
+        if k in here:
+            continue
+        try:
+            info = _head(store, archive, k)
+        except errors.NotFoundError:
+            return "damaged", sclass
+        sclass = sclass or info.storage_class
+        if info.storage_class == LocalStore.storage_class:
+            return "local", info.storage_class
+        if info.storage_class not in catalog.ARCHIVED_CLASSES:
+            return "stored", sclass         # readable without a thaw
+        if info.state is State.AVAILABLE:   # readable now, whatever is still queued
+            continue
+        if info.state is State.RESTORING or _thaw_asked(spool, bid):
+            return "thawing", sclass
+        return "frozen", sclass
+    return "thawed", sclass
+
+
+READABLE_TTL = 600.0    # seconds a HEAD saying "readable" stands (a vault's restore lasts days)
+
+
+def _head(store, archive: Archive, n: int):
+    """HEAD of fragment n, or the archive's last one while it said the
+    fragment is readable (other answers are asked again: they change when a
+    thaw starts or ends)."""
+    hit = archive.heads.get(n)
+    now = time.monotonic()
+    if hit is not None and now - hit[1] < READABLE_TTL:
+        return hit[0]
+    info = store.head(archive.bid.fragment_key(n))
+    if info.state is State.AVAILABLE:
+        archive.heads[n] = (info, now)
+    else:
+        archive.heads.pop(n, None)
+    return info
 
 
 def _failed(spool: Spool, store, bid: BackupId) -> bool:
@@ -193,16 +244,21 @@ class Listings:
         self.spool, self.stores = spool, stores
         self.on_found = on_found            # (vault, {key: Archive}) -> None
         self.known: dict[str, set[str]] = {}
+        self.keys: dict[str, dict[str, list[str]]] = {}   # vault -> archive -> its object keys
         self.when: dict[str, float] = {}
         self.locks: dict[str, trio.Lock] = {}
         self.problems: dict[str, str] = {}
 
     def add(self, archive: Archive) -> None:
         self.known.setdefault(archive.bid.vault, set()).add(archive.bid.key)
+        if archive.clear is not None:
+            self.keys.setdefault(archive.bid.vault, {})[archive.bid.key] = object_keys(
+                archive.bid, archive.clear)
 
     def forget(self, bid: BackupId) -> None:
         """An archive deleted through the mount."""
         self.known.get(bid.vault, set()).discard(bid.key)
+        self.keys.get(bid.vault, {}).pop(bid.key, None)
 
     async def refresh(self, vault: str, force: bool = False) -> None:
         lock = self.locks.setdefault(vault, trio.Lock())
@@ -212,8 +268,11 @@ class Listings:
                 return
             known = set(self.known.get(vault, ()))
             store = self.stores(vault)
+            expected = None                 # the first listing: the chunk.0 cache's keys
+            if vault in self.when:
+                expected = [k for keys in self.keys.get(vault, {}).values() for k in keys]
             found, problem = await trio.to_thread.run_sync(
-                scan, self.spool, store, vault, known)
+                scan, self.spool, store, vault, known, expected)
             self.when[vault] = time.monotonic()
             self._report(vault, problem)
             for archive in found.values():

@@ -125,3 +125,62 @@ def test_state_after_a_warm_thaw_request(tmp_path, fskeys, moto_endpoint, s3prox
             wait_until(lambda: state(archive) == "thawed", timeout=60)
     finally:
         daemon.release()
+
+
+@pytest.mark.timeout(180)
+def test_a_missing_fragment_record_goes_stale_when_the_object_is_back(s3rig, data, fskeys,
+                                                                       s3client, bucket):
+    """A read that finds a fragment gone records the failure with what the
+    vault held (nothing): the archive is damaged while the object stays
+    gone, and no longer once it is back, without anyone asking again."""
+    with s3rig.mounted("-k", str(fskeys[1]), "-o", "thaw_poll=0.2",
+                       expect=(r"chunk\.2 .*missing",)):
+        sh(f"cat {data} > {s3rig.incoming}/gone")
+        archive = s3rig.archive()
+        wait_until(lambda: state(archive) == "frozen")
+        key = f"{archive.name}/chunk.2"
+        size = s3client.head_object(Bucket=bucket, Key=key)["ContentLength"]
+        s3client.delete_object(Bucket=bucket, Key=key)
+        with pytest.raises(OSError):
+            os.open(archive, os.O_RDONLY | os.O_NONBLOCK)
+        assert list((s3rig.spool / "thaw").rglob("chunk.2.failed"))
+        assert state(archive) == "damaged"              # the object is still gone
+        s3client.put_object(Bucket=bucket, Key=key, Body=b"\0" * size,
+                             StorageClass="GLACIER")      # (put back: any bytes will do)
+        assert state(archive) == "frozen"               # the record no longer holds
+        assert not list((s3rig.spool / "thaw").rglob("chunk.2.failed"))
+
+
+@pytest.mark.timeout(180)
+def test_the_state_is_judged_over_every_fragment(s3rig, s3proxy, data, s3client, bucket):
+    """thawed only once every fragment is readable, thawing while the rest is
+    being restored; readable answers are kept: stats in a row make no request."""
+    import boto3
+    with s3rig.mounted("-o", "thaw_poll=0.2"):
+        sh(f"cat {data} > {s3rig.incoming}/parts")
+        archive = s3rig.archive()
+        wait_until(lambda: state(archive) == "frozen")
+        keys = [f"{archive.name}/chunk.{n}" for n in range(1, 5)]
+
+        def asked(key):         # state read until the mount has asked the vault about key
+            state(archive)
+            return any(r.path.endswith("/" + key) for r in s3proxy.requests("HEAD"))
+        # another host restores the first fragment only: reading still needs a thaw
+        s3client.restore_object(Bucket=bucket, Key=keys[0], RestoreRequest={"Days": 1})
+        s3proxy.reset()
+        wait_until(lambda: asked(keys[0]))
+        assert state(archive) == "frozen"
+        # the rest is being restored
+        s3proxy.restore_delay = 3600
+        proxied = boto3.session.Session().client("s3", endpoint_url=s3proxy.endpoint)
+        try:
+            for key in keys[1:]:
+                proxied.restore_object(Bucket=bucket, Key=key, RestoreRequest={"Days": 1})
+        finally:
+            proxied.close()
+        wait_until(lambda: state(archive) == "thawing")
+        s3proxy.reset()                                 # the restores are done
+        wait_until(lambda: state(archive) == "thawed")
+        s3proxy.reset()
+        assert all(state(archive) == "thawed" for _ in range(10))
+        assert not s3proxy.requests("HEAD")             # kept: no request per stat

@@ -184,3 +184,31 @@ def test_the_base_of_an_incremental_stream_being_written_is_held(rig, recipes):
         assert refused.returncode == 2 and child.encode() in refused.stderr, refused.stderr
     proc = rig.run("prune", rig.vault, "--keep-last", "1", "-n", check=True)
     assert plan_lines(proc)[base] == f"held base of {child}"      # sealed: its chunk.0 says
+
+
+def test_one_ulid_under_two_prefixes_is_two_archives(rig, recipes):
+    """backup --ulid can give archives under two prefixes the same ULID: an
+    incremental's base is the one under its own prefix, which prune holds
+    and rm refuses to remove, while its twin elsewhere goes as any other."""
+    import datetime
+    from cryophile.ids import new_ulid
+    twin = new_ulid(datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc))
+    for prefix in ("a", "b"):
+        assert rig.backup(os.urandom(3000), recipes["gpg"].cert, "-u", twin,
+                          "-p", prefix) == twin
+    child = backup(rig, recipes, "2026-01-02T00:00:00Z", "-p", "b", "--parent", twin)
+    newer = backup(rig, recipes, "2026-01-03T00:00:00Z", "-p", "a")
+    rig.run("freeze", "--once", check=True)
+    dry = rig.run("prune", rig.vault, "--keep-last", "1", "-n", check=True)
+    lines = {line.split()[1]: line.split()[0] for line in dry.stdout.decode().splitlines()[:-1]}
+    assert lines == {f"{rig.vault}/a/{newer}": "keep", f"{rig.vault}/a/{twin}": "delete",
+                     f"{rig.vault}/b/{child}": "keep", f"{rig.vault}/b/{twin}": "held"}
+    gone = rig.run("rm", f"{rig.vault}/b/{twin}")
+    assert gone.returncode != 0 and f"base of {child}" in gone.stderr.decode()
+    rig.run("prune", rig.vault, "--keep-last", "1", check=True)
+    assert not archive_dir(rig, twin, "a").exists()
+    assert (archive_dir(rig, twin, "b") / "chunk.0").exists()
+    chain = rig.run("chain", "--json", f"{rig.vault}/b/{child}", check=True)
+    assert '"prefix": "b"' in chain.stdout.decode() and '"prefix": "a"' not in \
+        chain.stdout.decode()
+    assert rig.run("check", rig.vault).returncode == 0

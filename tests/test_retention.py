@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cryophile.retention import (
-    DELETE, HELD, KEEP, Duration, Item, Policy, Prices, Stored, plan,
+    DELETE, HELD, KEEP, Duration, Item, Policy, Prices, Stored, item_key, plan,
 )
 
 UTC = datetime.timezone.utc
@@ -66,8 +66,8 @@ def test_each_prefix_on_its_own():
 
 def test_bases_of_kept_archives_are_held():
     items = [item(i, i) for i in range(5)]
-    parents = {"U0004": "U0003", "U0003": "U0001", "U0002": "U0001", "U0001": None}
-    got = plan(items, Policy(last=1), NOW, lambda i: parents.get(i.ulid))
+    parents = {"p/U0004": "p/U0003", "p/U0003": "p/U0001", "p/U0002": "p/U0001"}
+    got = plan(items, Policy(last=1), NOW, lambda i: parents.get(item_key(i)))
     assert [(d.item.ulid, d.action, d.reasons) for d in got] == [
         ("U0004", KEEP, ["last"]),
         ("U0003", HELD, ["base of U0004"]),
@@ -79,7 +79,7 @@ def test_bases_of_kept_archives_are_held():
 
 def test_queued_archives_are_kept_with_their_bases_and_count_for_nothing():
     items = [item(0, 0), item(1, 1), item(2, 2, queued=True)]
-    got = plan(items, Policy(last=1), NOW, lambda i: "U0000" if i.ulid == "U0002" else None)
+    got = plan(items, Policy(last=1), NOW, lambda i: "p/U0000" if i.ulid == "U0002" else None)
     assert [(d.item.ulid, d.action, d.reasons) for d in got] == [
         ("U0002", KEEP, ["not yet frozen"]),
         ("U0001", KEEP, ["last"]),
@@ -153,15 +153,23 @@ def histories(draw):
                             min_size=n, max_size=n))
     queued = draw(st.lists(st.booleans().map(lambda b: b and draw(st.booleans())),
                            min_size=n, max_size=n))
-    items = [Item(f"U{i:04d}", prefixes[i], T0 + datetime.timedelta(hours=hours[i]),
+    # backup --ulid can give archives under two prefixes the same ULID
+    twins = draw(st.lists(st.booleans(), min_size=n, max_size=n))
+    ulids: list[str] = []
+    for i in range(n):
+        taken = {(prefixes[j], ulids[j]) for j in range(i)}
+        twin = i and twins[i] and (prefixes[i], ulids[i - 1]) not in taken
+        ulids.append(ulids[i - 1] if twin else f"U{i:04d}")
+    items = [Item(ulids[i], prefixes[i], T0 + datetime.timedelta(hours=hours[i]),
                   (Stored(classes[i], 1000, NOW - datetime.timedelta(days=ages[i])),),
                   queued[i]) for i in range(n)]
     # each archive's parent (if any) is an older one: chains as backups make them
+    # (by key, PREFIX/ULID, as prune names them)
     parents = {}
     for i, it in enumerate(items):
-        older = [o.ulid for o in items if o.time < it.time]
+        older = [item_key(o) for o in items if o.time < it.time]
         if older and draw(st.booleans()):
-            parents[it.ulid] = draw(st.sampled_from(older))
+            parents[item_key(it)] = draw(st.sampled_from(older))
     return items, parents
 
 
@@ -176,11 +184,11 @@ def ancestors(ulid, parents):
 @given(histories(), policies, st.booleans())
 def test_never_deletes_what_a_surviving_archive_needs(history, policy, early):
     items, parents = history
-    got = plan(items, policy, NOW, lambda i: parents.get(i.ulid), allow_early_delete=early)
-    deleted = {d.item.ulid for d in got if d.action == DELETE}
+    got = plan(items, policy, NOW, lambda i: parents.get(item_key(i)), allow_early_delete=early)
+    deleted = {item_key(d.item) for d in got if d.action == DELETE}
     for d in got:
         if d.action != DELETE:
-            assert not deleted & set(ancestors(d.item.ulid, parents)), d
+            assert not deleted & set(ancestors(item_key(d.item), parents)), d
     assert all(not d.item.queued for d in got if d.action == DELETE)
     if not early:
         assert all(not d.early for d in got if d.action == DELETE)
@@ -190,7 +198,7 @@ def test_never_deletes_what_a_surviving_archive_needs(history, policy, early):
 @given(histories(), policies)
 def test_keep_counts_are_obeyed(history, policy):
     items, parents = history
-    got = plan(items, policy, NOW, lambda i: parents.get(i.ulid), allow_early_delete=True)
+    got = plan(items, policy, NOW, lambda i: parents.get(item_key(i)), allow_early_delete=True)
     for prefix in ("a", "b"):
         mine = [d for d in got if d.item.prefix == prefix and not d.item.queued]
         newest = sorted(mine, key=lambda d: (d.item.time, d.item.ulid), reverse=True)
@@ -207,7 +215,7 @@ def test_keep_counts_are_obeyed(history, policy):
 @given(histories(), policies, st.booleans())
 def test_planning_again_after_the_deletions_deletes_nothing(history, policy, early):
     items, parents = history
-    parent_of = lambda i: parents.get(i.ulid)          # noqa: E731
+    parent_of = lambda i: parents.get(item_key(i))          # noqa: E731
     first = plan(items, policy, NOW, parent_of, allow_early_delete=early)
     survivors = [d.item for d in first if d.action != DELETE]
     second = plan(survivors, policy, NOW, parent_of, allow_early_delete=early)
@@ -223,20 +231,20 @@ def test_planning_one_prefix_holds_the_bases_of_the_others(history, policy, earl
     items, parents = history
     mine = [i for i in items if i.prefix == "a"]
     others = [i for i in items if i.prefix != "a"]
-    got = plan(mine, policy, NOW, lambda i: parents.get(i.ulid), allow_early_delete=early,
+    got = plan(mine, policy, NOW, lambda i: parents.get(item_key(i)), allow_early_delete=early,
                others=others)
     assert sorted(d.item.ulid for d in got) == sorted(i.ulid for i in mine)
-    deleted = {d.item.ulid for d in got if d.action == DELETE}
+    deleted = {item_key(d.item) for d in got if d.action == DELETE}
     for survivor in [*others, *(d.item for d in got if d.action != DELETE)]:
-        assert not deleted & set(ancestors(survivor.ulid, parents)), survivor
-    alone = plan(mine, policy, NOW, lambda i: parents.get(i.ulid), allow_early_delete=early)
-    assert deleted <= {d.item.ulid for d in alone if d.action == DELETE}
+        assert not deleted & set(ancestors(item_key(survivor), parents)), survivor
+    alone = plan(mine, policy, NOW, lambda i: parents.get(item_key(i)), allow_early_delete=early)
+    assert deleted <= {item_key(d.item) for d in alone if d.action == DELETE}
 
 
 def test_a_base_held_for_another_prefix_names_it():
     base, child = item(1, 0, "a"), item(2, 5, "b")
     child.label = "V/b/U0002"
     got = plan([base, item(3, 10, "a")], Policy(last=1), NOW,
-               lambda i: {"U0002": "U0001"}.get(i.ulid), others=[child])
+               lambda i: {"U0002": "a/U0001"}.get(i.ulid), others=[child])
     assert {d.item.ulid: (d.action, d.reasons) for d in got} == {
         "U0003": (KEEP, ["last"]), "U0001": (HELD, ["base of V/b/U0002"])}

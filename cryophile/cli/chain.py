@@ -33,7 +33,7 @@ def run(args) -> int:
         bid = finding.backup_id(ctx.config, args.target)
         found = finding.entries(ctx, bid.vault)
         links = chains.parents(found)
-        rows = [row(e, links.get(e.bid.ulid)) for e in finding.chain_of(found, bid)]
+        rows = [row(e, links.get(e.bid.key)) for e in finding.chain_of(found, bid)]
     finally:
         ctx.close()
     if args.json:

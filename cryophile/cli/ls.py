@@ -88,7 +88,7 @@ def run(args) -> int:
                     failure = failure or found
                     continue
                 entries, links = found
-                rows += [row(e, links.get(e.bid.ulid)) for e in entries
+                rows += [row(e, links.get(e.bid.key)) for e in entries
                          if _wanted(e, args) and only in (None, e.bid.ulid)]
     finally:
         ctx.close()
@@ -111,7 +111,7 @@ def _parents(ctx, store, vault: str, prefix: str, entries: list) -> dict:
     if prefix and any(isinstance(up, chains.Missing) for up in links.values()):
         whole = catalog.list_archives(ctx.spool, store, vault)
         wider = chains.parents(whole)
-        links = {ulid: wider.get(ulid, up) for ulid, up in links.items()}
+        links = {key: wider.get(key, up) for key, up in links.items()}
     return links
 
 
@@ -128,7 +128,7 @@ def row(e: catalog.Entry, parent) -> dict:
         "id": str(e.bid), "vault": e.bid.vault, "prefix": e.bid.prefix, "ulid": e.bid.ulid,
         "created": e.created, "size": e.size, "stored": e.stored, "fragments": e.fragments,
         "storage_class": e.storage_class, "state": e.state, "kind": e.kind,
-        "parent": parent if isinstance(parent, str) else None,
+        "parent": chains.ulid_of(parent) if isinstance(parent, str) else None,
         "parent_missing": parent.what if isinstance(parent, chains.Missing) else None,
         "name": e.name, "snapshot": e.snapshot,
     }

@@ -69,10 +69,10 @@ def run(args) -> int:
                                     "cryophile rm")
         store = ctx.store(vault)
         items, others, entries = _items(ctx, store, vault, prefix)
-        links = chains.parents(list(entries.values()))
+        links = chains.bases(list(entries.values()))    # by key: PREFIX/ULID
         decisions = retention.plan(
             items, policy, datetime.datetime.now(datetime.timezone.utc),
-            lambda item: _ulid_or_none(links.get(item.ulid)),
+            lambda item: links.get(retention.item_key(item)),
             retention.Prices.from_table(ctx.config.prices),
             allow_early_delete=args.allow_early_delete, others=others)
         _print(vault, decisions, ctx.config.prices.currency)
@@ -83,15 +83,12 @@ def run(args) -> int:
         ctx.close()
 
 
-def _ulid_or_none(link) -> str | None:
-    return link if isinstance(link, str) else None
-
-
 def _items(ctx, store, vault: str, prefix: str):
     """Archives of VAULT/PREFIX as retention items: those in the vault (whole:
     with chunk.0) and sealed ones still queued in the spool or being written;
     the vault's archives under other prefixes, which are not planned but hold
-    their bases (a chain may cross prefixes); and chain entries by ULID.
+    their bases (a chain may cross prefixes); and chain entries by key
+    (PREFIX/ULID: two prefixes may hold the same ULID).
     One listing of the whole vault; chunk.0s come from the spool's cache."""
     items: dict[str, retention.Item] = {}
     entries: dict[str, check.Link] = {}
@@ -111,19 +108,19 @@ def _items(ctx, store, vault: str, prefix: str):
                         for o in archive.objects.values())
         items[archive.bid.key] = retention.Item(archive.bid.ulid, archive.bid.prefix, made,
                                                 objects, label=_label(archive.bid, prefix))
-        entries[archive.bid.ulid] = check.Link(archive.bid, archive.clear.stream,
+        entries[archive.bid.key] = check.Link(archive.bid, archive.clear.stream,
                                                archive.clear.parent)
     for q in check.queued_entries(ctx.spool, vault):
         if q.bid.key not in items:
             items[q.bid.key] = retention.Item(q.bid.ulid, q.bid.prefix, ulid_time(q.bid.ulid),
                                               queued=True, label=_label(q.bid, prefix))
-            entries[q.bid.ulid] = q
+            entries[q.bid.key] = q
     for w in check.writing_entries(ctx.spool, vault):
         if w.bid.key not in items:
             items[w.bid.key] = retention.Item(w.bid.ulid, w.bid.prefix, ulid_time(w.bid.ulid),
                                               queued=True, writing=True,
                                               label=_label(w.bid, prefix))
-            entries[w.bid.ulid] = w
+            entries[w.bid.key] = w
     mine = [i for i in items.values() if _under(i.prefix, prefix)]
     others = [i for i in items.values() if not _under(i.prefix, prefix)]
     return mine, others, entries

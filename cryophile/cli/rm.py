@@ -50,8 +50,8 @@ def run(args) -> int:
         bids, needs = _with_dependants(ctx, bids, args)
         gone_wrong: set[str] = set()
         # an archive's dependants include its children's: fewer first is children first
-        for bid in sorted(bids, key=lambda b: (len(needs.get(b.ulid, ())), _desc(b.ulid))):
-            blocked = needs.get(bid.ulid, set()) & gone_wrong
+        for bid in sorted(bids, key=lambda b: (len(needs.get(str(b), ())), _desc(b.ulid))):
+            blocked = needs.get(str(bid), set()) & gone_wrong
             try:
                 if blocked:
                     raise remove.DependantsError(
@@ -60,7 +60,7 @@ def run(args) -> int:
             except errors.Error as exc:
                 log.error("%s", exc)
                 failed = failed or exc
-                gone_wrong.add(bid.ulid)
+                gone_wrong.add(str(bid))
                 continue
             sys.stdout.write(f"removed {bid}\n")
             sys.stdout.flush()
@@ -72,30 +72,32 @@ def run(args) -> int:
 def _with_dependants(ctx: Context, bids: list[ids.BackupId], args
                      ) -> tuple[list[ids.BackupId], dict[str, set[str]]]:
     """The archives to delete (with -R, their dependants too) and, for each,
-    the ULIDs of the archives whose chains need it.  Without -R or --force,
-    DependantsError when an archive not named needs one that is."""
-    todo = {b.ulid: b for b in bids}
+    the ids (VAULT/PREFIX/ULID) of the archives whose chains need it.  Without
+    -R or --force, DependantsError when an archive not named needs one that is."""
+    todo = {str(b): b for b in bids}
     needs: dict[str, set[str]] = {}
-    known: list = []
     for vault in dict.fromkeys(b.vault for b in bids):
         entries = remove.chain_entries(ctx.spool, ctx.store(vault), vault)    # all prefixes
-        known += entries
-        by_ulid = {e.bid.ulid: e.bid for e in entries}
+        by_key = {e.bid.key: e.bid for e in entries}
+
+        def dependants(bid: ids.BackupId) -> set[str]:
+            return {str(by_key[k]) for k in chains.dependents(entries, bid.key)}
         for bid in [b for b in bids if b.vault == vault]:
-            needs[bid.ulid] = chains.dependents(entries, bid.ulid)
+            needs[str(bid)] = dependants(bid)
             if args.recursive:
-                for ulid in needs[bid.ulid]:
-                    todo.setdefault(ulid, by_ulid[ulid])
-                    needs.setdefault(ulid, chains.dependents(entries, ulid))
+                for key in needs[str(bid)]:
+                    dep = todo.setdefault(key, ids.BackupId.parse(key))
+                    needs.setdefault(key, dependants(dep))
     for bid in bids:
-        others = needs[bid.ulid] - set(todo)
+        others = needs[str(bid)] - set(todo)
         if not others:
             continue
+        keys = {ids.BackupId.parse(o).key for o in others}
         if not args.force:
             raise remove.DependantsError(
-                f"{bid} is the base of {remove.names(others, bid, known)}: not removed (-R "
+                f"{bid} is the base of {remove.names(keys, bid)}: not removed (-R "
                 "removes those too, --force breaks their chains)")
-        log.warning("removing %s breaks the chain of %s", bid, remove.names(others, bid, known))
+        log.warning("removing %s breaks the chain of %s", bid, remove.names(keys, bid))
     return list(todo.values()), needs
 
 
