@@ -35,7 +35,12 @@ def test_progress_shows_on_a_terminal_only(tmp_path, recipes):
     code, screen = on_tty(rig.command("backup", "-v", rig.vault, "-k", str(recipes["gpg"].cert),
                                       "-i", str(data)))
     assert code == 0, screen
-    assert "backup: 3.00MiB" in screen
+    assert "backup: 100%" in screen and "3.00M/3.00M" in screen    # a file: its size is known
+    line = " ".join(shlex.quote(c) for c in rig.command("backup", "-v", rig.vault, "-k",
+                                                         str(recipes["gpg"].cert)))
+    code, screen = on_tty(["sh", "-c", f"cat {shlex.quote(str(data))} | {line}"])
+    assert code == 0, screen
+    assert "backup: 3.00MiB" in screen and "%" not in screen    # a pipe: no total
     piped = rig.run("backup", "-v", rig.vault, "-k", str(recipes["gpg"].cert), "-i", str(data))
     assert piped.returncode == 0 and piped.stderr == b""
 

@@ -205,8 +205,8 @@ def _open_input(path: str):
 def _copy(source, writer: ArchiveWriter) -> None:
     """Each read is a new bytes object, which the writer compresses where it
     is (no copy) when it holds whole frames, as reads of a file do."""
-    progress = Progress("backup")
     fd = source.fileno()
+    progress = Progress("backup", _remaining(fd))
     _widen_pipe(fd)
     while True:
         try:
@@ -218,6 +218,18 @@ def _copy(source, writer: ArchiveWriter) -> None:
         writer.write(data)
         progress.add(len(data))
     progress.finish()
+
+
+def _remaining(fd: int) -> int | None:
+    """The bytes left in a regular file (-i FILE, or stdin redirected from one),
+    so that the bar shows a percentage and the time left; None for a pipe."""
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode):
+            return max(st.st_size - os.lseek(fd, 0, os.SEEK_CUR), 0) or None
+    except OSError:
+        pass
+    return None
 
 
 def _widen_pipe(fd: int) -> None:
