@@ -58,6 +58,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _stop_once)
     if args.timestamp and args.ulid:
         raise errors.UsageError("give either -t TIMESTAMP or -u ULID, not both")
     ctx = Context(args)
@@ -104,6 +106,16 @@ def run(args) -> int:
             source.close()
     print(ulid, flush=True)
     return 0
+
+
+def _stop_once(signum, frame) -> None:
+    """The first Ctrl-C or SIGTERM stops the backup; later ones are ignored, so
+    that a second Ctrl-C cannot cut short the abandoning of the archive (which
+    would leave it dead in the spool until the next run cleans it up).  The
+    abort's waits all have an end."""
+    for other in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(other, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 class _InlineFreeze:
