@@ -44,7 +44,8 @@ def add_parser(sub) -> None:
                    help="make the ULID at this time (ISO 8601 or seconds since the epoch)")
     p.add_argument("-u", "--ulid", metavar="ULID", help="use this ULID")
     p.add_argument("-s", "--fragment-size", metavar="SIZE",
-                   help="fragment size from 4KiB to 5TiB, e.g. 64MiB, 1G (default: 64MiB)")
+                   help="fragment size from 4KiB to 5TiB, e.g. 64MiB, 1G "
+                        "(default: the vault's, else 64MiB)")
     p.add_argument("--name", metavar="NAME", help="a name kept (encrypted) with the archive")
     p.add_argument("--allow-empty", action="store_true",
                    help="keep an archive of empty input (refused otherwise)")
