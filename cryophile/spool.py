@@ -74,8 +74,9 @@ def _cannot_create(path: str, exc: OSError) -> errors.Error:
     remedy = _REMEDY.get(exc.errno)
     if remedy is None:
         return errors.from_oserror(exc, f"cannot create {path}")
+    joint = ":" if exc.errno == errno.ENOENT else " or"    # no remedy there but moving
     return errors.SpoolError(f"cannot create {path}: {exc.filename}: {exc.strerror}; "
-                             f"{remedy} or choose another spool (-S DIR)")
+                             f"{remedy}{joint} choose another spool (-S DIR)")
 
 
 def _makedirs_private(path: str) -> None:

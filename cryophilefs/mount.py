@@ -210,9 +210,21 @@ def main(argv: list[str] | None = None) -> int:
         return mount(args)
     except errors.Error as exc:
         log.error("%s", exc)
+        if args.log_file and not _same_file(sys.stderr, args.log_file):
+            # the log went to the file: whoever started the mount hears why too
+            print(f"{PROG}: error: {logsetup.redact(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return errors.Interrupted.exit_code
+
+
+def _same_file(stream, path: str) -> bool:
+    """Whether ``stream`` writes into ``path`` (stderr once the mount is up)."""
+    try:
+        a, b = os.fstat(stream.fileno()), os.stat(path)
+    except (OSError, ValueError, AttributeError):
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def mount(args) -> int:

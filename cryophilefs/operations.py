@@ -581,12 +581,30 @@ class Operations(pyfuse3.Operations):
         if node.incoming is not None:
             fields = ("state", "name", "backup_id")
         elif node.archive is not None:
-            fields = ("state", "name", "storage_class", "fragments", "thaw", "backup_id",
-                      "created", "size", "stored", "stream", "parent", "snapshot",
-                      "thaw_plan")
+            await node.archive.ready.wait()
+            fields = self._archive_xattrs(node.archive)
         else:
             fields = ()
         return [os.fsencode(XATTR + f) for f in fields]
+
+    def _archive_xattrs(self, archive: vaults.Archive) -> tuple:
+        """The attributes an archive has (``getfattr -d`` asks for each of them):
+        no parent for a full backup, no snapshot for a stream that names none,
+        no name once the manifest showed there is none."""
+        fields = ("state", "storage_class", "fragments", "thaw", "backup_id", "created",
+                  "size", "stored", "stream")
+        if archive.name is not None or archive.manifest is None:
+            fields += ("name",)
+        clear = archive.clear
+        if clear is not None and chains.parents(
+                [chains.Link.of(archive.bid, clear)]).get(archive.bid.ulid) is not None:
+            fields += ("parent",)
+        if clear is not None and clear.kind in ("zfs", "btrfs") and (
+                archive.manifest is None or snapshot_name(archive.manifest.get("stream"))):
+            fields += ("snapshot",)
+        if self.thaws.policy is not None:
+            fields += ("thaw_plan",)
+        return fields
 
     async def setxattr(self, inode, name, value, ctx=None):
         node = self.tree.get(inode)

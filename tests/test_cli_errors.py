@@ -259,7 +259,7 @@ def test_spool_where_no_directory_can_be_made(rig, recipes):
     bad = "/proc/cryophile-nonexistent/spool"
     failed(backup(rig, recipes["sq"].cert, pre=["-S", bad]), SPOOL,
            f"cannot create {bad}", "/proc/cryophile-nonexistent: no such file or directory",
-           "makes no new directories", "-S DIR")
+           "makes no new directories: choose another spool (-S DIR)")
 
 
 @contextlib.contextmanager

@@ -35,7 +35,12 @@ def test_progress_shows_on_a_terminal_only(tmp_path, recipes):
     code, screen = on_tty(rig.command("backup", "-v", rig.vault, "-k", str(recipes["gpg"].cert),
                                       "-i", str(data)))
     assert code == 0, screen
-    assert "backup: 3.00MiB" in screen
+    assert "backup: 100%" in screen and "3.00M/3.00M" in screen    # a file: its size is known
+    line = " ".join(shlex.quote(c) for c in rig.command("backup", "-v", rig.vault, "-k",
+                                                         str(recipes["gpg"].cert)))
+    code, screen = on_tty(["sh", "-c", f"cat {shlex.quote(str(data))} | {line}"])
+    assert code == 0, screen
+    assert "backup: 3.00MiB" in screen and "%" not in screen    # a pipe: no total
     piped = rig.run("backup", "-v", rig.vault, "-k", str(recipes["gpg"].cert), "-i", str(data))
     assert piped.returncode == 0 and piped.stderr == b""
 
@@ -94,3 +99,14 @@ def test_bars_with_percentage_for_restore_freeze_and_thaw_on_a_terminal_only(tmp
     assert code == 0, screen
     assert re.search(r"thaw: 100%\|.*\| 2\.\d\dM/2\.\d\dM \[", screen), screen
     assert len(list((rig.spool / "restore").rglob("chunk.[12]"))) == 2
+
+
+def test_check_read_data_shows_progress_on_a_terminal(tmp_path, recipes):
+    rig = make_rig(tmp_path)
+    ulid = rig.backup(os.urandom(3 << 20), recipes["gpg"].cert, "-s", "1MiB")
+    rig.run("freeze", "--once", check=True)
+    code, screen = on_tty(rig.command("check", f"{rig.vault}/{ulid}", "--read-data"))
+    assert code == 0, screen
+    assert "check: 100%" in screen, screen
+    piped = rig.run("check", rig.vault, "--read-data")
+    assert piped.returncode == 0 and "check:" not in piped.stderr.decode()

@@ -65,3 +65,12 @@ def test_help_runs_for_every_command():
                               capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr
         assert "usage: cryophile" in proc.stdout
+
+
+def test_backup_help_gives_the_configured_defaults_first():
+    """-C and -s default to the vault's setting, as the man page says."""
+    text = " ".join(cli_main.parser(["backup"])._subparsers._group_actions[0]
+                    .choices["backup"].format_help().split())
+    for option in ("--compression none|lz4|zstd", "--fragment-size SIZE"):
+        after = text.split(option, 1)[1]
+        assert after.split("(default:", 1)[1].lstrip().startswith("the vault's"), after[:200]

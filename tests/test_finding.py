@@ -106,6 +106,13 @@ def test_restore_finds_by_id_latest_before_and_name(rig, zchain, recipes):
                     str(rig.root / "out"), input=None, check=True)        # options after it
     assert after.stdout == b"" and (rig.root / "out").read_bytes() == zstream(22, 11, "tank/fs@b")
     assert got("-v", rig.vault, "-p", "tank/fs", "--latest") == zstream(33, 22, "tank/fs@c")
+    for finder, args in (("sealed", ["--latest"]), ("named 'second'", ["--name", "second"]),
+                         ("made before", ["--before", "1000000150"])):   # says which it took
+        proc = rig.run("restore", "-k", key, "-v", rig.vault, "-p", "tank/fs", "-n", *args,
+                       input=None, check=True)
+        picked = c if finder == "sealed" else b
+        assert f"the newest archive {finder}" in proc.stderr.decode(), proc.stderr
+        assert f"{rig.vault}/tank/fs/{picked}" in proc.stderr.decode(), proc.stderr
     assert got("-v", rig.vault, "--latest") == b"just bytes"
     assert got("-v", rig.vault, "-p", "tank/fs", "--before", "1000000150") == \
         zstream(22, 11, "tank/fs@b")

@@ -48,6 +48,20 @@ def test_detached_mount_logs_to_the_file(rig, data, fskeys):
     assert os.stat(logfile).st_mode & 0o777 == 0o600
 
 
+@pytest.mark.timeout(120)
+def test_an_error_before_the_mount_reaches_stderr_with_a_log_file(rig, fskeys):
+    """With --log-file, a mount that cannot start still says why on stderr
+    (not only in the file), as the cryophile command does."""
+    logfile = rig.root / "fs.log"
+    cmd = detached(rig, "-k", str(fskeys[1]), "--log-file", str(logfile))
+    cmd[-1] = str(rig.root / "no-such-dir")
+    proc = run(cmd)
+    assert proc.returncode == errors.UsageError.exit_code
+    lines = proc.stderr.decode().splitlines()
+    assert len(lines) == 1 and "is not a directory" in lines[0], lines
+    assert "is not a directory" in logfile.read_text()
+
+
 @needs_fuse
 @pytest.mark.skipif(os.path.exists(mount.SYSLOG), reason="this machine has a syslog socket")
 def test_no_syslog_and_no_log_file_refuses_to_detach(rig, fskeys):

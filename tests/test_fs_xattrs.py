@@ -33,6 +33,11 @@ async def test_stream_parent_and_snapshot(tmp_path, fskeys, nursery):
     names = await ops.listxattr(inc.ino)
     assert {b"user.cryophile.stream", b"user.cryophile.parent",
             b"user.cryophile.snapshot"} <= set(names)
+    for node in (full, inc, plain):             # getfattr -d: every listed one has a value
+        for name in await ops.listxattr(node.ino):
+            await ops.getxattr(node.ino, name)
+    assert b"user.cryophile.parent" not in await ops.listxattr(full.ino)
+    assert b"user.cryophile.snapshot" not in await ops.listxattr(plain.ino)
     ops.tree.remove(full)                       # gone from the vault
     assert await xattr(ops, inc, "parent") == b"MISSING"
 

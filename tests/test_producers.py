@@ -295,6 +295,33 @@ def test_an_interrupted_backup_stops_its_command(rig, tmp_path):
     no_complete_archive(rig)
 
 
+@pytest.mark.timeout(180)
+def test_ctrl_c_twice_still_abandons_the_archive(rig, tmp_path):
+    """An impatient user presses Ctrl-C again while the backup cleans up: the
+    archive is still abandoned whole, not left dead with fragments queued."""
+    import signal
+    import time
+    proc = subprocess.Popen(rig.command("backup", "-v", rig.vault, "-k", str(rig.cert),
+                                        "-s", "1MiB", "--", "sh", "-c", "exec yes"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for _ in range(1200):                     # some fragments queued
+            if len(list((rig.spool / "freeze").rglob("chunk.*"))) >= 2:
+                break
+            time.sleep(0.05)
+        while proc.poll() is None:                # Ctrl-C, again and again
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.002)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 130 and b"Traceback" not in err, err
+    no_complete_archive(rig)
+    listed = rig.run("ls", rig.vault, "-H", check=True).stdout.decode()
+    assert "\tabandoned\t" in listed and "dead" not in listed, listed
+
+
 def test_every_cut_of_real_streams_is_caught(zfs_sends, btrfs_sends, tar_file):
     """The parsers alone, over many cuts of what the real producers wrote."""
     from cryophile.streams import Watcher

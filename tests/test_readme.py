@@ -20,7 +20,9 @@ def test_readme_names_the_two_commands():
 
 def test_demo_runs(tmp_path):
     # .ci/run has run scripts/setup already; the demo's own work is what is tested
-    env = {**os.environ, "CRYOPHILE_DEMO_NO_SETUP": "1", "CRYOPHILE_VENV": sys.prefix}
+    # and it writes only into this test's directory, not the checkout's ./demo
+    env = {**os.environ, "CRYOPHILE_DEMO_NO_SETUP": "1", "CRYOPHILE_VENV": sys.prefix,
+           "CRYOPHILE_DEMO_DIR": str(tmp_path / "demo")}
     proc = subprocess.run([str(ROOT / "scripts" / "demo")], capture_output=True, env=env,
                           timeout=900, cwd=ROOT)
     out = proc.stdout.decode(errors="replace")
@@ -29,3 +31,4 @@ def test_demo_runs(tmp_path):
     assert "sq + lz4 give back the same bytes" in out
     assert 'user.cryophile.name="usr-share.tar"' in out
     assert "read back through the mount, byte for byte, after a remount" in out
+    assert (tmp_path / "demo" / "cryophile.toml").exists()

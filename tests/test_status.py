@@ -232,3 +232,15 @@ def test_a_stale_holder_record_is_not_believed(tmp_path):
     finally:
         os.close(fd)
     assert health.daemons(spool)["thaw"] == {"running": False, "pid": None, "command": None}
+
+
+def test_a_spool_that_does_not_exist_is_said_so(tmp_path):
+    """A typo in -S must not look like an empty, healthy spool."""
+    rig = make_rig(tmp_path)
+    proc = rig.run("status", pre=["-S", str(tmp_path / "typo")], check=True)
+    first = proc.stdout.decode().splitlines()[0]
+    assert first.startswith(f"spool {tmp_path / 'typo'} (does not exist"), first
+    assert not (tmp_path / "typo").exists()
+    rig.spool.mkdir(parents=True)
+    proc = rig.run("status", check=True)                 # one that exists: no remark
+    assert "does not exist" not in proc.stdout.decode()

@@ -44,7 +44,8 @@ def add_parser(sub) -> None:
                    help="make the ULID at this time (ISO 8601 or seconds since the epoch)")
     p.add_argument("-u", "--ulid", metavar="ULID", help="use this ULID")
     p.add_argument("-s", "--fragment-size", metavar="SIZE",
-                   help="fragment size from 4KiB to 5TiB, e.g. 64MiB, 1G (default: 64MiB)")
+                   help="fragment size from 4KiB to 5TiB, e.g. 64MiB, 1G "
+                        "(default: the vault's, else 64MiB)")
     p.add_argument("--name", metavar="NAME", help="a name kept (encrypted) with the archive")
     p.add_argument("--allow-empty", action="store_true",
                    help="keep an archive of empty input (refused otherwise)")
@@ -58,6 +59,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _stop_once)
     if args.timestamp and args.ulid:
         raise errors.UsageError("give either -t TIMESTAMP or -u ULID, not both")
     ctx = Context(args)
@@ -104,6 +107,16 @@ def run(args) -> int:
             source.close()
     print(ulid, flush=True)
     return 0
+
+
+def _stop_once(signum, frame) -> None:
+    """The first Ctrl-C or SIGTERM stops the backup; later ones are ignored, so
+    that a second Ctrl-C cannot cut short the abandoning of the archive (which
+    would leave it dead in the spool until the next run cleans it up).  The
+    abort's waits all have an end."""
+    for other in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(other, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 class _InlineFreeze:
@@ -205,8 +218,8 @@ def _open_input(path: str):
 def _copy(source, writer: ArchiveWriter) -> None:
     """Each read is a new bytes object, which the writer compresses where it
     is (no copy) when it holds whole frames, as reads of a file do."""
-    progress = Progress("backup")
     fd = source.fileno()
+    progress = Progress("backup", _remaining(fd))
     _widen_pipe(fd)
     while True:
         try:
@@ -218,6 +231,18 @@ def _copy(source, writer: ArchiveWriter) -> None:
         writer.write(data)
         progress.add(len(data))
     progress.finish()
+
+
+def _remaining(fd: int) -> int | None:
+    """The bytes left in a regular file (-i FILE, or stdin redirected from one),
+    so that the bar shows a percentage and the time left; None for a pipe."""
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode):
+            return max(st.st_size - os.lseek(fd, 0, os.SEEK_CUR), 0) or None
+    except OSError:
+        pass
+    return None
 
 
 def _widen_pipe(fd: int) -> None:

@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from .. import check, errors, ids
+from .. import check, errors, ids, progress
 from ..markcache import MarkCache
 from .common import Context
 
@@ -96,10 +96,15 @@ def _check(ctx, vault, prefix, ulid, args, keyring):
                         check.queued_entries(ctx.spool, vault))) if prefix else None)
     checker.metadata(archives, context.values(), check.queued_entries(ctx.spool, vault, prefix))
     if args.read_data:
-        for archive in checker.checked:
-            if keyring is None:
-                checker.read_data(archive)
-            else:
-                ctx.spool.ensure()
-                checker.decrypt(archive, keyring.decrypt_session_key, ctx.spool.root)
+        total = sum(f.size for a in checker.checked if a.clear for f in a.clear.fragments)
+        bar = progress.Transfers("check", "download", total or None)   # on a terminal
+        try:
+            for archive in checker.checked:
+                if keyring is None:
+                    checker.read_data(archive)
+                else:
+                    ctx.spool.ensure()
+                    checker.decrypt(archive, keyring.decrypt_session_key, ctx.spool.root)
+        finally:
+            bar.finish()
     return checker.problems, [str(a.bid) for a in checker.checked]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import sys
 
 from .. import health, metrics
@@ -49,7 +50,9 @@ def run(args) -> int:
 
 
 def show(status: dict, out) -> None:
-    out.write(f"spool {status['spool']}\n")
+    missing = "" if os.path.isdir(status["spool"]) else (
+        " (does not exist: nothing has used it yet, or a typo in -S or the configuration)")
+    out.write(f"spool {status['spool']}{missing}\n")
     out.write(f"{'QUEUE':<8} {'ARCHIVES':>8} {'FRAGMENTS':>9} {'BYTES':>11}\n")
     for queue in QUEUES:
         q = status["queues"][queue]

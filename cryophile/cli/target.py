@@ -129,8 +129,12 @@ def resolve(ctx, args, keyring) -> BackupId:
     if args.ulid:
         return BackupId(vault, prefix, ids.parse_ulid(args.ulid))
     found = finding.entries(ctx, vault, keyring if args.name is not None else None)
-    return finding.pick(found, vault, prefix, latest=args.latest, before=args.before,
-                        name=args.name)
+    bid = finding.pick(found, vault, prefix, latest=args.latest, before=args.before,
+                       name=args.name)
+    what = (f"named {args.name!r}" if args.name is not None else
+            f"made before {args.before.isoformat()}" if args.before is not None else "")
+    log.info("the newest archive %s: %s", what or "sealed", bid)   # which one was picked
+    return bid
 
 
 def restore_chain(ctx, bid: BackupId, keyring, command: list[str], restore_class) -> int:
