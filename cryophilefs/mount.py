@@ -27,7 +27,7 @@ import shtab
 import trio
 
 from cryophile import __version__, config as configuration, errors, keys, log as logsetup, thaw
-from cryophile import sdnotify, throttle
+from cryophile import health, sdnotify, throttle
 from cryophile.options import (add_log_file_option, add_spool_options, add_verbosity_options,
                                passphrase_reader)
 from cryophile.freeze import Freezer
@@ -267,7 +267,8 @@ async def serve(settings: Settings, opts: Options, mountpoint: str, mounted) -> 
         settings.thawer = FsThawer(spool, settings.stores, lambda v: _tier(cfg, opts, v),
                                    poll_min=opts.thaw_poll, guard=Guard(spool, cfg))
     else:
-        log.info("a `cryophile thaw` is running: it fetches what reads need")
+        log.info("the thaw lock is held by %s: it fetches what reads need",
+                 health.thaw_holder(spool))
     settings.policy = ReadPolicy(cfg, spool, settings.stores, lambda v: _tier(cfg, opts, v))
     ops = Operations(settings)
     answered = trio.Event()

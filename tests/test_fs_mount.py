@@ -191,6 +191,22 @@ def test_sigterm_at_once_is_an_unmount_not_a_refusal(rig):
         assert not os.path.ismount(rig.mnt)
 
 
+def test_a_mount_names_who_holds_the_thaw_lock(rig):
+    """Another mount or a `cryophile thaw` may hold it: the log says which."""
+    from cryophile import thaw
+    from cryophile.spool import Spool
+    spool = Spool(str(rig.spool))
+    spool.ensure()
+    lock = thaw.DaemonLock(spool)
+    assert lock.acquire()
+    try:
+        with rig.mounted():
+            pass
+    finally:
+        lock.release()
+    assert f"the thaw lock is held by pid {os.getpid()}" in rig.log
+
+
 def test_allow_other_modes(rig, data, fskeys):
     with rig.mounted("-o", "allow_other"):
         sh(f"cat {data} > {rig.incoming}/shared")
