@@ -237,3 +237,25 @@ def test_a_removed_copy_leaves_the_index(tmp_path):
     later.save(VAULT)
     assert set(read_index(later.index_path(VAULT))) == {BIDS[2].key}
     assert not os.path.exists(later.path(BIDS[1]))
+
+
+def test_ls_pauses_the_cyclic_collector_only_while_it_lists():
+    import gc
+
+    import pytest
+
+    from cryophile.cli import ls
+    assert gc.isenabled()
+    with ls._no_cyclic_gc():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(KeyError), ls._no_cyclic_gc():
+        raise KeyError("a listing that fails")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with ls._no_cyclic_gc():
+            pass
+        assert not gc.isenabled()          # (left as the caller had it)
+    finally:
+        gc.enable()
