@@ -56,7 +56,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import CRYOPHILE, WORK, gpg_key  # noqa: E402
+from common import CRYOPHILE, WORK, compiled, gpg_key  # noqa: E402
 from tests.s3rig import FaultProxy, MotoServer, aws_test_env  # noqa: E402
 
 from cryophile import keys, manifest  # noqa: E402
@@ -137,6 +137,7 @@ def main() -> None:
     opts = ap.parse_args()
     global OPTS
     OPTS = opts
+    compiled()
     n = opts.archives
     _, cert, _ = gpg_key(WORK / "gpg")
     root = Path(tempfile.mkdtemp(prefix="catalog-", dir=WORK))
