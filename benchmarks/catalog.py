@@ -145,9 +145,12 @@ def main() -> None:
     os.environ.update(env)
     try:
         print(f"load average {loadavg()}")
+        # (waiting for a time, the S3 part goes first: its upload takes minutes)
+        if not opts.no_s3 and opts.not_before:
+            s3(root, n, cert, env, opts.ls_only)
         if not opts.no_local:
             local(root, n, cert, env, opts.ls_only)
-        if not opts.no_s3:
+        if not opts.no_s3 and not opts.not_before:
             s3(root, n, cert, env, opts.ls_only)
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -268,10 +271,12 @@ def local(root: Path, n: int, cert: Path, env, ls_only: bool = False) -> None:
     print(f"\nlocal vault, {n} archives ({len(objects)} files)")
     if OPTS is not None and OPTS.seed_cache:
         seed_cache(spool, vault, objects)
+        print(f"  ls, index made {timed([*cli, 'ls', '-H', vault], env)}")
         wait_until()
     else:
         print(f"  ls cold    {timed([*cli, 'ls', '-H', vault], env)}")
     print(f"  ls warm    {timed([*cli, 'ls', '-H', vault], env)}")
+    print(f"  ls warm again {timed([*cli, 'ls', '-H', vault], env)}")
     if ls_only:
         return
     print(f"  chain warm {timed([*cli, 'chain', '-H', f'{vault}/{PREFIX}/{last}'], env)}")

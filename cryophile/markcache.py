@@ -24,7 +24,8 @@ replaced, rewritten or new copy) or the line dropped (a removed one).
 Each line carries a CRC-32, so a damaged line is read as absent; an index
 that does not read at all is read as empty.  It is rewritten whole, under
 a temporary name, and renamed, only when a listing found it out of date:
-a crash leaves the old index or the new one, and of two concurrent
+a crash leaves the old index or the new one (and a temporary file, swept
+an hour later), and of two concurrent
 listings the last rename wins, which costs the next listing at most the
 opens of what the other one added.
 """
@@ -36,6 +37,7 @@ import logging
 import os
 import tempfile
 import threading
+import time
 import zlib
 
 from . import errors, manifest
@@ -47,6 +49,7 @@ SUFFIX = ".chunk0"
 TMP = ".tmp-"
 INDEX_SUFFIX = ".index"
 INDEX_MAGIC = b"cryophile-chunk0-index 1\n"
+STALE_TMP = 3600         # seconds after which an index write's temporary file is dead
 
 Stamp = tuple[int, int, int, int]       # inode, size, mtime_ns, ctime_ns
 
@@ -202,6 +205,20 @@ class MarkCache:
                 raise
         except (OSError, errors.SpoolError) as exc:
             log.debug("cannot write the chunk.0 index of vault %s: %s", vault, exc)
+            return
+        self._sweep()
+
+    def _sweep(self) -> None:
+        """Remove the temporary files of index writes that never finished
+        (a crash; a write takes milliseconds, so one an hour old is dead)."""
+        try:
+            with os.scandir(self.root) as entries:
+                for entry in entries:
+                    if (entry.name.startswith(TMP) and entry.is_file(follow_symlinks=False)
+                            and time.time() - entry.stat().st_mtime > STALE_TMP):
+                        self._unlink(entry.path)
+        except OSError:
+            pass
 
     @staticmethod
     def _unlink(path: str) -> None:

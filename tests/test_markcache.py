@@ -259,3 +259,20 @@ def test_ls_pauses_the_cyclic_collector_only_while_it_lists():
         assert not gc.isenabled()          # (left as the caller had it)
     finally:
         gc.enable()
+
+
+def test_an_index_write_a_crash_left_behind_is_swept(tmp_path):
+    spool = Spool(str(tmp_path))
+    cache = MarkCache(spool)
+    cache.read_all(VAULT, "")
+    cache.put(BIDS[0], mark(BIDS[0]))
+    os.makedirs(cache.root, exist_ok=True)
+    dead, live = (os.path.join(cache.root, n) for n in (".tmp-dead", ".tmp-live"))
+    for path in (dead, live):
+        with open(path, "wb") as f:
+            f.write(b"half an index")
+    os.utime(dead, (1, 1))
+    cache.save(VAULT)
+    assert not os.path.exists(dead)
+    assert os.path.exists(live)                 # (maybe another listing's, being written)
+    assert MarkCache(spool).read_all(VAULT, "") == truth(cache)
