@@ -144,6 +144,8 @@ def vault_entries(store, vault: str, prefix: str, cache: MarkCache | None = None
                                  _sealed(clear, state), storage_class=sclass, kind=clear.kind,
                                  stored=clear.stored, stream=clear.stream, parent=clear.parent,
                                  objects=objects[bid.key])
+    if cache is not None:
+        cache.save(vault)
     return entries
 
 

@@ -15,7 +15,6 @@ import json
 
 from .errors import FormatError, IntegrityError
 from .ids import BackupId
-from .pipeline import openpgp
 
 MAGIC = b"cryophile-archive "
 FORMAT_VERSION = 1
@@ -86,6 +85,7 @@ def encode(clear: ClearInfo, manifest: dict, pkesks: bytes, session_key: bytes,
     out = io.BytesIO()
     out.write(MAGIC + str(FORMAT_VERSION).encode() + b"\n")
     out.write(json.dumps(clear.to_json(), separators=(",", ":")).encode() + b"\n")
+    from .pipeline import openpgp       # (cryptography: not for listing)
     enc = openpgp.Encryptor(session_key, timestamp)
     out.write(pkesks)
     for part in enc.write(json.dumps(manifest, separators=(",", ":")).encode()) + enc.close():
@@ -118,6 +118,7 @@ def check_identity(clear: ClearInfo, bid: BackupId) -> None:
 
 
 def read_manifest(encrypted: bytes, clear: ClearInfo, unlock) -> dict:
+    from .pipeline import openpgp
     src = openpgp.ByteSource([encrypted])
     data = b"".join(bytes(b) for b in openpgp.decrypt(src, unlock))
     manifest = json.loads(data)

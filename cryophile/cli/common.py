@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 import logging
 import unicodedata
+from typing import TYPE_CHECKING
 
-from .. import config, errors, ids, keys, throttle
+from .. import config, errors, ids, throttle
 from ..ids import human  # noqa: F401 (shared)
 from ..options import add_spool_options, passphrase_reader  # noqa: F401 (shared)
 from ..progress import Bar as Progress  # noqa: F401 (shared)
 from ..spool import Spool
+
+if TYPE_CHECKING:
+    from .. import keys
 
 log = logging.getLogger("cryophile")
 
@@ -104,6 +108,7 @@ def backup_id(ctx: Context, args) -> ids.BackupId:
 def secret_keys(paths: list[str], pass_fd: int | None) -> keys.SecretKeyring:
     if not paths:
         raise errors.UsageError("restore needs the secret key: give it with -k KEYFILE")
+    from .. import keys            # (pgpy: only for the commands given a secret key)
     return keys.load_secret_keys(paths, passphrase_reader(pass_fd))
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import gc
 import json
 import logging
 import sys
@@ -49,6 +51,29 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    with _no_cyclic_gc():
+        return _run(args)
+
+
+@contextlib.contextmanager
+def _no_cyclic_gc():
+    """A listing makes some ten objects per archive that all live until it
+    ends, and no garbage in cycles: the cyclic collector's passes over them
+    took a quarter of a warm listing of 10,000 archives.  Reference
+    counting still frees everything else.  At the end what was made is
+    moved out of the collector's sight (``gc.freeze``), else its first
+    pass would walk all of it at once."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.freeze()
+            gc.enable()
+
+
+def _run(args) -> int:
     ctx = Context(args)
     only = None                             # VAULT/PREFIX/ULID, as ls prints it: that one
     if args.target:

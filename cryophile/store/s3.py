@@ -1,6 +1,6 @@
 """A vault in an S3 bucket (Amazon S3 Glacier, or any S3-compatible store).
 
-Concurrency rules: one boto3 session and one client are made in the
+Concurrency rules: one botocore session and one client are made in the
 constructor and shared.  botocore clients are thread-safe; sessions are not,
 so nothing here creates a session after ``__init__``.  Callers run every
 method in a worker thread (``trio.to_thread.run_sync``); a multipart ``put``
@@ -19,7 +19,7 @@ instead, which leaves a small race and needs read access to be safe.
 
 Retries: botocore's own ``standard`` retry mode smooths over single hiccups;
 ``RetryingStore`` (retry.py) retries the whole operation with backoff when an
-error is still transient after that.  Credentials come only from boto3's
+error is still transient after that.  Credentials come only from botocore's
 chain (environment, shared files, ``profile``, instance roles) and are never
 logged or put into messages.
 """
@@ -33,9 +33,9 @@ import logging
 import threading
 from typing import BinaryIO, Iterable, Iterator
 
-import boto3
 import botocore.config
 import botocore.exceptions
+import botocore.session
 import urllib3.exceptions
 
 from cryophile import throttle
@@ -122,8 +122,13 @@ class S3Store(Store):
             connect_timeout=connect_timeout, read_timeout=read_timeout,
         )
         try:
-            session = boto3.session.Session(profile_name=profile, region_name=region)
-            self._client = session.client("s3", endpoint_url=endpoint_url, config=config)
+            # botocore's session, not boto3's: the same client, credentials and
+            # configuration, without importing s3transfer for methods never used
+            session = botocore.session.Session(profile=profile)
+            if region is not None:
+                session.set_config_variable("region", region)
+            self._client = session.create_client("s3", region_name=region,
+                                                 endpoint_url=endpoint_url, config=config)
         except botocore.exceptions.BotoCoreError as exc:
             raise self._error(exc, "open") from exc
         self.endpoint = endpoint_url or self._client.meta.endpoint_url
