@@ -685,3 +685,107 @@ def test_check_identity_names_both_archives(ring, tmp_path):
                     ids.BackupId("1b8c3a7e-5a1d-4f7e-9a53-3f1c2d4e5f60", "p", built.bid.ulid)):
         with pytest.raises(errors.IntegrityError):
             manifest.check_identity(built.clear, changed)
+
+
+# --- read once: the bytes hashed are the bytes decrypted -------------------------
+
+def without_verdicts(built: Built) -> None:
+    """As after a reboot (or in a vault): every fragment is hashed before use."""
+    for n in range(1, len(built.clear.fragments) + 1):
+        try:
+            os.removexattr(built.path(n), verdict.XATTR)
+        except OSError:
+            pass
+
+
+@pytest.mark.timeout(600)
+@settings(max_examples=30, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(size=st.integers(0, 3 * MiB), codec=st.sampled_from(compress.CODECS),
+       fragment_size=st.sampled_from([MiB, MiB + 7, 300_001, 65536 + 3, 4096]),
+       keep=st.sampled_from([0, 1, MiB - 1, MiB, MiB + 1, 2 * MiB + 5, 96 * MiB]),
+       block=st.sampled_from([MiB, 4096, 65536 + 1]),
+       seed=st.integers(0, 1 << 30))
+def test_restore_reads_hashed_fragments_once_and_right(ring, monkeypatch, size, codec,
+                                                       fragment_size, keep, block, seed):
+    """Whatever part of each fragment the budget keeps (none, some, all),
+    the restore gives the archive's bytes, and the budget is all given back."""
+    recipients, secret = ring
+    monkeypatch.setattr(reader, "KEEP", keep)
+    monkeypatch.setattr(reader, "BLOCK_SIZE", block)
+    budgets = []
+    real = reader.Budget
+
+    class Recorded(real):
+        def __init__(self, limit):
+            super().__init__(limit)
+            budgets.append(self)
+    monkeypatch.setattr(reader, "Budget", Recorded)
+    data = random.Random(seed).randbytes(size) if seed % 2 else mixed(size, seed)
+    with tempfile.TemporaryDirectory() as root:
+        built = Built(root, recipients, secret, data, codec, fragment_size, pieces=1 + seed % 4)
+        without_verdicts(built)
+        assert built.restore() == data
+    assert [b.left for b in budgets] == [keep]
+
+
+def vault_fragment(ring, tmp_path) -> tuple[Built, str, manifest.Fragment]:
+    recipients, secret = ring
+    built = Built(str(tmp_path), recipients, secret, os.urandom(3 * MiB), "none", 4 * MiB)
+    without_verdicts(built)
+    return built, built.path(1), built.clear.fragments[0]
+
+
+def test_kept_blocks_are_the_bytes_that_were_hashed(ring, tmp_path):
+    """A fragment kept whole is not read again: a change on disk after its
+    check cannot reach the output (the bytes used are those hashed)."""
+    built, path, frag = vault_fragment(ring, tmp_path)
+    want = Path(path).read_bytes()
+    budget = reader.Budget(96 * MiB)
+    verified = reader.open_verified(path, frag, 1, keep=budget)
+    assert budget.left == 96 * MiB - frag.size
+    with open(path, "r+b") as f:
+        f.write(bytes(100))
+        f.truncate(frag.size // 2)
+    assert b"".join(verified.blocks()) == want
+    assert budget.left == 96 * MiB and verified.f.closed
+
+
+@pytest.mark.parametrize("change", ["overwrite", "truncate", "append"])
+@pytest.mark.parametrize("keep", [0, MiB, 2 * MiB + 1])
+def test_the_part_read_again_is_refused_if_the_file_changed(ring, tmp_path, change, keep):
+    """What the budget could not keep is read again from the file hashed and
+    refused if that file was written to since its check, wherever the
+    change falls; the budget is given back all the same."""
+    built, path, frag = vault_fragment(ring, tmp_path)
+    os.utime(path, (1e9, 1e9))               # written long ago, as in a vault
+    budget = reader.Budget(keep)
+    verified = reader.open_verified(path, frag, 1, keep=budget)
+    want = Path(path).read_bytes()
+    with open(path, "r+b") as f:
+        if change == "overwrite":
+            f.seek(frag.size - 10)
+            f.write(bytes([f.read(1)[0] ^ 1]))
+        elif change == "truncate":
+            f.truncate(frag.size - 10)
+        else:
+            f.seek(0, os.SEEK_END)
+            f.write(b"x")
+    got = bytearray()
+    with pytest.raises(errors.IntegrityError, match="changed while it was read"):
+        for block in verified.blocks():
+            got += block
+    assert len(got) <= keep and got == want[:len(got)]      # the kept part, as hashed
+    assert budget.left == keep and verified.f.closed
+
+
+@pytest.mark.parametrize("where", ["first", "later"])
+def test_a_fragment_failing_its_check_keeps_nothing(ring, tmp_path, where):
+    built, path, frag = vault_fragment(ring, tmp_path)
+    raw = bytearray(Path(path).read_bytes())
+    raw[0 if where == "first" else len(raw) - 1] ^= 1
+    Path(path).write_bytes(raw)
+    budget = reader.Budget(96 * MiB)
+    with pytest.raises(errors.IntegrityError, match="fails its SHA-256"):
+        reader.open_verified(path, frag, 1, keep=budget)
+    assert budget.left == 96 * MiB
