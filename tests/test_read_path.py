@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cryophile import errors, ids, keys, manifest
-from cryophile.pipeline import compress, openpgp, plainreader, reader, verdict, writer
+from cryophile.pipeline import compress, lz4raw, openpgp, plainreader, reader, verdict, writer
 from cryophile.spool import Spool
 from tests.fsrig import fskeys  # noqa: F401
 
@@ -315,10 +315,15 @@ def test_only_the_last_frame_may_be_short(codec):
             b"".join(compress.decompress(codec, frames, 100))
 
 
-@pytest.fixture(params=["xxhash", "lz4.frame"])
+@pytest.fixture(params=["liblz4", "lz4.block", "lz4.frame"])
 def lz4_decoder(request, monkeypatch):
-    """Both ways lz4 frames are read: one-block frames as raw blocks checked
-    with xxhash, and python-lz4's frame decoder (without xxhash installed)."""
+    """Every way lz4 frames are read: one-block frames as raw blocks checked
+    with xxhash, decoded by the system's liblz4 (lz4raw) or, without it, by
+    python-lz4; and python-lz4's frame decoder (without xxhash installed)."""
+    if request.param == "liblz4":
+        assert lz4raw.decompress is not None, "liblz4.so.1 (package liblz4-1) not found"
+    else:
+        monkeypatch.setattr(lz4raw, "decompress", None)
     if request.param == "lz4.frame":
         monkeypatch.setattr(compress, "xxhash", None)
     return request.param
@@ -373,6 +378,31 @@ def test_a_damaged_lz4_frame_never_gives_wrong_bytes(lz4_decoder, data, flip, bi
     except errors.IntegrityError:
         return
     assert got == data
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(data=st.binary(max_size=3000) | st.builds(mixed, st.integers(0, 70_000)),
+       size_delta=st.sampled_from([0, 0, 0, -1, 1, -1000, 5000]),
+       flip=st.integers(0, 1 << 30), bit=st.integers(0, 8), cut=st.integers(0, 3))
+def test_raw_lz4_blocks_decode_as_python_lz4_does(data, size_delta, flip, bit, cut):
+    """liblz4 straight into the result (lz4raw) against python-lz4, over
+    intact, bit-flipped and truncated blocks and wrong stated sizes: the
+    same bytes, or both refuse (None)."""
+    assert lz4raw.decompress is not None
+    block = bytearray(lz4.block.compress(data, store_size=False))
+    if bit < 8:
+        block[flip % len(block)] ^= 1 << bit
+    block = bytes(block[:len(block) - cut])
+    size = len(data) + size_delta
+    try:
+        want = lz4.block.decompress(block, uncompressed_size=size) if size > 0 else None
+    except Exception:
+        want = None
+    if want is not None and len(want) != size:
+        want = None
+    got = lz4raw.decompress(memoryview(b"+" + block)[1:], size)
+    assert got == want
+    assert got is None or type(got) is bytes
 
 
 @pytest.mark.parametrize("kind", ["stored", "compressed"])

@@ -20,6 +20,7 @@ import lz4.frame
 import zstandard
 
 from ..errors import IntegrityError, UsageError
+from . import lz4raw
 
 try:
     import xxhash
@@ -187,6 +188,11 @@ def _lz4_one_block(frame: memoryview, content_size: int):
     elif content_size > size * 255:   # more than lz4 can expand: refused before allocating
         raise IntegrityError("decompression failed: lz4 frame of unexpected size: "
                              "archive damaged")
+    elif lz4raw.decompress is not None:   # straight into the result: no copy
+        out = lz4raw.decompress(block, content_size)
+        if out is None:
+            raise IntegrityError("decompression failed: lz4 block does not decode to its "
+                                 "stated size: archive damaged")
     else:
         try:
             out = lz4.block.decompress(block, uncompressed_size=content_size)
