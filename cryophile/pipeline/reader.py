@@ -8,13 +8,6 @@ manifest.read_manifest has checked chunk.0's SHA-256 sums against the
 encrypted manifest).  The next
 fragment is verified in a second thread while this one is decrypted, and
 output runs in a third, with frames decompressed in two more beside it.
-
-Read once: the blocks of a fragment that is hashed are kept, up to a
-budget shared by the fragment being decrypted and the one verified ahead
-(KEEP), and those very bytes are decrypted once the whole fragment has
-matched; what the budget could not hold is read again from the same open
-file, checked to be unchanged.  A verdict (verdict.py) skips the hash,
-and the fragment is then read once anyway.
 """
 
 from __future__ import annotations
@@ -34,7 +27,6 @@ from . import buffers, compress, openpgp, verdict
 log = logging.getLogger("cryophile.restore")
 
 BLOCK_SIZE = 1 << 20
-KEEP = 96 << 20         # bytes of hashed fragments held for decryption (restore)
 DECOMPRESSORS = 2       # threads: decompression is restore's costliest stage (zstd, lz4)
 _DONE = object()
 
@@ -47,33 +39,18 @@ def verify_fragment(path: str, frag: Fragment, n: int) -> None:
 class VerifiedFile:
     """An open fragment whose SHA-256 matched chunk.0.
 
-    Its bytes are the blocks kept from the hash (``kept``: the fragment's
-    first bytes, exactly those that were hashed), then the rest read from
-    the same open file that was hashed, each block read followed by a check
-    that the file has not been written since (its size and mtime): a
-    fragment read in place in a local vault cannot change between its
-    check and its use unnoticed.
+    Its bytes are read from the same open file that was hashed, and each
+    block read is followed by a check that the file has not been written
+    since (its size and mtime): a fragment read in place in a local vault
+    cannot change between its check and its use unnoticed.
     """
 
-    def __init__(self, f, n: int, stamp: tuple, kept: list | None = None,
-                 budget: "Budget | None" = None):
+    def __init__(self, f, n: int, stamp: tuple):
         self.f, self.n, self.stamp = f, n, stamp
-        self.kept = kept or []
-        self.budget = budget
 
     def blocks(self, skip: int = 0) -> Iterator[bytes]:
         try:
-            pos = 0
-            while self.kept:
-                block = self.kept.pop(0)
-                self.budget.give(len(block))
-                pos += len(block)
-                if skip >= len(block):
-                    skip -= len(block)
-                    continue
-                yield memoryview(block)[skip:] if skip else block
-                skip = 0
-            self.f.seek(pos + skip)
+            self.f.seek(skip)
             while block := self.f.read(BLOCK_SIZE):
                 self.check()
                 yield block
@@ -86,29 +63,7 @@ class VerifiedFile:
                                         "read: it is damaged or being overwritten")
 
     def close(self) -> None:
-        if self.kept:
-            self.budget.give(sum(map(len, self.kept)))
-            self.kept = []
         self.f.close()
-
-
-class Budget:
-    """Bytes that hashed fragments may keep in memory for their decryption."""
-
-    def __init__(self, limit: int):
-        self.left = limit
-        self.lock = threading.Lock()
-
-    def take(self, n: int) -> bool:
-        with self.lock:
-            if n > self.left:
-                return False
-            self.left -= n
-            return True
-
-    def give(self, n: int) -> None:
-        with self.lock:
-            self.left += n
 
 
 def stamp(st: os.stat_result) -> tuple:
@@ -130,44 +85,25 @@ def open_fragment(path: str, frag: Fragment, n: int) -> tuple:
     return f, stamp(st)
 
 
-def open_verified(path: str, frag: Fragment, n: int, trust: bool = True,
-                  keep: Budget | None = None) -> VerifiedFile:
+def open_verified(path: str, frag: Fragment, n: int, trust: bool = True) -> VerifiedFile:
     """Fragment n, hashed and checked against chunk.0, unless (``trust``) a
     verdict of this boot says that this very file, unchanged, has that
-    SHA-256 (verdict.py).  With ``keep``, the blocks hashed are kept for
-    the reading while the budget allows (then none after), so that they
-    are read from the file once."""
+    SHA-256 (verdict.py)."""
     f, st = open_fragment(path, frag, n)
-    kept: list[bytes] = []
-    verified = None
     try:
         if trust and verdict.holds(f.fileno(), frag.sha256):
             return VerifiedFile(f, n, st)
         h = hashlib.sha256()
-        rest = True                             # bytes left to hash, not kept
-        if keep is not None:                    # read once: the blocks hashed are kept
-            while block := f.read(BLOCK_SIZE):
-                h.update(block)
-                if not keep.take(len(block)):
-                    break                       # (hashed, not kept: read again later)
-                kept.append(block)
-            else:
-                rest = False
-        if rest:
-            buf = bytearray(BLOCK_SIZE)
-            view = memoryview(buf)
-            while k := f.readinto(buf):
-                h.update(view[:k])
-        verified, kept = VerifiedFile(f, n, st, kept, keep), []
+        buf = bytearray(BLOCK_SIZE)
+        view = memoryview(buf)
+        while k := f.readinto(buf):
+            h.update(view[:k])
+        verified = VerifiedFile(f, n, st)
         verified.check()
         if h.hexdigest() != frag.sha256:
             raise errors.IntegrityError(f"fragment chunk.{n} fails its SHA-256 check: "
                                         "it is damaged")
     except BaseException:
-        if kept:
-            keep.give(sum(map(len, kept)))
-        if verified is not None:
-            verified.close()                    # (gives its blocks back)
         f.close()
         raise
     return verified
@@ -228,10 +164,9 @@ def verified_blocks(clear: ClearInfo, fragment_path: Callable[[int], str]) -> It
 
     Unlike ``Ahead``, the next fragment's failure is the restore's: restore
     waits for each fragment once, and a damaged one ends it."""
-    budget = Budget(KEEP)
     with concurrent.futures.ThreadPoolExecutor(1, "cryophile-verify") as pool:
         def check(n: int) -> VerifiedFile:
-            return open_verified(fragment_path(n), clear.fragments[n - 1], n, keep=budget)
+            return open_verified(fragment_path(n), clear.fragments[n - 1], n)
         last = len(clear.fragments)
         ahead = pool.submit(check, 1) if last else None
         try:
