@@ -511,14 +511,14 @@ class Damaged:
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("kind", ["flipped", "truncated", "missing"])
-@pytest.mark.parametrize("where", ["middle", "last"])
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
 @pytest.mark.parametrize("codec", compress.CODECS)
 def test_restore_raises_and_ends(ring, tmp_path, codec, kind, where):
     recipients, secret = ring
     data = mixed(2 * MiB + 300_000, 3)
     built = Built(str(tmp_path / "a"), recipients, secret, data, codec, 256 << 10)
     n = len(built.clear.fragments)
-    damaged = Damaged(built, tmp_path, kind, n // 2 if where == "middle" else n)
+    damaged = Damaged(built, tmp_path, kind, {"first": 1, "middle": n // 2, "last": n}[where])
     out = io.BytesIO()
     result: dict = {}
 
@@ -533,6 +533,10 @@ def test_restore_raises_and_ends(ring, tmp_path, codec, kind, where):
     assert not t.is_alive(), "restore hangs"
     assert isinstance(result.get("error"), (errors.IntegrityError, errors.MissingFragmentError))
     assert threading.active_count() < 20
+    if where == "first":                 # read while hashed, but nothing of it output
+        assert out.getvalue() == b""
+    else:
+        assert data.startswith(out.getvalue())
 
 
 @pytest.mark.timeout(120)
@@ -715,3 +719,139 @@ def test_check_identity_names_both_archives(ring, tmp_path):
                     ids.BackupId("1b8c3a7e-5a1d-4f7e-9a53-3f1c2d4e5f60", "p", built.bid.ulid)):
         with pytest.raises(errors.IntegrityError):
             manifest.check_identity(built.clear, changed)
+
+
+# --- the first fragment, decrypted while it is hashed ------------------------------
+
+def without_verdicts(built: Built) -> None:
+    """As after a reboot (or in a vault): every fragment is hashed before use."""
+    for n in range(1, len(built.clear.fragments) + 1):
+        try:
+            os.removexattr(built.path(n), verdict.XATTR)
+        except OSError:
+            pass
+
+
+class Recorder(io.BytesIO):
+    """An output that notes whether the first fragment's hash had matched
+    before anything was written."""
+
+    def __init__(self, gates: list):
+        super().__init__()
+        self.gates, self.early = gates, False
+
+    def write(self, data) -> int:
+        if data and not all(g.state is True for g in self.gates):
+            self.early = True
+        return super().write(data)
+
+
+def recording_gates(monkeypatch) -> list:
+    gates = []
+    real = reader.Gate
+
+    class Recorded(real):
+        def __init__(self):
+            super().__init__()
+            gates.append(self)
+    monkeypatch.setattr(reader, "Gate", Recorded)
+    return gates
+
+
+@pytest.mark.timeout(600)
+@settings(max_examples=30, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(size=st.integers(0, 3 * MiB), codec=st.sampled_from(compress.CODECS),
+       fragment_size=st.sampled_from([MiB, MiB + 7, 300_001, 65536 + 3, 4096]),
+       speculate=st.sampled_from([0, 1, 4096, 65536 + 1, MiB, 64 * MiB]),
+       hold=st.sampled_from([0, 1, 65536, 64 * MiB]),
+       block=st.sampled_from([MiB, 4096, 65536 + 1]),
+       verdicts=st.booleans(), seed=st.integers(0, 1 << 30))
+def test_the_first_fragment_read_while_hashed_comes_out_right(
+        ring, monkeypatch, size, codec, fragment_size, speculate, hold, block, verdicts, seed):
+    """Wherever the speculation and the hold end (within a block, a frame,
+    the fragment, past it), the restore gives the archive's bytes, and
+    nothing is written before the first fragment's hash has matched."""
+    recipients, secret = ring
+    monkeypatch.setattr(reader, "SPECULATE", speculate)
+    monkeypatch.setattr(reader, "HOLD", hold)
+    monkeypatch.setattr(reader, "BLOCK_SIZE", block)
+    gates = recording_gates(monkeypatch)
+    data = random.Random(seed).randbytes(size) if seed % 2 else mixed(size, seed)
+    with tempfile.TemporaryDirectory() as root:
+        built = Built(root, recipients, secret, data, codec, fragment_size, pieces=1 + seed % 4)
+        if not verdicts:
+            without_verdicts(built)
+        out = Recorder(gates)
+        reader.restore(built.clear, built.body, secret.decrypt_session_key, built.path, out,
+                       frames_vouch=True)
+    assert out.getvalue() == data and not out.early
+    assert [g.state for g in gates] == [True]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("hold", [0, 64 * MiB])
+@pytest.mark.parametrize("damage", ["flipped", "flipped-late", "truncated"])
+@pytest.mark.parametrize("codec", compress.CODECS)
+def test_damage_in_the_first_fragment_outputs_nothing(ring, tmp_path, monkeypatch, codec,
+                                                      damage, hold):
+    """Read while hashed, a damaged first fragment still gives the hash's
+    error, and none of its plaintext reaches the output, whether the output
+    waits at once (hold 0) or holds all of it."""
+    recipients, secret = ring
+    monkeypatch.setattr(reader, "HOLD", hold)
+    data = mixed(3 * MiB, 8)
+    built = Built(str(tmp_path), recipients, secret, data, codec, 2 * MiB)
+    without_verdicts(built)
+    raw = bytearray(Path(built.path(1)).read_bytes())
+    if damage == "truncated":
+        raw = raw[:len(raw) // 2]
+    else:
+        raw[len(raw) - 5 if damage == "flipped-late" else 200] ^= 4
+    Path(built.path(1)).write_bytes(raw)
+    out = io.BytesIO()
+    with pytest.raises((errors.IntegrityError, errors.MissingFragmentError),
+                       match="fails its SHA-256|truncated|has .* bytes"):
+        reader.restore(built.clear, built.body, secret.decrypt_session_key, built.path, out,
+                       frames_vouch=True)
+    assert out.getvalue() == b""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("when", ["before the hash", "after the hash"])
+def test_the_first_fragment_changed_while_read_is_refused(ring, tmp_path, monkeypatch, when):
+    """The bytes read ahead of the hash are used only if the hash was of that
+    very file, unchanged: written to before the hash, it is refused and
+    nothing is output; written to after it, the reading stops there."""
+    recipients, secret = ring
+    monkeypatch.setattr(reader, "SPECULATE", 64 * MiB)
+    monkeypatch.setattr(reader, "BLOCK_SIZE", 65536)
+    data = os.urandom(3 * MiB)
+    built = Built(str(tmp_path), recipients, secret, data, "none", 4 * MiB)
+    without_verdicts(built)
+    path = built.path(1)
+    os.utime(path, (1e9, 1e9))               # written long ago, as in a vault
+    real = reader.open_verified
+
+    def touch() -> None:
+        with open(path, "r+b") as f:         # the same bytes: only the stamp says so
+            f.seek(100)
+            byte = f.read(1)
+            f.seek(100)
+            f.write(byte)
+
+    def hashing(p, frag, n, trust=True):
+        if n == 1 and when == "before the hash":
+            touch()
+        found = real(p, frag, n, trust)
+        if n == 1 and when == "after the hash":
+            touch()
+        return found
+    monkeypatch.setattr(reader, "open_verified", hashing)
+    out = io.BytesIO()
+    with pytest.raises(errors.IntegrityError, match="changed while it was read"):
+        reader.restore(built.clear, built.body, secret.decrypt_session_key, built.path, out)
+    if when == "before the hash":            # the hash was not of the bytes read: none out
+        assert out.getvalue() == b""
+    else:                                     # what was read before the change, and no more
+        assert data.startswith(out.getvalue())
