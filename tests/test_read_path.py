@@ -872,3 +872,18 @@ def test_a_zstd_context_reused_after_a_damaged_frame_decodes_right(data, flip, b
     except errors.IntegrityError:
         pass
     assert b"".join(compress.decompress("zstd", [frame], len(data))) == data
+
+
+@settings(max_examples=60, deadline=None, database=None)
+@given(sizes=st.lists(st.integers(0, 3 * 65536 + 5), max_size=6))
+def test_decryption_into_fresh_bytes_matches_update(sizes):
+    """openpgp decrypts large pieces into new bytes it fills itself (no
+    zero-filling): the same bytes as cryptography's update, piece by piece."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+    key, iv = os.urandom(32), os.urandom(16)
+    ours = Cipher(algorithms.AES(key), openpgp.CFB(iv)).decryptor()
+    theirs = Cipher(algorithms.AES(key), openpgp.CFB(iv)).decryptor()
+    for n in sizes:
+        ct = os.urandom(n)
+        got = openpgp._update(ours, memoryview(b"-" + ct)[1:])
+        assert bytes(got) == theirs.update(ct)

@@ -1,4 +1,5 @@
-"""Raw lz4 blocks decoded straight into their result, without a copy.
+"""Raw lz4 blocks decoded straight into their result, without a copy;
+new bytes filled in place (``fresh``).
 
 python-lz4's ``lz4.block.decompress`` decodes into a buffer of its own
 and copies that into the bytes it returns: a second pass over every MiB
@@ -62,3 +63,23 @@ def _load():
 
 
 decompress = _load()
+
+
+def _fresh():
+    try:
+        new = ctypes.pythonapi.PyBytes_FromStringAndSize
+        data = ctypes.pythonapi.PyBytes_AsString
+    except AttributeError:
+        return None
+    new.argtypes, new.restype = [ctypes.c_void_p, ctypes.c_ssize_t], ctypes.py_object
+    data.argtypes, data.restype = [ctypes.py_object], ctypes.c_void_p
+
+    def fresh(size: int) -> tuple[bytes, memoryview]:
+        """A new bytes object of ``size`` bytes, not yet initialised, and a
+        writable view of it to fill at once (then only read, as bytes are)."""
+        out = new(None, size)
+        return out, memoryview((ctypes.c_ubyte * size).from_address(data(out))).cast("B")
+    return fresh
+
+
+fresh = _fresh()    # (for cryptography's update_into: its update zero-fills what it returns)
