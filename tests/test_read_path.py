@@ -867,10 +867,16 @@ def test_a_zstd_context_reused_after_a_damaged_frame_decodes_right(data, flip, b
     bad = bytearray(frame)
     bad[flip % len(bad)] ^= 1 << bit
     try:
+        want = zstandard.ZstdDecompressor().decompress(bytes(bad))   # a fresh context
+    except zstandard.ZstdError:
+        want = None
+    try:
         got = b"".join(compress.decompress("zstd", [bytes(bad)], len(data)))
-        assert got == data
     except errors.IntegrityError:
-        pass
+        got = None
+    # (a header whose size says 0 gives no bytes: a short last frame, which
+    # restore and the mount refuse by the archive's stated size)
+    assert got == want or got is None
     assert b"".join(compress.decompress("zstd", [frame], len(data))) == data
 
 
