@@ -1,7 +1,8 @@
 """Restore: fragments in order → verify → decrypt → decompress → output.
 
 Each fragment's size and SHA-256 are checked against chunk.0 before any of
-its bytes are decrypted, so damage is reported before it reaches the
+its bytes are decrypted (the first one: before any of its output is
+written, below), so damage is reported before it reaches the
 output; the MDC then vouches for the message as a whole (for a restore,
 the frame checksums of lz4 and zstd archives do instead: openpgp.Mdc;
 manifest.read_manifest has checked chunk.0's SHA-256 sums against the
