@@ -20,8 +20,9 @@ then, round after round:
   installed (optional peer).
 
 Each line prints the throughput of both sides, the ratio (above 1.0:
-cryophile is faster), CPU-seconds per GiB and peak RSS, with the load
-average.  ``--big-gib`` restores a bigger archive and reads it through the
+cryophile is faster), CPU-seconds per GiB, how many cores cryophile kept
+busy on average (CPU-seconds over wall seconds: 2.00 is both cores) and
+peak RSS, with the load average.  ``--big-gib`` restores a bigger archive and reads it through the
 mount to check that memory stays flat.  Vault fragments are read once
 before the runs, so every side reads them from the page cache.
 """
@@ -212,7 +213,7 @@ def line(what: str, size: int, ours: list[Result], base: list[Result], base_name
     b = min(base, key=lambda r: r.seconds)
     gib = size / GIB
     print(f"  {what:<22} {size / o.seconds / 1e6:7.1f} MB/s {o.cpu / gib:5.2f} CPU-s/GiB "
-          f"{o.rss_kib / 1024:4.0f} MiB | {base_name:<14} {size / b.seconds / 1e6:7.1f} MB/s "
+          f"{o.cpu / o.seconds:4.2f} cores {o.rss_kib / 1024:4.0f} MiB | {base_name:<14} {size / b.seconds / 1e6:7.1f} MB/s "
           f"{b.cpu / gib:5.2f} CPU-s/GiB | ratio {b.seconds / o.seconds:.2f}x", flush=True)
 
 

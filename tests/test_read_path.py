@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cryophile import errors, ids, keys, manifest
-from cryophile.pipeline import compress, openpgp, plainreader, reader, verdict, writer
+from cryophile.pipeline import compress, lz4raw, openpgp, plainreader, reader, verdict, writer
 from cryophile.spool import Spool
 from tests.fsrig import fskeys  # noqa: F401
 
@@ -315,10 +315,15 @@ def test_only_the_last_frame_may_be_short(codec):
             b"".join(compress.decompress(codec, frames, 100))
 
 
-@pytest.fixture(params=["xxhash", "lz4.frame"])
+@pytest.fixture(params=["liblz4", "lz4.block", "lz4.frame"])
 def lz4_decoder(request, monkeypatch):
-    """Both ways lz4 frames are read: one-block frames as raw blocks checked
-    with xxhash, and python-lz4's frame decoder (without xxhash installed)."""
+    """Every way lz4 frames are read: one-block frames as raw blocks checked
+    with xxhash, decoded by the system's liblz4 (lz4raw) or, without it, by
+    python-lz4; and python-lz4's frame decoder (without xxhash installed)."""
+    if request.param == "liblz4":
+        assert lz4raw.decompress is not None, "liblz4.so.1 (package liblz4-1) not found"
+    else:
+        monkeypatch.setattr(lz4raw, "decompress", None)
     if request.param == "lz4.frame":
         monkeypatch.setattr(compress, "xxhash", None)
     return request.param
@@ -373,6 +378,31 @@ def test_a_damaged_lz4_frame_never_gives_wrong_bytes(lz4_decoder, data, flip, bi
     except errors.IntegrityError:
         return
     assert got == data
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(data=st.binary(max_size=3000) | st.builds(mixed, st.integers(0, 70_000)),
+       size_delta=st.sampled_from([0, 0, 0, -1, 1, -1000, 5000]),
+       flip=st.integers(0, 1 << 30), bit=st.integers(0, 8), cut=st.integers(0, 3))
+def test_raw_lz4_blocks_decode_as_python_lz4_does(data, size_delta, flip, bit, cut):
+    """liblz4 straight into the result (lz4raw) against python-lz4, over
+    intact, bit-flipped and truncated blocks and wrong stated sizes: the
+    same bytes, or both refuse (None)."""
+    assert lz4raw.decompress is not None
+    block = bytearray(lz4.block.compress(data, store_size=False))
+    if bit < 8:
+        block[flip % len(block)] ^= 1 << bit
+    block = bytes(block[:len(block) - cut])
+    size = len(data) + size_delta
+    try:
+        want = lz4.block.decompress(block, uncompressed_size=size) if size > 0 else None
+    except Exception:
+        want = None
+    if want is not None and len(want) != size:
+        want = None
+    got = lz4raw.decompress(memoryview(b"+" + block)[1:], size)
+    assert got == want
+    assert got is None or type(got) is bytes
 
 
 @pytest.mark.parametrize("kind", ["stored", "compressed"])
@@ -481,14 +511,14 @@ class Damaged:
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("kind", ["flipped", "truncated", "missing"])
-@pytest.mark.parametrize("where", ["middle", "last"])
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
 @pytest.mark.parametrize("codec", compress.CODECS)
 def test_restore_raises_and_ends(ring, tmp_path, codec, kind, where):
     recipients, secret = ring
     data = mixed(2 * MiB + 300_000, 3)
     built = Built(str(tmp_path / "a"), recipients, secret, data, codec, 256 << 10)
     n = len(built.clear.fragments)
-    damaged = Damaged(built, tmp_path, kind, n // 2 if where == "middle" else n)
+    damaged = Damaged(built, tmp_path, kind, {"first": 1, "middle": n // 2, "last": n}[where])
     out = io.BytesIO()
     result: dict = {}
 
@@ -503,6 +533,10 @@ def test_restore_raises_and_ends(ring, tmp_path, codec, kind, where):
     assert not t.is_alive(), "restore hangs"
     assert isinstance(result.get("error"), (errors.IntegrityError, errors.MissingFragmentError))
     assert threading.active_count() < 20
+    if where == "first":                 # read while hashed, but nothing of it output
+        assert out.getvalue() == b""
+    else:
+        assert data.startswith(out.getvalue())
 
 
 @pytest.mark.timeout(120)
@@ -685,3 +719,207 @@ def test_check_identity_names_both_archives(ring, tmp_path):
                     ids.BackupId("1b8c3a7e-5a1d-4f7e-9a53-3f1c2d4e5f60", "p", built.bid.ulid)):
         with pytest.raises(errors.IntegrityError):
             manifest.check_identity(built.clear, changed)
+
+
+# --- the first fragment, decrypted while it is hashed ------------------------------
+
+def without_verdicts(built: Built) -> None:
+    """As after a reboot (or in a vault): every fragment is hashed before use."""
+    for n in range(1, len(built.clear.fragments) + 1):
+        try:
+            os.removexattr(built.path(n), verdict.XATTR)
+        except OSError:
+            pass
+
+
+class Recorder(io.BytesIO):
+    """An output that notes whether the first fragment's hash had matched
+    before anything was written."""
+
+    def __init__(self, gates: list):
+        super().__init__()
+        self.gates, self.early = gates, False
+
+    def write(self, data) -> int:
+        if data and not all(g.state is True for g in self.gates):
+            self.early = True
+        return super().write(data)
+
+
+def recording_gates(monkeypatch) -> list:
+    gates = []
+    real = reader.Gate
+
+    class Recorded(real):
+        def __init__(self):
+            super().__init__()
+            gates.append(self)
+    monkeypatch.setattr(reader, "Gate", Recorded)
+    return gates
+
+
+@pytest.mark.timeout(600)
+@settings(max_examples=30, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(size=st.integers(0, 3 * MiB), codec=st.sampled_from(compress.CODECS),
+       fragment_size=st.sampled_from([MiB, MiB + 7, 300_001, 65536 + 3, 4096]),
+       speculate=st.sampled_from([0, 1, 4096, 65536 + 1, MiB, 64 * MiB]),
+       hold=st.sampled_from([0, 1, 65536, 64 * MiB]),
+       block=st.sampled_from([MiB, 4096, 65536 + 1]),
+       verdicts=st.booleans(), seed=st.integers(0, 1 << 30))
+def test_the_first_fragment_read_while_hashed_comes_out_right(
+        ring, monkeypatch, size, codec, fragment_size, speculate, hold, block, verdicts, seed):
+    """Wherever the speculation and the hold end (within a block, a frame,
+    the fragment, past it), the restore gives the archive's bytes, and
+    nothing is written before the first fragment's hash has matched."""
+    recipients, secret = ring
+    monkeypatch.setattr(reader, "SPECULATE", speculate)
+    monkeypatch.setattr(reader, "HOLD", hold)
+    monkeypatch.setattr(reader, "BLOCK_SIZE", block)
+    gates = recording_gates(monkeypatch)
+    data = random.Random(seed).randbytes(size) if seed % 2 else mixed(size, seed)
+    with tempfile.TemporaryDirectory() as root:
+        built = Built(root, recipients, secret, data, codec, fragment_size, pieces=1 + seed % 4)
+        if not verdicts:
+            without_verdicts(built)
+        out = Recorder(gates)
+        reader.restore(built.clear, built.body, secret.decrypt_session_key, built.path, out,
+                       frames_vouch=True)
+    assert out.getvalue() == data and not out.early
+    assert [g.state for g in gates] == [True]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("hold", [0, 64 * MiB])
+@pytest.mark.parametrize("damage", ["flipped", "flipped-late", "truncated"])
+@pytest.mark.parametrize("codec", compress.CODECS)
+def test_damage_in_the_first_fragment_outputs_nothing(ring, tmp_path, monkeypatch, codec,
+                                                      damage, hold):
+    """Read while hashed, a damaged first fragment still gives the hash's
+    error, and none of its plaintext reaches the output, whether the output
+    waits at once (hold 0) or holds all of it."""
+    recipients, secret = ring
+    monkeypatch.setattr(reader, "HOLD", hold)
+    data = mixed(3 * MiB, 8)
+    built = Built(str(tmp_path), recipients, secret, data, codec, 2 * MiB)
+    without_verdicts(built)
+    raw = bytearray(Path(built.path(1)).read_bytes())
+    if damage == "truncated":
+        raw = raw[:len(raw) // 2]
+    else:
+        raw[len(raw) - 5 if damage == "flipped-late" else 200] ^= 4
+    Path(built.path(1)).write_bytes(raw)
+    out = io.BytesIO()
+    with pytest.raises((errors.IntegrityError, errors.MissingFragmentError),
+                       match="fails its SHA-256|truncated|has .* bytes"):
+        reader.restore(built.clear, built.body, secret.decrypt_session_key, built.path, out,
+                       frames_vouch=True)
+    assert out.getvalue() == b""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("when", ["before the hash", "after the hash"])
+def test_the_first_fragment_changed_while_read_is_refused(ring, tmp_path, monkeypatch, when):
+    """The bytes read ahead of the hash are used only if the hash was of that
+    very file, unchanged: written to before the hash, it is refused and
+    nothing is output; written to after it, the reading stops there."""
+    recipients, secret = ring
+    monkeypatch.setattr(reader, "SPECULATE", 64 * MiB)
+    monkeypatch.setattr(reader, "BLOCK_SIZE", 65536)
+    data = os.urandom(3 * MiB)
+    built = Built(str(tmp_path), recipients, secret, data, "none", 4 * MiB)
+    without_verdicts(built)
+    path = built.path(1)
+    os.utime(path, (1e9, 1e9))               # written long ago, as in a vault
+    real = reader.open_verified
+
+    def touch() -> None:
+        with open(path, "r+b") as f:         # the same bytes: only the stamp says so
+            f.seek(100)
+            byte = f.read(1)
+            f.seek(100)
+            f.write(byte)
+
+    def hashing(p, frag, n, trust=True):
+        if n == 1 and when == "before the hash":
+            touch()
+        found = real(p, frag, n, trust)
+        if n == 1 and when == "after the hash":
+            touch()
+        return found
+    monkeypatch.setattr(reader, "open_verified", hashing)
+    out = io.BytesIO()
+    with pytest.raises(errors.IntegrityError, match="changed while it was read"):
+        reader.restore(built.clear, built.body, secret.decrypt_session_key, built.path, out)
+    if when == "before the hash":            # the hash was not of the bytes read: none out
+        assert out.getvalue() == b""
+    else:                                     # what was read before the change, and no more
+        assert data.startswith(out.getvalue())
+
+
+@settings(max_examples=60, deadline=None, database=None)
+@given(data=st.builds(mixed, st.integers(1, 200_000)), flip=st.integers(0, 1 << 30),
+       bit=st.integers(0, 7))
+def test_a_zstd_context_reused_after_a_damaged_frame_decodes_right(data, flip, bit):
+    """Each thread keeps one zstd context for all its frames: a frame that
+    fails leaves nothing behind that changes the next one's bytes."""
+    frame = compress.compressor("zstd")(data)
+    bad = bytearray(frame)
+    bad[flip % len(bad)] ^= 1 << bit
+    try:
+        want = zstandard.ZstdDecompressor().decompress(bytes(bad))   # a fresh context
+    except zstandard.ZstdError:
+        want = None
+    try:
+        got = b"".join(compress.decompress("zstd", [bytes(bad)], len(data)))
+    except errors.IntegrityError:
+        got = None
+    # (a header whose size says 0 gives no bytes: a short last frame, which
+    # restore and the mount refuse by the archive's stated size)
+    assert got == want or got is None
+    assert b"".join(compress.decompress("zstd", [frame], len(data))) == data
+
+
+@settings(max_examples=60, deadline=None, database=None)
+@given(sizes=st.lists(st.integers(0, 3 * 65536 + 5), max_size=6))
+def test_decryption_into_fresh_bytes_matches_update(sizes):
+    """openpgp decrypts large pieces into new bytes it fills itself (no
+    zero-filling): the same bytes as cryptography's update, piece by piece."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+    key, iv = os.urandom(32), os.urandom(16)
+    ours = Cipher(algorithms.AES(key), openpgp.CFB(iv)).decryptor()
+    theirs = Cipher(algorithms.AES(key), openpgp.CFB(iv)).decryptor()
+    for n in sizes:
+        ct = os.urandom(n)
+        got = openpgp._update(ours, memoryview(b"-" + ct)[1:])
+        assert bytes(got) == theirs.update(ct)
+
+
+def cut(frame: bytes, cuts: list[int]) -> list[bytes]:
+    out, pos = [], 0
+    for n in cuts:
+        out.append(frame[pos:pos + n])
+        pos += n
+    return [c for c in out if c] + [frame[pos:]]
+
+
+@settings(max_examples=300, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.builds(os.urandom, st.integers(0, 70_000)) | st.builds(mixed, st.integers(0, 70_000)),
+       flip=st.integers(0, 1 << 30), bit=st.integers(0, 8),
+       cuts=st.lists(st.integers(1, 30_000), max_size=8), workers=st.sampled_from([1, 2]))
+def test_a_damaged_lz4_frame_over_chunks_never_gives_wrong_bytes(lz4_decoder, data, flip, bit,
+                                                                 cuts, workers):
+    """A frame spread over chunks (a stored block is then handed on as views
+    of them, never joined): intact, the right bytes in the right order; any
+    one bit flipped, the right bytes or IntegrityError."""
+    frame = bytearray(compress.compressor("lz4")(data))
+    if bit < 8:
+        frame[flip % len(frame)] ^= 1 << bit
+    try:
+        got = b"".join(compress.decompress("lz4", cut(bytes(frame), cuts), len(data) or 1,
+                                           workers=workers))
+    except errors.IntegrityError:
+        assert bit < 8
+        return
+    assert got == data

@@ -20,6 +20,7 @@ import lz4.frame
 import zstandard
 
 from ..errors import IntegrityError, UsageError
+from . import lz4raw
 
 try:
     import xxhash
@@ -99,8 +100,10 @@ def _split(chunks: Iterable[bytes], codec: str) -> Iterator[tuple]:
                 break
             parts.append(view[:end])
             view = view[end:]
-            yield parts[0] if len(parts) == 1 else b"".join(parts), scan.content_size, \
-                scan.checksum
+            # a frame over several chunks goes on as its parts (lz4: joined only if
+            # its block is compressed; a stored block is handed on as views)
+            yield parts[0] if len(parts) == 1 else parts if codec == "lz4" \
+                else b"".join(parts), scan.content_size, scan.checksum
             parts = []
             scan = _Scanner(codec)
     if scan.started:
@@ -114,15 +117,18 @@ def _checked(done: Iterator[tuple], frame_size: int | None,
         for out, summed in done:
             if short:
                 raise IntegrityError("compressed frame of unexpected size: archive damaged")
+            pieces = out if isinstance(out, list) else [out]
+            size = sum(map(len, pieces))
             if frame_size is not None:
-                if len(out) > frame_size:
+                if size > frame_size:
                     raise IntegrityError("compressed frame of unexpected size: "
                                          "archive damaged")
-                short = len(out) != frame_size
+                short = size != frame_size
             if checked is not None:
                 checked(summed)
-            if out:
-                yield out
+            for piece in pieces:
+                if piece:
+                    yield piece
     finally:
         done.close()                  # (threads: stops them at once)
 
@@ -144,8 +150,16 @@ def _in_threads(whole: Callable, frames: Iterator[tuple], frame_size: int | None
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _decompress_lz4(frame, content_size: int | None, frame_size: int | None) -> bytes:
+def _decompress_lz4(frame, content_size: int | None, frame_size: int | None):
+    """The frame's content: bytes, or (a stored block over several chunks)
+    a list of views of them."""
     _check_size(content_size, frame_size)
+    if isinstance(frame, list):
+        if xxhash is not None and content_size is not None:
+            out = _lz4_stored_parts(frame, content_size)
+            if out is not None:
+                return out
+        frame = b"".join(frame)
     if xxhash is not None and content_size is not None:
         out = _lz4_one_block(memoryview(frame), content_size)
         if out is not None:
@@ -187,6 +201,11 @@ def _lz4_one_block(frame: memoryview, content_size: int):
     elif content_size > size * 255:   # more than lz4 can expand: refused before allocating
         raise IntegrityError("decompression failed: lz4 frame of unexpected size: "
                              "archive damaged")
+    elif lz4raw.decompress is not None:   # straight into the result: no copy
+        out = lz4raw.decompress(block, content_size)
+        if out is None:
+            raise IntegrityError("decompression failed: lz4 block does not decode to its "
+                                 "stated size: archive damaged")
     else:
         try:
             out = lz4.block.decompress(block, uncompressed_size=content_size)
@@ -204,13 +223,65 @@ def _lz4_one_block(frame: memoryview, content_size: int):
     return out
 
 
+_zstd_local = threading.local()
+
+
+def _span(parts: list, start: int, end: int) -> list:
+    """Views of bytes start…end of the concatenation of ``parts``."""
+    out, pos = [], 0
+    for part in parts:
+        lo, hi = max(start - pos, 0), min(end - pos, len(part))
+        if lo < hi:
+            out.append(part[lo:hi])
+        pos += len(part)
+    return out
+
+
+def _lz4_stored_parts(parts: list, content_size: int) -> list | None:
+    """A one-block frame whose block is stored, over several chunks: its
+    content as views of them, checked as _lz4_one_block checks it (header,
+    end mark, length, content checksum).  None: another kind of frame."""
+    total = sum(map(len, parts))
+    head = b"".join(_span(parts, 0, 19))
+    if len(head) < 19 or head[4] >> 6 != 1 or head[4] & 0x11 or not head[4] & 0x08:
+        return None                   # (_lz4_one_block or lz4.frame judge it)
+    flg = head[4]
+    if (xxhash.xxh32(head[4:14]).intdigest() >> 8) & 0xFF != head[14]:
+        raise IntegrityError("decompression failed: lz4 frame header checksum mismatch: "
+                             "archive damaged")
+    word = int.from_bytes(head[15:19], "little")
+    size, stored = word & 0x7FFFFFFF, word >> 31
+    end = 19 + size
+    if not stored or size == 0 or b"".join(_span(parts, end, end + 4)) != b"\0\0\0\0":
+        return None
+    if total != end + 4 + (4 if flg & 0x04 else 0):
+        raise IntegrityError("decompression failed: lz4 frame of unexpected length: "
+                             "archive damaged")
+    if size != content_size:
+        raise IntegrityError("decompression failed: lz4 frame holds other than its stated "
+                             "size: archive damaged")
+    out = _span(parts, 19, end)
+    if flg & 0x04:
+        h = xxhash.xxh32()
+        for piece in out:
+            h.update(piece)
+        if h.intdigest() != int.from_bytes(b"".join(_span(parts, end + 4, total)), "little"):
+            raise IntegrityError("decompression failed: lz4 content checksum mismatch: "
+                                 "archive damaged")
+    return out
+
+
 def _decompress_zstd(frame, content_size: int | None, frame_size: int | None) -> bytes:
     _check_size(content_size, frame_size)
     try:
         if content_size is None:      # not written by us: no size in the header
             dec = zstandard.ZstdDecompressor().decompressobj()
             return dec.decompress(frame)
-        return zstandard.ZstdDecompressor().decompress(frame)
+        try:
+            ctx = _zstd_local.ctx     # one per thread: a context is not shared, and
+        except AttributeError:        # making one per frame costs a few percent
+            ctx = _zstd_local.ctx = zstandard.ZstdDecompressor()
+        return ctx.decompress(frame)
     except zstandard.ZstdError as exc:
         raise IntegrityError(f"decompression failed: {exc}") from None
 

@@ -31,6 +31,7 @@ with warnings.catch_warnings():
         from cryptography.hazmat.primitives.ciphers.modes import CFB
 
 from ..errors import FormatError, IntegrityError
+from . import lz4raw
 
 AES256 = 9
 BLOCK = 16
@@ -410,6 +411,16 @@ class BodyReader:
             yield data
 
 
+def _update(cipher, ct) -> bytes | memoryview:
+    """cipher.update(ct), into new bytes that are not zero-filled first."""
+    if lz4raw.fresh is None or len(ct) < 65536:
+        return cipher.update(ct)
+    out, buf = lz4raw.fresh(len(ct) + BLOCK - 1)      # (update_into's margin before 42)
+    done = cipher.update_into(ct, buf)
+    buf.release()
+    return memoryview(out)[:done]
+
+
 class Decrypted:
     """The SEIPD plaintext, decrypted as read; tracks the MDC hash (in a
     thread of its own: SHA-1 costs more than the decryption)."""
@@ -428,12 +439,12 @@ class Decrypted:
             ct = self.body.read(READ_SIZE)
             if not ct:
                 return memoryview(b"")
-            pt = self.cipher.update(ct)
+            pt = _update(self.cipher, ct)
             if self.mdc is not None and self.policy.wanted:
                 if len(pt) >= 20:       # hash all but the last 20 bytes seen
                     self.mdc.update(self.held)
                     self.mdc.update(memoryview(pt)[:-20])
-                    self.held = pt[-20:]
+                    self.held = bytes(pt[-20:])
                 else:
                     joined = self.held + pt
                     self.mdc.update(joined[:-20])

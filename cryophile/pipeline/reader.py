@@ -1,13 +1,21 @@
 """Restore: fragments in order → verify → decrypt → decompress → output.
 
 Each fragment's size and SHA-256 are checked against chunk.0 before any of
-its bytes are decrypted, so damage is reported before it reaches the
+its bytes are decrypted (the first one: before any of its output is
+written, below), so damage is reported before it reaches the
 output; the MDC then vouches for the message as a whole (for a restore,
 the frame checksums of lz4 and zstd archives do instead: openpgp.Mdc;
 manifest.read_manifest has checked chunk.0's SHA-256 sums against the
 encrypted manifest).  The next
 fragment is verified in a second thread while this one is decrypted, and
 output runs in a third, with frames decompressed in two more beside it.
+
+The first fragment, unless a verdict vouches for it, is decrypted and
+decompressed while it is still being hashed (its first SPECULATE bytes),
+so that the restore does not start with one core idle; its output is held
+back (up to HOLD bytes, then the output waits) until the hash has matched,
+and dropped if it does not: nothing of a fragment reaches the output
+before its SHA-256 has matched chunk.0.
 """
 
 from __future__ import annotations
@@ -27,6 +35,8 @@ from . import buffers, compress, openpgp, verdict
 log = logging.getLogger("cryophile.restore")
 
 BLOCK_SIZE = 1 << 20
+SPECULATE = 16 << 20    # bytes of the first fragment decrypted while it is hashed
+HOLD = 48 << 20         # bytes of output held back meanwhile, at most
 DECOMPRESSORS = 2       # threads: decompression is restore's costliest stage (zstd, lz4)
 _DONE = object()
 
@@ -159,24 +169,112 @@ def _close_result(future: concurrent.futures.Future) -> None:
         future.result().close()
 
 
-def verified_blocks(clear: ClearInfo, fragment_path: Callable[[int], str]) -> Iterator[bytes]:
+class Gate:
+    """Output held back until the first fragment's SHA-256 has matched.
+
+    Settled by the verifying thread itself (not by the decrypting thread,
+    which may be waiting on the output), or as failed by the restore when
+    it ends; ``wait`` returns once settled."""
+
+    def __init__(self):
+        self.cond = threading.Condition()
+        self.state: bool | None = None
+        self.error: BaseException | None = None
+
+    def settle(self, ok: bool, error: BaseException | None = None) -> None:
+        with self.cond:
+            if self.state is None:
+                self.state, self.error = ok, error
+                self.cond.notify_all()
+
+    def wait(self) -> bool:
+        with self.cond:
+            while self.state is None:
+                self.cond.wait()
+            return self.state
+
+
+def verified_blocks(clear: ClearInfo, fragment_path: Callable[[int], str],
+                    gate: Gate | None = None) -> Iterator[bytes]:
     """The message, fragment by fragment, each verified before it is read.
 
     Unlike ``Ahead``, the next fragment's failure is the restore's: restore
-    waits for each fragment once, and a damaged one ends it."""
+    waits for each fragment once, and a damaged one ends it.  With ``gate``,
+    the first fragment (unless a verdict vouches for it) is read while it is
+    hashed, and ``gate`` settled by the hash: the caller holds back the
+    output until then."""
     with concurrent.futures.ThreadPoolExecutor(1, "cryophile-verify") as pool:
-        def check(n: int) -> VerifiedFile:
-            return open_verified(fragment_path(n), clear.fragments[n - 1], n)
+        def check(n: int, path: str | None = None) -> VerifiedFile:
+            return open_verified(path or fragment_path(n), clear.fragments[n - 1], n)
         last = len(clear.fragments)
-        ahead = pool.submit(check, 1) if last else None
+        ahead = None
         try:
-            for n in range(1, last + 1):
+            if last and gate is not None:
+                path = fragment_path(1)
+                f = yield from _speculate(pool, check, path, clear.fragments[0], gate)
+                if last > 1:
+                    ahead = pool.submit(check, 2)
+                yield from f
+            elif gate is not None:
+                gate.settle(True)
+            first = 2 if gate is not None else 1
+            if first <= last and ahead is None:
+                ahead = pool.submit(check, first)
+            for n in range(first, last + 1):
                 f = ahead.result()
                 ahead = pool.submit(check, n + 1) if n < last else None
                 yield from f.blocks()
         finally:
             if ahead is not None:
                 ahead.add_done_callback(_close_result)
+
+
+def _speculate(pool, check, path: str, frag: Fragment, gate: Gate):
+    """Yield the first fragment's first SPECULATE bytes while it is hashed in
+    ``pool``; return (as ``yield from``'s value) the rest of its blocks, once
+    the hash has matched for the very file read here (the same file, unchanged:
+    its stamp).  A verdict that holds: nothing is held back."""
+    f, st = open_fragment(path, frag, 1)
+    hashed = None
+    changed = errors.IntegrityError("fragment chunk.1 changed while it was read: it is "
+                                    "damaged or being overwritten")
+    try:
+        if verdict.holds(f.fileno(), frag.sha256):
+            gate.settle(True)
+            f, found = None, VerifiedFile(f, 1, st)
+            return found.blocks()
+        hashed = pool.submit(check, 1, path)
+
+        def settle(future: concurrent.futures.Future) -> None:
+            """In the verifying thread: the output may go once the very file
+            read here, unchanged, has matched (each block read here is
+            checked against the same stamp)."""
+            if future.cancelled():
+                gate.settle(False)
+            elif future.exception() is not None:
+                gate.settle(False, future.exception())
+            else:
+                gate.settle(future.result().stamp == st, changed)
+        hashed.add_done_callback(settle)
+        read = 0
+        while read < SPECULATE:
+            block = f.read(min(BLOCK_SIZE, SPECULATE - read))
+            if not block:
+                break
+            if stamp(os.fstat(f.fileno())) != st:
+                raise changed
+            read += len(block)
+            yield block
+        verified, hashed = hashed.result(), None     # (raises what the hash found)
+        if verified.stamp != st or stamp(os.fstat(f.fileno())) != st:
+            verified.close()
+            raise changed
+        return verified.blocks(read)
+    finally:
+        if f is not None:
+            f.close()
+        if hashed is not None:                       # left early: close what it opens
+            hashed.add_done_callback(_close_result)
 
 
 def restore(clear: ClearInfo, manifest: dict, unlock, fragment_path: Callable[[int], str],
@@ -188,24 +286,34 @@ def restore(clear: ClearInfo, manifest: dict, unlock, fragment_path: Callable[[i
     before use, and the frame checksums check the decrypted stream."""
     buffers.reuse_buffers()
     mdc = openpgp.Mdc(frames_vouch)
-    literal = openpgp.decrypt(openpgp.ByteSource(verified_blocks(clear, fragment_path)), unlock,
-                              mdc)
+    gate = Gate()
+    literal = openpgp.decrypt(openpgp.ByteSource(verified_blocks(clear, fragment_path, gate)),
+                              unlock, mdc)
     chunks: queue.Queue = queue.Queue(8)
     result: dict = {}
     sink = threading.Thread(target=_sink, name="cryophile-output",
                             args=(manifest["compression"], manifest.get("frame_size"),
-                                  chunks, out, result, mdc.frame), daemon=True)
+                                  chunks, out, result, mdc.frame, gate), daemon=True)
     sink.start()
     try:
         for data in literal:
             if "error" in result:
                 break
             chunks.put(data)     # a view of immutable bytes; the sink drains even after an error
+    except BaseException as exc:
+        literal.close()          # a hash under way ends, and settles the gate
+        gate.settle(False, exc)  # (the output held back is dropped)
+        if gate.error is not exc and gate.error is not None:
+            raise gate.error from None    # damage the hash found: said as such
+        raise
     finally:
         chunks.put(_DONE)        # always, exactly once: the sink waits for it
         sink.join()
         literal.close()          # stops the verifying thread before the caller goes on
     if "error" in result:
+        gate.settle(False)       # (settled already, by the hash, unless it never began)
+        if gate.state is False and gate.error is not None:
+            raise gate.error     # damage the hash found: said as such
         raise result["error"]
     if result["size"] != manifest["size"]:
         raise errors.IntegrityError(
@@ -214,9 +322,10 @@ def restore(clear: ClearInfo, manifest: dict, unlock, fragment_path: Callable[[i
 
 
 def _sink(codec: str, frame_size: int | None, chunks: queue.Queue, out: BinaryIO,
-          result: dict, checked: Callable[[bool], None]) -> None:
+          result: dict, checked: Callable[[bool], None], gate: Gate | None = None) -> None:
     """Decompress and write until _DONE; on an error, note it and keep taking
-    items until _DONE, so that the producer never blocks on a full queue."""
+    items until _DONE, so that the producer never blocks on a full queue.
+    Until ``gate`` opens, output is held back (HOLD bytes, then waited for)."""
     done = False
 
     def items():
@@ -225,16 +334,36 @@ def _sink(codec: str, frame_size: int | None, chunks: queue.Queue, out: BinaryIO
             yield item
         done = True
     size = 0
-    try:
-        for data in compress.decompress(codec, items(), frame_size, checked, DECOMPRESSORS):
+    held: list = []
+    holding = 0
+
+    def release() -> None:
+        nonlocal gate, held, size
+        if not gate.wait():
+            raise errors.Interrupted("restore ended before its first fragment was verified")
+        for data in held:
             out.write(data)
             size += len(data)
+        held, gate = [], None
+    try:
+        for data in compress.decompress(codec, items(), frame_size, checked, DECOMPRESSORS):
+            if gate is not None:
+                if gate.state is None and holding < HOLD:
+                    held.append(data)
+                    holding += len(data)
+                    continue
+                release()
+            out.write(data)
+            size += len(data)
+        if gate is not None:
+            release()
         out.flush()
         result["size"] = size
     except OSError as exc:
         result["error"] = errors.from_oserror(exc, "cannot write the output")
     except BaseException as exc:
         result["error"] = exc
+    held = []
     if not done:
         while chunks.get() is not _DONE:   # let the producer finish
             pass
