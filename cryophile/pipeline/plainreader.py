@@ -26,7 +26,7 @@ from .reader import Ahead, VerifiedFile, open_fragment, open_verified
 BLOCK_SIZE = 1 << 20
 SKIP_LIMIT = 32 << 20      # farther than this ahead: seek through the index
 PREFETCH = 4               # decrypted blocks ready ahead of decompression
-WORKERS = 1                # threads decompressing frames (more read ahead past a range)
+WORKERS = 2                # threads decompressing frames
 
 
 class PlainReader:
