@@ -4,6 +4,7 @@ and concurrency, what comes back is the archive's bytes (property tests)."""
 from __future__ import annotations
 
 import concurrent.futures
+import errno
 import os
 import random
 import shutil
@@ -122,3 +123,35 @@ def test_whole_reads_with_any_buffer(archives, bs):
         proc = subprocess.run(["dd", f"if={path}", f"bs={bs}", "status=none"],
                               capture_output=True, timeout=120)
         assert proc.returncode == 0 and proc.stdout == data, (codec, bs)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("codec", ["lz4", "zstd"])
+def test_reads_before_a_missing_fragment_are_served(tmp_path, fskeys, codec):
+    """A fragment gone from the vault: every frame that lies wholly before it
+    reads back (decompression reads frames ahead, into the gap: that must
+    fail nothing before it), and the read that needs it fails with EIO and a
+    log line, never with wrong bytes."""
+    (tmp_path / "cli").mkdir()
+    rig = make_rig(tmp_path / "cli")
+    data = random.Random(codec).randbytes(8 * MiB)    # stored frames: places known
+    ulid = rig.backup(data, fskeys[0], "-C", codec, "-s", str(MiB + 7))
+    rig.run("freeze", "--once", check=True)
+    fs = FsRig(tmp_path / "fs", fskeys[0])
+    shutil.copytree(rig.vaults, fs.vaults)
+    gone = 6                  # fragments 1-5 hold the message's first 5 MiB + 35 bytes:
+    safe = 4 * MiB            # the first 4 frames, with their headers and the key packets
+    (chunk,) = fs.vaults.glob(f"*/{ulid}/chunk.{gone}")
+    chunk.unlink()
+    with fs.mounted("-k", str(fskeys[1]), expect=(rf"chunk\.{gone}",)):
+        fd = os.open(fs.archives / ulid, os.O_RDONLY)
+        good = b""
+        try:
+            with pytest.raises(OSError) as failure:
+                while got := os.pread(fd, MiB, len(good)):
+                    good += got
+        finally:
+            os.close(fd)
+    assert failure.value.errno == errno.EIO
+    assert good == data[:len(good)] and safe <= len(good) < len(data)
+    assert f"chunk.{gone}" in fs.log
