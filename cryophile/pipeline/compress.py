@@ -205,12 +205,10 @@ def _lz4_one_block(frame: memoryview, content_size: int):
     if len(out) != content_size:
         raise IntegrityError("decompression failed: lz4 frame holds other than its stated "
                              "size: archive damaged")
-    if flg & 0x04:
-        h = xxhash.xxh32()
-        h.update(out)                 # (update releases the GIL for large buffers)
-        if h.intdigest() != int.from_bytes(tail, "little"):
-            raise IntegrityError("decompression failed: lz4 content checksum mismatch: "
-                                 "archive damaged")
+    # one call (it releases the GIL): xxhash's streaming update runs at half the speed
+    if flg & 0x04 and xxhash.xxh32_intdigest(out) != int.from_bytes(tail, "little"):
+        raise IntegrityError("decompression failed: lz4 content checksum mismatch: "
+                             "archive damaged")
     return out
 
 
