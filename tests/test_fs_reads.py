@@ -7,6 +7,7 @@ import concurrent.futures
 import errno
 import os
 import random
+import re
 import shutil
 import subprocess
 
@@ -127,11 +128,12 @@ def test_whole_reads_with_any_buffer(archives, bs):
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("codec", ["lz4", "zstd"])
-def test_reads_before_a_missing_fragment_are_served(tmp_path, fskeys, codec):
-    """A fragment gone from the vault: every frame that lies wholly before it
-    reads back (decompression reads frames ahead, into the gap: that must
-    fail nothing before it), and the read that needs it fails with EIO and a
-    log line, never with wrong bytes."""
+@pytest.mark.parametrize("harm", ["missing", "damaged"])
+def test_reads_before_a_missing_or_damaged_fragment_are_served(tmp_path, fskeys, codec, harm):
+    """A fragment gone from the vault, or damaged there: every frame that lies
+    wholly before it reads back (decompression reads frames ahead, into the
+    bad fragment: that must fail nothing before it), and the read that needs
+    it fails with EIO and a log line, never with wrong bytes."""
     (tmp_path / "cli").mkdir()
     rig = make_rig(tmp_path / "cli")
     data = random.Random(codec).randbytes(8 * MiB)    # stored frames: places known
@@ -139,11 +141,18 @@ def test_reads_before_a_missing_fragment_are_served(tmp_path, fskeys, codec):
     rig.run("freeze", "--once", check=True)
     fs = FsRig(tmp_path / "fs", fskeys[0])
     shutil.copytree(rig.vaults, fs.vaults)
-    gone = 6                  # fragments 1-5 hold the message's first 5 MiB + 35 bytes:
+    bad = 6                   # fragments 1-5 hold the message's first 5 MiB + 35 bytes:
     safe = 4 * MiB            # the first 4 frames, with their headers and the key packets
-    (chunk,) = fs.vaults.glob(f"*/{ulid}/chunk.{gone}")
-    chunk.unlink()
-    with fs.mounted("-k", str(fskeys[1]), expect=(rf"chunk\.{gone}",)):
+    (chunk,) = fs.vaults.glob(f"*/{ulid}/chunk.{bad}")
+    if harm == "missing":
+        chunk.unlink()
+        expect = (rf"chunk\.{bad}",)
+    else:
+        raw = bytearray(chunk.read_bytes())
+        raw[random.Random(codec).randrange(len(raw))] ^= 0x40
+        chunk.write_bytes(bytes(raw))
+        expect = ("nothing unverified",)
+    with fs.mounted("-k", str(fskeys[1]), expect=expect):
         fd = os.open(fs.archives / ulid, os.O_RDONLY)
         good = b""
         try:
@@ -154,4 +163,4 @@ def test_reads_before_a_missing_fragment_are_served(tmp_path, fskeys, codec):
             os.close(fd)
     assert failure.value.errno == errno.EIO
     assert good == data[:len(good)] and safe <= len(good) < len(data)
-    assert f"chunk.{gone}" in fs.log
+    assert re.search(expect[0], fs.log)
