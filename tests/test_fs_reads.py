@@ -4,8 +4,10 @@ and concurrency, what comes back is the archive's bytes (property tests)."""
 from __future__ import annotations
 
 import concurrent.futures
+import errno
 import os
 import random
+import re
 import shutil
 import subprocess
 
@@ -122,3 +124,43 @@ def test_whole_reads_with_any_buffer(archives, bs):
         proc = subprocess.run(["dd", f"if={path}", f"bs={bs}", "status=none"],
                               capture_output=True, timeout=120)
         assert proc.returncode == 0 and proc.stdout == data, (codec, bs)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("codec", ["lz4", "zstd"])
+@pytest.mark.parametrize("harm", ["missing", "damaged"])
+def test_reads_before_a_missing_or_damaged_fragment_are_served(tmp_path, fskeys, codec, harm):
+    """A fragment gone from the vault, or damaged there: every frame that lies
+    wholly before it reads back (decompression reads frames ahead, into the
+    bad fragment: that must fail nothing before it), and the read that needs
+    it fails with EIO and a log line, never with wrong bytes."""
+    (tmp_path / "cli").mkdir()
+    rig = make_rig(tmp_path / "cli")
+    data = random.Random(codec).randbytes(8 * MiB)    # stored frames: places known
+    ulid = rig.backup(data, fskeys[0], "-C", codec, "-s", str(MiB + 7))
+    rig.run("freeze", "--once", check=True)
+    fs = FsRig(tmp_path / "fs", fskeys[0])
+    shutil.copytree(rig.vaults, fs.vaults)
+    bad = 6                   # fragments 1-5 hold the message's first 5 MiB + 35 bytes:
+    safe = 4 * MiB            # the first 4 frames, with their headers and the key packets
+    (chunk,) = fs.vaults.glob(f"*/{ulid}/chunk.{bad}")
+    if harm == "missing":
+        chunk.unlink()
+        expect = (rf"chunk\.{bad}",)
+    else:
+        raw = bytearray(chunk.read_bytes())
+        raw[random.Random(codec).randrange(len(raw))] ^= 0x40
+        chunk.write_bytes(bytes(raw))
+        expect = ("nothing unverified",)
+    with fs.mounted("-k", str(fskeys[1]), expect=expect):
+        fd = os.open(fs.archives / ulid, os.O_RDONLY)
+        good = b""
+        try:
+            with pytest.raises(OSError) as failure:
+                while got := os.pread(fd, MiB, len(good)):
+                    good += got
+        finally:
+            os.close(fd)
+    assert failure.value.errno == errno.EIO
+    assert good == data[:len(good)] and safe <= len(good) < len(data)
+    assert re.search(expect[0], fs.log)

@@ -361,6 +361,35 @@ def test_frames_decompress_across_any_chunking(lz4_decoder, data, frame_size, cu
             b"".join(compress.decompress(codec, [stream[:-1]], frame_size, workers=workers))
 
 
+class Beyond(Exception):
+    """The chunk source failed (a fragment outside a range, or not here)."""
+
+
+@settings(max_examples=60, deadline=None, database=None)
+@given(frames=st.integers(1, 12), frame_size=st.integers(1, 5000), cut=st.integers(0, 1 << 20),
+       codec=st.sampled_from(["lz4", "zstd"]), workers=st.sampled_from([1, 2, 3]))
+def test_a_failing_source_fails_no_frame_before_it(frames, frame_size, cut, codec, workers):
+    """The chunk source fails somewhere after frame k: every frame before the
+    failure comes out whole and in order, whatever the number of workers
+    (which read frames ahead), and the failure only then."""
+    c = compress.compressor(codec)
+    data = mixed(frames * frame_size, cut)
+    parts = [c(data[i:i + frame_size]) for i in range(0, len(data), frame_size)]
+    k = cut % (len(parts) + 1)          # frames before the failure
+    tail = b"".join(parts[k:])[:cut % 7] if k < len(parts) else b""
+
+    def chunks():
+        yield from parts[:k]
+        if tail:
+            yield tail                   # part of the next frame, then the failure
+        raise Beyond("chunk source failed")
+    got = []
+    with pytest.raises(Beyond):
+        for out in compress.decompress(codec, chunks(), frame_size, workers=workers):
+            got.append(bytes(out))
+    assert b"".join(got) == data[:k * frame_size]
+
+
 @settings(max_examples=150, deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.binary(max_size=3000) | st.builds(mixed, st.integers(0, 70_000)) |

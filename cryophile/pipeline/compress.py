@@ -136,16 +136,26 @@ def _checked(done: Iterator[tuple], frame_size: int | None,
 def _in_threads(whole: Callable, frames: Iterator[tuple], frame_size: int | None,
                 workers: int) -> Iterator[tuple]:
     """Decompress frames in a pool, at most 2 × workers ahead, in order.
-    Closing the generator drops what is still pending."""
+    Closing the generator drops what is still pending.  A failure to read
+    the next frame is raised after the frames before it, where reading them
+    one by one would meet it: reading ahead fails nothing a reader does not
+    reach (a byte range, or a read that stops before a missing fragment)."""
     pool = concurrent.futures.ThreadPoolExecutor(workers, "cryophile-decompress")
     pending: collections.deque = collections.deque()
     try:
-        for frame, size, summed in frames:
-            if len(pending) >= 2 * workers:
-                yield pending[0][0].result(), pending.popleft()[1]
-            pending.append((pool.submit(whole, frame, size, frame_size), summed))
+        try:
+            for frame, size, summed in frames:
+                if len(pending) >= 2 * workers:
+                    yield pending[0][0].result(), pending.popleft()[1]
+                pending.append((pool.submit(whole, frame, size, frame_size), summed))
+        except Exception as exc:
+            failure = exc
+        else:
+            failure = None
         while pending:
             yield pending[0][0].result(), pending.popleft()[1]
+        if failure is not None:
+            raise failure
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
 
@@ -214,12 +224,10 @@ def _lz4_one_block(frame: memoryview, content_size: int):
     if len(out) != content_size:
         raise IntegrityError("decompression failed: lz4 frame holds other than its stated "
                              "size: archive damaged")
-    if flg & 0x04:
-        h = xxhash.xxh32()
-        h.update(out)                 # (update releases the GIL for large buffers)
-        if h.intdigest() != int.from_bytes(tail, "little"):
-            raise IntegrityError("decompression failed: lz4 content checksum mismatch: "
-                                 "archive damaged")
+    # one call (it releases the GIL): xxhash's streaming update runs at half the speed
+    if flg & 0x04 and xxhash.xxh32_intdigest(out) != int.from_bytes(tail, "little"):
+        raise IntegrityError("decompression failed: lz4 content checksum mismatch: "
+                             "archive damaged")
     return out
 
 

@@ -26,7 +26,7 @@ from .reader import Ahead, VerifiedFile, open_fragment, open_verified
 BLOCK_SIZE = 1 << 20
 SKIP_LIMIT = 32 << 20      # farther than this ahead: seek through the index
 PREFETCH = 4               # decrypted blocks ready ahead of decompression
-WORKERS = 1                # threads decompressing frames (more read ahead past a range)
+WORKERS = 2                # threads decompressing frames
 
 
 class PlainReader:
@@ -49,7 +49,9 @@ class PlainReader:
         self.pos = 0
         self.buf = memoryview(b"")
 
-    def read(self, offset: int, size: int) -> bytes:
+    def read(self, offset: int, size: int) -> bytes | memoryview:
+        """Up to ``size`` bytes at ``offset``: bytes, or a read-only view of
+        bytes (a stored frame, handed on uncopied)."""
         with self.lock:
             if offset >= self.size or size <= 0:
                 return b""
@@ -59,7 +61,7 @@ class PlainReader:
                 self.close_stream()       # the next read starts afresh
                 raise
 
-    def _read(self, offset: int, size: int) -> bytes:
+    def _read(self, offset: int, size: int) -> bytes | memoryview:
         size = min(size, self.size - offset)
         if self.stream is None or offset < self.pos or offset - self.pos > SKIP_LIMIT \
                 and self._entry(offset)[0] > self.pos:
@@ -67,7 +69,7 @@ class PlainReader:
         self._skip(offset - self.pos)
         first = self._take(size)
         if len(first) == size:        # the usual case: a whole frame, handed on uncopied
-            out = first if isinstance(first, bytes) else bytes(first)
+            out = first
         else:
             parts = bytearray(first)
             while len(parts) < size:
