@@ -72,8 +72,13 @@ def cryophilefs(root: Path, cert: Path, key: Path, freeze: bool = True) -> Mount
 
 
 def wait_frozen(archive: Path, timeout: float = 600) -> None:
+    """Until the archive is frozen; a state that can never become "local"
+    (a stream cut short is sealed "incomplete") ends the run at once."""
     deadline = time.monotonic() + timeout
-    while os.getxattr(archive, "user.cryophile.state") != b"local":
+    while (state := os.getxattr(archive, "user.cryophile.state")) != b"local":
+        if state in (b"incomplete", b"failed"):
+            raise SystemExit(f"{archive} is {state.decode()}: the benchmark's data "
+                             "must be a whole stream")
         if time.monotonic() > deadline:
             raise SystemExit(f"{archive} not frozen after {timeout} s")
         time.sleep(0.2)
@@ -234,7 +239,7 @@ def read_part(args, root: Path, cert: Path, key: Path) -> None:
     cryophilefs is mounted afresh for each timed read, so that every one is a
     first read (a mount does not hash a fragment again that it checked before);
     then one mount reads every archive ``repeat`` times, for its memory."""
-    size = int(args.size_gib * GIB)
+    size = int(args.size_gib * GIB) >> 20 << 20   # whole MiB: a whole tar (sealed complete)
     gib = size / GIB
     kinds = (("real", mixed_data(size)), ("random", random_data(size)))
     fs = cryophilefs(root / "one", cert, key)
