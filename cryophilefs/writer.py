@@ -215,23 +215,33 @@ class Incoming:
     # --- the handlers' side ----------------------------------------------------------
 
     async def write(self, off: int, buf: bytes) -> int:
-        async with self.lock:
-            await self._refuse_if_done("write")
-            if self.error is not None:
-                self._fail(self.error)          # the ArchiveWriter failed
-            if off != self.offset:
-                self._fail(FsError(errno.ESPIPE, f"write at byte {off}, but a backup is "
-                                   f"written in order (it continues at byte {self.offset}); "
-                                   "the backup failed"))
-            if self.writer is None:
-                await self._start_writer()
-            if not isinstance(buf, bytes):     # pyfuse3 gives bytes; others a copy
-                buf = bytes(buf)
-            self.offset += len(buf)
-            self.mtime_ns = time.time_ns()
-            if self._queue(buf):                # immutable: queued as it is
-                await self._wait_inflight(DEPTH * CHUNK // 2)     # then several in a row
-            return len(buf)
+        try:
+            self.lock.acquire_nowait()          # the usual case: no trip through trio's loop
+        except trio.WouldBlock:
+            await self.lock.acquire()
+        try:
+            return await self._take(off, buf)
+        finally:
+            self.lock.release()
+
+    async def _take(self, off: int, buf: bytes) -> int:
+        """A write, under ``lock``."""
+        await self._refuse_if_done("write")
+        if self.error is not None:
+            self._fail(self.error)          # the ArchiveWriter failed
+        if off != self.offset:
+            self._fail(FsError(errno.ESPIPE, f"write at byte {off}, but a backup is "
+                               f"written in order (it continues at byte {self.offset}); "
+                               "the backup failed"))
+        if self.writer is None:
+            await self._start_writer()
+        if not isinstance(buf, bytes):     # pyfuse3 gives bytes; others a copy
+            buf = bytes(buf)
+        self.offset += len(buf)
+        self.mtime_ns = time.time_ns()
+        if self._queue(buf):                # immutable: queued as it is
+            await self._wait_inflight(DEPTH * CHUNK // 2)     # then several in a row
+        return len(buf)
 
     async def _start_writer(self) -> None:
         """The spool sees a backup only once it has data (``touch`` leaves nothing)."""
