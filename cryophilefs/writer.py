@@ -139,9 +139,16 @@ class Incoming:
         try:
             await trio.to_thread.run_sync(self._feed, limiter=trio.CapacityLimiter(1),
                                           abandon_on_cancel=True)
+        except Exception as exc:        # a bug: this backup fails, the mount goes on
+            log.error("backup %s (%s): the feeder failed", self.bid, self.name, exc_info=exc)
+            self.error = self.error or exc
         finally:
             self._stop()                # cancelled (unmount): the thread ends too
             self.fed.set()
+            with self.cond:             # whatever is left will never be written
+                if self.waiter is not None:
+                    self.waiter[1].set()
+                    self.waiter = None
 
     def _feed(self) -> None:
         """The feeder thread: queued bytes into the ArchiveWriter, in order; a
@@ -191,7 +198,7 @@ class Incoming:
 
     async def _wait_inflight(self, most: int) -> None:
         """Until the feeder has at most ``most`` bytes left to write."""
-        while True:
+        while not self.fed.is_set():    # (once the feeder ended, nothing waits for it)
             with self.cond:
                 if self.inflight <= most:
                     return

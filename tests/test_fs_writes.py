@@ -209,3 +209,37 @@ async def test_unmount_while_writes_wait_for_a_held_feeder(tmp_path, fskeys, nur
     await incoming.fed.wait()       # the feeder thread ended
     assert not mark(tmp_path, bid)
     assert not (tmp_path / "spool" / "backup" / VAULT / bid.key).exists()
+
+
+@pytest.mark.expect_log
+@pytest.mark.timeout(180)
+async def test_a_feeder_that_dies_fails_the_backup_not_the_mount(tmp_path, fskeys, nursery,
+                                                                 caplog, monkeypatch):
+    """A bug in the feeder thread: the writes or the close get EIO and a log
+    line, nothing is sealed, nothing waits for ever, and the mount goes on."""
+    def boom(self, data):
+        raise RuntimeError("a bug")
+    monkeypatch.setattr(writer.Incoming, "_write", boom)
+    ops = make_ops(tmp_path, fskeys, nursery)
+    _, info, _ = await start(ops, "dies")
+    bid = ops.handles[info.fh].incoming.bid
+    data = pattern("random", 20 * MiB, 4)
+    try:
+        for off in range(0, len(data), MiB):
+            await ops.write(info.fh, off, data[off:off + MiB])
+    except pyfuse3.FUSEError as exc:
+        assert exc.errno == errno.EIO
+    await expect_errno(errno.EIO, ops.flush(info.fh))
+    await ops.release(info.fh)
+    assert not archives_of(ops) and not mark(tmp_path, bid)
+    assert "the feeder failed" in caplog.text and "a bug" in caplog.text
+    monkeypatch.undo()
+    await backup_through(ops, b"still mounted")
+
+
+async def backup_through(ops, data: bytes) -> None:
+    _, info, _ = await start(ops, "after")
+    await ops.write(info.fh, 0, data)
+    await ops.flush(info.fh)
+    await ops.release(info.fh)
+    assert [n.archive.size for n in archives_of(ops)] == [len(data)]
