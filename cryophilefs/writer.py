@@ -12,7 +12,8 @@ about as much as the trio side of a request.  The queue is bounded
 fills and ``write(2)`` waits until it is half empty, rather than failing;
 the feeder wakes trio once per ``DEPTH // 2`` requests, not for each.  The
 buffers pyfuse3 hands over are bytes, which cannot change: they are queued
-as they are (no copy; a 1 MiB request is compressed where it lies).
+as they are (no copy; a 1 MiB request is compressed where it lies), and
+smaller requests are handed over together once they make ``CHUNK``.
 
 The life of an incoming file (``Incoming.state``)::
 
@@ -103,9 +104,11 @@ class Incoming:
         self.state = WRITING
         self.offset = 0
         self.mtime_ns = time.time_ns()
+        self.pending: list[bytes] = []     # requests not queued yet, under CHUNK bytes
+        self.pending_size = 0
         # the hand-over to the feeder thread; all below under ``cond``
         self.cond = threading.Condition(threading.Lock())
-        self.queue: collections.deque[bytes] = collections.deque()
+        self.queue: collections.deque[list[bytes]] = collections.deque()
         self.inflight = 0               # bytes queued or being written by the feeder
         self.idle = False               # the feeder sleeps on ``cond``
         self.stopping = False           # the feeder ends once the queue is empty
@@ -162,19 +165,20 @@ class Incoming:
                 self.idle = False
                 if not self.queue:
                     return
-                data = self.queue.popleft()
+                batch = self.queue.popleft()
             if self.error is None and self.state == WRITING:
-                self._write(data)
+                self._write(batch)
             with self.cond:
-                self.inflight -= len(data)
+                self.inflight -= sum(map(len, batch))
                 if self.waiter is not None and self.inflight <= self.waiter[0]:
                     self._wake(self.waiter[1])
                     self.waiter = None
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, batch: list[bytes]) -> None:
         """Blocking (the feeder's thread)."""
         try:
-            self.writer.write(data)
+            for data in batch:
+                self.writer.write(data)
         except OSError as exc:
             self.error = errors.from_oserror(exc, f"backup {self.bid}")
         except Exception as exc:
@@ -186,12 +190,13 @@ class Incoming:
         except trio.RunFinishedError:      # the mount ended: nobody waits any more
             pass
 
-    def _queue(self, buf: bytes) -> bool:
-        """Hand ``buf`` to the feeder (the trio thread; never blocks for long).
-        True if the queue is now over its bound."""
+    def _queue(self) -> bool:
+        """Hand the pending requests to the feeder (the trio thread; never
+        blocks for long).  True if the queue is now over its bound."""
+        batch, size, self.pending, self.pending_size = self.pending, self.pending_size, [], 0
         with self.cond:
-            self.queue.append(buf)
-            self.inflight += len(buf)
+            self.queue.append(batch)
+            self.inflight += size
             if self.idle:
                 self.cond.notify()
             return self.inflight > DEPTH * CHUNK
@@ -208,6 +213,8 @@ class Incoming:
 
     async def _drain(self) -> None:
         """Everything written so far is in the ArchiveWriter (or failed)."""
+        if self.pending:
+            self._queue()
         await self._wait_inflight(0)
 
     def _stop(self) -> None:
@@ -244,9 +251,11 @@ class Incoming:
             await self._start_writer()
         if not isinstance(buf, bytes):     # pyfuse3 gives bytes; others a copy
             buf = bytes(buf)
+        self.pending.append(buf)            # immutable: kept as it is
+        self.pending_size += len(buf)
         self.offset += len(buf)
         self.mtime_ns = time.time_ns()
-        if self._queue(buf):                # immutable: queued as it is
+        if self.pending_size >= CHUNK and self._queue():      # small requests: one hand-over
             await self._wait_inflight(DEPTH * CHUNK // 2)     # then several in a row
         return len(buf)
 
