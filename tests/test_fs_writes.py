@@ -22,24 +22,18 @@ from cryophilefs import writer
 from tests.fsrig import VAULT, FsRig, fskeys, needs_fuse  # noqa: F401
 from tests.test_fs_operations import (archives_of, expect_errno, make_ops, mark, read_all,
                                       start)
+from tests.test_fs_reads import payload
 
 MiB = 1 << 20
 NAMES = itertools.count()
 
 
 def pattern(kind: str, size: int, seed: int) -> bytes:
-    rnd = random.Random(seed)
     if kind == "random":
-        return rnd.randbytes(size)
+        return random.Random(seed).randbytes(size)
     if kind == "zeros":
         return bytes(size)
-    parts, n = [], 0                    # runs of text and of random bytes
-    while n < size:
-        part = rnd.randbytes(rnd.randrange(1, 200_000)) if rnd.random() < 0.5 else \
-            (b"cryophile %d " % rnd.randrange(10**6)) * rnd.randrange(1, 20_000)
-        parts.append(part)
-        n += len(part)
-    return b"".join(parts)[:size]
+    return payload(str(seed), size)          # runs of text and of random bytes
 
 
 @pytest.fixture(scope="module")
