@@ -200,6 +200,7 @@ def read_part(args, root: Path, cert: Path, key: Path) -> None:
     first read (a mount does not hash a fragment again that it checked before);
     then one mount reads every archive ``repeat`` times, for its memory."""
     size = int(args.size_gib * GIB) >> 20 << 20   # whole MiB: a whole tar (sealed complete)
+    gib = size / GIB
     kinds = (("real", mixed_data(size)), ("random", random_data(size)))
     fs = cryophilefs(root / "one", cert, key)
     try:

@@ -40,7 +40,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 from common import (CRYOPHILE, GIB, WORK, Usage, cpu_of, gpg_key,  # noqa: E402
-                    mixed_data, random_data, ratio, rclone_crypt, rss_kib, unmount, wait_mounted)
+                    mixed_data, random_data, rclone_crypt, rss_kib, unmount, wait_mounted)
 
 VAULT = "5f0c6a8e-0d1e-4b8a-9f2e-000000000003"
 ULID = "01J00000000000000000000003"
@@ -180,7 +180,7 @@ def line(what: str, size: int, ours: list[Result], base: list[Result], base_name
     gib = size / GIB
     print(f"  {what:<22} {size / o.seconds / 1e6:7.1f} MB/s {o.cpu / gib:5.2f} CPU-s/GiB "
           f"{o.rss_kib / 1024:4.0f} MiB | {base_name:<14} {size / b.seconds / 1e6:7.1f} MB/s "
-          f"{b.cpu / gib:5.2f} CPU-s/GiB | {ratio(b.seconds, o.seconds)}", flush=True)
+          f"{b.cpu / gib:5.2f} CPU-s/GiB | ratio {b.seconds / o.seconds:.2f}x", flush=True)
 
 
 def load() -> str:
