@@ -1,4 +1,5 @@
-"""Shared pieces of the benchmarks: test data, keys, timing and peak RSS of a command."""
+"""Shared pieces of the benchmarks: test data, keys, timing and peak RSS of a
+command, mounts and their processes, and the lines the benchmarks print."""
 
 from __future__ import annotations
 
@@ -22,6 +23,54 @@ def compiled() -> None:
     root = Path(__file__).resolve().parent.parent
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(root / "cryophile"),
                     str(root / "cryophilefs")], check=True)
+
+
+def whole_mib(gib: float) -> int:
+    """``--size-gib`` in bytes, rounded down to whole MiB: the data is then a
+    whole tar stream (a cut that is not a multiple of its 512-byte blocks
+    leaves bytes after its end: sealed incomplete, never frozen "local")."""
+    return int(gib * GIB) >> 20 << 20
+
+
+def wait_mounted(path: Path, proc: subprocess.Popen, deadline: float = 60) -> None:
+    """Until ``path`` is a mount point.  Ends the run if ``proc`` (the
+    filesystem's process) exits first, or after ``deadline`` seconds (then
+    ``proc`` is killed)."""
+    end = time.monotonic() + deadline
+    while not os.path.ismount(path):
+        if proc.poll() is not None:
+            raise SystemExit(f"{proc.args} exited with {proc.returncode} before mounting {path}")
+        if time.monotonic() > end:
+            proc.kill()
+            proc.wait()
+            raise SystemExit(f"{path} not mounted after {deadline} s: {proc.args} killed")
+        time.sleep(0.05)
+
+
+def unmount(path: Path, proc: subprocess.Popen, deadline: float = 120) -> int:
+    """Unmount ``path`` and wait (at most ``deadline`` seconds) for ``proc``;
+    its exit code."""
+    subprocess.run(["fusermount3", "-u", str(path)], check=True, timeout=deadline)
+    try:
+        return proc.wait(deadline)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise SystemExit(f"{proc.args} still running {deadline} s after unmounting: killed")
+
+
+def cpu_of(pid: int) -> float:
+    """CPU seconds (user + system) the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_kib(pid: int, field: str = "VmHWM") -> int:
+    """A memory figure of a running process (VmHWM: its peak RSS; VmRSS: now), KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
 
 
 def rclone_crypt(root: Path) -> dict | None:
@@ -146,14 +195,8 @@ def _fingerprint(env) -> str:
 def run(cmd, *, shell: bool = False, env=None, stdin=None, stdout=subprocess.DEVNULL
         ) -> tuple[float, int]:
     """Run a command; return (seconds, peak RSS in KiB of the largest process)."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, shell=shell, env=env, stdin=stdin, stdout=stdout,
-                            executable="/bin/bash" if shell else None)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{cmd} failed with {os.waitstatus_to_exitcode(status)}")
-    return seconds, usage.ru_maxrss
+    use = measure(cmd, shell=shell, env=env, stdin=stdin, stdout=stdout)
+    return use.seconds, use.rss_kib
 
 
 @dataclasses.dataclass
@@ -163,11 +206,13 @@ class Usage:
     rss_kib: int        # peak RSS of the largest process
 
 
-def measure(cmd, *, shell: bool = False, env=None) -> Usage:
-    """Run a command; return its wall time, CPU time and peak RSS."""
+def measure(cmd, *, shell: bool = False, env=None, stdin=None, stdout=subprocess.DEVNULL
+            ) -> Usage:
+    """Run a command to its end; its wall time, CPU time and peak RSS.  A
+    non-zero exit ends the benchmark."""
     before = os.times()
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, shell=shell, env=env, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(cmd, shell=shell, env=env, stdin=stdin, stdout=stdout,
                             executable="/bin/bash" if shell else None)
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - start
@@ -185,3 +230,17 @@ def load() -> str:
 
 def rate(size: int, seconds: float) -> str:
     return f"{size / seconds / 1e6:7.1f} MB/s"
+
+
+def best(runs: list):
+    """The fastest of interleaved runs (anything with ``seconds``)."""
+    return min(runs, key=lambda u: u.seconds)
+
+
+def ratio(base_seconds: float, ours_seconds: float) -> str:
+    """How many times faster ours is than the baseline (above 1: ours is faster)."""
+    return f"ratio {base_seconds / ours_seconds:.2f}x"
+
+
+def per_gib(size: int, cpu: float) -> str:
+    return f"{cpu / (size / GIB):4.2f} CPU-s/GiB"

@@ -25,33 +25,27 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (CRYOPHILE, GIB, WORK, compiled, gpg_key, load, measure,  # noqa: E402
-                    mixed_data, random_data, rate, rclone_crypt, run)
+from common import (CRYOPHILE, GIB, WORK, best, compiled, cpu_of, gpg_key,  # noqa: E402
+                    load, measure, mixed_data, per_gib, random_data, rate, ratio,
+                    rclone_crypt, rss_kib, run, unmount, wait_mounted, whole_mib)
 
 VAULT = "5f0c6a8e-0d1e-4b8a-9f2e-000000000002"
 HERE = Path(__file__).resolve().parent
 
 
 class Mount:
-    def __init__(self, command: list[str], mnt: Path, stderr=None):
+    def __init__(self, command: list[str], mnt: Path, stderr=None, env=None):
         self.mnt = mnt
         mnt.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=stderr)
-        while not os.path.ismount(mnt):
-            if self.proc.poll() is not None:
-                raise SystemExit(f"{command} exited with {self.proc.returncode}")
-            time.sleep(0.05)
+                                     stderr=stderr, env=env)
+        wait_mounted(mnt, self.proc)
 
     def peak_rss_kib(self) -> int:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-        return 0
+        return rss_kib(self.proc.pid)
 
     def close(self) -> None:
-        subprocess.run(["fusermount3", "-u", str(self.mnt)], check=True)
-        if self.proc.wait(120) != 0:
+        if unmount(self.mnt, self.proc) != 0:
             raise SystemExit(f"mount process exited with {self.proc.returncode}")
 
 
@@ -93,16 +87,10 @@ def drop_caches() -> None:
         pass
 
 
-def cpu_of(pid: int) -> float:
-    """CPU seconds (user + system) the process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def write_series(args, root: Path, cert: Path, key: Path, freeze: bool) -> int:
     """Interleaved runs of cryophile backup and of dd into the mount; returns
     the mount's peak RSS (KiB)."""
-    size = int(args.size_gib * GIB)
+    size = whole_mib(args.size_gib)
     fs = cryophilefs(root / "w", cert, key, freeze)
     config = root / "w" / "cryophile.toml"
     cli_spool = root / "cli-spool"
@@ -128,18 +116,17 @@ def write_series(args, root: Path, cert: Path, key: Path, freeze: bool) -> int:
                     peer.append(measure(f"dd if={data} of={rclone.mnt}/bench bs=1M status=none",
                                         shell=True))
                     os.remove(rclone.mnt / "bench")
-            b = min(base, key=lambda u: u.seconds)
-            i = min(range(len(ours)), key=lambda j: ours[j].seconds)
+            b = best(base)
+            i = ours.index(best(ours))
             print(f"write  {kind:6} {what}  mount (dd bs=1M) {rate(size, ours[i].seconds)} "
-                  f"(mount {fs_cpu[i] / (size / GIB):.2f} CPU-s/GiB, "
+                  f"(mount {per_gib(size, fs_cpu[i])}, "
                   f"{fs_cpu[i] / ours[i].seconds / 2 * 100:.0f} % of its 2-core ceiling)   "
-                  f"cryophile backup {rate(size, b.seconds)} "
-                  f"({b.cpu / (size / GIB):.2f} CPU-s/GiB)   "
-                  f"ratio {b.seconds / ours[i].seconds:.2f}x   [{load()}]", flush=True)
+                  f"cryophile backup {rate(size, b.seconds)} ({per_gib(size, b.cpu)})   "
+                  f"{ratio(b.seconds, ours[i].seconds)}   [{load()}]", flush=True)
             if peer:
-                p = min(peer, key=lambda u: u.seconds)
+                p = best(peer)
                 print(f"write  {kind:6} rclone mount (crypt, dd bs=1M) {rate(size, p.seconds)}   "
-                      f"ratio {p.seconds / ours[i].seconds:.2f}x", flush=True)
+                      f"{ratio(p.seconds, ours[i].seconds)}", flush=True)
         return fs.peak_rss_kib()
     finally:
         fs.close()
@@ -156,8 +143,7 @@ def rclone_mount(root: Path) -> Mount | None:
     if env is None:
         print("rclone: not installed, its crypt mount skipped")
         return None
-    return Mount(["rclone", "--config", env["RCLONE_CONFIG"], "mount", "crypt:", str(root / "mnt")],
-                 root / "mnt")
+    return Mount(["rclone", "mount", "crypt:", str(root / "mnt")], root / "mnt", env=env)
 
 
 def write_part(args, root: Path, cert: Path, key: Path) -> None:
@@ -167,7 +153,7 @@ def write_part(args, root: Path, cert: Path, key: Path) -> None:
         return
     big = cryophilefs(root / "big", cert, key)
     try:
-        copies = " ".join([str(mixed_data(int(args.size_gib * GIB)))] * args.big_gib)
+        copies = " ".join([str(mixed_data(whole_mib(args.size_gib)))] * args.big_gib)
         run(f"cat {copies} | dd of={big.mnt}/incoming/{VAULT}/big bs=1M status=none "
             "iflag=fullblock", shell=True)
         rss_big = big.peak_rss_kib()
@@ -179,35 +165,16 @@ def write_part(args, root: Path, cert: Path, key: Path) -> None:
           f"MiB ({(rss_big - rss_small) / rss_small * 100:+.0f} %)   [{load()}]", flush=True)
 
 
-class RcloneMount:
+class RcloneMount(Mount):
     """`rclone mount` of a crypt remote over a local directory holding ``data``
     (the optional peer of reads; its default VFS mode reads through, no cache)."""
 
     def __init__(self, root: Path, data: Path):
-        root.mkdir(parents=True, exist_ok=True)
-        conf = root / "rclone.conf"
-        obscured = subprocess.run(["rclone", "obscure", "cryophile-bench"], check=True,
-                                  capture_output=True, text=True).stdout.strip()
-        conf.write_text(f"[local]\ntype = local\n\n[crypt]\ntype = crypt\n"
-                        f"remote = local:{root}/store\npassword = {obscured}\n")
-        self.env = {**os.environ, "RCLONE_CONFIG": str(conf)}
-        subprocess.run(["rclone", "copyto", str(data), "crypt:data"], env=self.env, check=True)
-        self.mnt = root / "mnt"
-        self.mnt.mkdir(exist_ok=True)
-        self.proc = subprocess.Popen(["rclone", "mount", "--read-only", "crypt:", str(self.mnt)],
-                                     env=self.env, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
-        while not os.path.ismount(self.mnt):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.proc.kill()
-                raise SystemExit(f"rclone mount did not mount ({self.proc.poll()})")
-            time.sleep(0.05)
+        env = rclone_crypt(root)
+        subprocess.run(["rclone", "copyto", str(data), "crypt:data"], env=env, check=True)
+        super().__init__(["rclone", "mount", "--read-only", "crypt:", str(root / "mnt")],
+                         root / "mnt", stderr=subprocess.DEVNULL, env=env)
         self.file = self.mnt / "data"
-
-    def close(self) -> None:
-        subprocess.run(["fusermount3", "-u", str(self.mnt)], check=True)
-        self.proc.wait(60)
 
 
 def wait_listed(path: Path, timeout: float = 60) -> None:
@@ -224,13 +191,6 @@ def timed_cat(path: Path, daemon_pid: int) -> tuple[float, float]:
     before = cpu_of(daemon_pid)
     use = measure(["cat", str(path)])
     return use.seconds, use.cpu + cpu_of(daemon_pid) - before
-
-
-def rss_kib(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
 
 
 def read_part(args, root: Path, cert: Path, key: Path) -> None:
@@ -275,15 +235,15 @@ def read_part(args, root: Path, cert: Path, key: Path) -> None:
             finally:
                 if rclone is not None:
                     rclone.close()
-            best = {k: min(v) for k, v in res.items() if v}
-            ours = best["ours"]
+            fastest = {k: min(v) for k, v in res.items() if v}
+            ours = fastest["ours"]
             line = (f"read   {kind:6} cryophilefs (cat) {rate(size, ours[0])} "
-                    f"({ours[1] / gib:.2f} CPU-s/GiB)   nullfs {rate(size, best['null'][0])} "
-                    f"ratio {best['null'][0] / ours[0]:.2f}x")
-            if "rclone" in best:
-                peer = best["rclone"]
+                    f"({per_gib(size, ours[1])})   nullfs {rate(size, fastest['null'][0])} "
+                    f"{ratio(fastest['null'][0], ours[0])}")
+            if "rclone" in fastest:
+                peer = fastest["rclone"]
                 line += (f"   rclone mount (crypt) {rate(size, peer[0])} "
-                         f"({peer[1] / gib:.2f} CPU-s/GiB) ratio {peer[0] / ours[0]:.2f}x")
+                         f"({per_gib(size, peer[1])}) {ratio(peer[0], ours[0])}")
             print(line + f"   [{load()}]", flush=True)
     finally:
         null.close()

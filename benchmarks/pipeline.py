@@ -22,8 +22,8 @@ import shutil
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (CRYOPHILE, GIB, WORK, compiled, gpg_key, load, measure,  # noqa: E402
-                    mixed_data, random_data, rate, rclone_crypt, run)
+from common import (CRYOPHILE, GIB, WORK, best, compiled, gpg_key, load,  # noqa: E402
+                    measure, mixed_data, per_gib, random_data, rate, ratio, rclone_crypt, run)
 
 VAULT = "5f0c6a8e-0d1e-4b8a-9f2e-000000000001"
 ULID = "01J00000000000000000000000"
@@ -72,10 +72,6 @@ class Setup:
         return measure(f"rclone rcat crypt:data < {data}", shell=True, env=env)
 
 
-def per_gib(size: int, u) -> str:
-    return f"{u.cpu / (size / GIB):4.2f} CPU-s/GiB"
-
-
 def backup_part(s: Setup, repeat: int, big_gib: int) -> None:
     size = s.size
     rclone = rclone_crypt(WORK / "rclone")
@@ -90,19 +86,19 @@ def backup_part(s: Setup, repeat: int, big_gib: int) -> None:
                     peers["restic"].append(s.restic_backup(data))
                 if codec == "lz4" and rclone:
                     peers["rclone"].append(s.rclone_rcat(data, rclone))
-            b = min(base, key=lambda u: u.seconds)
-            o = min(ours, key=lambda u: u.seconds)
+            b = best(base)
+            o = best(ours)
             print(f"backup -C {codec:4} {kind:6}  {codec}|gpg|split {rate(size, b.seconds)} "
-                  f"({per_gib(size, b)})   cryophile {rate(size, o.seconds)} "
-                  f"({per_gib(size, o)}, peak RSS {o.rss_kib / 1024:.0f} MiB, "
+                  f"({per_gib(size, b.cpu)})   cryophile {rate(size, o.seconds)} "
+                  f"({per_gib(size, o.cpu)}, peak RSS {o.rss_kib / 1024:.0f} MiB, "
                   f"{o.cpu / o.seconds / 2 * 100:.0f} % of its 2-core ceiling)   "
-                  f"ratio {b.seconds / o.seconds:.2f}x   [{load()}]", flush=True)
+                  f"{ratio(b.seconds, o.seconds)}   [{load()}]", flush=True)
             for name, runs in peers.items():
                 if runs:
-                    p = min(runs, key=lambda u: u.seconds)
+                    p = best(runs)
                     what = "restic backup --stdin" if name == "restic" else "rclone rcat (crypt)"
                     print(f"         {kind:6}  {what} {rate(size, p.seconds)} "
-                          f"({per_gib(size, p)})   ratio {p.seconds / o.seconds:.2f}x", flush=True)
+                          f"({per_gib(size, p.cpu)})   {ratio(p.seconds, o.seconds)}", flush=True)
     if not restic:
         print("restic: not installed, skipped")
     if rclone is None:
@@ -140,7 +136,7 @@ def restore_part(s: Setup, repeat: int, big_gib: int) -> None:
     base_r = min(baseline_restore() for _ in range(repeat))
     ours_r = min(our_restore() for _ in range(repeat))
     print(f"restore  cat|gpg|lz4   {rate(size, base_r[0])}   cryophile {rate(size, ours_r[0])}"
-          f"   ratio {base_r[0] / ours_r[0]:.2f}x")
+          f"   {ratio(base_r[0], ours_r[0])}")
     print(f"peak RSS restore {ours_r[1] / 1024:.0f} MiB")
     shutil.rmtree(s.spool, ignore_errors=True)
     shutil.rmtree(s.out, ignore_errors=True)

@@ -39,7 +39,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import CRYOPHILE, GIB, WORK, gpg_key, mixed_data  # noqa: E402
+import common  # noqa: E402
+from common import (CRYOPHILE, GIB, WORK, Usage, cpu_of, gpg_key,  # noqa: E402
+                    mixed_data, random_data, rclone_crypt, rss_kib, unmount, wait_mounted)
 
 VAULT = "5f0c6a8e-0d1e-4b8a-9f2e-000000000003"
 ULID = "01J00000000000000000000003"
@@ -50,22 +52,12 @@ ENV = {**{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
        "CRYOPHILE_LOG": "warn", "CRYOPHILE_LOG_STYLE": "never"}
 
 
-class Result:
-    def __init__(self, seconds: float, cpu: float, rss_kib: int):
-        self.seconds, self.cpu, self.rss_kib = seconds, cpu, rss_kib
+Result = Usage
 
 
 def run(cmd, *, shell: bool = False, env=None) -> Result:
     """Run a command to its end: wall seconds, CPU-seconds of it and its children, peak RSS."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, shell=shell, env=env, stdout=subprocess.DEVNULL,
-                            stdin=subprocess.DEVNULL,
-                            executable="/bin/bash" if shell else None)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{cmd} failed with {os.waitstatus_to_exitcode(status)}")
-    return Result(seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss)
+    return common.measure(cmd, shell=shell, env=env, stdin=subprocess.DEVNULL)
 
 
 def real_data(size: int) -> Path:
@@ -80,16 +72,6 @@ def real_data(size: int) -> Path:
                 block = src.read(min(left, 1 << 20))
                 f.write(block)
                 left -= len(block)
-    return path
-
-
-def random_data(size: int) -> Path:
-    path = WORK / f"random-{size}.bin"
-    if not (path.exists() and path.stat().st_size == size):
-        WORK.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as f:
-            for _ in range(size >> 20):
-                f.write(os.urandom(1 << 20))
     return path
 
 
@@ -158,26 +140,17 @@ class Mount:
             [sys.executable, "-m", "cryophilefs", "-f", "-q", "-S", str(case.root / "fs-spool"),
              "-c", str(case.config), "-k", str(case.key), str(self.mnt)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=ENV)
-        deadline = time.monotonic() + 60
-        while not os.path.ismount(self.mnt):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.proc.kill()
-                raise SystemExit(f"cryophilefs did not mount ({self.proc.poll()})")
-            time.sleep(0.05)
+        wait_mounted(self.mnt, self.proc)
         self.archive = self.mnt / VAULT / ULID
 
     def _stat(self) -> float:
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_of(self.proc.pid)
 
     def peak_rss_kib(self) -> int:
         return self.rss_kib("VmHWM")
 
     def rss_kib(self, field: str) -> int:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-        return 0
+        return rss_kib(self.proc.pid, field)
 
     def cat(self) -> Result:
         with open(self.archive, "rb") as f:      # cold: none of it in the page cache
@@ -189,21 +162,15 @@ class Mount:
         return r
 
     def close(self) -> None:
-        subprocess.run(["fusermount3", "-u", str(self.mnt)], check=True)
-        if self.proc.wait(120) != 0:
+        if unmount(self.mnt, self.proc) != 0:
             raise SystemExit(f"cryophilefs exited with {self.proc.returncode}")
 
 
 def rclone_case(case: Case, root: Path) -> tuple[list[str], dict] | None:
     """A local rclone crypt remote holding the case's plaintext (optional peer)."""
-    if shutil.which("rclone") is None:
+    env = rclone_crypt(root)
+    if env is None:
         return None
-    conf = root / "rclone.conf"
-    obscured = subprocess.run(["rclone", "obscure", "cryophile-bench"], check=True,
-                              capture_output=True, text=True).stdout.strip()
-    conf.write_text(f"[local]\ntype = local\n\n[crypt]\ntype = crypt\n"
-                    f"remote = local:{root}/rclone\npassword = {obscured}\n")
-    env = {**os.environ, "RCLONE_CONFIG": str(conf)}
     subprocess.run(["rclone", "copyto", str(case.data), "crypt:data"], env=env, check=True)
     return ["rclone", "cat", "crypt:data"], env
 

@@ -17,7 +17,7 @@ import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import CRYOPHILE, GIB, WORK, gpg_key, mixed_data, rate, run  # noqa: E402
+from common import CRYOPHILE, GIB, WORK, gpg_key, mixed_data, rate, ratio, run  # noqa: E402
 from tests.s3rig import MotoServer, aws_test_env  # noqa: E402
 
 AWS = "/usr/bin/aws" if os.path.exists("/usr/bin/aws") else "aws"
@@ -82,9 +82,9 @@ def bench(endpoint, env, data, size, fpr, cert, key) -> None:
                          env={**env, "CRYOPHILE_LOG": "warn"})
     print(f"moto S3 server; input: {size / GIB:.2f} GiB of tar -c /usr")
     print(f"freeze of {stored / GIB:.2f} GiB of fragments   aws s3 cp {rate(stored, aws_up)}"
-          f"   cryophile {rate(stored, ours_up)}   ratio {aws_up / ours_up:.2f}x")
+          f"   cryophile {rate(stored, ours_up)}   {ratio(aws_up, ours_up)}")
     print(f"restore (lz4)   aws s3 cp + cat|gpg|lz4 {rate(size, aws_down)}   cryophile "
-          f"{rate(size, ours_down)}   ratio {aws_down / ours_down:.2f}x   "
+          f"{rate(size, ours_down)}   {ratio(aws_down, ours_down)}   "
           f"(peak RSS {rss / 1024:.0f} MiB)")
     for d in (spool, copy, down):
         shutil.rmtree(d, ignore_errors=True)

@@ -1,16 +1,19 @@
 """Writing incoming/VAULT/PREFIX/NAME: a backup that runs as the bytes arrive.
 
 The write handler only checks the offset and queues the bytes; one feeder
-task per file hands them to the ArchiveWriter in a thread (compression
-there, encryption in the writer's own thread), so FUSE, compression and
-encryption overlap.  The queue is bounded (``DEPTH`` batches of about
-``CHUNK``): when freeze falls behind ``spool_max``, the writer's
-backpressure holds the feeder, the queue fills and ``write(2)`` waits,
-rather than failing.  The buffers pyfuse3 hands over are bytes, which
-cannot change: they are queued as they are (no copy; a 1 MiB request is
-compressed where it lies), and the feeder takes whatever has queued up in
-one trip to its thread, since a trip costs about as much as the trio side
-of a request.
+thread per file (alive from open to seal) hands them to the ArchiveWriter
+(compression in its pool, encryption in its own thread), so FUSE,
+compression and encryption overlap.  Handing over costs the trio thread a
+deque append and, only when the feeder sleeps, a condition notify: no trio
+task switch and no trip to a thread per request, since such a trip costs
+about as much as the trio side of a request.  The queue is bounded
+(``DEPTH`` × ``CHUNK`` bytes): when the pipeline, or freeze behind
+``spool_max`` (the writer's backpressure), holds the feeder, the queue
+fills and ``write(2)`` waits until it is half empty, rather than failing;
+the feeder wakes trio once per ``DEPTH // 2`` requests, not for each.  The
+buffers pyfuse3 hands over are bytes, which cannot change: they are queued
+as they are (no copy; a 1 MiB request is compressed where it lies), and
+smaller requests are handed over together once they make ``CHUNK``.
 
 The life of an incoming file (``Incoming.state``)::
 
@@ -41,8 +44,10 @@ backup under the same name (``O_APPEND`` is refused).
 
 from __future__ import annotations
 
+import collections
 import errno
 import logging
+import threading
 import time
 from typing import Callable
 
@@ -101,9 +106,14 @@ class Incoming:
         self.mtime_ns = time.time_ns()
         self.pending: list[bytes] = []     # requests not queued yet, under CHUNK bytes
         self.pending_size = 0
-        self.send, self.receive = trio.open_memory_channel(DEPTH)
-        self.sent = self.taken = 0
-        self.progress = trio.Event()
+        # the hand-over to the feeder thread; all below under ``cond``
+        self.cond = threading.Condition(threading.Lock())
+        self.queue: collections.deque[list[bytes]] = collections.deque()
+        self.inflight = 0               # bytes queued or being written by the feeder
+        self.idle = False               # the feeder sleeps on ``cond``
+        self.stopping = False           # the feeder ends once the queue is empty
+        self.waiter: tuple[int, trio.Event] | None = None   # trio waits: inflight <= n
+        self.token = trio.lowlevel.current_trio_token()
         self.error: BaseException | None = None
         self.fed = trio.Event()
         self.lock = trio.Lock()         # writes, seal and release take turns
@@ -127,76 +137,127 @@ class Incoming:
     # --- feeding the ArchiveWriter --------------------------------------------------
 
     async def feed(self) -> None:
-        """The feeder task: queued bytes into the ArchiveWriter, in order."""
+        """The feeder task: runs the feeder thread (with a limiter of its own:
+        a file open for a long time must not hold one of trio's threads)."""
         try:
-            async with self.receive:
-                async for batch in self.receive:
-                    batches = [batch]
-                    while len(batches) < DEPTH:    # all that queued up: one trip
-                        try:
-                            batches.append(self.receive.receive_nowait())
-                        except (trio.WouldBlock, trio.EndOfChannel):
-                            break
-                    if self.error is None and self.state == WRITING:
-                        await self._write(batches)
-                    self.taken += len(batches)
-                    self.progress.set()
-                    self.progress = trio.Event()
+            await trio.to_thread.run_sync(self._feed, limiter=trio.CapacityLimiter(1),
+                                          abandon_on_cancel=True)
+        except Exception as exc:        # a bug: this backup fails, the mount goes on
+            log.error("backup %s (%s): the feeder failed", self.bid, self.name, exc_info=exc)
+            self.error = self.error or exc
         finally:
+            self._stop()                # cancelled (unmount): the thread ends too
             self.fed.set()
+            with self.cond:             # whatever is left will never be written
+                if self.waiter is not None:
+                    self.waiter[1].set()
+                    self.waiter = None
 
-    async def _write(self, batches: list[list[bytes]]) -> None:
+    def _feed(self) -> None:
+        """The feeder thread: queued bytes into the ArchiveWriter, in order; a
+        failure is kept in ``error`` for the next write or the close, and
+        what follows it is dropped."""
+        while True:
+            with self.cond:
+                while not self.queue and not self.stopping:
+                    self.idle = True
+                    self.cond.wait()
+                self.idle = False
+                if not self.queue:
+                    return
+                batch = self.queue.popleft()
+            if self.error is None and self.state == WRITING:
+                self._write(batch)
+            with self.cond:
+                self.inflight -= sum(map(len, batch))
+                if self.waiter is not None and self.inflight <= self.waiter[0]:
+                    self._wake(self.waiter[1])
+                    self.waiter = None
+
+    def _write(self, batch: list[bytes]) -> None:
+        """Blocking (the feeder's thread)."""
         try:
-            await trio.to_thread.run_sync(self._write_all, batches)
+            for data in batch:
+                self.writer.write(data)
         except OSError as exc:
             self.error = errors.from_oserror(exc, f"backup {self.bid}")
         except Exception as exc:
             self.error = exc
 
-    def _write_all(self, batches: list[list[bytes]]) -> None:
-        """Blocking (the feeder's thread)."""
-        for batch in batches:
-            for data in batch:
-                self.writer.write(data)
+    def _wake(self, event: trio.Event) -> None:
+        try:
+            self.token.run_sync_soon(event.set)
+        except trio.RunFinishedError:      # the mount ended: nobody waits any more
+            pass
 
-    async def _push(self) -> None:
-        data, self.pending, self.pending_size = self.pending, [], 0
-        self.sent += 1
-        await self.send.send(data)
+    def _queue(self) -> bool:
+        """Hand the pending requests to the feeder (the trio thread; never
+        blocks for long).  True if the queue is now over its bound."""
+        batch, size, self.pending, self.pending_size = self.pending, self.pending_size, [], 0
+        with self.cond:
+            self.queue.append(batch)
+            self.inflight += size
+            if self.idle:
+                self.cond.notify()
+            return self.inflight > DEPTH * CHUNK
+
+    async def _wait_inflight(self, most: int) -> None:
+        """Until the feeder has at most ``most`` bytes left to write."""
+        while not self.fed.is_set():    # (once the feeder ended, nothing waits for it)
+            with self.cond:
+                if self.inflight <= most:
+                    return
+                event = trio.Event()
+                self.waiter = (most, event)
+            await event.wait()
 
     async def _drain(self) -> None:
         """Everything written so far is in the ArchiveWriter (or failed)."""
         if self.pending:
-            await self._push()
-        while self.taken < self.sent:
-            await self.progress.wait()
+            self._queue()
+        await self._wait_inflight(0)
+
+    def _stop(self) -> None:
+        with self.cond:
+            self.stopping = True
+            self.cond.notify()
 
     async def _stop_feeding(self) -> None:
-        await self.send.aclose()
+        self._stop()
         await self.fed.wait()
 
     # --- the handlers' side ----------------------------------------------------------
 
     async def write(self, off: int, buf: bytes) -> int:
-        async with self.lock:
-            await self._refuse_if_done("write")
-            if self.error is not None:
-                self._fail(self.error)          # the ArchiveWriter failed
-            if off != self.offset:
-                self._fail(FsError(errno.ESPIPE, f"write at byte {off}, but a backup is "
-                                   f"written in order (it continues at byte {self.offset}); "
-                                   "the backup failed"))
-            if self.writer is None:
-                await self._start_writer()
-            if not isinstance(buf, bytes):     # pyfuse3 gives bytes; others a copy
-                buf = bytes(buf)
-            self.pending.append(buf)            # immutable: kept as it is
-            self.pending_size += len(buf)
-            self.offset += len(buf)
-            self.mtime_ns = time.time_ns()
-            if self.pending_size >= CHUNK:
-                await self._push()
-            return len(buf)
+        try:
+            self.lock.acquire_nowait()          # the usual case: no trip through trio's loop
+        except trio.WouldBlock:
+            await self.lock.acquire()
+        try:
+            return await self._take(off, buf)
+        finally:
+            self.lock.release()
+
+    async def _take(self, off: int, buf: bytes) -> int:
+        """A write, under ``lock``."""
+        await self._refuse_if_done("write")
+        if self.error is not None:
+            self._fail(self.error)          # the ArchiveWriter failed
+        if off != self.offset:
+            self._fail(FsError(errno.ESPIPE, f"write at byte {off}, but a backup is "
+                               f"written in order (it continues at byte {self.offset}); "
+                               "the backup failed"))
+        if self.writer is None:
+            await self._start_writer()
+        if not isinstance(buf, bytes):     # pyfuse3 gives bytes; others a copy
+            buf = bytes(buf)
+        self.pending.append(buf)            # immutable: kept as it is
+        self.pending_size += len(buf)
+        self.offset += len(buf)
+        self.mtime_ns = time.time_ns()
+        if self.pending_size >= CHUNK and self._queue():      # small requests: one hand-over
+            await self._wait_inflight(DEPTH * CHUNK // 2)     # then several in a row
+        return len(buf)
 
     async def _start_writer(self) -> None:
         """The spool sees a backup only once it has data (``touch`` leaves nothing)."""
@@ -319,6 +380,7 @@ class Incoming:
 
     def abort_at_unmount(self) -> str:
         """Blocking: the mount ends with this file still open."""
+        self._stop()
         if self.state == SEALED:
             self.writer.let_go()
             return "kept"
