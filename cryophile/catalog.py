@@ -213,9 +213,14 @@ def _listed_state(objs: dict[int, ObjectInfo], clear) -> tuple[str, str | None]:
     info = objs[1]
     if info.storage_class == "LOCAL":
         return "local", info.storage_class
+    # over every fragment, as the mount judges it: thawed once all are
+    # readable, thawing while any is being restored
+    states = {objs[n].state for n in range(1, len(clear.fragments) + 1)}
+    state = (State.AVAILABLE if states == {State.AVAILABLE} else
+             State.RESTORING if State.RESTORING in states else State.ARCHIVED)
     return ({State.ARCHIVED: "frozen", State.RESTORING: "thawing",
              State.AVAILABLE: "thawed" if info.storage_class in ARCHIVED_CLASSES
-             else "stored"}[info.state], info.storage_class)
+             else "stored"}[state], info.storage_class)
 
 
 def list_archives(spool: Spool, store, vault: str, prefix: str = "", keyring=None,
@@ -255,9 +260,9 @@ def _thaw_states(spool: Spool, vault: str, prefix: str, entries: list[Entry],
     (the record is stale: it is removed); a
     frozen archive with a thaw request waiting, or a restore charged in
     the thaw ledger that has not expired, is ``thawing`` (stores such as
-    moto send no restore status in their listings) — or ``thawed`` when a
-    HEAD of its first fragment says it is readable already (one request
-    per such archive: only those with thaws asked for)."""
+    moto send no restore status in their listings) — or ``thawed`` when
+    HEADs say every fragment is readable already (only for archives with
+    thaws asked for)."""
     failed, requested = thaw_records(spool, vault, prefix)
     charged = ledger.charged_archives(spool, vault)
     for e in entries:
@@ -271,10 +276,13 @@ UNSEALED = ("writing", "dead", "abandoned")
 
 
 def _readable(store, entry: Entry) -> bool:
+    """Every fragment readable now (as the mount judges it): HEADs stop at
+    the first one that is not, so a thaw under way costs one request."""
     if store is None or not entry.fragments:
         return False
     try:
-        return store.head(entry.bid.fragment_key(1)).state is State.AVAILABLE
+        return all(store.head(entry.bid.fragment_key(n)).state is State.AVAILABLE
+                   for n in range(1, entry.fragments + 1))
     except errors.Error:
         return False                    # the listing's view stands
 

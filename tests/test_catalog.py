@@ -4,6 +4,7 @@ import os
 
 import pytest
 import trio
+from hypothesis import given, strategies as st
 
 from cryophile import errors, keys, manifest
 from cryophile.catalog import list_archives
@@ -11,6 +12,7 @@ from cryophile.freeze import Freezer
 from cryophile.ids import BackupId, new_ulid
 from cryophile.pipeline.writer import ArchiveWriter
 from cryophile.spool import Spool
+from cryophile.store.base import State
 from cryophile.store.local import LocalStore
 
 VAULT = "0b8c3a7e-5a1d-4f7e-9a53-3f1c2d4e5f60"
@@ -191,3 +193,19 @@ def test_a_killed_backup_shows_dead_in_ls_and_status(tmp_path, recipes):
     assert " dead " in ls and "writing" not in ls, ls
     status = rig.run("status", check=True).stdout.decode()
     assert ", dead" in status, status
+
+
+@given(st.lists(st.sampled_from(list(State)), min_size=1, max_size=6),
+       st.sampled_from(["GLACIER", "DEEP_ARCHIVE"]))
+def test_a_listed_state_is_judged_over_every_fragment(states, sclass):
+    """With restore status in the listing (Amazon S3): thawed only when every
+    fragment is readable, thawing while any is being restored, else frozen."""
+    import types
+    from cryophile.catalog import _listed_state
+    from cryophile.store.base import ObjectInfo
+    clear = types.SimpleNamespace(fragments=[types.SimpleNamespace(size=10) for _ in states])
+    objs = {n: ObjectInfo(f"chunk.{n}", 10, s, sclass) for n, s in enumerate(states, 1)}
+    objs[0] = ObjectInfo("chunk.0", 5, State.AVAILABLE, "STANDARD")
+    expected = ("thawed" if set(states) == {State.AVAILABLE} else
+                "thawing" if State.RESTORING in states else "frozen")
+    assert _listed_state(objs, clear) == (expected, sclass)

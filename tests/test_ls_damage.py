@@ -109,6 +109,28 @@ def test_a_thaw_in_progress_is_thawing_not_frozen(tmp_path, bucket, s3proxy, rec
                            ulids[1]: "frozen", ulids[2]: "frozen"}
 
 
+def test_thawed_only_once_every_fragment_is_readable(tmp_path, bucket, s3proxy, s3client,
+                                                      recipes):
+    """A thaw asked for whose first fragment alone is restored is still
+    thawing (the mount says the same): thawed needs every fragment."""
+    from cryophile import restorequeue
+    from cryophile.ids import BackupId
+    from cryophile.spool import Spool
+    from tests.test_s3_e2e import S3Rig
+    rig = S3Rig(tmp_path, bucket, s3proxy.endpoint, storage_class="GLACIER")
+    ulid = rig.backup(os.urandom(20_000), recipes["gpg"].cert, "-p", "db", "-s", "8KiB")
+    rig.run("freeze", "--once", check=True)
+    bid = BackupId(bucket, "db", ulid)
+    restorequeue.request(Spool(str(rig.spool)), bid, [1, 2, 3], warm=True)
+    s3client.restore_object(Bucket=bucket, Key=bid.fragment_key(1),
+                            RestoreRequest={"Days": 1})          # moto: at once
+    assert states(rig) == {ulid: "thawing"}
+    for n in (2, 3):
+        s3client.restore_object(Bucket=bucket, Key=bid.fragment_key(n),
+                                RestoreRequest={"Days": 1})
+    assert states(rig) == {ulid: "thawed"}
+
+
 def test_ls_of_an_archive_as_ls_prints_it(tmp_path, recipes):
     """ls VAULT/PREFIX/ULID lists that archive alone (a ULID is not taken for a
     prefix holding nothing); one that does not exist is exit 7, not silence."""
