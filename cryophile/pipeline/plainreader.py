@@ -70,11 +70,13 @@ class PlainReader:
         first = self._take(size)
         if len(first) == size:        # the usual case: a whole frame, handed on uncopied
             out = first
-        else:
-            parts = bytearray(first)
-            while len(parts) < size:
-                parts += self._take(size - len(parts))
-            out = bytes(parts)
+        else:                         # pieces (views of fresh blocks) joined: one copy
+            parts, got = [first], len(first)
+            while got < size:
+                part = self._take(size - got)
+                parts.append(part)
+                got += len(part)
+            out = b"".join(parts)
         if self.pos == self.size:
             self._finish()
         return out
