@@ -99,15 +99,7 @@ class MarkCache:
         costs the next listing its requests."""
         path = self.path(bid)
         try:
-            makedirs(os.path.dirname(path))
-            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=TMP)
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                os.rename(tmp, path)
-            except BaseException:
-                self._unlink(tmp)
-                raise
+            self._replace(path, data)
             stamp = _stamp(os.stat(path))       # (a rename changes the change time)
         except (OSError, errors.SpoolError) as exc:
             log.debug("cannot cache chunk.0 of %s: %s", bid, exc)
@@ -192,17 +184,8 @@ class MarkCache:
                 return
             self._dirty.discard(vault)
             body = write_index(self._index[vault])
-        path = self.index_path(vault)
         try:
-            makedirs(self.root)
-            fd, tmp = tempfile.mkstemp(dir=self.root, prefix=TMP)
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(body)
-                os.rename(tmp, path)
-            except BaseException:
-                self._unlink(tmp)
-                raise
+            self._replace(self.index_path(vault), body)
         except (OSError, errors.SpoolError) as exc:
             log.debug("cannot write the chunk.0 index of vault %s: %s", vault, exc)
             return
@@ -219,6 +202,21 @@ class MarkCache:
                         self._unlink(entry.path)
         except OSError:
             pass
+
+    @classmethod
+    def _replace(cls, path: str, data: bytes) -> None:
+        """Write ``path`` whole under a temporary name, then rename: a reader
+        sees the old file or the new one, never part of one."""
+        directory = os.path.dirname(path)
+        makedirs(directory)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=TMP)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.rename(tmp, path)
+        except BaseException:
+            cls._unlink(tmp)
+            raise
 
     @staticmethod
     def _unlink(path: str) -> None:
