@@ -180,20 +180,26 @@ def _decompress_lz4(frame, content_size: int | None, frame_size: int | None):
         raise IntegrityError(f"decompression failed: {exc}") from None
 
 
+def _lz4_header(head) -> tuple[int, int, int]:
+    """FLG, the first block's size and its stored bit, from the first 19
+    bytes of a frame whose content size is in its header; the header's
+    checksum is verified."""
+    if (xxhash.xxh32(head[4:14]).intdigest() >> 8) & 0xFF != head[14]:
+        raise IntegrityError("decompression failed: lz4 frame header checksum mismatch: "
+                             "archive damaged")
+    word = int.from_bytes(head[15:19], "little")
+    return head[4], word & 0x7FFFFFFF, word >> 31
+
+
 def _lz4_one_block(frame: memoryview, content_size: int):
     """A frame of one block (as the writer makes them), decompressed as a
     raw block and its checksums verified with xxhash: python-lz4's frame
     decoder costs about twice as much (its XXH32 is slow, and it copies its
     output), and a stored block needs no copy at all.  None: another kind
     of frame, for lz4.frame."""
-    flg = frame[4]
-    if flg >> 6 != 1 or flg & 0x11:   # version 01; no block checksums, no dictionary
+    if frame[4] >> 6 != 1 or frame[4] & 0x11:   # version 01; no block checksums, no dictionary
         return None
-    if (xxhash.xxh32(frame[4:14]).intdigest() >> 8) & 0xFF != frame[14]:
-        raise IntegrityError("decompression failed: lz4 frame header checksum mismatch: "
-                             "archive damaged")
-    word = int.from_bytes(frame[15:19], "little")
-    size, stored = word & 0x7FFFFFFF, word >> 31
+    flg, size, stored = _lz4_header(frame)
     end = 19 + size
     if size == 0:
         block = frame[19:19]
@@ -253,12 +259,7 @@ def _lz4_stored_parts(parts: list, content_size: int) -> list | None:
     head = b"".join(_span(parts, 0, 19))
     if len(head) < 19 or head[4] >> 6 != 1 or head[4] & 0x11 or not head[4] & 0x08:
         return None                   # (_lz4_one_block or lz4.frame judge it)
-    flg = head[4]
-    if (xxhash.xxh32(head[4:14]).intdigest() >> 8) & 0xFF != head[14]:
-        raise IntegrityError("decompression failed: lz4 frame header checksum mismatch: "
-                             "archive damaged")
-    word = int.from_bytes(head[15:19], "little")
-    size, stored = word & 0x7FFFFFFF, word >> 31
+    flg, size, stored = _lz4_header(head)
     end = 19 + size
     if not stored or size == 0 or b"".join(_span(parts, end, end + 4)) != b"\0\0\0\0":
         return None
