@@ -280,8 +280,15 @@ class ReadAhead:
             low = min(pending)
             if self.stalled or not self.next <= low < self.next + AHEAD:
                 self.generation += 1
-                self.next, self.horizon, self.stalled = low, low + AHEAD, False
+                self.next, self.horizon, self.stalled = low, low + 1 + AHEAD, False
                 self._wake()
+            elif self.horizon <= low + AHEAD:
+                # coming soon only if the thread goes that far: a steer to a lower
+                # block set the horizon short of it, and the thread would rest
+                # there with this read waiting for ever
+                self.horizon = low + 1 + AHEAD
+                if not self.running:
+                    self._wake()
 
     def _evict(self) -> None:
         """Keep CACHED blocks, dropping those farthest behind the decryption
