@@ -15,7 +15,8 @@ listing no longer shows.  Files 0600, directories 0700, written under a
 temporary name and renamed, so concurrent listings never see half a file.
 
 The copies are the truth; the index only spares a listing of 10,000
-archives 10,000 opens.  It holds, per copy, the clear JSON line read from
+archives 10,000 opens (``ls``, ``prune``, ``check``'s other chain links
+and the mount all read through ``read_all``).  It holds, per copy, the clear JSON line read from
 it and the stamp of the file it was read from (inode, size, modification
 and change time, in nanoseconds).  ``read_all`` still looks at every
 file's stamp (one directory scan, no open): an index line is used only
