@@ -115,10 +115,13 @@ class MarkCache:
                 index[key] = (stamp, line)
                 self._dirty.add(vault)
 
-    def read_all(self, vault: str, prefix: str) -> dict[str, manifest.ClearInfo]:
+    def read_all(self, vault: str, prefix: str, read: dict[str, bytes] | None = None
+                 ) -> dict[str, manifest.ClearInfo]:
         """Archive key (PREFIX/ULID) → clear metadata of every cached
         chunk.0 under VAULT/PREFIX (each checked as ``get`` does), by the
-        index where it holds the file's current stamp, else from the file."""
+        index where it holds the file's current stamp, else from the file.
+        ``read`` receives the whole copies read from their files, by key
+        (a caller that needs their bytes then need not read them again)."""
         with self._lock:
             index = self._index.get(vault)
             if index is None:
@@ -155,6 +158,8 @@ class MarkCache:
                 continue
             found[key] = hit[0]
             self._note(vault, key, hit[2], hit[1])
+            if read is not None:
+                read[key] = hit[1]
         self._walked[(vault, prefix)] = {k: p for k, (p, _) in files.items()}
         return found
 

@@ -358,3 +358,28 @@ def test_check_reads_the_chains_other_links_through_the_index(tmp_path, monkeypa
     assert checker.problems == [] and [a.bid for a in checker.checked] == [BIDS[0]]
     assert store.gets == [BIDS[0].fragment_key(0)] and paths == []
 
+
+def test_the_mounts_first_listing_reads_each_cached_copy_once(tmp_path, monkeypatch):
+    """Whether the index is out of date (each copy read by read_all, whose
+    bytes the mount keeps) or current (no copy read there; each read for
+    its encrypted manifest), each copy is read once and nothing fetched."""
+    from collections import Counter
+    from cryophilefs import vaults
+    spool = Spool(str(tmp_path / "spool"))
+    store = CountingStore(local_vault(tmp_path))
+    first = MarkCache(spool)
+    first.read_all(VAULT, "")
+    for bid in BIDS:
+        first.put(bid, mark(bid))           # no index written: out of date
+    paths = spied(monkeypatch)
+    for fresh in (False, True):
+        if fresh:
+            cache = MarkCache(spool)
+            cache.read_all(VAULT, "")
+            cache.save(VAULT)
+        paths.clear()
+        found, problem = vaults.scan(spool, store, VAULT, set())
+        assert problem is None and set(found) == {b.key for b in BIDS}
+        assert found[BIDS[0].key].encrypted == b"encrypted"
+        assert Counter(paths) == {first.path(b): 1 for b in BIDS}, fresh
+        assert store.gets == []
