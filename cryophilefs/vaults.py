@@ -45,6 +45,13 @@ class Archive:
     readers: int = 0
     verified: dict = dataclasses.field(default_factory=dict)   # fragment -> stamp hashed
     heads: dict = dataclasses.field(default_factory=dict)      # fragment -> (HEAD, when)
+    mark_size: int = 0                # chunk.0's bytes
+
+    @property
+    def stored(self) -> int:
+        """Bytes the vault holds (or will, once frozen): fragments and chunk.0,
+        as ``cryophile ls`` and ``prune`` count them."""
+        return (self.clear.stored if self.clear else 0) + self.mark_size
 
     @property
     def mtime_ns(self) -> int:
@@ -58,7 +65,7 @@ class Archive:
     def from_mark(cls, bid: BackupId, data: bytes) -> "Archive":
         clear, encrypted = manifest.read_clear(data)
         manifest.check_identity(clear, bid)
-        archive = cls(bid, clear.size, clear, encrypted)
+        archive = cls(bid, clear.size, clear, encrypted, mark_size=len(data))
         archive.ready.set()
         return archive
 
