@@ -413,6 +413,7 @@ class Link:
     bid: BackupId
     stream: dict | None
     parent: str | None
+    stored: int | None = None       # a queued archive's bytes in the vault once frozen
 
 
 def queued_entries(spool, vault: str, prefix: str = "") -> list[Link]:
@@ -423,10 +424,12 @@ def queued_entries(spool, vault: str, prefix: str = "") -> list[Link]:
                                       or bid.prefix.startswith(prefix + "/")):
             continue
         try:
-            clear = manifest.load(spool.path("freeze", bid, 0))[0]
+            with open(spool.path("freeze", bid, 0), "rb") as f:
+                data = f.read()
+            clear = manifest.read_clear(data)[0]
         except (OSError, errors.Error):
             continue                  # not sealed, or frozen and gone meanwhile
-        found.append(Link(bid, clear.stream, clear.parent))
+        found.append(Link(bid, clear.stream, clear.parent, clear.stored + len(data)))
     return found
 
 

@@ -230,11 +230,13 @@ def test_ls_prune_and_the_mount_count_the_same_stored_bytes(rig, recipes):
     def held(where: str) -> int:
         return sum(p.stat().st_size for p in archive_dir(rig, ulid, "tank", where).iterdir()
                    if p.name.startswith("chunk."))
+    def planned() -> list[str]:
+        return rig.run("prune", rig.vault, "--keep-last", "1", "-n", check=True
+                       ).stdout.decode().splitlines()[0].split()[3:5]
     assert stored() == held("freeze")                   # queued
+    assert planned() == human(held("freeze")).split()
     rig.run("freeze", "--once", check=True)
     assert stored() == held("vault")                    # frozen
-    line = rig.run("prune", rig.vault, "--keep-last", "1", "-n", check=True
-                   ).stdout.decode().splitlines()[0]
-    assert line.split()[3:5] == human(held("vault")).split()
+    assert planned() == human(held("vault")).split()
     mark = (archive_dir(rig, ulid, "tank") / "chunk.0").read_bytes()
     assert Archive.from_mark(BackupId(rig.vault, "tank", ulid), mark).stored == held("vault")
