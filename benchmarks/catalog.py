@@ -322,7 +322,7 @@ def s3(root: Path, n: int, cert: Path, env, ls_only: bool = False) -> None:
                   f"({lists} LIST, {sum(1 for r in reqs if r.method == 'GET') - lists} GET, "
                   f"{sum(1 for r in reqs if r.method == 'HEAD')} HEAD)")
         if not ls_only:
-            measure(f"baseline, {SAMPLE} archives", [sys.executable, __file__, "--baseline",
+            measure(f"baseline, {min(SAMPLE, n)} archives", [sys.executable, __file__, "--baseline",
                                                      proxy.endpoint, vault])
         if OPTS is not None and OPTS.seed_cache:
             seed_cache(spool, vault, objects)
