@@ -12,8 +12,9 @@ vault is written once as a local directory and once into a moto S3 server
 (chunk.1 in GLACIER), read through the counting proxy of the tests.
 
 Each figure is the whole command (`cryophile ls -H`, `cryophile chain -H`,
-`cryophile prune --keep-last 100 -n`, `cryophile check`, Python's start
-included): cold (no chunk.0 cache in the spool) and warm.
+`cryophile prune --keep-last 100 -n`, `cryophile check` of the vault and of
+its newest archive, whose chain's links are looked for among the other
+9,999, Python's start included): cold (no chunk.0 cache in the spool) and warm.
 The baseline is what listing cost before the cache: for each archive, a
 GET of its chunk.0 and a HEAD of its first fragment, one after the other;
 it is run on the first 1,000 archives only (its cost is linear in them).
@@ -282,6 +283,7 @@ def local(root: Path, n: int, cert: Path, env, ls_only: bool = False) -> None:
     print(f"  chain warm {timed([*cli, 'chain', '-H', f'{vault}/{PREFIX}/{last}'], env)}")
     print(f"  prune -n   {timed([*cli, *PRUNE, vault], env)}")
     print(f"  check      {timed([*cli, 'check', vault], env)}")
+    print(f"  check one  {timed([*cli, 'check', f'{vault}/{PREFIX}/{last}'], env)}")
 
 
 def s3(root: Path, n: int, cert: Path, env, ls_only: bool = False) -> None:
@@ -320,7 +322,7 @@ def s3(root: Path, n: int, cert: Path, env, ls_only: bool = False) -> None:
                   f"({lists} LIST, {sum(1 for r in reqs if r.method == 'GET') - lists} GET, "
                   f"{sum(1 for r in reqs if r.method == 'HEAD')} HEAD)")
         if not ls_only:
-            measure(f"baseline, {SAMPLE} archives", [sys.executable, __file__, "--baseline",
+            measure(f"baseline, {min(SAMPLE, n)} archives", [sys.executable, __file__, "--baseline",
                                                      proxy.endpoint, vault])
         if OPTS is not None and OPTS.seed_cache:
             seed_cache(spool, vault, objects)
@@ -338,6 +340,7 @@ def s3(root: Path, n: int, cert: Path, env, ls_only: bool = False) -> None:
         measure("chain warm", [*cli, "chain", "-H", f"{vault}/{PREFIX}/{last}"])
         measure("prune -n", [*cli, *PRUNE, vault])
         measure("check", [*cli, "check", vault])
+        measure("check one archive", [*cli, "check", f"{vault}/{PREFIX}/{last}"])
     finally:
         proxy.stop()
         server.stop()

@@ -35,7 +35,7 @@ class Entry:
     name: str | None = None
     storage_class: str | None = None
     kind: str = "unknown"         # zfs, btrfs, tar, unknown
-    stored: int | None = None     # ciphertext bytes
+    stored: int | None = None     # bytes the vault holds (will hold): fragments and chunk.0
     stream: dict | None = None    # chunk.0's clear stream identity (chains.py)
     parent: str | None = None     # ULID given with backup --parent
     snapshot: str | None = None   # zfs/btrfs snapshot name (with the secret key)
@@ -85,7 +85,9 @@ def spool_entries(spool: Spool, vault: str, prefix: str,
             unsealed = None if os.path.exists(mark) else unsealed_state(spool, bid)
             if unsealed != "writing" and os.path.exists(mark):     # (sealed meanwhile?)
                 try:
-                    clear = manifest.load(mark)[0]
+                    with open(mark, "rb") as f:
+                        data = f.read()
+                    clear = manifest.read_clear(data)[0]
                 except FileNotFoundError:
                     continue                    # frozen and gone meanwhile: the vault has it
                 except errors.Error as exc:
@@ -94,7 +96,7 @@ def spool_entries(spool: Spool, vault: str, prefix: str,
                 partly = len(spool.fragments("freeze", bid)) < len(clear.fragments) + 1
                 entries[bid.key] = Entry(bid, clear.created, clear.size, len(clear.fragments),
                                          _sealed(clear, "freezing" if partly else "queued"),
-                                         kind=clear.kind, stored=clear.stored,
+                                         kind=clear.kind, stored=clear.stored + len(data),
                                          stream=clear.stream, parent=clear.parent)
             else:
                 entries[bid.key] = Entry(bid, _created(bid.ulid), None, None, unsealed)
@@ -142,7 +144,8 @@ def vault_entries(store, vault: str, prefix: str, cache: MarkCache | None = None
         state, sclass = _listed_state(objects[bid.key], clear)
         entries[bid.key] = Entry(bid, clear.created, clear.size, len(clear.fragments),
                                  _sealed(clear, state), storage_class=sclass, kind=clear.kind,
-                                 stored=clear.stored, stream=clear.stream, parent=clear.parent,
+                                 stored=clear.stored + objects[bid.key][0].size,
+                                 stream=clear.stream, parent=clear.parent,
                                  objects=objects[bid.key])
     if cache is not None:
         cache.save(vault)

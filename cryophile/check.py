@@ -91,29 +91,71 @@ def fetch_marks(store, archives: Iterable[Archive], workers: int = MARK_FETCHES,
     one request each) into ``clear``/``encrypted``; by key, None or why not.
     Store failures other than a missing or archived object are raised.
     With ``cache``, a copy the spool keeps stands for the vault's (chunk.0 is
-    immutable), and what is fetched is kept: ``check`` reads the vault's own."""
+    immutable), read as ``ls`` reads it: through the vault's cache index
+    where it holds the copy's current stamp (then only ``clear`` is filled:
+    chains and plans need nothing else), else from the copy; what is
+    fetched is kept, and the index written if it was out of date.  Without
+    ``cache``: ``check`` reads the vault's own.  (A copy that does not read
+    or belongs elsewhere is dropped by the cache and fetched again.)"""
+    archives = list(archives)
+    indexed = _indexed(cache, archives)
+
     def one(archive: Archive) -> errors.Error | None:
         if 0 not in archive.objects:
             return None
-        cached = cache.get(archive.bid) if cache is not None else None
-        try:
-            if cached is not None:
-                data = cached[1]
-            else:
-                buf = io.BytesIO()
-                store.get(archive.bid.fragment_key(0), buf)
-                data = buf.getvalue()
+        hit = indexed.get(archive.bid.key)
+        if hit is not None:
+            archive.clear = hit
+            return None
+        try:        # (no usable copy: read_all has looked at every one, index or not)
+            buf = io.BytesIO()
+            store.get(archive.bid.fragment_key(0), buf)
+            data = buf.getvalue()
             clear, encrypted = manifest.read_clear(data)
             manifest.check_identity(clear, archive.bid)
         except (errors.NotFoundError, errors.NotRestoredError, errors.IntegrityError) as exc:
             return exc
-        if cache is not None and cached is None:
+        if cache is not None:
             cache.put(archive.bid, data)
         archive.clear, archive.encrypted = clear, encrypted
         return None
-    archives = list(archives)
     with concurrent.futures.ThreadPoolExecutor(workers, "cryophile-marks") as pool:
-        return {a.bid.key: r for a, r in zip(archives, pool.map(one, archives))}
+        found = {a.bid.key: r for a, r in zip(archives, pool.map(one, archives))}
+    if cache is not None:
+        for vault in {a.bid.vault for a in archives}:
+            cache.save(vault)
+    return found
+
+
+def _indexed(cache: MarkCache | None, archives: list[Archive]
+             ) -> dict[str, manifest.ClearInfo]:
+    """Clear metadata of the archives' cached chunk.0s, by key, read through
+    each vault's cache index under the archives' longest common prefix."""
+    if cache is None:
+        return {}
+    found: dict[str, manifest.ClearInfo] = {}
+    for vault in {a.bid.vault for a in archives}:
+        mine = [a for a in archives if a.bid.vault == vault and 0 in a.objects]
+        if not mine:
+            continue
+        prefix = _common_prefix(a.bid.prefix for a in mine)
+        found.update(cache.read_all(vault, prefix))
+    return found
+
+
+def _common_prefix(prefixes: Iterable[str]) -> str:
+    """The longest prefix (whole segments) every one of ``prefixes`` is under."""
+    common: list[str] | None = None
+    for prefix in prefixes:
+        parts = prefix.split("/") if prefix else []
+        if common is None:
+            common = parts
+        else:
+            n = 0
+            while n < min(len(common), len(parts)) and common[n] == parts[n]:
+                n += 1
+            del common[n:]
+    return "/".join(common or [])
 
 
 def exit_code(problems: Iterable[Problem]) -> int:
@@ -371,6 +413,7 @@ class Link:
     bid: BackupId
     stream: dict | None
     parent: str | None
+    stored: int | None = None       # a queued archive's bytes in the vault once frozen
 
 
 def queued_entries(spool, vault: str, prefix: str = "") -> list[Link]:
@@ -381,10 +424,12 @@ def queued_entries(spool, vault: str, prefix: str = "") -> list[Link]:
                                       or bid.prefix.startswith(prefix + "/")):
             continue
         try:
-            clear = manifest.load(spool.path("freeze", bid, 0))[0]
+            with open(spool.path("freeze", bid, 0), "rb") as f:
+                data = f.read()
+            clear = manifest.read_clear(data)[0]
         except (OSError, errors.Error):
             continue                  # not sealed, or frozen and gone meanwhile
-        found.append(Link(bid, clear.stream, clear.parent))
+        found.append(Link(bid, clear.stream, clear.parent, clear.stored + len(data)))
     return found
 
 

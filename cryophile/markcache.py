@@ -15,7 +15,8 @@ listing no longer shows.  Files 0600, directories 0700, written under a
 temporary name and renamed, so concurrent listings never see half a file.
 
 The copies are the truth; the index only spares a listing of 10,000
-archives 10,000 opens.  It holds, per copy, the clear JSON line read from
+archives 10,000 opens (``ls``, ``prune``, ``check``'s other chain links
+and the mount all read through ``read_all``).  It holds, per copy, the clear JSON line read from
 it and the stamp of the file it was read from (inode, size, modification
 and change time, in nanoseconds).  ``read_all`` still looks at every
 file's stamp (one directory scan, no open): an index line is used only
@@ -114,10 +115,13 @@ class MarkCache:
                 index[key] = (stamp, line)
                 self._dirty.add(vault)
 
-    def read_all(self, vault: str, prefix: str) -> dict[str, manifest.ClearInfo]:
+    def read_all(self, vault: str, prefix: str, read: dict[str, bytes] | None = None
+                 ) -> dict[str, manifest.ClearInfo]:
         """Archive key (PREFIX/ULID) → clear metadata of every cached
         chunk.0 under VAULT/PREFIX (each checked as ``get`` does), by the
-        index where it holds the file's current stamp, else from the file."""
+        index where it holds the file's current stamp, else from the file.
+        ``read`` receives the whole copies read from their files, by key
+        (a caller that needs their bytes then need not read them again)."""
         with self._lock:
             index = self._index.get(vault)
             if index is None:
@@ -154,6 +158,8 @@ class MarkCache:
                 continue
             found[key] = hit[0]
             self._note(vault, key, hit[2], hit[1])
+            if read is not None:
+                read[key] = hit[1]
         self._walked[(vault, prefix)] = {k: p for k, (p, _) in files.items()}
         return found
 

@@ -113,10 +113,12 @@ class Item:
     queued: bool = False             # in the spool's freeze queue, not (all) in the vault
     writing: bool = False            # a backup still being written (with queued)
     label: str = ""                  # how to name it in messages (default: the ULID)
+    pending: int = 0                 # queued: bytes it will hold in the vault once frozen
 
     @property
     def size(self) -> int:
-        return sum(o.size for o in self.objects)
+        """Stored bytes (every object, chunk.0 included, as ``ls`` counts them)."""
+        return sum(o.size for o in self.objects) or self.pending
 
 
 @dataclasses.dataclass

@@ -531,7 +531,7 @@ class Operations(pyfuse3.Operations):
         """Only what ``key`` needs: state asks the store, name needs the secret key."""
         bid, clear = archive.bid, archive.clear
         values = {"backup_id": str(bid), "fragments": archive.fragments,
-                  "created": clear.created, "stored": clear.stored, "size": clear.size}
+                  "created": clear.created, "stored": archive.stored, "size": clear.size}
         field = key[len(XATTR):]
         store = self.s.stores(bid.vault)
         if field in ("state", "storage_class"):

@@ -45,6 +45,13 @@ class Archive:
     readers: int = 0
     verified: dict = dataclasses.field(default_factory=dict)   # fragment -> stamp hashed
     heads: dict = dataclasses.field(default_factory=dict)      # fragment -> (HEAD, when)
+    mark_size: int = 0                # chunk.0's bytes
+
+    @property
+    def stored(self) -> int:
+        """Bytes the vault holds (or will, once frozen): fragments and chunk.0,
+        as ``cryophile ls`` and ``prune`` count them."""
+        return (self.clear.stored if self.clear else 0) + self.mark_size
 
     @property
     def mtime_ns(self) -> int:
@@ -58,21 +65,24 @@ class Archive:
     def from_mark(cls, bid: BackupId, data: bytes) -> "Archive":
         clear, encrypted = manifest.read_clear(data)
         manifest.check_identity(clear, bid)
-        archive = cls(bid, clear.size, clear, encrypted)
+        archive = cls(bid, clear.size, clear, encrypted, mark_size=len(data))
         archive.ready.set()
         return archive
 
 
-def read_mark(spool: Spool, store, bid: BackupId, cache: MarkCache | None = None) -> bytes:
-    """chunk.0's bytes: from the spool if it is still there, else the
-    listing cache that ``cryophile ls`` shares (markcache.py), else the
-    vault (and then cached)."""
+def read_mark(spool: Spool, store, bid: BackupId, cache: MarkCache | None = None,
+              copy: bytes | None = None) -> bytes:
+    """chunk.0's bytes: from the spool if it is still there, else ``copy``
+    (the cache's, read already), else the listing cache that ``cryophile
+    ls`` shares (markcache.py), else the vault (and then cached)."""
     for queue in ("freeze", "restore"):
         try:
             with open(spool.path(queue, bid, 0), "rb") as f:
                 return f.read()
         except FileNotFoundError:
             pass
+    if copy is not None:
+        return copy
     return catalog.mark_bytes(spool, store, bid, cache or MarkCache(spool))
 
 
@@ -96,8 +106,9 @@ def scan(spool: Spool, store, vault: str, known: set[str],
     if any.  ``expected``: the keys the vault is known to hold, which place
     the listing's requests (None: those of the chunk.0 cache)."""
     cache = MarkCache(spool)
+    copies: dict[str, bytes] = {}       # the copies read_all read whole: not read again
     if expected is None:
-        expected = [k for key, clear in cache.read_all(vault, "").items()
+        expected = [k for key, clear in cache.read_all(vault, "", copies).items()
                     for k in object_keys(_bid(vault, key), clear)]
     bids: dict[str, BackupId] = {}
     for bid in spool.archives("freeze"):
@@ -115,7 +126,8 @@ def scan(spool: Spool, store, vault: str, known: set[str],
 
     def one(bid: BackupId) -> Archive | errors.Error | None:
         try:
-            return Archive.from_mark(bid, read_mark(spool, store, bid, cache))
+            return Archive.from_mark(bid, read_mark(spool, store, bid, cache,
+                                                    copies.get(bid.key)))
         except errors.NotFoundError:
             return None       # frozen and gone from the spool between the looks
         except errors.Error as exc:

@@ -276,3 +276,110 @@ def test_an_index_write_a_crash_left_behind_is_swept(tmp_path):
     assert not os.path.exists(dead)
     assert os.path.exists(live)                 # (maybe another listing's, being written)
     assert MarkCache(spool).read_all(VAULT, "") == truth(cache)
+
+
+def local_vault(tmp_path, bids=BIDS):
+    """A local vault holding ``bids`` (each a chunk.0 naming it and a chunk.1
+    of the size it records)."""
+    from cryophile.store.local import LocalStore
+    root = tmp_path / "vaults" / VAULT
+    for bid in bids:
+        (root / bid.key).mkdir(parents=True, exist_ok=True)
+        (root / bid.key / "chunk.0").write_bytes(mark(bid))
+        (root / bid.key / "chunk.1").write_bytes(b"\0" * 512)
+    return LocalStore(str(root))
+
+
+class CountingStore:
+    def __init__(self, store):
+        self.store, self.gets = store, []
+
+    def get(self, key, sink, *args, **kw):
+        self.gets.append(key)
+        return self.store.get(key, sink, *args, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+
+def spied(monkeypatch) -> list[str]:
+    """Every copy any MarkCache reads from its file."""
+    paths = []
+    read = MarkCache._read
+
+    def spy(self, path, bid):
+        paths.append(path)
+        return read(self, path, bid)
+    monkeypatch.setattr(MarkCache, "_read", spy)
+    return paths
+
+
+def test_prune_reads_the_copies_through_the_index(tmp_path, monkeypatch):
+    """As a warm ls: no copy opened, nothing fetched; a cold run fetches
+    each chunk.0 once and leaves the index the next run reads."""
+    import types
+    from cryophile import check
+    from cryophile.cli import prune
+    spool = Spool(str(tmp_path / "spool"))
+    store = CountingStore(local_vault(tmp_path))
+    ctx = types.SimpleNamespace(spool=spool)
+    paths = spied(monkeypatch)
+    items, others, _ = prune._items(ctx, store, VAULT, "tank")
+    assert {i.ulid for i in items} == {b.ulid for b in BIDS if b.prefix.startswith("tank")}
+    assert len(store.gets) == len(BIDS) and paths == []
+    assert set(read_index(MarkCache(spool).index_path(VAULT))) == {b.key for b in BIDS}
+    store.gets.clear()
+    again, _, _ = prune._items(ctx, store, VAULT, "tank")
+    assert again == items
+    assert store.gets == [] and paths == []
+    # a copy replaced since is read from its file (the index's stamp no longer holds)
+    cache = MarkCache(spool)
+    rewrite_in_place(cache.path(BIDS[0]), mark(BIDS[0], size=7))
+    archives = [a for a in check.scan(store, VAULT).values()]
+    check.fetch_marks(store, archives, cache=MarkCache(spool))
+    assert paths == [cache.path(BIDS[0])] and store.gets == []
+    assert {a.bid.key: a.clear.size for a in archives}[BIDS[0].key] == 7
+
+
+def test_check_reads_the_chains_other_links_through_the_index(tmp_path, monkeypatch):
+    """check reads the checked archive's own chunk.0 from the vault, and
+    the other links of its chain as ls reads them: through the index."""
+    from cryophile import check
+    spool = Spool(str(tmp_path / "spool"))
+    store = CountingStore(local_vault(tmp_path))
+    check.fetch_marks(store, check.scan(store, VAULT).values(), cache=MarkCache(spool))
+    store.gets.clear()
+    paths = spied(monkeypatch)
+    context = check.scan(store, VAULT, "tank")
+    one = {BIDS[0].key: context[BIDS[0].key]}
+    checker = check.Checker(store, "LOCAL", queued=lambda bid: False,
+                            cache=MarkCache(spool), spool=spool)
+    checker.metadata(one, context.values())
+    assert checker.problems == [] and [a.bid for a in checker.checked] == [BIDS[0]]
+    assert store.gets == [BIDS[0].fragment_key(0)] and paths == []
+
+
+def test_the_mounts_first_listing_reads_each_cached_copy_once(tmp_path, monkeypatch):
+    """Whether the index is out of date (each copy read by read_all, whose
+    bytes the mount keeps) or current (no copy read there; each read for
+    its encrypted manifest), each copy is read once and nothing fetched."""
+    from collections import Counter
+    from cryophilefs import vaults
+    spool = Spool(str(tmp_path / "spool"))
+    store = CountingStore(local_vault(tmp_path))
+    first = MarkCache(spool)
+    first.read_all(VAULT, "")
+    for bid in BIDS:
+        first.put(bid, mark(bid))           # no index written: out of date
+    paths = spied(monkeypatch)
+    for fresh in (False, True):
+        if fresh:
+            cache = MarkCache(spool)
+            cache.read_all(VAULT, "")
+            cache.save(VAULT)
+        paths.clear()
+        found, problem = vaults.scan(spool, store, VAULT, set())
+        assert problem is None and set(found) == {b.key for b in BIDS}
+        assert found[BIDS[0].key].encrypted == b"encrypted"
+        assert Counter(paths) == {first.path(b): 1 for b in BIDS}, fresh
+        assert store.gets == []

@@ -212,3 +212,31 @@ def test_one_ulid_under_two_prefixes_is_two_archives(rig, recipes):
     assert '"prefix": "b"' in chain.stdout.decode() and '"prefix": "a"' not in \
         chain.stdout.decode()
     assert rig.run("check", rig.vault).returncode == 0
+
+
+def test_ls_prune_and_the_mount_count_the_same_stored_bytes(rig, recipes):
+    """Stored bytes are what the vault holds (and bills): every fragment and
+    chunk.0, queued in the spool or frozen, in ls, prune's plan and the
+    mount's user.cryophile.stored alike."""
+    import json
+    from cryophile.ids import BackupId, human
+    from cryophilefs.vaults import Archive
+    ulid = backup(rig, recipes, "2026-01-01T00:00:00Z", "-p", "tank")
+
+    def stored() -> int:
+        rows = json.loads(rig.run("ls", "--json", rig.vault, check=True).stdout)
+        return {r["ulid"]: r["stored"] for r in rows}[ulid]
+
+    def held(where: str) -> int:
+        return sum(p.stat().st_size for p in archive_dir(rig, ulid, "tank", where).iterdir()
+                   if p.name.startswith("chunk."))
+    def planned() -> list[str]:
+        return rig.run("prune", rig.vault, "--keep-last", "1", "-n", check=True
+                       ).stdout.decode().splitlines()[0].split()[3:5]
+    assert stored() == held("freeze")                   # queued
+    assert planned() == human(held("freeze")).split()
+    rig.run("freeze", "--once", check=True)
+    assert stored() == held("vault")                    # frozen
+    assert planned() == human(held("vault")).split()
+    mark = (archive_dir(rig, ulid, "tank") / "chunk.0").read_bytes()
+    assert Archive.from_mark(BackupId(rig.vault, "tank", ulid), mark).stored == held("vault")

@@ -113,7 +113,8 @@ def _items(ctx, store, vault: str, prefix: str):
     for q in check.queued_entries(ctx.spool, vault):
         if q.bid.key not in items:
             items[q.bid.key] = retention.Item(q.bid.ulid, q.bid.prefix, ulid_time(q.bid.ulid),
-                                              queued=True, label=_label(q.bid, prefix))
+                                              queued=True, label=_label(q.bid, prefix),
+                                              pending=q.stored or 0)
             entries[q.bid.key] = q
     for w in check.writing_entries(ctx.spool, vault):
         if w.bid.key not in items:
