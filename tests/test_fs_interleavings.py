@@ -20,8 +20,9 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cryophilefs import reader
+from cryophile.pipeline import plainreader
 from cryophile.pipeline.plainreader import PlainReader
+from cryophilefs import reader
 from tests.fsrig import fskeys  # noqa: F401
 from tests.test_fs_operations import MiB, backup, make_ops
 
@@ -95,9 +96,20 @@ def test_reads_are_answered_whatever_the_decrypting_thread_takes(tmp_path_factor
                 await ops.release(info.fh)
                 while any("ReadAhead.run" in t.name for t in nursery.child_tasks):
                     await trio.sleep(0.01)      # the read-ahead task ends
+                for stream in started:          # and every stream it started
+                    await trio.to_thread.run_sync(stream.thread.join, 60)
+                    assert not stream.thread.is_alive(), "a decrypting thread outlived its file"
             nursery.cancel_scope.cancel()
+
+    started = []
+
+    class Kept(plainreader.Prefetch):
+        def __init__(self, source):
+            super().__init__(source)
+            started.append(self)
     with mock.patch.multiple(reader, AHEAD=2, RESUME=1, CACHED=4), \
-            mock.patch.object(PlainReader, "read", slow), Busy():
+            mock.patch.object(PlainReader, "read", slow), \
+            mock.patch.object(plainreader, "Prefetch", Kept), Busy():
         trio.run(run)
 
 
