@@ -119,11 +119,13 @@ async def test_a_release_during_a_seek_leaves_no_decrypting_thread(tmp_path, fsk
     (a first read far into the file): the stream it then starts must end with
     the read-ahead, not decrypt on for ever in a thread of its own."""
     from cryophile.pipeline import buffers, plainreader
-    started, released, trims = [], threading.Event(), []
+    started, trims = [], []
+    entered, released = threading.Event(), threading.Event()
     monkeypatch.setattr(buffers, "release_unused", lambda: trims.append(1))
 
     class Late(plainreader.Prefetch):
         def __init__(self, source):
+            entered.set()
             released.wait(60)           # the release happens meanwhile
             super().__init__(source)
             started.append(self)
@@ -133,12 +135,9 @@ async def test_a_release_during_a_seek_leaves_no_decrypting_thread(tmp_path, fsk
     node = await backup(ops, data, step=MiB)
     info = await ops.open(node.ino, os.O_RDONLY, None)
 
-    reader_ = ops.handles[info.fh].reader
     async with trio.open_nursery() as reads:
         reads.start_soon(ops.read, info.fh, 3 * MiB, MiB)
-        with trio.fail_after(60):       # a hang guard: the thread is in the seek
-            while not reader_.running:
-                await trio.sleep(0.01)
+        assert await trio.to_thread.run_sync(entered.wait, 60)     # the thread is in the seek
         await ops.release(info.fh)
         released.set()
         reads.cancel_scope.cancel()     # the read itself is not answered (released)
