@@ -274,23 +274,27 @@ async def serve(settings: Settings, opts: Options, mountpoint: str, mounted) -> 
     answered = trio.Event()
     checked = trio.Event()      # confirm_mounted has its answer, either way
     ended = trio.Event()        # pyfuse3.main returned: no terminate() from here on
+    # signals are caught before the mount shows (pyfuse3.init): one sent the
+    # instant it shows would otherwise kill the process and leave a dead mount
+    signals = trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
     try:
-        async with trio.open_nursery() as nursery:
-            ops.nursery = nursery
-            pyfuse3.init(ops, mountpoint, opts.fuse)
-            try:
-                nursery.start_soon(confirm_mounted, spool.root, mountpoint, mounted, answered,
-                                   checked, ended)
-                nursery.start_soon(supervise, "freeze", settings.freezer.run)
-                if settings.thawer is not None:
-                    nursery.start_soon(supervise, "thaw", settings.thawer.run)
-                nursery.start_soon(unmount_on_signal, checked, ended)
-                await pyfuse3.main()
-            finally:
-                ended.set()
-                await trio.to_thread.run_sync(ops.abort_writers)
-                pyfuse3.close(unmount=True)
-                nursery.cancel_scope.cancel()
+        with signals as received:
+            async with trio.open_nursery() as nursery:
+                ops.nursery = nursery
+                pyfuse3.init(ops, mountpoint, opts.fuse)
+                try:
+                    nursery.start_soon(confirm_mounted, spool.root, mountpoint, mounted,
+                                       answered, checked, ended)
+                    nursery.start_soon(supervise, "freeze", settings.freezer.run)
+                    if settings.thawer is not None:
+                        nursery.start_soon(supervise, "thaw", settings.thawer.run)
+                    nursery.start_soon(unmount_on_signal, received, checked, ended)
+                    await pyfuse3.main()
+                finally:
+                    ended.set()
+                    await trio.to_thread.run_sync(ops.abort_writers)
+                    pyfuse3.close(unmount=True)
+                    nursery.cancel_scope.cancel()
     except RuntimeError as exc:
         _report_mounted(mounted, False)
         raise errors.Error(f"cannot mount on {mountpoint}: {exc}") from None
@@ -368,17 +372,16 @@ def terminate(ended: trio.Event) -> None:
         pyfuse3.terminate()
 
 
-async def unmount_on_signal(checked: trio.Event, ended: trio.Event) -> None:
+async def unmount_on_signal(signals, checked: trio.Event, ended: trio.Event) -> None:
     """A signal unmounts.  One that comes while the start-up stat is still on
     its way waits for it (our own loop answers it), so that a mount that was up
     ends as unmounted, exit 0, not as refused."""
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-        async for signum in signals:
-            log.info("%s: unmounting", signal.Signals(signum).name)
-            with trio.move_on_after(STARTUP_CHECK_WAIT):
-                await checked.wait()
-            terminate(ended)
-            return
+    async for signum in signals:
+        log.info("%s: unmounting", signal.Signals(signum).name)
+        with trio.move_on_after(STARTUP_CHECK_WAIT):
+            await checked.wait()
+        terminate(ended)
+        return
 
 
 # --- detaching -------------------------------------------------------------------

@@ -331,6 +331,9 @@ class ReadAhead:
                 await self._changed()
             else:
                 await self._step()
+        # again, now that no thread reads: one that was starting a stream when
+        # close() stopped the old one started a new one, decrypting for nobody
+        self.plain.close_stream()
         with self.lock:
             self.cache.clear()
         # the heap's freed buffers go back to the kernel: the mount's memory

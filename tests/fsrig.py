@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 VAULT = "0b8c3a7e-5a1d-4f7e-9a53-3f1c2d4e5f60"
-MOUNT_TIMEOUT = 30
+MOUNT_TIMEOUT = 120
 
 
 def fuse_available() -> bool:
@@ -101,7 +101,7 @@ class FsRig:
             time.sleep(0.05)
 
     def unmount(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while True:        # a process that just closed a file may still hold the mount
             proc = subprocess.run(["fusermount3", "-u", str(self.mnt)], capture_output=True)
             if proc.returncode == 0 or time.monotonic() > deadline:
@@ -157,7 +157,7 @@ def state(path: Path) -> str:
     return os.getxattr(path, "user.cryophile.state").decode()
 
 
-def wait_until(predicate, timeout: float = 30, interval: float = 0.05):
+def wait_until(predicate, timeout: float = 120, interval: float = 0.05):
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()

@@ -190,7 +190,7 @@ def test_small_spool_waits_for_the_running_daemon(small_spool, recipes):
         wait_until(lambda: queue_empty(rig), 60, [daemon])
     finally:
         daemon.send_signal(signal.SIGTERM)
-        _, err = daemon.communicate(timeout=30)
+        _, err = daemon.communicate(timeout=60)
     assert daemon.returncode == 0 and b"Traceback" not in err, err
     ulid = proc.stdout.decode().strip()
     reader = Rig(rig.root / "reader")            # restoring needs room of its own
@@ -295,7 +295,7 @@ def test_daemons_back_off_on_a_failing_vault(tmp_path, recipes, s3proxy, command
                 break
     finally:
         daemon.send_signal(signal.SIGTERM)
-        _, rest = daemon.communicate(timeout=30)
+        _, rest = daemon.communicate(timeout=60)
     text = "".join(lines) + rest.decode()
     assert daemon.returncode == 0, text
     waits = [line.rsplit("trying again in ", 1)[1].split()[0]

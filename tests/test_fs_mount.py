@@ -181,7 +181,7 @@ def test_sigterm_at_once_is_an_unmount_not_a_refusal(rig):
         rig.proc = subprocess.Popen(rig.command(), stdin=subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     env={**os.environ, "CRYOPHILE_LOG_STYLE": "never"})
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120
         while not os.path.ismount(rig.mnt):
             assert rig.proc.poll() is None and time.monotonic() < deadline
         rig.proc.send_signal(signal.SIGTERM)
@@ -189,6 +189,39 @@ def test_sigterm_at_once_is_an_unmount_not_a_refusal(rig):
         assert rig.proc.returncode == 0, out.decode()
         assert b"unmounted" in out and b"error" not in out
         assert not os.path.ismount(rig.mnt)
+
+
+SIGNAL_AT_MOUNT = """
+import os, pyfuse3, sys
+signum, real = int(sys.argv.pop(1)), pyfuse3.init
+def init(*args):
+    real(*args)                             # the mount is visible from here on
+    os.kill(os.getpid(), signum)
+pyfuse3.init = init
+from cryophilefs.mount import run
+run()
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_a_signal_the_instant_the_mount_is_visible_unmounts(rig, signum):
+    """The mount shows the moment libfuse mounts it, before the main loop
+    runs: a signal sent then (a test or a script that waits for the mount,
+    systemd stopping it at once) must unmount it, exit 0, not kill it and
+    leave a dead mount behind."""
+    command = rig.command()
+    assert command[1:3] == ["-m", "cryophilefs"]
+    command[1:3] = ["-c", SIGNAL_AT_MOUNT, str(int(signum))]
+    proc = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, timeout=60,
+                          env={**os.environ, "CRYOPHILE_LOG_STYLE": "never"})
+    try:
+        out = (proc.stdout + proc.stderr).decode()
+        assert proc.returncode == 0, out
+        assert "unmounted" in out and "Traceback" not in out and "error" not in out, out
+        assert not os.path.ismount(rig.mnt)
+    finally:
+        subprocess.run(["fusermount3", "-uz", str(rig.mnt)], capture_output=True)
 
 
 def test_a_mount_names_who_holds_the_thaw_lock(rig):

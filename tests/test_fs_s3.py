@@ -57,7 +57,7 @@ def test_setxattr_starts_a_thaw(s3rig, s3proxy, data, fskeys):
         subprocess.run(["setfattr", "-n", "user.cryophile.thaw", "-v", "1", str(archive)],
                        check=False) if _have("setfattr") else \
             os.setxattr(archive, "user.cryophile.thaw", b"1")
-        wait_until(lambda: os.getxattr(archive, "user.cryophile.thaw") == b"4/4", timeout=30)
+        wait_until(lambda: os.getxattr(archive, "user.cryophile.thaw") == b"4/4", timeout=120)
         fd = os.open(archive, os.O_RDONLY | os.O_NONBLOCK)     # thawed: no EAGAIN
         try:
             assert os.read(fd, 100) == data.read_bytes()[:100]

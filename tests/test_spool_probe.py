@@ -3,14 +3,21 @@ daemon will make room): it never waits, never creates, and fails loudly."""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
+import sys
 
 import pytest
 
 from cryophile import errors
 from cryophile.spool import FreezeDaemonLock, Spool, flock_held
+
+
+HOLD_SHARED = """
+import fcntl, os, sys, time
+fcntl.flock(os.open(sys.argv[1], os.O_RDONLY), fcntl.LOCK_SH)
+print("held", flush=True)
+time.sleep(120)
+"""
 
 
 @pytest.mark.timeout(60)
@@ -24,13 +31,15 @@ def test_probe_sees_a_holder_and_creates_nothing(tmp_path):
     finally:
         lock.release()
     assert not lock.anyone_freezing()
-    holder = subprocess.Popen(["flock", "-s", lock.path, "-c", "echo held; sleep 30"],
-                              stdout=subprocess.PIPE, start_new_session=True)
+    # the holder takes the lock itself: flock(1)'s shell and sleep, killed with it,
+    # held the lock until the system got round to ending them, after flock's wait
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_SHARED, lock.path],
+                              stdout=subprocess.PIPE)
     try:
         assert holder.stdout.readline() == b"held\n"
         assert flock_held(lock.path)
     finally:
-        os.killpg(holder.pid, signal.SIGKILL)      # flock, its shell and the sleep
+        holder.kill()
         holder.wait(timeout=30)
         holder.stdout.close()
     assert not flock_held(lock.path)

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -182,6 +183,13 @@ def test_record_frozen_keeps_the_last_and_ignores_junk(tmp_path):
     assert list(health.last_frozen(spool)) == [vault]
 
 
+HOLD_SHARED = """
+import fcntl, os, sys, time
+fcntl.flock(os.open(sys.argv[1], os.O_RDWR), fcntl.LOCK_SH)
+time.sleep(120)
+"""
+
+
 def test_lock_pids_finds_shared_and_exclusive_holders(tmp_path):
     path = tmp_path / "lock"
     path.touch()
@@ -189,10 +197,12 @@ def test_lock_pids_finds_shared_and_exclusive_holders(tmp_path):
     fd = os.open(path, os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)
-        # -o: the command does not inherit the lock, flock(1) itself holds it
-        child = subprocess.Popen(["flock", "-o", "-s", str(path), "sleep", "30"])
+        # the child itself holds the lock: flock(1) would fork its command, and
+        # killed before that fork closed the lock's descriptor (the CPU busy),
+        # it left the lock held, in its name, after it died
+        child = subprocess.Popen([sys.executable, "-c", HOLD_SHARED, str(path)])
         try:
-            wait_until(lambda: child.pid in health.lock_pids(str(path)), timeout=30)
+            wait_until(lambda: child.pid in health.lock_pids(str(path)), timeout=60)
             assert os.getpid() in health.lock_pids(str(path))
         finally:
             child.kill()
