@@ -7,8 +7,6 @@ import logging
 import os
 import time
 
-import trio
-
 from .. import backpressure, errors, manifest, ranges, restorequeue, thaw, thawprogress
 from ..health import thaw_holder
 from ..ids import BackupId
@@ -69,7 +67,7 @@ def run(args) -> int:
     output = Output(args.output, args.force)
     try:
         ctx.spool.ensure()
-        size = trio.run(Restore(ctx, bid, keyring, span).run, output.file)
+        size = Restore(ctx, bid, keyring, span).run(output.file)
         output.commit()
     except BaseException:
         output.discard()
@@ -107,20 +105,30 @@ class Restore:
         self.finished = False       # a range's reading thread may wait ahead of need: stop it
         self.token = None
         self.vault_root: str | None = None     # a local vault's directory: read in place
+        self.sync = False           # read in place without trio (no thawer)
 
-    async def run(self, out) -> int:
-        self.token = trio.lowlevel.current_trio_token()
-        await trio.to_thread.run_sync(restorequeue.clear_failures, self.spool, self.bid)
-        await trio.to_thread.run_sync(self.reader.register)
+    def run(self, out) -> int:
+        """Restore into ``out``; its size.  Without trio (a third of the start of
+        a short restore goes to importing it) when every fragment is read in
+        place from a local vault or the spool: nothing is to be thawed, so no
+        thawer is kept."""
+        restorequeue.clear_failures(self.spool, self.bid)
+        self.reader.register()
         try:
-            return await self._run(out)
+            clear, body = self.prepare()
+            if self.in_place():
+                self.sync = True
+                return self.decrypt(clear, body, out)
+            import trio
+            return trio.run(self._served, clear, body, out)
         except (errors.IntegrityError, errors.MissingFragmentError) as exc:
             if exc is self.decrypt_error:
                 raise
             raise untrusted(exc, self.bid) from None     # e.g. found by the plan's look
+        except BaseExceptionGroup as group:
+            raise self.decrypt_error or errors.unwrap(group) from None
         finally:
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(self.leave)
+            self.leave()
 
     def leave(self) -> None:
         """Unregister; the last reader out also removes what a thaw that died
@@ -133,19 +141,18 @@ class Restore:
                 finally:
                     lock.release()
 
-    async def _run(self, out) -> int:
-        clear = await trio.to_thread.run_sync(self.mark)
+    def prepare(self) -> tuple[manifest.ClearInfo, dict]:
+        """chunk.0 and the manifest; the plan reserved, the first window asked for."""
+        clear = self.mark()
         manifest.check_identity(clear, self.bid)
         encrypted = manifest.load(self.spool.path("restore", self.bid, 0))[1]
-        body = await trio.to_thread.run_sync(manifest.read_manifest, encrypted, clear,
-                                             self.keyring.decrypt_session_key)
+        body = manifest.read_manifest(encrypted, clear, self.keyring.decrypt_session_key)
         self.fragments = len(clear.fragments)
         self.order = list(range(1, self.fragments + 1))
         if self.span is not None:
             self.span = ranges.span(clear.size, *self.span, str(self.bid))
             self.order = ranges.fragments(clear, body, *self.span)
-        plan = await trio.to_thread.run_sync(thawplan.reserve, self.ctx, self.bid, clear,
-                                             self.order)
+        plan = thawplan.reserve(self.ctx, self.bid, clear, self.order)
         self.waiting = thawprogress.Waiting(log, self.bid, plan, len(self.order),
                                             thawprogress.every(),
                                             holder=lambda: thaw_holder(self.spool))
@@ -155,14 +162,24 @@ class Restore:
             self.vault_root = store.root
             log.debug("%s: fragments not in the spool are read in place from %s",
                       self.bid, store.url)
-        await trio.to_thread.run_sync(self.queue)
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self.keep_thawer, nursery)
-                size = await trio.to_thread.run_sync(self.decrypt, clear, body, out)
-                nursery.cancel_scope.cancel()
-        except BaseExceptionGroup as group:
-            raise self.decrypt_error or errors.unwrap(group) from None
+        self.queue()
+        return clear, body
+
+    def in_place(self) -> bool:
+        """Every fragment to read is in a local vault or the spool: read in place,
+        with nothing to thaw.  (A fragment of the spool's freeze queue goes into
+        the local vault before it leaves the queue: found there then.)"""
+        return self.vault_root is not None and all(self.local(n) for n in self.order)
+
+    async def _served(self, clear: manifest.ClearInfo, body: dict, out) -> int:
+        """Decrypt (in a thread) while a thawer brings the fragments, if no
+        other process serves this archive's requests."""
+        import trio
+        self.token = trio.lowlevel.current_trio_token()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.keep_thawer, nursery)
+            size = await trio.to_thread.run_sync(self.decrypt, clear, body, out)
+            nursery.cancel_scope.cancel()
         return size
 
     def mark(self) -> manifest.ClearInfo:
@@ -210,6 +227,7 @@ class Restore:
 
     def poke(self) -> None:
         if self.thawer is not None:
+            import trio
             try:
                 trio.from_thread.run_sync(self.thawer.poke, trio_token=self.token)
             except trio.RunFinishedError:
@@ -217,6 +235,7 @@ class Restore:
 
     async def keep_thawer(self, nursery) -> None:
         """Serve this archive's requests whenever nobody else does."""
+        import trio
         lock = thaw.DaemonLock(self.spool)
         told = False
         while True:
@@ -249,6 +268,10 @@ class Restore:
             path = self.reader.take(n) or self.in_vault(n)
             if path is not None:
                 return path
+            if self.sync:           # no thawer: it was there when the restore began
+                raise errors.MissingFragmentError(
+                    f"fragment chunk.{n} is no longer in the vault or the spool "
+                    "(removed while the restore ran?)")
             failure = restorequeue.failure(self.spool, self.bid, n)
             if failure is None and self.thawer is not None:
                 failure = self.thawer.failure
