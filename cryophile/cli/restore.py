@@ -20,6 +20,7 @@ from .output import Output
 log = logging.getLogger("cryophile.restore")
 WAIT_POLL = 0.05
 TAKE_OVER_POLL = 0.5      # how often a waiting restore checks that a thawer still runs
+EARLY = 2                 # fragments of a local vault hashed while the restore starts
 
 
 def add_parser(sub) -> None:
@@ -51,6 +52,35 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     ctx = Context(args)           # main ran target.split_words: -S, -c after the target count
     span = target.byte_range(args)
+    early = None
+    if args.keyring and args.ulid and args.name is None and not (span or args.chain
+                                                                 or args.dry_run):
+        early = hash_ahead(ctx, args)
+    try:
+        return _run(args, ctx, span, early)
+    finally:
+        if early is not None:
+            early.close()
+
+
+def hash_ahead(ctx: Context, args) -> reader.Early | None:
+    """Hash the archive's first fragments in a local vault while the restore
+    starts (keys loaded, chunk.0 read); None where it does not apply (another
+    kind of vault, or arguments found wrong: said in their turn)."""
+    try:
+        bid = target.resolve(ctx, args, None)       # (-u: no look into the vault)
+        if not (ctx.vault(bid.vault).url or "").startswith("file://"):
+            return None
+        store = ctx.store(bid.vault)
+        if not isinstance(store, LocalStore):
+            return None
+        return reader.Early([os.path.join(store.root, bid.fragment_key(n))
+                             for n in range(1, EARLY + 1)])
+    except errors.Error:
+        return None
+
+
+def _run(args, ctx: Context, span, early: reader.Early | None) -> int:
     keyring = None
     if not args.dry_run or args.name is not None or span:   # a plan needs no key, but
         keyring = secret_keys(args.keyring, args.pass_fd)   # --name and a range do
@@ -67,7 +97,7 @@ def run(args) -> int:
     output = Output(args.output, args.force)
     try:
         ctx.spool.ensure()
-        size = Restore(ctx, bid, keyring, span).run(output.file)
+        size = Restore(ctx, bid, keyring, span, early).run(output.file)
         output.commit()
     except BaseException:
         output.discard()
@@ -91,8 +121,10 @@ class Restore:
     """
 
     def __init__(self, ctx: Context, bid: BackupId, keyring,
-                 span: tuple[int, int | None] | None = None):
+                 span: tuple[int, int | None] | None = None,
+                 early: reader.Early | None = None):
         self.ctx, self.spool, self.bid, self.keyring = ctx, ctx.spool, bid, keyring
+        self.early = early          # the first fragments of a local vault, hashed already
         self.thawer: thaw.Thawer | None = None
         self.daemon = False
         self.decrypt_error: errors.Error | None = None
@@ -303,7 +335,8 @@ class Restore:
                                    self.wait_for, Counting(out, progress), *self.span,
                                    self.order)
             return reader.restore(clear, body, self.keyring.decrypt_session_key,
-                                  self.wait_for, Counting(out, progress), frames_vouch=True)
+                                  self.wait_for, Counting(out, progress), frames_vouch=True,
+                                  early=self.early)
         except (errors.IntegrityError, errors.MissingFragmentError) as exc:
             thaw.drop_damaged(self.spool, self.bid, clear)
             self.decrypt_error = untrusted(exc, self.bid)
