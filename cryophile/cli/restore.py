@@ -65,8 +65,9 @@ def run(args) -> int:
 
 def hash_ahead(ctx: Context, args) -> reader.Early | None:
     """Hash the archive's first fragments in a local vault while the restore
-    starts (keys loaded, chunk.0 read); None where it does not apply (another
-    kind of vault, or arguments found wrong: said in their turn)."""
+    starts (keys loaded, chunk.0 read), but those the spool holds (read from
+    there, with their verdicts); None where it does not apply (another kind
+    of vault, or arguments found wrong: said in their turn)."""
     try:
         bid = target.resolve(ctx, args, None)       # (-u: no look into the vault)
         if not (ctx.vault(bid.vault).url or "").startswith("file://"):
@@ -75,7 +76,9 @@ def hash_ahead(ctx: Context, args) -> reader.Early | None:
         if not isinstance(store, LocalStore):
             return None
         return reader.Early([os.path.join(store.root, bid.fragment_key(n))
-                             for n in range(1, EARLY + 1)])
+                             for n in range(1, EARLY + 1)
+                             if not any(os.path.exists(ctx.spool.path(queue, bid, n))
+                                        for queue in ("restore", "freeze"))])
     except errors.Error:
         return None
 
@@ -152,13 +155,14 @@ class Restore:
                 self.sync = True
                 return self.decrypt(clear, body, out)
             import trio
-            return trio.run(self._served, clear, body, out)
+            try:
+                return trio.run(self._served, clear, body, out)
+            except BaseExceptionGroup as group:
+                raise self.decrypt_error or errors.unwrap(group) from None
         except (errors.IntegrityError, errors.MissingFragmentError) as exc:
             if exc is self.decrypt_error:
                 raise
             raise untrusted(exc, self.bid) from None     # e.g. found by the plan's look
-        except BaseExceptionGroup as group:
-            raise self.decrypt_error or errors.unwrap(group) from None
         finally:
             self.leave()
 
