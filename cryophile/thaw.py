@@ -16,14 +16,14 @@ import os
 import uuid
 from typing import Callable
 
-import trio
-
 from . import errors, health, manifest, progress, restorequeue, thawprogress
 from .ids import BackupId
 from .spool import FileLock, Spool, create_in
 from .pipeline import verdict
 from .pipeline.reader import verify_fragment
 from .store.base import State
+
+trio = None    # imported by the first Thawer: a restore reading in place runs without it
 
 log = logging.getLogger("cryophile.thaw")
 
@@ -154,6 +154,8 @@ class Thawer:
                  poll_min: float = POLL_MIN, poll_max: float = POLL_MAX,
                  fail_fast: bool = False, guard=None,
                  progress_every: float = thawprogress.EVERY_LOG):
+        global trio
+        import trio
         self.spool, self.stores, self.settings = spool, stores, settings
         self.guard = guard          # ledger.Guard: charges (or refuses) each restore request
         self.select = select

@@ -120,6 +120,37 @@ def test_restore_reads_a_local_vault_in_place(template, tmp_path, fskeys):
     assert "read in place from file://" in proc.stderr.decode()
 
 
+@pytest.mark.timeout(180)
+def test_a_fragment_removed_from_a_local_vault_while_read_ends_the_restore(tmp_path, fskeys):
+    """A restore that found every fragment in the local vault reads them in
+    place with no thawer: one removed meanwhile ends it (exit 8), never a
+    wait for a thaw that nobody serves."""
+    rig = make_rig(tmp_path)
+    data = os.urandom(24 << 20)
+    ulid = rig.backup(data, fskeys[0], "-C", "lz4", "-s", "128KiB")
+    rig.run("freeze", "--once", check=True)
+    frags = fragments(archive_dir(rig, ulid))
+    assert len(frags) > 150
+    proc = subprocess.Popen(rig.command("restore", "-v", rig.vault, "-u", ulid, "-k",
+                                        str(fskeys[1])),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, bufsize=0,     # (read(1): one byte)
+                            env={**os.environ, "CRYOPHILE_LOG_STYLE": "never"})
+    try:
+        first = proc.stdout.read(1)     # under way (output waits on this pipe: a few
+        frags[-1].unlink()              # MiB read ahead at most, far from the end)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out, err = first + out, err.decode()
+    assert proc.returncode == 8, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"chunk.{len(frags)}" in err and UNTRUSTED in err, err
+    assert out == data[:len(out)] and len(out) < len(data)
+
+
 @pytest.mark.timeout(120)
 def test_ls_skips_a_mark_of_another_archive(template, tmp_path):
     rig, data, a, b = copy_rig(template, tmp_path, "other-archive", "lz4")

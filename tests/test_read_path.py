@@ -734,6 +734,92 @@ def test_a_thawed_fragment_is_hashed_once(ring, tmp_path, monkeypatch):
     assert not os.path.exists(dest + "x")
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("codec", ["lz4", "zstd"])
+def test_fragments_hashed_early_are_not_hashed_again(ring, tmp_path, monkeypatch, codec):
+    """Fragments hashed while the restore starts (reader.Early) are taken as
+    hashed when unchanged; the others are hashed as ever."""
+    recipients, secret = ring
+    data = mixed(3 * MiB, 8)
+    built = Built(str(tmp_path), recipients, secret, data, codec, MiB)
+    without_verdicts(built)
+    early = reader.Early([built.path(1), built.path(2)])
+    for path in (built.path(1), built.path(2)):
+        with open(path, "rb") as f:
+            assert early.digest(path, reader.stamp(os.fstat(f.fileno()))) is not None
+    counting = CountingSha256(monkeypatch)     # (Early's own hashes are done)
+    out = io.BytesIO()
+    reader.restore(built.clear, built.body, secret.decrypt_session_key, built.path, out,
+                   frames_vouch=True, early=early)
+    assert out.getvalue() == data
+    assert counting.calls == len(built.clear.fragments) - 2
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("when", ["changed", "replaced"])
+@pytest.mark.parametrize("n", [1, 2])
+def test_a_fragment_changed_after_it_was_hashed_early_is_hashed_again(ring, tmp_path, when, n):
+    """An early digest counts only for that very file, unchanged (its inode,
+    size and mtime): one written to or replaced since is hashed before use,
+    and damage is reported as such, nothing of it written."""
+    recipients, secret = ring
+    data = mixed(3 * MiB, 9)
+    built = Built(str(tmp_path), recipients, secret, data, "lz4", MiB)
+    without_verdicts(built)
+    path = built.path(n)
+    early = reader.Early([built.path(1), built.path(2)])
+    early.digest(path, ())                     # (waits until it is hashed)
+    raw = bytearray(Path(path).read_bytes())
+    raw[len(raw) // 2] ^= 0x10
+    if when == "changed":
+        with open(path, "r+b") as f:
+            f.write(raw)
+        st = os.stat(path)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1000))
+    else:
+        Path(path + ".new").write_bytes(raw)
+        os.replace(path + ".new", path)
+    out = io.BytesIO()
+    with pytest.raises(errors.IntegrityError, match=f"chunk.{n} fails its SHA-256"):
+        reader.restore(built.clear, built.body, secret.decrypt_session_key, built.path, out,
+                       frames_vouch=True, early=early)
+    assert n > 1 or out.getvalue() == b""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("codec", compress.CODECS)
+def test_damage_past_the_first_fragment_is_named_as_such(ring, tmp_path, codec):
+    """The first fragment hashed while read (no verdict) and matched: damage
+    in a later one is reported as that fragment's, not as the first one
+    having changed."""
+    recipients, secret = ring
+    built = Built(str(tmp_path), recipients, secret, mixed(3 * MiB, 10), codec, MiB)
+    without_verdicts(built)
+    raw = bytearray(Path(built.path(3)).read_bytes())
+    raw[len(raw) // 3] ^= 0x04
+    Path(built.path(3)).write_bytes(raw)
+    with pytest.raises(errors.IntegrityError, match="chunk.3 fails its SHA-256"):
+        reader.restore(built.clear, built.body, secret.decrypt_session_key, built.path,
+                       io.BytesIO(), frames_vouch=True)
+
+
+@pytest.mark.timeout(60)
+def test_early_hashing_always_settles(tmp_path):
+    """A missing file, one not asked for, and a stop: digest never waits for ever."""
+    there = tmp_path / "there"
+    there.write_bytes(b"x" * (3 * MiB))
+    early = reader.Early([str(tmp_path / "missing"), str(there)])
+    assert early.digest(str(tmp_path / "missing"), ()) is None
+    assert early.digest(str(tmp_path / "other"), ()) is None
+    with open(there, "rb") as f:
+        st = reader.stamp(os.fstat(f.fileno()))
+    assert early.digest(str(there), st) == hashlib.sha256(b"x" * (3 * MiB)).hexdigest()
+    stopped = reader.Early([str(there)] * 3)
+    stopped.close()
+    for _ in range(3):
+        stopped.digest(str(there), st)        # settled, hashed or not
+
+
 # --- the archive asked for -----------------------------------------------------
 
 def test_check_identity_names_both_archives(ring, tmp_path):
@@ -869,10 +955,10 @@ def test_the_first_fragment_changed_while_read_is_refused(ring, tmp_path, monkey
             f.seek(100)
             f.write(byte)
 
-    def hashing(p, frag, n, trust=True):
+    def hashing(p, frag, n, trust=True, **kw):
         if n == 1 and when == "before the hash":
             touch()
-        found = real(p, frag, n, trust)
+        found = real(p, frag, n, trust, **kw)
         if n == 1 and when == "after the hash":
             touch()
         return found

@@ -7,8 +7,6 @@ import logging
 import os
 import time
 
-import trio
-
 from .. import backpressure, errors, manifest, ranges, restorequeue, thaw, thawprogress
 from ..health import thaw_holder
 from ..ids import BackupId
@@ -22,6 +20,7 @@ from .output import Output
 log = logging.getLogger("cryophile.restore")
 WAIT_POLL = 0.05
 TAKE_OVER_POLL = 0.5      # how often a waiting restore checks that a thawer still runs
+EARLY = 2                 # fragments of a local vault hashed while the restore starts
 
 
 def add_parser(sub) -> None:
@@ -53,6 +52,38 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     ctx = Context(args)           # main ran target.split_words: -S, -c after the target count
     span = target.byte_range(args)
+    early = None
+    if args.keyring and args.ulid and args.name is None and not (span or args.chain
+                                                                 or args.dry_run):
+        early = hash_ahead(ctx, args)
+    try:
+        return _run(args, ctx, span, early)
+    finally:
+        if early is not None:
+            early.close()
+
+
+def hash_ahead(ctx: Context, args) -> reader.Early | None:
+    """Hash the archive's first fragments in a local vault while the restore
+    starts (keys loaded, chunk.0 read), but those the spool holds (read from
+    there, with their verdicts); None where it does not apply (another kind
+    of vault, or arguments found wrong: said in their turn)."""
+    try:
+        bid = target.resolve(ctx, args, None)       # (-u: no look into the vault)
+        if not (ctx.vault(bid.vault).url or "").startswith("file://"):
+            return None
+        store = ctx.store(bid.vault)
+        if not isinstance(store, LocalStore):
+            return None
+        return reader.Early([os.path.join(store.root, bid.fragment_key(n))
+                             for n in range(1, EARLY + 1)
+                             if not any(os.path.exists(ctx.spool.path(queue, bid, n))
+                                        for queue in ("restore", "freeze"))])
+    except errors.Error:
+        return None
+
+
+def _run(args, ctx: Context, span, early: reader.Early | None) -> int:
     keyring = None
     if not args.dry_run or args.name is not None or span:   # a plan needs no key, but
         keyring = secret_keys(args.keyring, args.pass_fd)   # --name and a range do
@@ -69,7 +100,7 @@ def run(args) -> int:
     output = Output(args.output, args.force)
     try:
         ctx.spool.ensure()
-        size = trio.run(Restore(ctx, bid, keyring, span).run, output.file)
+        size = Restore(ctx, bid, keyring, span, early).run(output.file)
         output.commit()
     except BaseException:
         output.discard()
@@ -93,8 +124,10 @@ class Restore:
     """
 
     def __init__(self, ctx: Context, bid: BackupId, keyring,
-                 span: tuple[int, int | None] | None = None):
+                 span: tuple[int, int | None] | None = None,
+                 early: reader.Early | None = None):
         self.ctx, self.spool, self.bid, self.keyring = ctx, ctx.spool, bid, keyring
+        self.early = early          # the first fragments of a local vault, hashed already
         self.thawer: thaw.Thawer | None = None
         self.daemon = False
         self.decrypt_error: errors.Error | None = None
@@ -107,20 +140,31 @@ class Restore:
         self.finished = False       # a range's reading thread may wait ahead of need: stop it
         self.token = None
         self.vault_root: str | None = None     # a local vault's directory: read in place
+        self.sync = False           # read in place without trio (no thawer)
 
-    async def run(self, out) -> int:
-        self.token = trio.lowlevel.current_trio_token()
-        await trio.to_thread.run_sync(restorequeue.clear_failures, self.spool, self.bid)
-        await trio.to_thread.run_sync(self.reader.register)
+    def run(self, out) -> int:
+        """Restore into ``out``; its size.  Without trio (a third of the start of
+        a short restore goes to importing it) when every fragment is read in
+        place from a local vault or the spool: nothing is to be thawed, so no
+        thawer is kept."""
+        restorequeue.clear_failures(self.spool, self.bid)
+        self.reader.register()
         try:
-            return await self._run(out)
+            clear, body = self.prepare()
+            if self.in_place():
+                self.sync = True
+                return self.decrypt(clear, body, out)
+            import trio
+            try:
+                return trio.run(self._served, clear, body, out)
+            except BaseExceptionGroup as group:
+                raise self.decrypt_error or errors.unwrap(group) from None
         except (errors.IntegrityError, errors.MissingFragmentError) as exc:
             if exc is self.decrypt_error:
                 raise
             raise untrusted(exc, self.bid) from None     # e.g. found by the plan's look
         finally:
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(self.leave)
+            self.leave()
 
     def leave(self) -> None:
         """Unregister; the last reader out also removes what a thaw that died
@@ -133,19 +177,18 @@ class Restore:
                 finally:
                     lock.release()
 
-    async def _run(self, out) -> int:
-        clear = await trio.to_thread.run_sync(self.mark)
+    def prepare(self) -> tuple[manifest.ClearInfo, dict]:
+        """chunk.0 and the manifest; the plan reserved, the first window asked for."""
+        clear = self.mark()
         manifest.check_identity(clear, self.bid)
         encrypted = manifest.load(self.spool.path("restore", self.bid, 0))[1]
-        body = await trio.to_thread.run_sync(manifest.read_manifest, encrypted, clear,
-                                             self.keyring.decrypt_session_key)
+        body = manifest.read_manifest(encrypted, clear, self.keyring.decrypt_session_key)
         self.fragments = len(clear.fragments)
         self.order = list(range(1, self.fragments + 1))
         if self.span is not None:
             self.span = ranges.span(clear.size, *self.span, str(self.bid))
             self.order = ranges.fragments(clear, body, *self.span)
-        plan = await trio.to_thread.run_sync(thawplan.reserve, self.ctx, self.bid, clear,
-                                             self.order)
+        plan = thawplan.reserve(self.ctx, self.bid, clear, self.order)
         self.waiting = thawprogress.Waiting(log, self.bid, plan, len(self.order),
                                             thawprogress.every(),
                                             holder=lambda: thaw_holder(self.spool))
@@ -155,14 +198,24 @@ class Restore:
             self.vault_root = store.root
             log.debug("%s: fragments not in the spool are read in place from %s",
                       self.bid, store.url)
-        await trio.to_thread.run_sync(self.queue)
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self.keep_thawer, nursery)
-                size = await trio.to_thread.run_sync(self.decrypt, clear, body, out)
-                nursery.cancel_scope.cancel()
-        except BaseExceptionGroup as group:
-            raise self.decrypt_error or errors.unwrap(group) from None
+        self.queue()
+        return clear, body
+
+    def in_place(self) -> bool:
+        """Every fragment to read is in a local vault or the spool: read in place,
+        with nothing to thaw.  (A fragment of the spool's freeze queue goes into
+        the local vault before it leaves the queue: found there then.)"""
+        return self.vault_root is not None and all(self.local(n) for n in self.order)
+
+    async def _served(self, clear: manifest.ClearInfo, body: dict, out) -> int:
+        """Decrypt (in a thread) while a thawer brings the fragments, if no
+        other process serves this archive's requests."""
+        import trio
+        self.token = trio.lowlevel.current_trio_token()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.keep_thawer, nursery)
+            size = await trio.to_thread.run_sync(self.decrypt, clear, body, out)
+            nursery.cancel_scope.cancel()
         return size
 
     def mark(self) -> manifest.ClearInfo:
@@ -210,6 +263,7 @@ class Restore:
 
     def poke(self) -> None:
         if self.thawer is not None:
+            import trio
             try:
                 trio.from_thread.run_sync(self.thawer.poke, trio_token=self.token)
             except trio.RunFinishedError:
@@ -217,6 +271,7 @@ class Restore:
 
     async def keep_thawer(self, nursery) -> None:
         """Serve this archive's requests whenever nobody else does."""
+        import trio
         lock = thaw.DaemonLock(self.spool)
         told = False
         while True:
@@ -249,6 +304,10 @@ class Restore:
             path = self.reader.take(n) or self.in_vault(n)
             if path is not None:
                 return path
+            if self.sync:           # no thawer: it was there when the restore began
+                raise errors.MissingFragmentError(
+                    f"fragment chunk.{n} is no longer in the vault or the spool "
+                    "(removed while the restore ran?)")
             failure = restorequeue.failure(self.spool, self.bid, n)
             if failure is None and self.thawer is not None:
                 failure = self.thawer.failure
@@ -280,7 +339,8 @@ class Restore:
                                    self.wait_for, Counting(out, progress), *self.span,
                                    self.order)
             return reader.restore(clear, body, self.keyring.decrypt_session_key,
-                                  self.wait_for, Counting(out, progress), frames_vouch=True)
+                                  self.wait_for, Counting(out, progress), frames_vouch=True,
+                                  early=self.early)
         except (errors.IntegrityError, errors.MissingFragmentError) as exc:
             thaw.drop_damaged(self.spool, self.bid, clear)
             self.decrypt_error = untrusted(exc, self.bid)

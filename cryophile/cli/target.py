@@ -10,8 +10,6 @@ import logging
 import re
 import subprocess
 
-import trio
-
 from .. import errors, finding, ids, manifest, ranges
 from ..ids import BackupId
 from .common import timestamp
@@ -149,7 +147,7 @@ def restore_chain(ctx, bid: BackupId, keyring, command: list[str], restore_class
         except OSError as exc:
             raise errors.ProducerError(f"cannot run {command[0]}: {exc.strerror}") from None
         try:
-            trio.run(restore_class(ctx, entry.bid, keyring).run, proc.stdin)
+            restore_class(ctx, entry.bid, keyring).run(proc.stdin)
             proc.stdin.close()
         except BrokenPipeError:
             _close(proc)

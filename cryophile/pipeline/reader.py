@@ -95,13 +95,75 @@ def open_fragment(path: str, frag: Fragment, n: int) -> tuple:
     return f, stamp(st)
 
 
-def open_verified(path: str, frag: Fragment, n: int, trust: bool = True) -> VerifiedFile:
+class Early:
+    """SHA-256 of a local vault's first fragments, computed in a thread of its
+    own while the restore starts (imports, keys, chunk.0: one core busy, the
+    other idle), before what they must match is known.
+
+    ``digest(path, st)`` is the digest of the file at ``path`` if it was that
+    very file, unchanged (``st``: its stamp, the same as before and after
+    hashing); None otherwise (not hashed: changed meanwhile, a verdict
+    already vouches for it, unreadable, or stopped).  It waits while that
+    file is being hashed; the thread settles every entry when it ends.
+    """
+
+    def __init__(self, paths: list[str]):
+        self.paths = list(paths)
+        self.found: dict[str, tuple] = {}
+        self.done = {path: threading.Event() for path in self.paths}
+        self.stopped = False
+        threading.Thread(target=self._hash, name="cryophile-early", daemon=True).start()
+
+    def _hash(self) -> None:
+        try:
+            for path in self.paths:
+                try:
+                    if not self.stopped:
+                        self._one(path)
+                except OSError:
+                    pass
+                finally:
+                    self.done[path].set()
+        finally:
+            for event in self.done.values():
+                event.set()
+
+    def _one(self, path: str) -> None:
+        with open(path, "rb") as f:
+            st = stamp(os.fstat(f.fileno()))
+            if verdict.recorded(f.fileno()):
+                return                        # read without hashing anyway
+            h = hashlib.sha256()
+            buf = bytearray(BLOCK_SIZE)
+            view = memoryview(buf)
+            while k := f.readinto(buf):
+                if self.stopped:
+                    return
+                h.update(view[:k])
+            if stamp(os.fstat(f.fileno())) == st:
+                self.found[path] = st, h.hexdigest()
+
+    def digest(self, path: str, st: tuple) -> str | None:
+        if path not in self.done:
+            return None
+        self.done[path].wait()
+        found = self.found.get(path)
+        return found[1] if found is not None and found[0] == st else None
+
+    def close(self) -> None:
+        self.stopped = True
+
+
+def open_verified(path: str, frag: Fragment, n: int, trust: bool = True,
+                  early: Early | None = None) -> VerifiedFile:
     """Fragment n, hashed and checked against chunk.0, unless (``trust``) a
     verdict of this boot says that this very file, unchanged, has that
-    SHA-256 (verdict.py)."""
+    SHA-256 (verdict.py), or ``early`` hashed this very file, unchanged since."""
     f, st = open_fragment(path, frag, n)
     try:
         if trust and verdict.holds(f.fileno(), frag.sha256):
+            return VerifiedFile(f, n, st)
+        if early is not None and early.digest(path, st) == frag.sha256:
             return VerifiedFile(f, n, st)
         h = hashlib.sha256()
         buf = bytearray(BLOCK_SIZE)
@@ -195,7 +257,7 @@ class Gate:
 
 
 def verified_blocks(clear: ClearInfo, fragment_path: Callable[[int], str],
-                    gate: Gate | None = None) -> Iterator[bytes]:
+                    gate: Gate | None = None, early: Early | None = None) -> Iterator[bytes]:
     """The message, fragment by fragment, each verified before it is read.
 
     Unlike ``Ahead``, the next fragment's failure is the restore's: restore
@@ -205,7 +267,8 @@ def verified_blocks(clear: ClearInfo, fragment_path: Callable[[int], str],
     output until then."""
     with concurrent.futures.ThreadPoolExecutor(1, "cryophile-verify") as pool:
         def check(n: int, path: str | None = None) -> VerifiedFile:
-            return open_verified(path or fragment_path(n), clear.fragments[n - 1], n)
+            return open_verified(path or fragment_path(n), clear.fragments[n - 1], n,
+                                 early=early)
         last = len(clear.fragments)
         ahead = None
         try:
@@ -254,7 +317,8 @@ def _speculate(pool, check, path: str, frag: Fragment, gate: Gate):
             elif future.exception() is not None:
                 gate.settle(False, future.exception())
             else:
-                gate.settle(future.result().stamp == st, changed)
+                same = future.result().stamp == st
+                gate.settle(same, None if same else changed)
         hashed.add_done_callback(settle)
         read = 0
         while read < SPECULATE:
@@ -278,16 +342,18 @@ def _speculate(pool, check, path: str, frag: Fragment, gate: Gate):
 
 
 def restore(clear: ClearInfo, manifest: dict, unlock, fragment_path: Callable[[int], str],
-            out: BinaryIO, frames_vouch: bool = False) -> int:
+            out: BinaryIO, frames_vouch: bool = False, early: Early | None = None) -> int:
     """Write the plaintext to ``out``; return its size.  Raises on any damage.
 
     With ``frames_vouch``, the MDC is not computed when the frames carry
     checksums (openpgp.Mdc): every fragment is checked against its SHA-256
-    before use, and the frame checksums check the decrypted stream."""
+    before use, and the frame checksums check the decrypted stream.
+    ``early``: fragments hashed already (Early)."""
     buffers.reuse_buffers()
     mdc = openpgp.Mdc(frames_vouch)
     gate = Gate()
-    literal = openpgp.decrypt(openpgp.ByteSource(verified_blocks(clear, fragment_path, gate)),
+    literal = openpgp.decrypt(openpgp.ByteSource(verified_blocks(clear, fragment_path, gate,
+                                                                  early)),
                               unlock, mdc)
     chunks: queue.Queue = queue.Queue(8)
     result: dict = {}
@@ -303,7 +369,7 @@ def restore(clear: ClearInfo, manifest: dict, unlock, fragment_path: Callable[[i
     except BaseException as exc:
         literal.close()          # a hash under way ends, and settles the gate
         gate.settle(False, exc)  # (the output held back is dropped)
-        if gate.error is not exc and gate.error is not None:
+        if gate.state is False and gate.error is not exc and gate.error is not None:
             raise gate.error from None    # damage the hash found: said as such
         raise
     finally:

@@ -62,3 +62,16 @@ def holds(fd: int, sha256: str) -> bool:
     except OSError:
         return False
     return found == _value(sha256, os.fstat(fd))
+
+
+def recorded(fd: int) -> bool:
+    """Whether a verdict recorded in this boot holds for the file open as
+    ``fd``, whatever its SHA-256 (``holds`` then checks that one)."""
+    if not boot_id():
+        return False
+    try:
+        found = os.getxattr(fd, XATTR)
+    except OSError:
+        return False
+    parts = found.split()
+    return len(parts) == 6 and found == _value(parts[2].decode(), os.fstat(fd))
