@@ -294,11 +294,11 @@ class ReadAhead:
         """Keep CACHED blocks, dropping those farthest behind the decryption
         (under ``lock``)."""
         while len(self.cache) > CACHED:
-            victim = max((b for b in self.cache if b not in self.waiting),
-                         key=lambda b: (b < self.next, abs(self.next - b)), default=None)
-            if victim is None:
+            free = [b for b in self.cache if b not in self.waiting]
+            if not free:
                 return
-            del self.cache[victim]
+            low = min(free)      # the farthest behind, else the farthest ahead
+            del self.cache[low if low < self.next else max(free)]
 
     async def _changed(self) -> None:
         await self.changed.wait()
