@@ -226,7 +226,9 @@ class ReadAhead:
         self.failed: dict[int, BaseException] = {}    # blocks that cannot be read
         self.stalled = False          # the task stopped at a failed block
         self.running = False          # the task has a thread decrypting (or is about to)
-        self.changed = trio.Event()
+        # the waiters of _changed: _wake (trio thread only) wakes all parked at
+        # that moment, as a new Event per wake would, without making one
+        self.changed = trio.lowlevel.ParkingLot()
         self.closed = False
 
     # --- the reader's side --------------------------------------------------
@@ -301,11 +303,10 @@ class ReadAhead:
             del self.cache[low if low < self.next else max(free)]
 
     async def _changed(self) -> None:
-        await self.changed.wait()
+        await self.changed.park()
 
     def _wake(self) -> None:
-        self.changed.set()
-        self.changed = trio.Event()
+        self.changed.unpark_all()
 
     def close(self) -> None:
         self.closed = True
