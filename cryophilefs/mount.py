@@ -480,7 +480,3 @@ def mount_helper(argv: list[str] | None = None) -> int:
         else:
             where.append(arg)
     sys.exit(main(opts + where))
-
-
-def run() -> None:
-    sys.exit(main())

@@ -226,7 +226,9 @@ class ReadAhead:
         self.failed: dict[int, BaseException] = {}    # blocks that cannot be read
         self.stalled = False          # the task stopped at a failed block
         self.running = False          # the task has a thread decrypting (or is about to)
-        self.changed = trio.Event()
+        # the waiters of _changed: _wake (trio thread only) wakes all parked at
+        # that moment, as a new Event per wake would, without making one
+        self.changed = trio.lowlevel.ParkingLot()
         self.closed = False
 
     # --- the reader's side --------------------------------------------------
@@ -294,18 +296,17 @@ class ReadAhead:
         """Keep CACHED blocks, dropping those farthest behind the decryption
         (under ``lock``)."""
         while len(self.cache) > CACHED:
-            victim = max((b for b in self.cache if b not in self.waiting),
-                         key=lambda b: (b < self.next, abs(self.next - b)), default=None)
-            if victim is None:
+            free = [b for b in self.cache if b not in self.waiting]
+            if not free:
                 return
-            del self.cache[victim]
+            low = min(free)      # the farthest behind, else the farthest ahead
+            del self.cache[low if low < self.next else max(free)]
 
     async def _changed(self) -> None:
-        await self.changed.wait()
+        await self.changed.park()
 
     def _wake(self) -> None:
-        self.changed.set()
-        self.changed = trio.Event()
+        self.changed.unpark_all()
 
     def close(self) -> None:
         self.closed = True

@@ -1025,9 +1025,9 @@ def cut(frame: bytes, cuts: list[int]) -> list[bytes]:
        cuts=st.lists(st.integers(1, 30_000), max_size=8), workers=st.sampled_from([1, 2]))
 def test_a_damaged_lz4_frame_over_chunks_never_gives_wrong_bytes(lz4_decoder, data, flip, bit,
                                                                  cuts, workers):
-    """A frame spread over chunks (a stored block is then handed on as views
-    of them, never joined): intact, the right bytes in the right order; any
-    one bit flipped, the right bytes or IntegrityError."""
+    """A frame spread over chunks (a stored block is then joined once, or
+    handed on as views of them without a checksum): intact, the right bytes
+    in the right order; any one bit flipped, the right bytes or IntegrityError."""
     frame = bytearray(compress.compressor("lz4")(data))
     if bit < 8:
         frame[flip % len(frame)] ^= 1 << bit
