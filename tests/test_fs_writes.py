@@ -106,7 +106,8 @@ async def test_a_held_feeder_makes_writes_wait_then_all_is_sealed(tmp_path, fske
     ops = make_ops(tmp_path, fskeys, nursery)
     entered, go = hold_fragments(ops)
     _, info, _ = await start(ops, "held")
-    data = pattern("random", 40 * MiB, 1)
+    total = writer.DEPTH + 40              # more than the queue and the pipeline hold
+    data = pattern("random", total * MiB, 1)
     done = 0
 
     async def write_all():
@@ -123,11 +124,11 @@ async def test_a_held_feeder_makes_writes_wait_then_all_is_sealed(tmp_path, fske
             await trio.testing.wait_all_tasks_blocked(0.2)
             if waiting(incoming):
                 break
-        assert writer.DEPTH <= done < 40
+        assert writer.DEPTH <= done < total
         with incoming.cond:     # bounded: DEPTH × CHUNK and the request that went over
             assert 0 < incoming.inflight <= (writer.DEPTH + 1) * writer.CHUNK
         go.set()
-    assert done == 40
+    assert done == total
     await ops.flush(info.fh)
     await ops.release(info.fh)
     (node,) = archives_of(ops)
@@ -181,7 +182,7 @@ async def test_unmount_while_writes_wait_for_a_held_feeder(tmp_path, fskeys, nur
     _, info, _ = await start(ops, "held")
     bid = ops.handles[info.fh].incoming.bid
     incoming = ops.handles[info.fh].incoming
-    data = pattern("random", 40 * MiB, 3)
+    data = pattern("random", (writer.DEPTH + 40) * MiB, 3)     # more than the queue holds
 
     async def write_all():
         try:
