@@ -122,7 +122,7 @@ async def test_a_held_feeder_makes_writes_wait_then_all_is_sealed(tmp_path, fske
         incoming = ops.handles[info.fh].incoming
         while True:             # until the writes wait for room (the feeder is held)
             await trio.testing.wait_all_tasks_blocked(0.2)
-            if waiting(incoming):
+            if waiting(incoming) or done == total:      # (all taken: the bound failed)
                 break
         assert writer.DEPTH <= done < total
         with incoming.cond:     # bounded: DEPTH × CHUNK and the request that went over
@@ -183,11 +183,14 @@ async def test_unmount_while_writes_wait_for_a_held_feeder(tmp_path, fskeys, nur
     bid = ops.handles[info.fh].incoming.bid
     incoming = ops.handles[info.fh].incoming
     data = pattern("random", (writer.DEPTH + 40) * MiB, 3)     # more than the queue holds
+    finished = False
 
     async def write_all():
+        nonlocal finished
         try:
             for off in range(0, len(data), MiB):
                 await ops.write(info.fh, off, data[off:off + MiB])
+            finished = True
         except pyfuse3.FUSEError as exc:          # the writes after the abort
             assert exc.errno == errno.EINTR
 
@@ -198,6 +201,7 @@ async def test_unmount_while_writes_wait_for_a_held_feeder(tmp_path, fskeys, nur
             await trio.testing.wait_all_tasks_blocked(0.2)
             if waiting(incoming):
                 break
+            assert not finished, "every write was taken: the queue is not bounded"
         go.set()                    # what a held fragment waits for ends with the mount
         await trio.to_thread.run_sync(ops.abort_writers)
         tasks.cancel_scope.cancel()
