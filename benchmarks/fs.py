@@ -119,7 +119,7 @@ def write_series(args, root: Path, cert: Path, key: Path, freeze: bool) -> int:
             b = best(base)
             i = ours.index(best(ours))
             print(f"write  {kind:6} {what}  mount (dd bs=1M) {rate(size, ours[i].seconds)} "
-                  f"(mount {per_gib(size, fs_cpu[i])}, "
+                  f"(mount {per_gib(size, fs_cpu[i])}, dd {per_gib(size, ours[i].cpu)}, "
                   f"{fs_cpu[i] / ours[i].seconds / 2 * 100:.0f} % of its 2-core ceiling)   "
                   f"cryophile backup {rate(size, b.seconds)} ({per_gib(size, b.cpu)})   "
                   f"{ratio(b.seconds, ours[i].seconds)}   [{load()}]", flush=True)

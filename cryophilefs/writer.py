@@ -62,7 +62,12 @@ from .faults import FsError
 log = logging.getLogger("cryophilefs")
 
 CHUNK = 1 << 20
-DEPTH = 8
+# The queue smooths two stages whose pace varies along a stream: the FUSE
+# side (dd and this process take turns per request; its pace follows how
+# soon each is scheduled on busy cores) and the pipeline (its pace follows
+# how well each stretch compresses).  With 8 MiB it ran empty and full by
+# turns on real data; 32 MiB keeps the pipeline fed through such stretches.
+DEPTH = 32
 LINGER = 60.0           # seconds a released incoming entry stays resolvable
 
 WRITING, SEALED = "writing", "sealed"

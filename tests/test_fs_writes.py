@@ -106,7 +106,8 @@ async def test_a_held_feeder_makes_writes_wait_then_all_is_sealed(tmp_path, fske
     ops = make_ops(tmp_path, fskeys, nursery)
     entered, go = hold_fragments(ops)
     _, info, _ = await start(ops, "held")
-    data = pattern("random", 40 * MiB, 1)
+    total = writer.DEPTH + 40              # more than the queue and the pipeline hold
+    data = pattern("random", total * MiB, 1)
     done = 0
 
     async def write_all():
@@ -121,13 +122,13 @@ async def test_a_held_feeder_makes_writes_wait_then_all_is_sealed(tmp_path, fske
         incoming = ops.handles[info.fh].incoming
         while True:             # until the writes wait for room (the feeder is held)
             await trio.testing.wait_all_tasks_blocked(0.2)
-            if waiting(incoming):
+            if waiting(incoming) or done == total:      # (all taken: the bound failed)
                 break
-        assert writer.DEPTH <= done < 40
+        assert writer.DEPTH <= done < total
         with incoming.cond:     # bounded: DEPTH × CHUNK and the request that went over
             assert 0 < incoming.inflight <= (writer.DEPTH + 1) * writer.CHUNK
         go.set()
-    assert done == 40
+    assert done == total
     await ops.flush(info.fh)
     await ops.release(info.fh)
     (node,) = archives_of(ops)
@@ -181,12 +182,15 @@ async def test_unmount_while_writes_wait_for_a_held_feeder(tmp_path, fskeys, nur
     _, info, _ = await start(ops, "held")
     bid = ops.handles[info.fh].incoming.bid
     incoming = ops.handles[info.fh].incoming
-    data = pattern("random", 40 * MiB, 3)
+    data = pattern("random", (writer.DEPTH + 40) * MiB, 3)     # more than the queue holds
+    finished = False
 
     async def write_all():
+        nonlocal finished
         try:
             for off in range(0, len(data), MiB):
                 await ops.write(info.fh, off, data[off:off + MiB])
+            finished = True
         except pyfuse3.FUSEError as exc:          # the writes after the abort
             assert exc.errno == errno.EINTR
 
@@ -197,6 +201,7 @@ async def test_unmount_while_writes_wait_for_a_held_feeder(tmp_path, fskeys, nur
             await trio.testing.wait_all_tasks_blocked(0.2)
             if waiting(incoming):
                 break
+            assert not finished, "every write was taken: the queue is not bounded"
         go.set()                    # what a held fragment waits for ends with the mount
         await trio.to_thread.run_sync(ops.abort_writers)
         tasks.cancel_scope.cancel()
