@@ -198,8 +198,8 @@ def init(*args):
     real(*args)                             # the mount is visible from here on
     os.kill(os.getpid(), signum)
 pyfuse3.init = init
-from cryophilefs.mount import run
-run()
+from cryophilefs.mount import main
+sys.exit(main())
 """
 
 
