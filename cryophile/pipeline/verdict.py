@@ -52,26 +52,29 @@ def record(fd: int, sha256: str) -> None:
         pass
 
 
+def _found(fd: int) -> bytes | None:
+    """The verdict recorded on the file open as ``fd``, if this boot can
+    trust one."""
+    if not boot_id():
+        return None
+    try:
+        return os.getxattr(fd, XATTR)
+    except OSError:
+        return None
+
+
 def holds(fd: int, sha256: str) -> bool:
     """Whether a verdict recorded in this boot says the file open as ``fd``
     has this SHA-256 and the file has not been written since."""
-    if not boot_id():
-        return False
-    try:
-        found = os.getxattr(fd, XATTR)
-    except OSError:
-        return False
-    return found == _value(sha256, os.fstat(fd))
+    found = _found(fd)
+    return found is not None and found == _value(sha256, os.fstat(fd))
 
 
 def recorded(fd: int) -> bool:
     """Whether a verdict recorded in this boot holds for the file open as
     ``fd``, whatever its SHA-256 (``holds`` then checks that one)."""
-    if not boot_id():
-        return False
-    try:
-        found = os.getxattr(fd, XATTR)
-    except OSError:
+    found = _found(fd)
+    if found is None:
         return False
     parts = found.split()
     return len(parts) == 6 and found == _value(parts[2].decode(), os.fstat(fd))
