@@ -17,7 +17,7 @@ from unittest import mock
 
 import pytest
 import trio
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from cryophile.pipeline import plainreader
@@ -27,10 +27,16 @@ from tests.fsrig import fskeys  # noqa: F401
 from tests.test_fs_operations import MiB, backup, make_ops
 
 SIZE = 7 * MiB + 4321
-delays = st.sampled_from([0, 0, 0, 0.0005, 0.003])
-reads = st.lists(st.lists(
-    st.tuples(st.integers(0, SIZE - 1), st.integers(1, 2 * MiB), delays),
-    min_size=1, max_size=6), min_size=1, max_size=4)
+
+
+def groups(*delays: float):
+    """Groups of reads sent at once: (offset, size, delay before it)."""
+    return st.lists(st.lists(
+        st.tuples(st.integers(0, SIZE - 1), st.integers(1, 2 * MiB), st.sampled_from(delays)),
+        min_size=1, max_size=6), min_size=1, max_size=4)
+
+
+reads = groups(0, 0, 0, 0.0005, 0.003)
 
 
 class Busy:
@@ -57,6 +63,42 @@ class Busy:
         sys.setswitchinterval(self.old)
 
 
+async def read_in_groups(ops, fh: int, rounds, data: bytes) -> None:
+    """Each group's reads sent at once (as the kernel's readahead and several
+    readers do), each after its own short delay: every read gets its bytes."""
+    async def one(off, size, delay):
+        await trio.sleep(delay)
+        assert await ops.read(fh, off, size) == data[off:off + size]
+    for group in rounds:
+        async with trio.open_nursery() as readers:
+            for off, size, delay in group:
+                readers.start_soon(one, off, size, delay)
+
+
+@settings(max_examples=100, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rounds=groups(0, 0, 0.001, 0.02))
+@example(rounds=[[(5 * MiB, 1, 0), (3 * MiB, 1, 0.001)]])   # steered back below a read
+def test_any_concurrent_reads_on_one_handle_are_all_answered(tmp_path_factory, fskeys, rounds):
+    """Any groups of concurrent reads at any offsets, the thread at its own
+    pace: none waits for ever.  A steer to a low block once left the horizon
+    short of a read just above it, and that read waited for ever."""
+    root = tmp_path_factory.mktemp("reads")
+    data = random.Random(len(rounds)).randbytes(SIZE)
+
+    async def run():
+        async with trio.open_nursery() as nursery:
+            ops = make_ops(root, fskeys, nursery)
+            node = await backup(ops, data, step=MiB)
+            info = await ops.open(node.ino, os.O_RDONLY, None)
+            with trio.fail_after(120):          # a hang guard, not a speed check
+                await read_in_groups(ops, info.fh, rounds, data)
+            await ops.release(info.fh)
+            nursery.cancel_scope.cancel()
+    with mock.patch.multiple(reader, AHEAD=2, RESUME=1, CACHED=4):
+        trio.run(run)
+
+
 @settings(max_examples=25, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rounds=reads, seed=st.integers(0, 2**32), close_early=st.booleans())
@@ -74,10 +116,6 @@ def test_reads_are_answered_whatever_the_decrypting_thread_takes(tmp_path_factor
         time.sleep(pace.choice((0, 0, 0.0002, 0.002, 0.01)))
         return real(self, off, size)
 
-    async def one(ops, fh, off, size, delay):
-        await trio.sleep(delay)
-        assert await ops.read(fh, off, size) == data[off:off + size]
-
     async def run():
         async with trio.open_nursery() as nursery:
             ops = make_ops(root, fskeys, nursery)
@@ -85,10 +123,7 @@ def test_reads_are_answered_whatever_the_decrypting_thread_takes(tmp_path_factor
             info = await ops.open(node.ino, os.O_RDONLY, None)
             ahead = ops.handles[info.fh].reader
             with trio.fail_after(120):          # a hang guard, not a speed check
-                for group in rounds:
-                    async with trio.open_nursery() as readers:
-                        for off, size, delay in group:
-                            readers.start_soon(one, ops, info.fh, off, size, delay)
+                await read_in_groups(ops, info.fh, rounds, data)
                 if close_early:
                     ahead.horizon = ahead.blocks     # the thread at work at the release
                     ahead._wake()

@@ -7,7 +7,6 @@ import logging
 import os
 import random
 import stat
-from unittest import mock
 
 import pyfuse3
 import pytest
@@ -457,46 +456,6 @@ async def test_concurrent_reads_far_apart_on_one_handle(tmp_path, fskeys, nurser
                     readers.start_soon(one, off)
             assert all(got[off] == data[off:off + 200_000] for off in offsets)
     await ops.release(info.fh)
-
-
-READ_SIZE = 9 * MiB + 12345
-concurrent_reads = st.lists(st.lists(
-    st.tuples(st.integers(0, READ_SIZE - 1), st.integers(1, 2 * MiB),
-              st.sampled_from([0, 0, 0.001, 0.02])), min_size=1, max_size=8),
-    min_size=1, max_size=4)
-
-
-@settings(max_examples=100, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(rounds=concurrent_reads)
-def test_any_concurrent_reads_on_one_handle_are_all_answered(tmp_path_factory, fskeys, rounds):
-    """Any groups of reads sent at once (as the kernel's readahead and several
-    readers do), at any offsets, each after its own short delay: every read
-    gets its bytes, none waits for ever.  The read-ahead is made small, so that
-    a few MiB exercise its steering; a steer to a low block once left the
-    horizon short of a read just above it, and that read waited for ever."""
-    from cryophilefs import reader
-    root = tmp_path_factory.mktemp("reads")
-    data = random.Random(len(rounds)).randbytes(READ_SIZE)
-
-    async def one(ops, fh, off, size, delay):
-        await trio.sleep(delay)
-        assert await ops.read(fh, off, size) == data[off:off + size]
-
-    async def run():
-        async with trio.open_nursery() as nursery:
-            ops = make_ops(root, fskeys, nursery)
-            node = await backup(ops, data, step=MiB)
-            info = await ops.open(node.ino, os.O_RDONLY, None)
-            with trio.fail_after(60):          # a hang guard, not a speed check
-                for group in rounds:
-                    async with trio.open_nursery() as readers:
-                        for off, size, delay in group:
-                            readers.start_soon(one, ops, info.fh, off, size, delay)
-            await ops.release(info.fh)
-            nursery.cancel_scope.cancel()
-    with mock.patch.multiple(reader, AHEAD=2, RESUME=1, CACHED=4):
-        trio.run(run)
 
 
 deltas = st.one_of(st.just(0), st.just(0), st.integers(-3000, 3000))
