@@ -95,6 +95,19 @@ def open_fragment(path: str, frag: Fragment, n: int) -> tuple:
     return f, stamp(st)
 
 
+def sha256_of(f, stopped: Callable[[], bool] = lambda: False) -> str | None:
+    """The SHA-256 (hex) of the rest of ``f``, read into one reused buffer;
+    None if ``stopped()`` turns true meanwhile."""
+    h = hashlib.sha256()
+    buf = bytearray(BLOCK_SIZE)
+    view = memoryview(buf)
+    while k := f.readinto(buf):
+        if stopped():
+            return None
+        h.update(view[:k])
+    return h.hexdigest()
+
+
 class Early:
     """SHA-256 of a local vault's first fragments, computed in a thread of its
     own while the restore starts (imports, keys, chunk.0: one core busy, the
@@ -133,15 +146,9 @@ class Early:
             st = stamp(os.fstat(f.fileno()))
             if verdict.recorded(f.fileno()):
                 return                        # read without hashing anyway
-            h = hashlib.sha256()
-            buf = bytearray(BLOCK_SIZE)
-            view = memoryview(buf)
-            while k := f.readinto(buf):
-                if self.stopped:
-                    return
-                h.update(view[:k])
-            if stamp(os.fstat(f.fileno())) == st:
-                self.found[path] = st, h.hexdigest()
+            digest = sha256_of(f, lambda: self.stopped)
+            if digest is not None and stamp(os.fstat(f.fileno())) == st:
+                self.found[path] = st, digest
 
     def digest(self, path: str, st: tuple) -> str | None:
         if path not in self.done:
@@ -165,14 +172,10 @@ def open_verified(path: str, frag: Fragment, n: int, trust: bool = True,
             return VerifiedFile(f, n, st)
         if early is not None and early.digest(path, st) == frag.sha256:
             return VerifiedFile(f, n, st)
-        h = hashlib.sha256()
-        buf = bytearray(BLOCK_SIZE)
-        view = memoryview(buf)
-        while k := f.readinto(buf):
-            h.update(view[:k])
+        digest = sha256_of(f)
         verified = VerifiedFile(f, n, st)
         verified.check()
-        if h.hexdigest() != frag.sha256:
+        if digest != frag.sha256:
             raise errors.IntegrityError(f"fragment chunk.{n} fails its SHA-256 check: "
                                         "it is damaged")
     except BaseException:
