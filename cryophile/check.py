@@ -138,24 +138,9 @@ def _indexed(cache: MarkCache | None, archives: list[Archive]
         mine = [a for a in archives if a.bid.vault == vault and 0 in a.objects]
         if not mine:
             continue
-        prefix = _common_prefix(a.bid.prefix for a in mine)
+        prefix = os.path.commonpath([a.bid.prefix for a in mine])   # whole segments
         found.update(cache.read_all(vault, prefix))
     return found
-
-
-def _common_prefix(prefixes: Iterable[str]) -> str:
-    """The longest prefix (whole segments) every one of ``prefixes`` is under."""
-    common: list[str] | None = None
-    for prefix in prefixes:
-        parts = prefix.split("/") if prefix else []
-        if common is None:
-            common = parts
-        else:
-            n = 0
-            while n < min(len(common), len(parts)) and common[n] == parts[n]:
-                n += 1
-            del common[n:]
-    return "/".join(common or [])
 
 
 def exit_code(problems: Iterable[Problem]) -> int:
