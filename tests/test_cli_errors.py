@@ -310,3 +310,34 @@ def test_debug_shows_traceback(rig, recipes):
                     str(recipes["sq"].key), input=None, pre=["-d"])
     assert debug.returncode == NOT_FOUND
     assert b"Traceback" in debug.stderr
+
+
+@pytest.mark.expect_log          # the writer says it sealed the stream incomplete
+@pytest.mark.parametrize("output", [False, True])
+def test_restore_of_an_archive_sealed_incomplete(rig, recipes, tmp_path, output):
+    """A stream the mount sealed incomplete (its writer died) comes back as it
+    was written, with a warning first (a `| zfs receive` failing on it may end
+    the restore) and exit 14: never exit 0, which a script takes for whole."""
+    from cryophile import keys
+    from cryophile.ids import BackupId, new_ulid
+    from cryophile.pipeline.writer import ArchiveWriter
+    from cryophile.spool import Spool
+    from tests.test_catalog import _tar_cut_short
+    rig.write_config()
+    spool = Spool(str(rig.spool))
+    spool.ensure()
+    bid = BackupId(rig.vault, "", new_ulid())
+    data = _tar_cut_short()
+    writer = ArchiveWriter(spool, bid, keys.load_certificates([str(recipes["gpg"].cert)]),
+                           "lz4", 4096)
+    writer.write(data)
+    writer.close(incomplete="mark")
+    rig.run("freeze", "--once", check=True)
+    out = tmp_path / "out.tar"
+    proc = rig.restore(bid.ulid, recipes["gpg"].key, *(["-o", str(out)] if output else []))
+    err = proc.stderr.decode(errors="replace")
+    assert proc.returncode == 14, err
+    warning, error = err.splitlines()
+    assert warning.startswith("cryophile: warning: ") and "sealed incomplete" in warning
+    assert error.startswith("cryophile: error: ") and "not a whole stream" in error
+    assert (out.read_bytes() if output else proc.stdout) == data
