@@ -341,3 +341,25 @@ def test_restore_of_an_archive_sealed_incomplete(rig, recipes, tmp_path, output)
     assert warning.startswith("cryophile: warning: ") and "sealed incomplete" in warning
     assert error.startswith("cryophile: error: ") and "not a whole stream" in error
     assert (out.read_bytes() if output else proc.stdout) == data
+
+
+@pytest.mark.timeout(60)
+def test_ctrl_c_while_the_command_line_is_read(tmp_path):
+    """Ctrl-C while a command's module is imported and its options parsed
+    (before it begins anything) ends with one line and 130, not a traceback:
+    a real SIGINT, delivered from inside the parser."""
+    import sys
+    script = (
+        "import os, signal, sys\n"
+        "from cryophile.cli import main\n"
+        "real = main.parser\n"
+        "def parser(*a):\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    return real(*a)\n"
+        "main.parser = parser\n"
+        "sys.argv = ['cryophile', '-S', sys.argv[1], 'status']\n"
+        "main.run()\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "spool")],
+                          capture_output=True, timeout=60)
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.decode() == "cryophile: error: interrupted\n"

@@ -190,7 +190,11 @@ def _terminate(signum, frame):
 
 
 def run() -> None:
-    code = main()
+    try:
+        code = main()
+    except KeyboardInterrupt:       # Ctrl-C while the command line is read: nothing begun
+        print(f"{PROG}: error: interrupted", file=sys.stderr)
+        code = errors.Interrupted.exit_code
     # What is left is freed by the exit itself: without this, the interpreter's
     # last garbage collection walks every object the imports made (~0.1 s of a
     # run).  Files are closed and stdout flushed by now; logging's handlers
