@@ -341,6 +341,9 @@ def test_restore_of_an_archive_sealed_incomplete(rig, recipes, tmp_path, output)
     assert warning.startswith("cryophile: warning: ") and "sealed incomplete" in warning
     assert error.startswith("cryophile: error: ") and "not a whole stream" in error
     assert (out.read_bytes() if output else proc.stdout) == data
+    # --latest passes it over, and says so
+    failed(rig.run("restore", "-v", rig.vault, "--latest", "-k", str(recipes["gpg"].key),
+                   input=None), NOT_FOUND, "no archive sealed", "passed over: 1 incomplete")
 
 
 @pytest.mark.timeout(60)
