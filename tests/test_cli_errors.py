@@ -366,3 +366,12 @@ def test_ctrl_c_while_the_command_line_is_read(tmp_path):
                           capture_output=True, timeout=60)
     assert proc.returncode == 130, proc.stderr
     assert proc.stderr.decode() == "cryophile: error: interrupted\n"
+
+
+def test_thaw_plan_of_a_prefix_without_archives(rig, recipes):
+    """A mistyped prefix is not an empty plan ("nothing to thaw", exit 0)."""
+    backup(rig, recipes["gpg"].cert, "-p", "tank")
+    rig.run("freeze", "--once", check=True)
+    failed(rig.run("thaw", "--plan", f"{rig.vault}/tnak"), NOT_FOUND,
+           f"no archive under {rig.vault}/tnak")
+    assert rig.run("thaw", "--plan", f"{rig.vault}/tank").returncode == 0

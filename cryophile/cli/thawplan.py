@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sys
 
-from .. import config, plan as plans
+from .. import config, errors, plan as plans
 from ..ledger import Budget, Guard
 from .common import Context, positive_int
 
@@ -66,6 +66,9 @@ def run(args) -> int:
             bids = [plans.BackupId(vault, prefix, ulid)]
         else:
             bids = plans.find(store, vault, prefix)
+            if not bids:        # (a mistyped prefix must not read as "nothing to thaw")
+                where = f"{vault}/{prefix}" if prefix else vault
+                raise errors.NotFoundError(f"no archive under {where} in {store.url}")
         for bid in bids:
             plans.add_archive(plan, ctx.spool, store, plans.read_clear(ctx.spool, store, bid))
         show(plan, args.json, Budget(ctx.spool, ctx.config))
