@@ -367,3 +367,30 @@ def test_ctrl_c_just_before_the_huge_page_exec_is_not_lost(rig):
     assert proc.returncode == 130, (out + err).decode()
     assert err.decode() == "cryophilefs: error: interrupted\n"
     assert not os.path.ismount(rig.mnt)
+
+
+SIGINT_IN_START_UP = """
+import os, signal, sys
+from cryophilefs import mount
+real = mount.load_keys
+def load_keys(*args):
+    os.kill(os.getpid(), signal.SIGINT)     # Ctrl-C while the keys load
+    return real(*args)
+mount.load_keys = load_keys
+sys.exit(mount.main())
+"""
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_while_the_keys_load_says_so(rig):
+    """Interrupted before it mounts: one line and 130, not a silent 130."""
+    command = rig.command()
+    command[1:3] = ["-c", SIGINT_IN_START_UP]
+    proc = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, timeout=60,
+                          env={**os.environ, "CRYOPHILE_LOG_STYLE": "never"})
+    try:
+        assert proc.returncode == 130, proc.stderr
+        assert proc.stderr.decode().endswith("cryophilefs: error: interrupted\n"), proc.stderr
+        assert not os.path.ismount(rig.mnt)
+    finally:
+        subprocess.run(["fusermount3", "-uz", str(rig.mnt)], capture_output=True)
