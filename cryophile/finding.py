@@ -54,7 +54,13 @@ def pick(found: list[catalog.Entry], vault: str, prefix: str, *, latest: bool = 
     if not mine:
         what = ("named " + repr(name)) if name is not None else (
             f"made before {before.isoformat()}" if before is not None else "sealed")
-        raise errors.NotFoundError(f"no archive {what} in {where}")
+        passed: dict[str, int] = {}
+        for e in found:
+            if e.bid.prefix == prefix and e.state in UNSEALED:
+                passed[e.state] = passed.get(e.state, 0) + 1
+        hint = (" (passed over: " + ", ".join(f"{n} {s}" for s, n in sorted(passed.items()))
+                + "; cryophile ls shows them, restore takes one by its id)") if passed else ""
+        raise errors.NotFoundError(f"no archive {what} in {where}{hint}")
     return max(mine, key=lambda e: e.bid.ulid).bid
 
 

@@ -20,6 +20,10 @@ rules would delete:
   stored that long when deleted early, so such an archive is held unless
   early deletion is allowed; the charge is shown either way.
 
+Archives sealed ``incomplete`` (a stream the mount sealed although it was
+cut short) are no backups to count either: no rule keeps them, so they never
+take the place of a whole one, and they are deleted unless something holds
+them.
 Archives still in the spool's freeze queue (``queued``) are no backups yet
 in the vault: no rule counts them, and they are always kept (with their
 bases); so are backups still being written (``writing``), whose parent is
@@ -114,6 +118,7 @@ class Item:
     writing: bool = False            # a backup still being written (with queued)
     label: str = ""                  # how to name it in messages (default: the ULID)
     pending: int = 0                 # queued: bytes it will hold in the vault once frozen
+    incomplete: bool = False         # sealed incomplete: counts for no rule
 
     @property
     def size(self) -> int:
@@ -155,11 +160,14 @@ def plan(items: Iterable[Item], policy: Policy, now: datetime.datetime,
         raise ValueError("a retention policy needs at least one keep rule")
     items = list(items)
     decisions = {id(i): Decision(i) for i in items}
-    for group in _by_prefix(i for i in items if not i.queued).values():
+    for group in _by_prefix(i for i in items if not i.queued and not i.incomplete).values():
         for item, reasons in zip(group, _rules(group, policy)):
             if reasons:
                 decisions[id(item)].action = KEEP
                 decisions[id(item)].reasons = reasons
+    for item in items:
+        if item.incomplete and not item.queued:
+            decisions[id(item)].reasons = ["incomplete"]
     for item in items:
         if item.queued:
             decisions[id(item)].action = KEEP
@@ -169,7 +177,7 @@ def plan(items: Iterable[Item], policy: Policy, now: datetime.datetime,
         d.charge, d.early = early_charge(d.item, now, prices)
         if d.action == DELETE and d.early and not allow_early_delete:
             d.action = HELD
-            d.reasons = [f"too young to delete without a charge ({d.early})"]
+            d.reasons = d.reasons + [f"too young to delete without a charge ({d.early})"]
     outside = [o for o in others if id(o) not in decisions]
     for o in outside:
         decisions[id(o)] = Decision(o, KEEP)

@@ -9,15 +9,26 @@ from .hugepages import start_again
 
 
 def main() -> int:
-    start_again()
-    from .mount import main as mount_main
+    try:
+        start_again()
+        from .mount import main as mount_main
+    except KeyboardInterrupt:       # Ctrl-C in start-up: nothing mounted yet
+        return _interrupted()
     return mount_main()
 
 
 def mount_helper() -> int:
-    start_again()
-    from .mount import mount_helper as helper
+    try:
+        start_again()
+        from .mount import mount_helper as helper
+    except KeyboardInterrupt:
+        return _interrupted()
     return helper()
+
+
+def _interrupted() -> int:
+    print("cryophilefs: error: interrupted", file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":

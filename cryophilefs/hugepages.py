@@ -13,6 +13,7 @@ Stdlib only, and nothing else imported here: this runs first.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 TUNABLE = "glibc.malloc.hugetlb"
@@ -58,7 +59,13 @@ def libc_version() -> str:
 def start_again() -> None:
     """Replace this process (same pid, arguments and environment) by one that
     has glibc's huge-page tunable, if it is wanted; return if not, or if that
-    cannot be done."""
+    cannot be done.
+
+    A Ctrl-C is not lost in the exec: SIGINT is blocked across it (a signal
+    Python's handler had noted but not yet acted on would go with the old
+    image), stays pending, and is delivered when the new start unblocks it
+    here (KeyboardInterrupt, as anywhere else in start-up)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     tunables = os.environ.get("GLIBC_TUNABLES", "")
     if not sys.executable or not sys.orig_argv \
             or not wanted(tunables, thp_mode(), libc_version()):
@@ -68,6 +75,9 @@ def start_again() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     try:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         os.execve(sys.executable, sys.orig_argv, env)
     except OSError:
         return                  # (runs as it is: only slower)
+    finally:                    # (not exec'd, or a noted Ctrl-C raised: let the next in)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})

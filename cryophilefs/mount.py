@@ -215,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{PROG}: error: {logsetup.redact(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
+        print(f"{PROG}: error: interrupted", file=sys.stderr)
         return errors.Interrupted.exit_code
 
 

@@ -597,7 +597,7 @@ class Operations(pyfuse3.Operations):
             fields += ("name",)
         clear = archive.clear
         if clear is not None and chains.parents(
-                [chains.Link.of(archive.bid, clear)]).get(archive.bid.ulid) is not None:
+                [chains.Link.of(archive.bid, clear)]).get(archive.bid.key) is not None:
             fields += ("parent",)
         if clear is not None and clear.kind in ("zfs", "btrfs") and (
                 archive.manifest is None or snapshot_name(archive.manifest.get("stream"))):

@@ -310,3 +310,68 @@ def test_debug_shows_traceback(rig, recipes):
                     str(recipes["sq"].key), input=None, pre=["-d"])
     assert debug.returncode == NOT_FOUND
     assert b"Traceback" in debug.stderr
+
+
+@pytest.mark.expect_log          # the writer says it sealed the stream incomplete
+@pytest.mark.parametrize("output", [False, True])
+def test_restore_of_an_archive_sealed_incomplete(rig, recipes, tmp_path, output):
+    """A stream the mount sealed incomplete (its writer died) comes back as it
+    was written, with a warning first (a `| zfs receive` failing on it may end
+    the restore) and exit 14: never exit 0, which a script takes for whole."""
+    from cryophile import keys
+    from cryophile.ids import BackupId, new_ulid
+    from cryophile.pipeline.writer import ArchiveWriter
+    from cryophile.spool import Spool
+    from tests.test_catalog import _tar_cut_short
+    rig.write_config()
+    spool = Spool(str(rig.spool))
+    spool.ensure()
+    bid = BackupId(rig.vault, "", new_ulid())
+    data = _tar_cut_short()
+    writer = ArchiveWriter(spool, bid, keys.load_certificates([str(recipes["gpg"].cert)]),
+                           "lz4", 4096)
+    writer.write(data)
+    writer.close(incomplete="mark")
+    rig.run("freeze", "--once", check=True)
+    out = tmp_path / "out.tar"
+    proc = rig.restore(bid.ulid, recipes["gpg"].key, *(["-o", str(out)] if output else []))
+    err = proc.stderr.decode(errors="replace")
+    assert proc.returncode == 14, err
+    warning, error = err.splitlines()
+    assert warning.startswith("cryophile: warning: ") and "sealed incomplete" in warning
+    assert error.startswith("cryophile: error: ") and "not a whole stream" in error
+    assert (out.read_bytes() if output else proc.stdout) == data
+    # --latest passes it over, and says so
+    failed(rig.run("restore", "-v", rig.vault, "--latest", "-k", str(recipes["gpg"].key),
+                   input=None), NOT_FOUND, "no archive sealed", "passed over: 1 incomplete")
+
+
+@pytest.mark.timeout(60)
+def test_ctrl_c_while_the_command_line_is_read(tmp_path):
+    """Ctrl-C while a command's module is imported and its options parsed
+    (before it begins anything) ends with one line and 130, not a traceback:
+    a real SIGINT, delivered from inside the parser."""
+    import sys
+    script = (
+        "import os, signal, sys\n"
+        "from cryophile.cli import main\n"
+        "real = main.parser\n"
+        "def parser(*a):\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    return real(*a)\n"
+        "main.parser = parser\n"
+        "sys.argv = ['cryophile', '-S', sys.argv[1], 'status']\n"
+        "main.run()\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "spool")],
+                          capture_output=True, timeout=60)
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.decode() == "cryophile: error: interrupted\n"
+
+
+def test_thaw_plan_of_a_prefix_without_archives(rig, recipes):
+    """A mistyped prefix is not an empty plan ("nothing to thaw", exit 0)."""
+    backup(rig, recipes["gpg"].cert, "-p", "tank")
+    rig.run("freeze", "--once", check=True)
+    failed(rig.run("thaw", "--plan", f"{rig.vault}/tnak"), NOT_FOUND,
+           f"no archive under {rig.vault}/tnak")
+    assert rig.run("thaw", "--plan", f"{rig.vault}/tank").returncode == 0

@@ -187,3 +187,17 @@ def test_restore_chain_stops_at_a_damaged_archive(rig, zchain, recipes, tmp_path
     assert len(lines) == 3 and "not to be trusted" in lines[2]
     assert f"chain stopped at archive 2 of 3 ({rig.vault}/tank/fs/{b})" in lines[2]
     assert count.read_text() == "x\n"          # the second run was stopped, the third never ran
+
+
+def test_restore_chain_names_a_command_that_stops_reading(rig, zchain, recipes):
+    """A receiving command that exits without reading (zfs receive into a
+    dataset that does not exist) is named with its status, exit 13: not the
+    quiet 141 of a closed stdout, which would leave the user guessing."""
+    a, b, c, t = zchain
+    proc = rig.run("restore", "-k", str(recipes["sq"].key), f"{rig.vault}/tank/fs/{c}",
+                   "--chain", "--", "sh", "-c", "exit 3", input=None)
+    err = proc.stderr.decode()
+    assert proc.returncode == 13, err
+    # (stopped reading, or failed if it happened to exit after the archive fit in the pipe)
+    assert f"archive 1 of 3 ({rig.vault}/tank/fs/{a})" in err and "exit status 3" in err, err
+    assert len(err.splitlines()) == 2, err     # "restoring archive 1 of 3", then the error

@@ -326,3 +326,71 @@ def test_option_refused_at_init_is_an_error(rig):
     assert not os.path.ismount(rig.mnt)
     assert proc.returncode == 1, proc.stderr.decode()
     assert ours[-1].startswith("cryophilefs: error: cannot mount on") and "refused" in ours[-1]
+
+
+SIGINT_AT_EXEC = """
+import os, signal, sys
+from cryophilefs import __main__ as entry, hugepages
+real = os.execve
+def execve(*args):
+    os.kill(os.getpid(), signal.SIGINT)     # Ctrl-C the instant before the exec
+    real(*args)
+os.execve = execve
+sys.exit(entry.main())
+"""
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_just_before_the_huge_page_exec_is_not_lost(rig):
+    """cryophilefs starts itself again (hugepages.py) early: a Ctrl-C that
+    Python's handler had noted but not acted on went with the old image, and
+    the mount came up as if never interrupted.  It ends start-up instead:
+    one line, exit 130, nothing mounted."""
+    from cryophilefs import hugepages
+    if not hugepages.wanted(os.environ.get("GLIBC_TUNABLES", ""), hugepages.thp_mode(),
+                            hugepages.libc_version()):
+        pytest.skip("no huge-page restart on this system")
+    command = rig.command()
+    assert command[1:3] == ["-m", "cryophilefs"]
+    command[1:3] = ["-c", SIGINT_AT_EXEC]
+    proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE,
+                            env={**os.environ, "CRYOPHILE_LOG_STYLE": "never"})
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)     # it mounted: the Ctrl-C was lost
+        out, err = proc.communicate(timeout=60)
+        raise AssertionError("the Ctrl-C was lost: " + (out + err).decode()) from None
+    finally:
+        subprocess.run(["fusermount3", "-uz", str(rig.mnt)], capture_output=True)
+    assert proc.returncode == 130, (out + err).decode()
+    assert err.decode() == "cryophilefs: error: interrupted\n"
+    assert not os.path.ismount(rig.mnt)
+
+
+SIGINT_IN_START_UP = """
+import os, signal, sys
+from cryophilefs import mount
+real = mount.load_keys
+def load_keys(*args):
+    os.kill(os.getpid(), signal.SIGINT)     # Ctrl-C while the keys load
+    return real(*args)
+mount.load_keys = load_keys
+sys.exit(mount.main())
+"""
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_while_the_keys_load_says_so(rig):
+    """Interrupted before it mounts: one line and 130, not a silent 130."""
+    command = rig.command()
+    command[1:3] = ["-c", SIGINT_IN_START_UP]
+    proc = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, timeout=60,
+                          env={**os.environ, "CRYOPHILE_LOG_STYLE": "never"})
+    try:
+        assert proc.returncode == 130, proc.stderr
+        assert proc.stderr.decode().endswith("cryophilefs: error: interrupted\n"), proc.stderr
+        assert not os.path.ismount(rig.mnt)
+    finally:
+        subprocess.run(["fusermount3", "-uz", str(rig.mnt)], capture_output=True)

@@ -4,6 +4,7 @@ without the key) and .snapshot (with it), handlers called directly."""
 from __future__ import annotations
 
 import errno
+import os
 
 import pyfuse3
 import pytest
@@ -49,3 +50,26 @@ async def test_snapshot_needs_the_secret_key(tmp_path, fskeys, nursery):
     node.archive.manifest = None        # written here: its name is known, not its manifest
     assert await xattr(ops, node, "stream") == b"zfs"
     await expect_errno(errno.ENOKEY, xattr(ops, node, "snapshot"))
+
+
+async def test_parent_listed_under_a_prefix(tmp_path, fskeys, nursery):
+    # getfattr -d lists user.cryophile.parent for an incremental under a prefix
+    # too (the chain is keyed by PREFIX/ULID, not by the bare ULID)
+    from tests.test_fs_operations import VAULT, incoming, name
+    ops = make_ops(tmp_path, fskeys, nursery)
+    vault = await ops.lookup(await incoming(ops), name(VAULT))
+    tank = await ops.mkdir(vault.st_ino, b"tank", 0o700, None)
+    nodes = []
+    for stream, filename in ((zfs_substream("<", 11, 0, "tank/fs@a", []), b"a"),
+                             (zfs_substream("<", 22, 11, "tank/fs@b", []), b"b")):
+        info, _ = await ops.create(tank.st_ino, filename, 0o600, os.O_WRONLY, None)
+        assert await ops.write(info.fh, 0, stream) == len(stream)
+        await ops.flush(info.fh)
+        await ops.release(info.fh)
+        (node,) = [n for n in ops.tree.root.children[VAULT].children["tank"].children.values()
+                   if n.archive and n.archive.name == filename.decode()]
+        nodes.append(node)
+    full, inc = nodes
+    assert b"user.cryophile.parent" in await ops.listxattr(inc.ino)
+    assert await xattr(ops, inc, "parent") == full.name.encode()
+    assert b"user.cryophile.parent" not in await ops.listxattr(full.ino)

@@ -240,3 +240,26 @@ def test_ls_prune_and_the_mount_count_the_same_stored_bytes(rig, recipes):
     assert planned() == human(held("vault")).split()
     mark = (archive_dir(rig, ulid, "tank") / "chunk.0").read_bytes()
     assert Archive.from_mark(BackupId(rig.vault, "tank", ulid), mark).stored == held("vault")
+
+
+@pytest.mark.expect_log          # the writer says it sealed the stream incomplete
+def test_an_archive_sealed_incomplete_is_no_last_backup(rig, recipes):
+    """A newer stream the mount sealed incomplete (its writer died) does not
+    take the place of the last whole backup: it counts for no rule."""
+    from cryophile import keys
+    from cryophile.ids import BackupId, new_ulid
+    from cryophile.pipeline.writer import ArchiveWriter
+    from cryophile.spool import Spool
+    from tests.test_catalog import _tar_cut_short
+    whole = backup(rig, recipes, "2026-01-01T00:00:00Z", "-p", "tank")
+    spool = Spool(str(rig.spool))
+    cut = BackupId(rig.vault, "tank", new_ulid())
+    writer = ArchiveWriter(spool, cut, keys.load_certificates([str(recipes["gpg"].cert)]),
+                           "lz4", 4096)
+    writer.write(_tar_cut_short())
+    writer.close(incomplete="mark")
+    rig.run("freeze", "--once", check=True)
+    proc = rig.run("prune", f"{rig.vault}/tank", "--keep-last", "1", check=True)
+    assert plan_lines(proc) == {whole: "keep last", cut.ulid: "delete incomplete"}
+    assert (archive_dir(rig, whole, "tank") / "chunk.0").exists()
+    assert not archive_dir(rig, cut.ulid, "tank").exists()

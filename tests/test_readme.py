@@ -32,3 +32,8 @@ def test_demo_runs(tmp_path):
     assert 'user.cryophile.name="usr-share.tar"' in out
     assert "read back through the mount, byte for byte, after a remount" in out
     assert (tmp_path / "demo" / "cryophile.toml").exists()
+    # the demo keeps its own secret key private, so nothing warns about it
+    err = proc.stderr.decode(errors="replace")
+    assert "warning" not in err, err
+    assert (tmp_path / "demo" / "key.pgp").stat().st_mode & 0o077 == 0
+    assert f"rm -rf {tmp_path / 'demo'}" in out

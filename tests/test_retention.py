@@ -248,3 +248,30 @@ def test_a_base_held_for_another_prefix_names_it():
                lambda i: {"U0002": "a/U0001"}.get(i.ulid), others=[child])
     assert {d.item.ulid: (d.action, d.reasons) for d in got} == {
         "U0003": (KEEP, ["last"]), "U0001": (HELD, ["base of V/b/U0002"])}
+
+
+def test_an_incomplete_archive_counts_for_no_rule():
+    items = [item(0, 0), item(1, 1), item(2, 2)]
+    items[2].incomplete = True
+    got = plan(items, Policy(last=1), NOW, no_parent)
+    assert [(d.item.ulid, d.action, d.reasons) for d in got] == [
+        ("U0002", DELETE, ["incomplete"]),
+        ("U0001", KEEP, ["last"]),
+        ("U0000", DELETE, []),
+    ]
+
+
+@settings(max_examples=120, deadline=None)
+@given(histories(), policies, st.booleans(), st.lists(st.integers(0, 24 * 500), max_size=5))
+def test_incomplete_archives_change_nothing_for_the_others(history, policy, early, hours):
+    """Archives sealed incomplete (never anyone's base) added anywhere in a
+    history leave every other archive's decision as it was."""
+    items, parents = history
+    cut = [Item(f"X{n:04d}", "a", T0 + datetime.timedelta(hours=h), (), incomplete=True)
+           for n, h in enumerate(hours)]
+    def decide(its):
+        return {item_key(d.item): (d.action, d.reasons) for d in plan(
+            its, policy, NOW, lambda i: parents.get(item_key(i)), allow_early_delete=early)}
+    with_cut = decide(items + cut)
+    assert {k: v for k, v in with_cut.items() if not k.startswith("a/X")} == decide(items)
+    assert all(with_cut[item_key(c)] == (DELETE, ["incomplete"]) for c in cut)

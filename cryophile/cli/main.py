@@ -46,8 +46,8 @@ exit status: 0 success, 2 usage, 3 configuration, 4 unusable key,
 5 no matching secret key, 6 wrong passphrase, 7 archive not found,
 8 fragment missing or truncated, 9 damaged archive, 10 vault storage,
 11 spool or output not writable, 12 disk full, 13 backup's COMMAND failed,
-14 input stream cut short, 15 empty input, 16 thaw refused by the budget,
-130 interrupted.
+14 input stream cut short (restore: an archive sealed incomplete),
+15 empty input, 16 thaw refused by the budget, 130 interrupted.
 See cryophile(1)."""
 EPILOG += """
 A closed output (`cryophile ls | head`) ends quietly with status 141, as a
@@ -190,7 +190,11 @@ def _terminate(signum, frame):
 
 
 def run() -> None:
-    code = main()
+    try:
+        code = main()
+    except KeyboardInterrupt:       # Ctrl-C while the command line is read: nothing begun
+        print(f"{PROG}: error: interrupted", file=sys.stderr)
+        code = errors.Interrupted.exit_code
     # What is left is freed by the exit itself: without this, the interpreter's
     # last garbage collection walks every object the imports made (~0.1 s of a
     # run).  Files are closed and stdout flushed by now; logging's handlers

@@ -107,7 +107,8 @@ def _items(ctx, store, vault: str, prefix: str):
         objects = tuple(retention.Stored(o.storage_class, o.size, o.modified or made)
                         for o in archive.objects.values())
         items[archive.bid.key] = retention.Item(archive.bid.ulid, archive.bid.prefix, made,
-                                                objects, label=_label(archive.bid, prefix))
+                                                objects, label=_label(archive.bid, prefix),
+                                                incomplete=not archive.clear.complete)
         entries[archive.bid.key] = check.Link(archive.bid, archive.clear.stream,
                                                archive.clear.parent)
     for q in check.queued_entries(ctx.spool, vault):
@@ -147,7 +148,7 @@ def _print(vault: str, decisions: list[retention.Decision], currency: str) -> No
         if d.action == retention.DELETE:
             freed += d.item.size
             charge += d.charge
-            why = d.early
+            why = ", ".join(filter(None, [*d.reasons, d.early]))
         created = d.item.time.strftime("%Y-%m-%dT%H:%M:%SZ")
         out.write(f"{d.action:<6} {str(bid):<40} {created} {human(d.item.size):>10}"
                   f"{'  ' + why if why else ''}\n")

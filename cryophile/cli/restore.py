@@ -100,7 +100,8 @@ def _run(args, ctx: Context, span, early: reader.Early | None) -> int:
     output = Output(args.output, args.force)
     try:
         ctx.spool.ensure()
-        size = Restore(ctx, bid, keyring, span, early).run(output.file)
+        restore = Restore(ctx, bid, keyring, span, early)
+        size = restore.run(output.file)
         output.commit()
     except BaseException:
         output.discard()
@@ -108,6 +109,13 @@ def _run(args, ctx: Context, span, early: reader.Early | None) -> int:
     finally:
         ctx.close()
     log.debug("restored %s: %d bytes", bid, size)
+    if restore.clear is not None and not restore.clear.complete:
+        # all it holds was written (it is all there is), but a script must not
+        # take it for a whole stream
+        raise errors.IncompleteStreamError(
+            f"archive {bid} was sealed incomplete: its {restore.clear.kind} stream was cut "
+            "short when it was written; everything it holds was restored, but it is not a "
+            "whole stream")
     return 0
 
 
@@ -138,6 +146,7 @@ class Restore:
         self.order: list[int] = []  # the fragments to read, ascending
         self.waiting: thawprogress.Waiting | None = None  # says progress of another's thaw
         self.finished = False       # a range's reading thread may wait ahead of need: stop it
+        self.clear: manifest.ClearInfo | None = None
         self.token = None
         self.vault_root: str | None = None     # a local vault's directory: read in place
         self.sync = False           # read in place without trio (no thawer)
@@ -179,8 +188,11 @@ class Restore:
 
     def prepare(self) -> tuple[manifest.ClearInfo, dict]:
         """chunk.0 and the manifest; the plan reserved, the first window asked for."""
-        clear = self.mark()
+        clear = self.clear = self.mark()
         manifest.check_identity(clear, self.bid)
+        if not clear.complete:      # said first: a `| zfs receive` that fails may end us
+            log.warning("archive %s was sealed incomplete (its %s stream was cut short when "
+                        "it was written): restoring what it holds", self.bid, clear.kind)
         encrypted = manifest.load(self.spool.path("restore", self.bid, 0))[1]
         body = manifest.read_manifest(encrypted, clear, self.keyring.decrypt_session_key)
         self.fragments = len(clear.fragments)

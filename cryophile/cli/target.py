@@ -149,7 +149,7 @@ def restore_chain(ctx, bid: BackupId, keyring, command: list[str], restore_class
         try:
             restore_class(ctx, entry.bid, keyring).run(proc.stdin)
             proc.stdin.close()
-        except BrokenPipeError:
+        except (BrokenPipeError, errors.OutputClosedError):   # (the latter: from decryption)
             _close(proc)
             raise errors.ProducerError(f"{command[0]} stopped reading {where} "
                                        f"(exit status {proc.wait()}); chain not restored") \

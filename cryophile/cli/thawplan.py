@@ -6,19 +6,20 @@ from __future__ import annotations
 import json
 import sys
 
-from .. import config, plan as plans
+from .. import config, errors, plan as plans
 from ..ledger import Budget, Guard
 from .common import Context, positive_int
 
 
-def add_arguments(p) -> None:
-    """--tier/--days (restore and thaw --plan), --json."""
+def add_arguments(p, plan: str = "--plan") -> None:
+    """--tier/--days (restore and thaw --plan), --json (with ``plan``, the
+    option that prints a plan in that command)."""
     p.add_argument("--tier", choices=config.TIERS,
                    help="restore tier (default: the vault's restore_tier)")
     p.add_argument("--days", type=positive_int, metavar="N",
                    help="days a thawed copy stays readable (default: the vault's restore_days)")
     p.add_argument("--json", action="store_true",
-                   help="with --plan or -n: print the plan as JSON")
+                   help=f"with {plan}: print the plan as JSON")
 
 
 def add_restore_arguments(p) -> None:
@@ -27,7 +28,7 @@ def add_restore_arguments(p) -> None:
                         "costs; request nothing, decrypt nothing")
     p.add_argument("--approve", action="store_true",
                    help="thaw even if this passes thaw_budget_daily or thaw_budget_monthly")
-    add_arguments(p)
+    add_arguments(p, "-n")
 
 
 def settings(ctx: Context, args, vault: str) -> tuple[str, int]:
@@ -65,6 +66,9 @@ def run(args) -> int:
             bids = [plans.BackupId(vault, prefix, ulid)]
         else:
             bids = plans.find(store, vault, prefix)
+            if not bids:        # (a mistyped prefix must not read as "nothing to thaw")
+                where = f"{vault}/{prefix}" if prefix else vault
+                raise errors.NotFoundError(f"no archive under {where} in {store.url}")
         for bid in bids:
             plans.add_archive(plan, ctx.spool, store, plans.read_clear(ctx.spool, store, bid))
         show(plan, args.json, Budget(ctx.spool, ctx.config))
