@@ -409,12 +409,10 @@ def queued_entries(spool, vault: str, prefix: str = "") -> list[Link]:
                                       or bid.prefix.startswith(prefix + "/")):
             continue
         try:
-            with open(spool.path("freeze", bid, 0), "rb") as f:
-                data = f.read()
-            clear = manifest.read_clear(data)[0]
+            clear, stored = manifest.load_sized(spool.path("freeze", bid, 0))
         except (OSError, errors.Error):
             continue                  # not sealed, or frozen and gone meanwhile
-        found.append(Link(bid, clear.stream, clear.parent, clear.stored + len(data)))
+        found.append(Link(bid, clear.stream, clear.parent, stored))
     return found
 
 
