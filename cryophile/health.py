@@ -16,10 +16,10 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import time
 
 from . import restorequeue
+from .fsutil import replace_file
 from .catalog import unsealed_state
 from .ids import BackupId
 from .spool import QUEUES, FreezeDaemonLock, Spool, flock_held, makedirs
@@ -41,20 +41,7 @@ def record_frozen(spool: Spool, bid: BackupId, when: float | None = None) -> Non
     directory = frozen_dir(spool)
     makedirs(directory)
     record = {"time": time.time() if when is None else when, "archive": str(bid)}
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, os.path.join(directory, bid.vault))
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    replace_file(os.path.join(directory, bid.vault), (json.dumps(record) + "\n").encode())
 
 
 def note_frozen(spool: Spool, bid: BackupId) -> None:

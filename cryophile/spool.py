@@ -23,6 +23,7 @@ import tempfile
 from typing import Iterator
 
 from . import errors
+from .fsutil import replace_file
 from .ids import BackupId, ULID_RE
 
 log = logging.getLogger("cryophile.spool")
@@ -322,14 +323,11 @@ def note_stream(spool: Spool, bid: BackupId, stream: dict) -> None:
     """Record, in backup/…/ULID/stream, the clear identity of an incremental
     zfs/btrfs stream being written (what chunk.0 will say at the seal):
     its base is then known to prune and rm before there is a chunk.0.
-    Written under a temporary name and renamed; a failure to write it is
-    raised (a base left unprotected is not a detail)."""
+    Written whole or not at all; a failure to write it is raised (a base
+    left unprotected is not a detail)."""
     final = os.path.join(spool.dir("backup", bid), STREAM_FILE)
-    tmp = final + ".tmp"
     try:
-        with open(tmp, "w") as f:
-            json.dump(stream, f)
-        os.rename(tmp, final)
+        replace_file(final, json.dumps(stream).encode())
     except OSError as exc:
         raise errors.from_oserror(exc, f"cannot record the stream of {bid}") from None
 
