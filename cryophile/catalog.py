@@ -78,7 +78,8 @@ def spool_entries(spool: Spool, vault: str, prefix: str,
                   problems: list | None = None) -> dict[str, Entry]:
     entries = {}
     for queue in ("freeze", "backup"):
-        for bid in spool.archives(queue):
+        unreadable = None if problems is None else []
+        for bid in spool.archives(queue, unreadable):
             if bid.vault != vault or not _under(bid.prefix, prefix) or bid.key in entries:
                 continue
             mark = spool.path("freeze", bid, 0)
@@ -98,6 +99,9 @@ def spool_entries(spool: Spool, vault: str, prefix: str,
                                          stream=clear.stream, parent=clear.parent)
             else:
                 entries[bid.key] = Entry(bid, _created(bid.ulid), None, None, unsealed)
+        for exc in unreadable or ():
+            log.warning("archives in the spool not listed: %s", exc)
+            problems.append(exc)
     return entries
 
 

@@ -90,8 +90,9 @@ class Freezer:
     def __init__(self, spool: Spool, stores: Callable[[str], object],
                  storage_class: Callable[[str], str],
                  select: Callable[[BackupId], bool] = lambda bid: True,
-                 limiter: trio.CapacityLimiter | None = None):
+                 limiter: trio.CapacityLimiter | None = None, vault: str | None = None):
         self.spool = spool
+        self.vault = vault                    # the one vault select takes, if so
         self.stores = stores                  # vault uuid -> Store
         self.storage_class = storage_class    # vault uuid -> storage class name
         self.select = select
@@ -101,6 +102,7 @@ class Freezer:
         self.swept: set[BackupId] = set()
         self.backoff: dict[BackupId, tuple[float, float]] = {}   # bid -> (retry at, delay)
         self.failed: set[BackupId] = set()
+        self.unreadable: set[str] = set()     # parts of the queue it cannot read, said once
         self.progress = False                 # a bar per archive (on a terminal)
         self.bar = progress.OFF
 
@@ -139,8 +141,20 @@ class Freezer:
         self.wake.set()
 
     async def drain(self, daemon: bool = False) -> list[errors.Error]:
-        bids = await trio.to_thread.run_sync(lambda: list(self.spool.archives("freeze")))
-        failures = []
+        unreadable: list[errors.Error] = []     # archives of another user (backup run as root?)
+        bids = await trio.to_thread.run_sync(
+            lambda: list(self.spool.archives("freeze", unreadable)))
+        if self.vault is not None:
+            mine = os.path.join(self.spool.queue("freeze"), self.vault)
+            unreadable = [exc for exc in unreadable
+                          if not os.path.relpath(exc.path, mine).startswith("..")
+                          or exc.path == self.spool.queue("freeze")]
+        failures = list(unreadable)
+        if daemon:          # said once, not at every look at the queue
+            for exc in unreadable:
+                if str(exc) not in self.unreadable:
+                    log.error("%s", exc)
+            self.unreadable = {str(exc) for exc in unreadable}
         for bid in bids:
             if not self.select(bid):
                 continue

@@ -18,7 +18,7 @@ import os
 import sys
 import time
 
-from . import restorequeue
+from . import errors, restorequeue
 from .fsutil import replace_file
 from .catalog import unsealed_state
 from .ids import BackupId
@@ -62,6 +62,8 @@ def last_frozen(spool: Spool) -> dict[str, dict]:
         names = os.listdir(directory)
     except FileNotFoundError:
         return found
+    except OSError as exc:
+        raise errors.from_oserror(exc, f"cannot read {directory}") from None
     for name in sorted(names):
         if name.startswith("."):
             continue

@@ -404,3 +404,31 @@ def test_a_spool_that_does_not_exist_is_said_so(tmp_path):
     rig.spool.mkdir(parents=True)
     proc = rig.run("status", check=True)                 # one that exists: no remark
     assert "does not exist" not in proc.stdout.decode()
+
+
+@root_with("setpriv")
+@pytest.mark.timeout(120)
+def test_status_of_a_spool_it_cannot_read_is_an_error_not_an_empty_queue():
+    # a monitoring user without access to a vault's queue must not be told
+    # that nothing waits to be frozen
+    import tempfile
+    vault = "0b8c3a7e-5a1d-4f7e-9a53-3f1c2d4e5f60"
+    with tempfile.TemporaryDirectory() as d:
+        os.chmod(d, 0o755)      # (the test's own directory, open to the other user)
+        archive = os.path.join(d, "spool", "freeze", vault, "01JD0000000000000000000000")
+        os.makedirs(archive)
+        open(os.path.join(archive, "chunk.1"), "wb").close()
+        for sub in ("spool", "spool/freeze"):
+            os.chmod(os.path.join(d, sub), 0o755)
+        os.chmod(os.path.join(d, "spool", "freeze", vault), 0o700)
+        for args in ([], ["--json"]):
+            proc = subprocess.run(
+                ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                 sys.executable, "-m", "cryophile", "-S", os.path.join(d, "spool"), "status",
+                 *args], capture_output=True, text=True, timeout=60,
+                env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(health.__file__))})
+            assert proc.returncode == 11, proc
+            assert proc.stderr.splitlines() == [
+                f"cryophile: error: cannot read {d}/spool/freeze/{vault}: Permission denied "
+                "(check ownership and permissions)"]
+            assert proc.stdout == ""
