@@ -58,6 +58,15 @@ def full(tmp_path):
         subprocess.run(["umount", str(mnt)], check=True, timeout=60)
 
 
+def archive_in(full, queue: str) -> tuple[Spool, BackupId]:
+    """A spool on the small filesystem with an archive's directory in ``queue``."""
+    spool = Spool(str(full.root / "spool"))
+    spool.ensure()
+    bid = BackupId(VAULT, "tank", new_ulid())
+    os.makedirs(spool.dir(queue, bid))
+    return spool, bid
+
+
 def leftovers(directory) -> list[str]:
     return sorted(n for n in os.listdir(directory) if n != ".filler")
 
@@ -78,10 +87,7 @@ def test_replace_file_on_a_full_filesystem_keeps_the_old_file(full):
 @needs_root
 @pytest.mark.timeout(60)
 def test_a_failure_record_on_a_full_spool_is_a_named_error_and_leaves_nothing(full):
-    spool = Spool(str(full.root / "spool"))
-    spool.ensure()
-    bid = BackupId(VAULT, "tank", new_ulid())
-    os.makedirs(spool.dir("thaw", bid))
+    spool, bid = archive_in(full, "thaw")
     full.fill()
     with pytest.raises(errors.DiskFullError, match="cannot record the failure"):
         restorequeue.record_failure(spool, bid, 3, errors.NotFoundError("gone " * 2000))
@@ -109,10 +115,7 @@ def test_the_ledger_on_a_full_spool_keeps_its_old_content(full):
 @needs_root
 @pytest.mark.timeout(60)
 def test_a_stream_record_on_a_full_spool_leaves_nothing(full):
-    spool = Spool(str(full.root / "spool"))
-    spool.ensure()
-    bid = BackupId(VAULT, "tank", new_ulid())
-    os.makedirs(spool.dir("backup", bid))
+    spool, bid = archive_in(full, "backup")
     full.fill()
     with pytest.raises(errors.DiskFullError, match="cannot record the stream"):
         spoolmod.note_stream(spool, bid, {"kind": "zfs", "ids": ["x" * 20_000]})
