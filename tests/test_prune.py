@@ -240,3 +240,22 @@ def test_ls_prune_and_the_mount_count_the_same_stored_bytes(rig, recipes):
     assert planned() == human(held("vault")).split()
     mark = (archive_dir(rig, ulid, "tank") / "chunk.0").read_bytes()
     assert Archive.from_mark(BackupId(rig.vault, "tank", ulid), mark).stored == held("vault")
+
+
+def test_prune_refuses_when_a_queued_archive_cannot_say_its_base(rig, recipes):
+    full = backup(rig, recipes, "2026-01-01T00:00:00Z", "-p", "tank")
+    rig.run("freeze", "--once", check=True)
+    backup(rig, recipes, "2026-01-03T00:00:00Z", "-p", "tank")
+    rig.run("freeze", "--once", check=True)
+    incr = backup(rig, recipes, "2026-01-02T00:00:00Z", "-p", "tank", "--parent", full)
+    mark = archive_dir(rig, incr, "tank", where="freeze") / "chunk.0"
+    mark.write_bytes(b"not a mark\n")           # damaged in the spool, not yet frozen
+    proc = rig.run("prune", f"{rig.vault}/tank", "--keep-last", "1")
+    assert proc.returncode == 9, proc.stderr
+    bid = f"{rig.vault}/tank/{incr}"
+    assert proc.stderr.decode().splitlines() == [
+        f"cryophile: error: chunk.0 of {bid} in the freeze queue: chunk.0 is not a cryophile "
+        f"archive mark (`cryophile rm {bid}` removes the archive)"]
+    assert (archive_dir(rig, full, "tank") / "chunk.0").exists()       # its base stays
+    rig.run("rm", bid, check=True)                                       # as the error says
+    rig.run("prune", f"{rig.vault}/tank", "--keep-last", "1", check=True)
