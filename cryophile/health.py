@@ -19,8 +19,8 @@ import sys
 import time
 
 from . import errors, restorequeue
-from .fsutil import replace_file
 from .catalog import unsealed_state
+from .fsutil import replace_file
 from .ids import BackupId
 from .spool import QUEUES, FreezeDaemonLock, Spool, flock_held, makedirs
 
@@ -112,10 +112,11 @@ def lock_pids(path: str, locks: str = "/proc/locks", proc: str = "/proc") -> lis
     and inode number.  That device is not always ``st_dev``: btrfs gives each
     subvolume its own st_dev while its locks show the filesystem's device,
     and inode numbers repeat across subvolumes.  So the device comes from
-    the mount table, and where ``st_dev`` differs from it a holder is named
-    only once its own open files show the flock on this very file; a pid
-    whose files cannot be read (another user's) is then left out rather than
-    guessed."""
+    the mount table, and a pid is named once its own open files show the
+    flock on this very file (not a locker that died, leaving the lock to a
+    child).  A pid whose files cannot be read (another user's) is named
+    only where st_dev is that device (one inode numbering), else left out
+    rather than guessed."""
     try:
         fd = os.open(path, os.O_PATH)       # O_PATH: no read permission needed
     except OSError:
@@ -139,8 +140,9 @@ def lock_pids(path: str, locks: str = "/proc/locks", proc: str = "/proc") -> lis
                 candidates.add(int(fields[4]))
             except ValueError:
                 continue
-    unique = key.rsplit(":", 1)[0] == lock_device(st.st_dev)
-    return sorted(pid for pid in candidates if holds_flock(pid, st, proc, unique))
+    device, ino = key.rsplit(":", 1)
+    unique = device == lock_device(st.st_dev)
+    return sorted(pid for pid in candidates if holds_flock(pid, st, int(ino), proc, unique))
 
 
 def lock_device(dev: int) -> str:
@@ -171,12 +173,14 @@ def lock_key(fd: int, st: os.stat_result, proc: str = "/proc") -> str:
     return f"{lock_device(dev)}:{ino}"
 
 
-def holds_flock(pid: int, st: os.stat_result, proc: str = "/proc",
+def holds_flock(pid: int, st: os.stat_result, ino: int, proc: str = "/proc",
                 unchecked: bool = True) -> bool:
-    """Does ``pid`` have a descriptor open on the file ``st`` with a flock on
-    it (fdinfo lists the locks a descriptor holds)?  ``unchecked`` is the
-    answer when its descriptors cannot be read (another user's process);
-    a process that is gone holds nothing."""
+    """Does ``pid`` have a descriptor open on the file ``st`` (inode number
+    ``ino`` to the kernel) with a flock on it?  fdinfo lists the locks a
+    descriptor holds, and its inode number: only such a descriptor is
+    stat'ed (not the others, which may be on a filesystem that hangs).
+    ``unchecked`` is the answer when its descriptors cannot be read
+    (another user's process); a process that is gone holds nothing."""
     fds = f"{proc}/{pid}/fd"
     try:
         names = os.listdir(fds)
@@ -186,13 +190,16 @@ def holds_flock(pid: int, st: os.stat_result, proc: str = "/proc",
         return False
     for name in names:
         try:
-            other = os.stat(os.path.join(fds, name))
-            if (other.st_dev, other.st_ino) != (st.st_dev, st.st_ino):
-                continue
             with open(f"{proc}/{pid}/fdinfo/{name}") as f:
-                if any(line.startswith("lock:") and " FLOCK " in line and "->" not in line
-                       for line in f):
-                    return True
+                lines = f.read().splitlines()
+            if f"ino:\t{ino}" not in lines and any(line.startswith("ino:") for line in lines):
+                continue
+            if not any(line.startswith("lock:") and " FLOCK " in line and "->" not in line
+                       for line in lines):
+                continue
+            other = os.stat(os.path.join(fds, name))
+            if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
+                return True
         except PermissionError:
             return unchecked
         except OSError:
