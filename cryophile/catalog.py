@@ -78,16 +78,15 @@ def spool_entries(spool: Spool, vault: str, prefix: str,
                   problems: list | None = None) -> dict[str, Entry]:
     entries = {}
     for queue in ("freeze", "backup"):
-        for bid in spool.archives(queue):
+        unreadable = None if problems is None else []
+        for bid in spool.archives(queue, unreadable):
             if bid.vault != vault or not _under(bid.prefix, prefix) or bid.key in entries:
                 continue
             mark = spool.path("freeze", bid, 0)
             unsealed = None if os.path.exists(mark) else unsealed_state(spool, bid)
             if unsealed != "writing" and os.path.exists(mark):     # (sealed meanwhile?)
                 try:
-                    with open(mark, "rb") as f:
-                        data = f.read()
-                    clear = manifest.read_clear(data)[0]
+                    clear, stored = manifest.load_sized(mark)
                 except FileNotFoundError:
                     continue                    # frozen and gone meanwhile: the vault has it
                 except errors.Error as exc:
@@ -96,10 +95,13 @@ def spool_entries(spool: Spool, vault: str, prefix: str,
                 partly = len(spool.fragments("freeze", bid)) < len(clear.fragments) + 1
                 entries[bid.key] = Entry(bid, clear.created, clear.size, len(clear.fragments),
                                          _sealed(clear, "freezing" if partly else "queued"),
-                                         kind=clear.kind, stored=clear.stored + len(data),
+                                         kind=clear.kind, stored=stored,
                                          stream=clear.stream, parent=clear.parent)
             else:
                 entries[bid.key] = Entry(bid, _created(bid.ulid), None, None, unsealed)
+        for exc in unreadable or ():
+            log.warning("archives in the spool not listed: %s", exc)
+            problems.append(exc)
     return entries
 
 

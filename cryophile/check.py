@@ -402,19 +402,24 @@ class Link:
 
 
 def queued_entries(spool, vault: str, prefix: str = "") -> list[Link]:
-    """Sealed archives of VAULT[/PREFIX] in the spool's freeze queue."""
+    """Sealed archives of VAULT[/PREFIX] in the spool's freeze queue.  One
+    whose chunk.0 cannot be read is an error: the base it needs is unknown."""
     found = []
     for bid in spool.archives("freeze"):
         if bid.vault != vault or not (not prefix or bid.prefix == prefix
                                       or bid.prefix.startswith(prefix + "/")):
             continue
         try:
-            with open(spool.path("freeze", bid, 0), "rb") as f:
-                data = f.read()
-            clear = manifest.read_clear(data)[0]
-        except (OSError, errors.Error):
+            clear, stored = manifest.load_sized(spool.path("freeze", bid, 0))
+        except FileNotFoundError:
             continue                  # not sealed, or frozen and gone meanwhile
-        found.append(Link(bid, clear.stream, clear.parent, clear.stored + len(data)))
+        except OSError as exc:
+            raise errors.from_oserror(exc, f"cannot read chunk.0 of {bid} in the freeze "
+                                           "queue") from None
+        except errors.Error as exc:   # its base would not be known: never guessed
+            raise type(exc)(f"chunk.0 of {bid} in the freeze queue: {exc.message} "
+                            f"(`cryophile rm {bid}` removes the archive)") from None
+        found.append(Link(bid, clear.stream, clear.parent, stored))
     return found
 
 

@@ -90,8 +90,9 @@ class Freezer:
     def __init__(self, spool: Spool, stores: Callable[[str], object],
                  storage_class: Callable[[str], str],
                  select: Callable[[BackupId], bool] = lambda bid: True,
-                 limiter: trio.CapacityLimiter | None = None):
+                 limiter: trio.CapacityLimiter | None = None, vault: str | None = None):
         self.spool = spool
+        self.vault = vault                    # the one vault select takes, if so
         self.stores = stores                  # vault uuid -> Store
         self.storage_class = storage_class    # vault uuid -> storage class name
         self.select = select
@@ -101,6 +102,7 @@ class Freezer:
         self.swept: set[BackupId] = set()
         self.backoff: dict[BackupId, tuple[float, float]] = {}   # bid -> (retry at, delay)
         self.failed: set[BackupId] = set()
+        self.unreadable: set[str] = set()     # parts of the queue it cannot read, said once
         self.progress = False                 # a bar per archive (on a terminal)
         self.bar = progress.OFF
 
@@ -139,8 +141,20 @@ class Freezer:
         self.wake.set()
 
     async def drain(self, daemon: bool = False) -> list[errors.Error]:
-        bids = await trio.to_thread.run_sync(lambda: list(self.spool.archives("freeze")))
-        failures = []
+        unreadable: list[errors.Error] = []     # archives of another user (backup run as root?)
+        bids = await trio.to_thread.run_sync(
+            lambda: list(self.spool.archives("freeze", unreadable)))
+        if self.vault is not None:
+            mine = os.path.join(self.spool.queue("freeze"), self.vault)
+            unreadable = [exc for exc in unreadable
+                          if not os.path.relpath(exc.path, mine).startswith("..")
+                          or exc.path == self.spool.queue("freeze")]
+        failures = list(unreadable)
+        if daemon:          # said once, not at every look at the queue
+            for exc in unreadable:
+                if str(exc) not in self.unreadable:
+                    log.error("%s", exc)
+            self.unreadable = {str(exc) for exc in unreadable}
         for bid in bids:
             if not self.select(bid):
                 continue
@@ -182,7 +196,8 @@ class Freezer:
 
     async def _freeze_locked(self, bid: BackupId) -> None:
         qdir = self.spool.dir("freeze", bid)
-        if os.path.exists(os.path.join(qdir, ABANDONED)):
+        # (the spool's file calls go to threads too: a slow disk must not stall a mount)
+        if await trio.to_thread.run_sync(os.path.exists, os.path.join(qdir, ABANDONED)):
             await self._forget(bid)
             return
         store = self.stores(bid.vault)
@@ -192,18 +207,26 @@ class Freezer:
         if self.progress:
             self.bar = await trio.to_thread.run_sync(progress.freezing, qdir,
                                                      f"freeze {bid.ulid}")
+        queued = await trio.to_thread.run_sync(self.spool.fragments, "freeze", bid)
         async with trio.open_nursery() as nursery:
-            for n in self.spool.fragments("freeze", bid):
+            for n in queued:
                 if n:
                     nursery.start_soon(self._upload, store, bid, ledger, n,
                                        self.storage_class(bid.vault))
-        finished = not os.path.exists(self.spool.dir("backup", bid))
-        if finished and self.spool.fragments("freeze", bid) == [0]:
+        finished, left = await trio.to_thread.run_sync(self._left, bid)
+        if finished and left == [0]:
             await self._upload(store, bid, ledger, 0, LIST_CLASS)
             await trio.to_thread.run_sync(health.note_frozen, self.spool, bid)
             log.info("frozen %s", bid)
-        if finished and not self.spool.fragments("freeze", bid):
-            self.spool.remove_dir("freeze", bid)
+            left = await trio.to_thread.run_sync(self.spool.fragments, "freeze", bid)
+        if finished and not left:
+            await trio.to_thread.run_sync(self.spool.remove_dir, "freeze", bid)
+
+    def _left(self, bid: BackupId) -> tuple[bool, list[int]]:
+        """Is the backup finished (its work directory gone), and what is left
+        in the freeze queue."""
+        finished = not os.path.exists(self.spool.dir("backup", bid))
+        return finished, self.spool.fragments("freeze", bid)
 
     async def _upload(self, store, bid: BackupId, ledger: Ledger, n: int,
                       storage_class: str) -> None:
@@ -254,7 +277,7 @@ class Freezer:
         uploads of its keys that a killed freeze left open (invisible, billed)."""
         store = self.stores(bid.vault)
         await self._sweep(store, bid)
-        keys = sorted(Ledger(self.spool, bid).read())
+        keys = sorted(await trio.to_thread.run_sync(Ledger(self.spool, bid).read))
         if keys:
 
             def delete_ours():
@@ -265,7 +288,7 @@ class Freezer:
             except errors.AccessDeniedError as exc:
                 log.warning("could not delete the fragments of incomplete backup %s from %s "
                             "(%s); they are never listed as an archive", bid, store.url, exc)
-        self.spool.remove_dir("freeze", bid)
+        await trio.to_thread.run_sync(self.spool.remove_dir, "freeze", bid)
 
 
 class InlineFreeze:

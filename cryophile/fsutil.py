@@ -1,6 +1,7 @@
 """Small filesystem helpers shared by the spool and the local vault."""
 
 import os
+import tempfile
 
 
 def fsync_dir(path: str) -> None:
@@ -10,3 +11,25 @@ def fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def replace_file(path: str, data: bytes, mode: int = 0o600) -> None:
+    """Write ``path`` whole: into a temporary file beside it (a dot name,
+    which spool scans skip), fsynced, then renamed over it.  A reader, or a
+    crash, sees the old file or the new one, never part of one; on any
+    failure the temporary file is removed and the OSError raised."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise

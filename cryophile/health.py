@@ -16,11 +16,11 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import time
 
-from . import restorequeue
+from . import errors, restorequeue
 from .catalog import unsealed_state
+from .fsutil import replace_file
 from .ids import BackupId
 from .spool import QUEUES, FreezeDaemonLock, Spool, flock_held, makedirs
 
@@ -41,20 +41,7 @@ def record_frozen(spool: Spool, bid: BackupId, when: float | None = None) -> Non
     directory = frozen_dir(spool)
     makedirs(directory)
     record = {"time": time.time() if when is None else when, "archive": str(bid)}
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, os.path.join(directory, bid.vault))
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    replace_file(os.path.join(directory, bid.vault), (json.dumps(record) + "\n").encode())
 
 
 def note_frozen(spool: Spool, bid: BackupId) -> None:
@@ -75,6 +62,8 @@ def last_frozen(spool: Spool) -> dict[str, dict]:
         names = os.listdir(directory)
     except FileNotFoundError:
         return found
+    except OSError as exc:
+        raise errors.from_oserror(exc, f"cannot read {directory}") from None
     for name in sorted(names):
         if name.startswith("."):
             continue
@@ -115,30 +104,107 @@ def read_holder(path: str) -> dict:
         return {}
 
 
-def lock_pids(path: str, locks: str = "/proc/locks") -> list[int]:
+def lock_pids(path: str, locks: str = "/proc/locks", proc: str = "/proc") -> list[int]:
     """The pids holding a flock on ``path``, from /proc/locks (Linux; [] when
-    it cannot be read).  Shared locks have several holders."""
+    it cannot be read).  Shared locks have several holders.
+
+    /proc/locks names a file by its superblock's device (``MAJ:MIN`` in hex)
+    and inode number.  That device is not always ``st_dev``: btrfs gives each
+    subvolume its own st_dev while its locks show the filesystem's device,
+    and inode numbers repeat across subvolumes.  So the device comes from
+    the mount table, and a pid is named once its own open files show the
+    flock on this very file (not a locker that died, leaving the lock to a
+    child).  A pid whose files cannot be read (another user's) is named
+    only where st_dev is that device (one inode numbering), else left out
+    rather than guessed."""
     try:
-        st = os.stat(path)
+        fd = os.open(path, os.O_PATH)       # O_PATH: no read permission needed
+    except OSError:
+        return []
+    try:
+        st = os.fstat(fd)
+        key = lock_key(fd, st, proc)
         with open(locks) as f:
             lines = f.read().splitlines()
     except OSError:
         return []
-    exact, same_inode = [], []
-    device = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    finally:
+        os.close(fd)
+    candidates = set()
     for line in lines:
         fields = line.split()
         if "->" in fields or len(fields) < 6 or fields[1] != "FLOCK":
             continue        # "->": a waiter, not a holder
+        if fields[5] == key:
+            try:
+                candidates.add(int(fields[4]))
+            except ValueError:
+                continue
+    device, ino = key.rsplit(":", 1)
+    unique = device == lock_device(st.st_dev)
+    return sorted(pid for pid in candidates if holds_flock(pid, st, int(ino), proc, unique))
+
+
+def lock_device(dev: int) -> str:
+    """A device as /proc/locks prints it."""
+    return f"{os.major(dev):02x}:{os.minor(dev):02x}"
+
+
+def lock_key(fd: int, st: os.stat_result, proc: str = "/proc") -> str:
+    """``MAJ:MIN:INO`` as /proc/locks names the file open on ``fd``: the
+    device of its mount's superblock (/proc/self/mountinfo, found by the
+    descriptor's mnt_id) and the inode number the kernel holds (fdinfo's
+    ino; st_ino where the kernel is too old to say)."""
+    dev, ino = st.st_dev, st.st_ino
+    try:
+        with open(f"{proc}/self/fdinfo/{fd}") as f:
+            info = dict(line.split(":", 1) for line in f if ":" in line)
+        mnt_id = info["mnt_id"].strip()
+        ino = int(info.get("ino", ino))
+        with open(f"{proc}/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 2 and fields[0] == mnt_id:
+                    major, minor = fields[2].split(":")
+                    dev = os.makedev(int(major), int(minor))
+                    break
+    except (OSError, KeyError, ValueError):
+        pass                # no procfs details: st_dev is the best guess
+    return f"{lock_device(dev)}:{ino}"
+
+
+def holds_flock(pid: int, st: os.stat_result, ino: int, proc: str = "/proc",
+                unchecked: bool = True) -> bool:
+    """Does ``pid`` have a descriptor open on the file ``st`` (inode number
+    ``ino`` to the kernel) with a flock on it?  fdinfo lists the locks a
+    descriptor holds, and its inode number: only such a descriptor is
+    stat'ed (not the others, which may be on a filesystem that hangs).
+    ``unchecked`` is the answer when its descriptors cannot be read
+    (another user's process); a process that is gone holds nothing."""
+    fds = f"{proc}/{pid}/fd"
+    try:
+        names = os.listdir(fds)
+    except PermissionError:
+        return unchecked
+    except OSError:
+        return False
+    for name in names:
         try:
-            pid = int(fields[4])
-        except ValueError:
-            continue
-        if fields[5] == device:
-            exact.append(pid)
-        elif fields[5].rsplit(":", 1)[-1] == str(st.st_ino):
-            same_inode.append(pid)      # overlay and FUSE report another device
-    return sorted(set(exact or same_inode))
+            with open(f"{proc}/{pid}/fdinfo/{name}") as f:
+                lines = f.read().splitlines()
+            if f"ino:\t{ino}" not in lines and any(line.startswith("ino:") for line in lines):
+                continue
+            if not any(line.startswith("lock:") and " FLOCK " in line and "->" not in line
+                       for line in lines):
+                continue
+            other = os.stat(os.path.join(fds, name))
+            if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
+                return True
+        except PermissionError:
+            return unchecked
+        except OSError:
+            continue        # closed meanwhile
+    return False
 
 
 def daemons(spool: Spool) -> dict:

@@ -26,6 +26,7 @@ import logging
 import os
 
 from . import errors
+from .fsutil import replace_file
 from .ids import human
 from .plan import Item, Plan
 from .spool import Spool, makedirs
@@ -94,14 +95,8 @@ class Ledger:
         return {"version": 1, "days": {}, "months": {}, "keys": {}}
 
     def _write(self, data: dict) -> None:
-        tmp = f"{self.path}.{os.getpid()}"
         try:
-            with open(tmp, "w") as f:
-                json.dump(data, f, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o600)
-            os.rename(tmp, self.path)
+            replace_file(self.path, json.dumps(data, sort_keys=True).encode())
         except OSError as exc:
             raise errors.from_oserror(exc, f"cannot write {self.path}") from None
 

@@ -136,3 +136,12 @@ def read_manifest(encrypted: bytes, clear: ClearInfo, unlock) -> dict:
 def load(path: str) -> tuple[ClearInfo, bytes]:
     with open(path, "rb") as f:
         return read_clear(f.read())
+
+
+def load_sized(path: str) -> tuple[ClearInfo, int]:
+    """A chunk.0 file's clear metadata and the archive's bytes as stored:
+    every fragment and this chunk.0 (what STORED shows)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    clear = read_clear(data)[0]
+    return clear, clear.stored + len(data)

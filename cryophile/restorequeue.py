@@ -40,6 +40,7 @@ import tempfile
 import threading
 
 from . import errors
+from .fsutil import replace_file
 from .ids import BackupId
 from .spool import PRUNE_RACES, Spool, chunk_name, chunk_number, create_in
 
@@ -100,12 +101,13 @@ def record_failure(spool: Spool, bid: BackupId, n: int, exc: errors.Error,
     vault held then, from ``look``), and drop its requests (all of the
     archive's, when the mark itself failed)."""
     path = failed_path(spool, bid, n)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with create_in(os.path.dirname(path), lambda: open(tmp, "w")) as f:
-        f.write(f"{type(exc).__name__}\n{exc.message}\n")
-        if seen is not None:
-            f.write(json.dumps(seen, sort_keys=True) + "\n")
-    os.rename(tmp, path)
+    text = f"{type(exc).__name__}\n{exc.message}\n"
+    if seen is not None:
+        text += json.dumps(seen, sort_keys=True) + "\n"
+    try:
+        create_in(os.path.dirname(path), lambda: replace_file(path, text.encode()))
+    except OSError as err:
+        raise errors.from_oserror(err, f"cannot record the failure in {path}") from None
     for k in ([n] if n else requests(spool, bid)):
         drop_request(spool, bid, k)
 

@@ -23,6 +23,7 @@ import tempfile
 from typing import Iterator
 
 from . import errors
+from .fsutil import replace_file
 from .ids import BackupId, ULID_RE
 
 log = logging.getLogger("cryophile.spool")
@@ -123,16 +124,29 @@ class Spool:
         if not os.access(self.queue("backup"), os.W_OK):
             raise errors.SpoolError(f"spool {self.root} is not writable (use -S DIR or fix permissions)")
 
-    def archives(self, queue: str) -> Iterator[BackupId]:
-        """Every VAULT/PREFIX/ULID directory in a queue."""
+    def archives(self, queue: str, problems: list | None = None) -> Iterator[BackupId]:
+        """Every VAULT/PREFIX/ULID directory in a queue.  A directory that
+        cannot be read is a SpoolError, not an empty queue: raised, or with
+        ``problems`` added to it and skipped.  One removed meanwhile is gone."""
+        def unreadable(exc: OSError) -> None:
+            if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
+                return
+            error = errors.from_oserror(exc, f"cannot read {exc.filename}")
+            error.path = exc.filename
+            if problems is None:
+                raise error from None
+            problems.append(error)
         top = self.queue(queue)
-        if not os.path.isdir(top):
+        try:
+            vaults = sorted(os.listdir(top))
+        except OSError as exc:
+            unreadable(exc)
             return
-        for vault in sorted(os.listdir(top)):
+        for vault in vaults:
             vdir = os.path.join(top, vault)
             if not os.path.isdir(vdir):
                 continue
-            for dirpath, dirnames, filenames in os.walk(vdir):
+            for dirpath, dirnames, filenames in os.walk(vdir, onerror=unreadable):
                 dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
                 name = os.path.basename(dirpath)
                 if dirpath != vdir and ULID_RE.match(name) and (
@@ -204,7 +218,7 @@ class Spool:
     def clean_dead_backups(self) -> list[BackupId]:
         """Remove backups that died before chunk.0; return their ids."""
         dead = []
-        for bid in list(self.archives("backup")):
+        for bid in list(self.archives("backup", problems=[])):   # (unreadable: not ours to clean)
             lock = BackupLock(self, bid)
             if not lock.try_acquire():
                 continue                    # still running
@@ -322,14 +336,11 @@ def note_stream(spool: Spool, bid: BackupId, stream: dict) -> None:
     """Record, in backup/…/ULID/stream, the clear identity of an incremental
     zfs/btrfs stream being written (what chunk.0 will say at the seal):
     its base is then known to prune and rm before there is a chunk.0.
-    Written under a temporary name and renamed; a failure to write it is
-    raised (a base left unprotected is not a detail)."""
+    Written whole or not at all; a failure to write it is raised (a base
+    left unprotected is not a detail)."""
     final = os.path.join(spool.dir("backup", bid), STREAM_FILE)
-    tmp = final + ".tmp"
     try:
-        with open(tmp, "w") as f:
-            json.dump(stream, f)
-        os.rename(tmp, final)
+        replace_file(final, json.dumps(stream).encode())
     except OSError as exc:
         raise errors.from_oserror(exc, f"cannot record the stream of {bid}") from None
 

@@ -264,7 +264,8 @@ class Thawer:
         """chunk.0's clear part, fetched once for all the archive's tasks."""
         lock = self.mark_locks.setdefault(bid, trio.Lock())
         async with lock:
-            if bid not in self.marks or not os.path.exists(self.spool.path("restore", bid, 0)):
+            if bid not in self.marks or not await trio.to_thread.run_sync(
+                    os.path.exists, self.spool.path("restore", bid, 0)):
                 self.marks[bid] = await trio.to_thread.run_sync(
                     fetch_mark, self.spool, store, bid, limiter=self.limiter)
             return self.marks[bid]
@@ -303,7 +304,7 @@ class Thawer:
             self.progress.restored(bid, n)
         else:
             self.progress.restoring(bid, n, info.storage_class, tier)
-        restorequeue.drop_request(self.spool, bid, n, warm=True)
+        await trio.to_thread.run_sync(restorequeue.drop_request, self.spool, bid, n, True)
 
     async def _charge(self, bid: BackupId, n: int, info, tier: str, days: int) -> None:
         """The thaw budget's ledger, before each RestoreObject (BudgetError if refused)."""
@@ -315,7 +316,7 @@ class Thawer:
         dest = self.spool.path("restore", bid, n)
         if n < 1 or n > len(clear.fragments):
             log.warning("ignoring thaw request for %s chunk.%d: no such fragment", bid, n)
-        elif not os.path.exists(dest):
+        elif not await trio.to_thread.run_sync(os.path.exists, dest):
             try:
                 await self._wait_restored(store, bid, n)
                 async with self.downloads:
@@ -323,7 +324,7 @@ class Thawer:
             except errors.NotFoundError:
                 raise errors.MissingFragmentError(
                     f"fragment chunk.{n} of {bid} is missing from {store.url}") from None
-        restorequeue.drop_request(self.spool, bid, n, warm=False)
+        await trio.to_thread.run_sync(restorequeue.drop_request, self.spool, bid, n, False)
         await trio.to_thread.run_sync(restorequeue.prune_dir, self.spool, "thaw", bid)
 
     async def _wait_restored(self, store, bid: BackupId, n: int) -> None:

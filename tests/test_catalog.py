@@ -209,3 +209,17 @@ def test_a_listed_state_is_judged_over_every_fragment(states, sclass):
     expected = ("thawed" if set(states) == {State.AVAILABLE} else
                 "thawing" if State.RESTORING in states else "frozen")
     assert _listed_state(objs, clear) == (expected, sclass)
+
+
+def test_load_sized_counts_every_fragment_and_the_mark(tmp_path, recipes):
+    spool = Spool(str(tmp_path / "spool"))
+    spool.ensure()
+    bid = BackupId(VAULT, "tank", new_ulid())
+    writer = ArchiveWriter(spool, bid, keys.load_certificates([str(recipes["gpg"].cert)]),
+                           "none", 4096)
+    writer.write(os.urandom(20000))
+    writer.close()
+    clear, stored = manifest.load_sized(spool.path("freeze", bid, 0))
+    assert clear == manifest.load(spool.path("freeze", bid, 0))[0]
+    assert stored == sum(os.path.getsize(spool.path("freeze", bid, n))
+                         for n in spool.fragments("freeze", bid))

@@ -204,6 +204,22 @@ def test_a_run_imports_only_its_command():
     assert eval(loaded) == ["cryophile.cli.backup", "cryophile.cli.common", "cryophile.cli.main"]
 
 
+@pytest.mark.parametrize("word", ["--version", "--help"])
+def test_version_and_help_import_no_command(word):
+    """They print and exit while parsing: no command module, and nothing of
+    trio, boto3, pgpy or logging's set-up, is worth importing for them."""
+    code = ("import sys; from cryophile.cli import main\n"
+            f"try: main.main([{word!r}])\n"
+            "except SystemExit: pass\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('boto', 'trio', 'pgpy', "
+            "'tqdm', 'logging', 'cryophile'))), file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert eval(proc.stderr) == ["cryophile", "cryophile.cli", "cryophile.cli.main",
+                                 "cryophile.errors", "cryophile.options"]
+    assert proc.stdout.startswith("cryophile " if word == "--version" else "usage: cryophile")
+
+
 def test_completion_script_covers_every_command():
     proc = cryophile("--print-completion", "bash")
     assert proc.returncode == 0, proc.stderr

@@ -263,3 +263,22 @@ def test_an_archive_sealed_incomplete_is_no_last_backup(rig, recipes):
     assert plan_lines(proc) == {whole: "keep last", cut.ulid: "delete incomplete"}
     assert (archive_dir(rig, whole, "tank") / "chunk.0").exists()
     assert not archive_dir(rig, cut.ulid, "tank").exists()
+
+
+def test_prune_refuses_when_a_queued_archive_cannot_say_its_base(rig, recipes):
+    full = backup(rig, recipes, "2026-01-01T00:00:00Z", "-p", "tank")
+    rig.run("freeze", "--once", check=True)
+    backup(rig, recipes, "2026-01-03T00:00:00Z", "-p", "tank")
+    rig.run("freeze", "--once", check=True)
+    incr = backup(rig, recipes, "2026-01-02T00:00:00Z", "-p", "tank", "--parent", full)
+    mark = archive_dir(rig, incr, "tank", where="freeze") / "chunk.0"
+    mark.write_bytes(b"not a mark\n")           # damaged in the spool, not yet frozen
+    proc = rig.run("prune", f"{rig.vault}/tank", "--keep-last", "1")
+    assert proc.returncode == 9, proc.stderr
+    bid = f"{rig.vault}/tank/{incr}"
+    assert proc.stderr.decode().splitlines() == [
+        f"cryophile: error: chunk.0 of {bid} in the freeze queue: chunk.0 is not a cryophile "
+        f"archive mark (`cryophile rm {bid}` removes the archive)"]
+    assert (archive_dir(rig, full, "tank") / "chunk.0").exists()       # its base stays
+    rig.run("rm", bid, check=True)                                       # as the error says
+    rig.run("prune", f"{rig.vault}/tank", "--keep-last", "1", check=True)

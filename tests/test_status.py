@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cryophile import health
-from cryophile.spool import Spool
+from cryophile.spool import Spool, flock_held
 from tests.clirig import make_rig
 from tests.fsrig import wait_until
 
@@ -213,6 +213,156 @@ def test_lock_pids_finds_shared_and_exclusive_holders(tmp_path):
     assert health.lock_pids(str(tmp_path / "absent")) == []
 
 
+def hold(path) -> subprocess.Popen:
+    """A child holding a shared flock on ``path``, once it shows in /proc/locks."""
+    child = subprocess.Popen([sys.executable, "-c", HOLD_SHARED, str(path)])
+    wait_until(lambda: child.pid in locking_pids(), timeout=60)
+    return child
+
+
+def locking_pids() -> set[int]:
+    with open("/proc/locks") as f:
+        return {int(line.split()[4]) for line in f if line.split()[1] == "FLOCK"}
+
+
+def release(child: subprocess.Popen) -> None:
+    child.kill()
+    child.wait(timeout=30)
+
+
+def test_lock_pids_ignores_the_same_inode_on_another_device(tmp_path):
+    path = tmp_path / "lock"
+    path.touch()
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        ino = os.stat(path).st_ino
+        locks = tmp_path / "locks"
+        locks.write_text(f"1: FLOCK  ADVISORY  READ {os.getpid()} fe:7f:{ino} 0 EOF\n")
+        assert health.lock_pids(str(path), locks=str(locks)) == []
+        assert health.lock_pids(str(path)) == [os.getpid()]
+    finally:
+        os.close(fd)
+
+
+FORK_AND_DIE = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+fcntl.flock(fd, fcntl.LOCK_EX)
+if os.fork() == 0:
+    os.close(1)         # the test sees the pipe close once the parent is gone too
+    sys.stdin.read()    # holds the lock until the test closes our stdin
+    os._exit(0)
+print(os.getpid(), flush=True)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_lock_pids_does_not_name_a_dead_locker_whose_child_holds_the_lock(tmp_path):
+    # /proc/locks keeps naming the process that took a flock; after it died
+    # the lock lives on in a child that inherited the descriptor
+    path = tmp_path / "lock"
+    path.touch()
+    proc = subprocess.Popen([sys.executable, "-c", FORK_AND_DIE, str(path)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        dead = int(proc.stdout.readline())
+        proc.wait(timeout=60)
+        assert proc.stdout.read() == b""
+        assert dead in locking_pids()
+        assert flock_held(str(path))
+        assert health.lock_pids(str(path)) == []
+    finally:
+        proc.stdin.close()          # the child reads EOF and exits
+        proc.stdout.close()
+        wait_until(lambda: not flock_held(str(path)), timeout=60)
+
+
+def root_with(*tools: str):
+    import shutil
+    missing = os.geteuid() != 0 or not all(shutil.which(t) for t in tools)
+    return pytest.mark.skipif(missing, reason=f"needs root and {', '.join(tools)}")
+
+
+@root_with("mkfs.btrfs", "losetup")
+@pytest.mark.timeout(180)
+def test_lock_pids_tells_btrfs_subvolumes_apart(tmp_path):
+    # every subvolume has its own st_dev, /proc/locks shows the filesystem's
+    # device for all of them, and each subvolume numbers its files from 257
+    from tests.producers import Btrfs
+    fs = Btrfs(tmp_path)
+    try:
+        for vol in ("a", "b"):
+            fs.btrfs("subvolume", "create", str(fs.mnt / vol))
+            (fs.mnt / vol / "lock").touch()
+        (fs.mnt / "top").touch()
+        a, b, top = fs.mnt / "a" / "lock", fs.mnt / "b" / "lock", fs.mnt / "top"
+        assert os.stat(a).st_ino == os.stat(b).st_ino
+        assert os.stat(a).st_dev != os.stat(b).st_dev
+        child = hold(a)
+        try:
+            assert health.lock_pids(str(a)) == [child.pid]
+            assert health.lock_pids(str(b)) == []
+            assert health.lock_pids(str(top)) == []
+        finally:
+            release(child)
+        child = hold(top)
+        try:
+            assert health.lock_pids(str(top)) == [child.pid]
+            assert health.lock_pids(str(a)) == []
+        finally:
+            release(child)
+    finally:
+        fs.close()
+
+
+LOCK_PIDS = "import sys; from cryophile import health; print(health.lock_pids(sys.argv[1]))"
+
+
+@root_with("setpriv")
+@pytest.mark.timeout(120)
+def test_lock_pids_names_another_users_holder_where_inodes_are_unique():
+    # status run by a monitoring user cannot read the daemon's open files;
+    # on a filesystem with one inode numbering (st_dev is the lock's device)
+    # /proc/locks alone is exact
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        os.chmod(d, 0o755)      # (the test's own directory, open to the other user)
+        path = os.path.join(d, "lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            proc = subprocess.run(
+                ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                 sys.executable, "-c", LOCK_PIDS, path],
+                capture_output=True, text=True, timeout=60,
+                env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(health.__file__))})
+            assert proc.returncode == 0, proc.stderr
+            assert proc.stdout.split() == [f"[{os.getpid()}]"]
+        finally:
+            os.close(fd)
+
+
+@root_with("mount", "umount")
+@pytest.mark.timeout(120)
+def test_lock_pids_on_tmpfs(tmp_path):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True,
+                   timeout=60)
+    try:
+        path = mnt / "lock"
+        path.touch()
+        child = hold(path)
+        try:
+            assert health.lock_pids(str(path)) == [child.pid]
+        finally:
+            release(child)
+        assert health.lock_pids(str(path)) == []
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True, timeout=60)
+
+
 def test_the_lock_record_names_pid_and_command(tmp_path):
     path = tmp_path / "lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT)
@@ -254,3 +404,31 @@ def test_a_spool_that_does_not_exist_is_said_so(tmp_path):
     rig.spool.mkdir(parents=True)
     proc = rig.run("status", check=True)                 # one that exists: no remark
     assert "does not exist" not in proc.stdout.decode()
+
+
+@root_with("setpriv")
+@pytest.mark.timeout(120)
+def test_status_of_a_spool_it_cannot_read_is_an_error_not_an_empty_queue():
+    # a monitoring user without access to a vault's queue must not be told
+    # that nothing waits to be frozen
+    import tempfile
+    vault = "0b8c3a7e-5a1d-4f7e-9a53-3f1c2d4e5f60"
+    with tempfile.TemporaryDirectory() as d:
+        os.chmod(d, 0o755)      # (the test's own directory, open to the other user)
+        archive = os.path.join(d, "spool", "freeze", vault, "01JD0000000000000000000000")
+        os.makedirs(archive)
+        open(os.path.join(archive, "chunk.1"), "wb").close()
+        for sub in ("spool", "spool/freeze"):
+            os.chmod(os.path.join(d, sub), 0o755)
+        os.chmod(os.path.join(d, "spool", "freeze", vault), 0o700)
+        for args in ([], ["--json"]):
+            proc = subprocess.run(
+                ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                 sys.executable, "-m", "cryophile", "-S", os.path.join(d, "spool"), "status",
+                 *args], capture_output=True, text=True, timeout=60,
+                env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(health.__file__))})
+            assert proc.returncode == 11, proc
+            assert proc.stderr.splitlines() == [
+                f"cryophile: error: cannot read {d}/spool/freeze/{vault}: Permission denied "
+                "(check ownership and permissions)"]
+            assert proc.stdout == ""

@@ -31,7 +31,8 @@ def run(args) -> int:
     ctx = Context(args)
     select = selector(ctx, args)
     ctx.spool.ensure()
-    freezer = Freezer(ctx.spool, ctx.store, lambda v: ctx.vault(v).storage_class, select)
+    freezer = Freezer(ctx.spool, ctx.store, lambda v: ctx.vault(v).storage_class, select,
+                      vault=ctx.vault(args.vault).uuid if args.vault else None)
     freezer.progress = True
     # A daemon that freezes everything tells backups so (they wait for it
     # instead of freezing inline); a selective one would leave them waiting.

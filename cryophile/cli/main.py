@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
-import logging
 import os
 import signal
 import sys
 
-from .. import __version__, errors, log, progress
+from .. import __version__, errors
 from ..options import add_log_file_option, add_spool_options
 from ..options import add_verbosity_options
 
@@ -65,9 +64,11 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     or trio, cost more than a short run of another); the others are
     stand-ins with their name and help, which is all the top-level --help
     shows and all a run of another command needs.  The word that names the
-    command is always in ``argv``; with none there (--help, an error), or
-    without ``argv``, every command is built."""
+    command is always in ``argv``; with none there (--version, --help, an
+    error) every command stands in; without ``argv`` every command is built
+    (completion, the man page test)."""
     named = set(COMMANDS) if argv is None else set(COMMANDS).intersection(argv)
+    stand_ins = argv is not None
     p = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_spool_options(p)
@@ -78,7 +79,7 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                    help="print a completion script for that shell")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, help in COMMANDS.items():
-        if name in named or not named:
+        if name in named or not stand_ins:
             command_module(name).add_parser(sub)
         else:
             sub.add_parser(name, help=help)
@@ -128,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
     args = parser(argv).parse_args(argv)
+    from .. import log, progress        # (after --version and --help: they need neither)
     if getattr(args, "prepare", None):     # a command's own second look at its words
         args.prepare(args)
     verbosity = (args.debug + getattr(args, "debug_after", 0)
@@ -171,11 +173,14 @@ def _output_closed() -> int:
         os.close(null)
     except (OSError, ValueError):
         pass
+    import logging
     logging.getLogger(PROG).debug("output closed by its reader")
     return errors.OutputClosedError.exit_code
 
 
 def _report(args, exc: errors.Error) -> None:
+    import logging
+    from .. import log
     logger = logging.getLogger(PROG)
     if args.debug:
         logger.error("%s", exc, exc_info=exc)
