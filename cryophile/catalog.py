@@ -242,9 +242,10 @@ def list_archives(spool: Spool, store, vault: str, prefix: str = "", keyring=Non
     _thaw_states(spool, vault, prefix, result, store)
     if keyring is not None:
         cache = MarkCache(spool)
+        locked: list[errors.KeyringError] = []      # archives the key(s) do not open
         for e in result:
             try:
-                secret = _manifest(spool, store, cache, e.bid, keyring)
+                secret = _manifest(spool, store, cache, e.bid, keyring, locked)
             except errors.IntegrityError as exc:
                 exc = type(exc)(f"{e.bid}: {exc.message}")
                 log.warning("cannot read the manifest of %s", exc)
@@ -254,6 +255,11 @@ def list_archives(spool: Spool, store, vault: str, prefix: str = "", keyring=Non
                 continue
             e.name = secret.get("name")
             e.snapshot = snapshot_name(secret.get("stream"))
+        if locked:
+            log.warning("the key(s) given open %s of the %d archive(s) listed (their names "
+                        "show as -); give the secret key they are encrypted to: %s",
+                        "none" if len(locked) == len(result) else f"{len(result) - len(locked)}",
+                        len(result), locked[0])
     return result
 
 
@@ -340,8 +346,10 @@ def mark_bytes(spool: Spool, store, bid: BackupId, cache: MarkCache | None = Non
     return buf.getvalue()
 
 
-def _manifest(spool: Spool, store, cache: MarkCache, bid: BackupId, keyring) -> dict:
-    """The decrypted manifest, or {} when it cannot be read."""
+def _manifest(spool: Spool, store, cache: MarkCache, bid: BackupId, keyring,
+              locked: list | None = None) -> dict:
+    """The decrypted manifest, or {} when it cannot be read (with the
+    keyring's refusal added to ``locked``)."""
     try:
         clear, enc = manifest.read_clear(mark_bytes(spool, store, bid, cache))
         return manifest.read_manifest(enc, clear, keyring.decrypt_session_key)
@@ -349,6 +357,8 @@ def _manifest(spool: Spool, store, cache: MarkCache, bid: BackupId, keyring) -> 
         return {}
     except errors.KeyringError as exc:
         log.debug("no name for %s: %s", bid, exc)
+        if locked is not None:
+            locked.append(exc)
         return {}
     except (ValueError, KeyError, TypeError) as exc:        # decrypted, but not a manifest
         raise errors.FormatError(f"its manifest is malformed ({exc})") from None

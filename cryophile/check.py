@@ -15,7 +15,8 @@ Three depths, none of which writes plaintext anywhere:
   directory (in the spool) for that, and removed afterwards.
 
 Each problem is a ``Problem`` (one line for the user); the exit code is the
-worst of them: damaged 9, missing or truncated 8, storage 10.
+worst of them: damaged 9, missing or truncated 8, storage 10, a stream
+sealed incomplete 14.
 Synchronous: a CLI runs it directly.
 """
 
@@ -47,15 +48,15 @@ NO_CLASS = ("LOCAL",)        # stores without storage classes
 POLL_MIN, POLL_MAX = 1.0, 300.0
 MARK_FETCHES = 8             # chunk.0s read at once
 
-DAMAGED, MISSING, STORAGE = "damaged", "missing", "storage"
+DAMAGED, MISSING, STORAGE, INCOMPLETE = "damaged", "missing", "storage", "incomplete"
 EXIT = {DAMAGED: errors.IntegrityError.exit_code, MISSING: errors.MissingFragmentError.exit_code,
-        STORAGE: errors.StoreError.exit_code}
+        STORAGE: errors.StoreError.exit_code, INCOMPLETE: errors.IncompleteStreamError.exit_code}
 
 
 @dataclasses.dataclass
 class Problem:
     archive: str           # VAULT/PREFIX/ULID
-    kind: str              # damaged | missing | storage
+    kind: str              # damaged | missing | storage | incomplete
     message: str
     key: str | None = None
 
@@ -145,7 +146,7 @@ def _indexed(cache: MarkCache | None, archives: list[Archive]
 
 def exit_code(problems: Iterable[Problem]) -> int:
     kinds = {p.kind for p in problems}
-    for kind in (DAMAGED, MISSING, STORAGE):
+    for kind in (DAMAGED, MISSING, STORAGE, INCOMPLETE):
         if kind in kinds:
             return EXIT[kind]
     return 0
@@ -207,6 +208,11 @@ class Checker:
                                  "interrupted backup or rm (cryophile rm removes them)")
                 continue
             if self._mark(archive, marks[archive.bid.key]):
+                if not archive.clear.complete:
+                    self.problem(archive, INCOMPLETE, f"sealed incomplete: its "
+                                 f"{archive.clear.kind} stream was cut short when it was "
+                                 "written, so it is not a whole backup (restore gives what "
+                                 "it holds and exits 14)")
                 self._fragments(archive)
                 self._records(archive)
                 self.checked.append(archive)

@@ -500,7 +500,18 @@ class Operations(pyfuse3.Operations):
         if isinstance(self.handles.get(fh), EntryHandle):
             raise FsError(errno.EACCES, "an incoming file cannot be read: its archive is "
                           "read as VAULT/PREFIX/ULID (user.cryophile.backup_id)")
-        return await self._handle(fh, ReadHandle).reader.read(off, size)
+        handle = self._handle(fh, ReadHandle)
+        data = await handle.reader.read(off, size)
+        if not data and size > 0:
+            archive = handle.node.archive
+            if not getattr(archive.clear, "complete", True):
+                # every byte it holds was read; its end is not the stream's end,
+                # and a reader must not take it for one (restore exits 14 here)
+                raise errors.IncompleteStreamError(
+                    f"{archive.bid} was sealed incomplete: its {archive.clear.kind} stream "
+                    "was cut short when it was written; everything it holds was read, and "
+                    "its end is reported as an I/O error")
+        return data
 
     async def _close_reader(self, handle: ReadHandle) -> None:
         handle.reader.close()

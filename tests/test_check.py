@@ -192,3 +192,31 @@ def test_a_base_still_queued_in_the_spool_is_no_broken_chain(rig, recipes):
     assert check(rig, f"{rig.vault}/tank/{child}").returncode == 0
     shutil.rmtree(queued)
     assert check(rig, f"{rig.vault}/tank/{child}").returncode == 8
+
+
+@pytest.mark.expect_log          # the writer says it sealed the stream incomplete
+def test_an_archive_sealed_incomplete_is_a_problem_exit_14(rig, recipes):
+    """A stream the mount sealed incomplete (its writer died) is intact in the
+    vault but not a whole backup: check says so, worst after storage."""
+    from cryophile import keys
+    from cryophile.ids import BackupId, new_ulid
+    from cryophile.pipeline.writer import ArchiveWriter
+    from cryophile.spool import Spool
+    from tests.test_catalog import _tar_cut_short
+    (whole,) = frozen(rig, recipes, 1)
+    cut = BackupId(rig.vault, "tank", new_ulid())
+    writer = ArchiveWriter(Spool(str(rig.spool)), cut,
+                           keys.load_certificates([str(recipes["gpg"].cert)]), "lz4", 4096)
+    writer.write(_tar_cut_short())
+    writer.close(incomplete="mark")
+    rig.run("freeze", "--once", check=True)
+    for extra in ([], ["--read-data"], decrypt_args(recipes)):
+        proc = check(rig, rig.vault, *extra)
+        assert proc.returncode == 14, (extra, proc.stdout, proc.stderr)
+        (line,) = proc.stdout.decode().splitlines()
+        assert line.startswith(f"{cut}: sealed incomplete: its tar stream was cut short")
+    assert check(rig, f"{rig.vault}/tank/{whole}").returncode == 0
+    (archive_dir(rig, whole, "tank") / "chunk.1").unlink()     # worse problems come first
+    doc = json.loads(check(rig, rig.vault, "--json").stdout)
+    assert doc["exit"] == 8
+    assert sorted(p["kind"] for p in doc["problems"]) == ["incomplete", "missing"]

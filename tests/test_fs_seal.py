@@ -188,6 +188,38 @@ def test_a_tar_cut_short_is_incomplete_in_the_mount_and_in_ls(rig, tmp_path):
     assert sum("incomplete" in x for x in out.splitlines()) == 1
 
 
+@pytest.mark.timeout(300)
+def test_reading_an_incomplete_archive_ends_in_an_io_error(rig, tmp_path, fskeys):
+    """Every byte it holds comes back, and then EIO where its end would be
+    taken for the stream's end: cat exits non-zero, as restore exits 14."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for i in range(3):
+        (tree / f"f{i}").write_bytes(os.urandom(700_000))
+    whole = tmp_path / "whole.tar"
+    sh(f"tar cf {whole} -C {tree} .")
+    cut = whole.read_bytes()[:1_500_000]          # past the first MiB block
+    with rig.mounted("-k", str(fskeys[1]),
+                     expect=("sealed as incomplete", "was sealed incomplete")):
+        sh(f"cat {whole} > {rig.incoming}/whole.tar")
+        sh(f"head -c {len(cut)} {whole} > {rig.incoming}/cut.tar")
+        archives = {}
+        for name in ("whole.tar", "cut.tar"):
+            bid = os.getxattr(rig.incoming / name, "user.cryophile.backup_id").decode()
+            archives[name] = rig.archives / bid.rsplit("/", 1)[1]
+        assert archives["whole.tar"].read_bytes() == whole.read_bytes()
+        for _ in range(2):                        # the same again on a second open
+            got = subprocess.run(["cat", str(archives["cut.tar"])], capture_output=True,
+                                 timeout=120)
+            assert got.returncode != 0
+            assert b"Input/output error" in got.stderr
+            assert got.stdout == cut
+        with open(archives["cut.tar"], "rb") as f:     # a read inside it is served
+            f.seek(1000)
+            assert f.read(5000) == cut[1000:6000]
+    assert "was sealed incomplete" in rig.log
+
+
 @pytest.mark.skipif(not shutil.which("zfs-fuse"), reason="needs zfs-fuse")
 @pytest.mark.timeout(300)
 def test_a_real_zfs_send_cut_short_is_incomplete(rig, tmp_path):

@@ -228,3 +228,25 @@ def test_check_read_data_settles_a_record_of_an_intact_archive(tmp_path, bucket,
     assert proc.returncode == 0, (proc.stdout, proc.stderr)
     assert not restorequeue.records(spool, bid)
     assert states(rig)[ulid] != "damaged"
+
+
+@pytest.mark.expect_log
+def test_ls_with_a_key_that_opens_no_archive_says_so(rig, recipes):
+    """Names show as - for archives the key does not open, with one warning
+    saying how many and which key they want, not silence."""
+    ulids = [rig.backup(b"gpg %d" % i, recipes["gpg"].cert, "--name", f"g{i}")
+             for i in range(2)]
+    other = rig.backup(b"sq", recipes["sq"].cert, "--name", "s")
+    rig.run("freeze", "--once", check=True)
+    proc = rig.run("ls", "--json", "-k", str(recipes["sq"].key), rig.vault)
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["ulid"]: r["name"] for r in json.loads(proc.stdout)}
+    assert rows == {ulids[0]: None, ulids[1]: None, other: "s"}
+    (line,) = proc.stderr.decode().strip().splitlines()
+    assert "open 1 of the 3 archive(s)" in line and "secret key" in line, line
+    proc = rig.run("ls", "-k", str(recipes["gpg_rsa"].key), rig.vault)
+    assert proc.returncode == 0, proc.stderr
+    (line,) = proc.stderr.decode().strip().splitlines()
+    assert "open none of the 3 archive(s)" in line, line
+    proc = rig.run("ls", "-k", str(recipes["gpg"].key), "-k", str(recipes["sq"].key), rig.vault)
+    assert proc.returncode == 0 and proc.stderr == b"", proc.stderr
