@@ -133,15 +133,28 @@ def test_zfs_incrementals_hold_their_bases_by_stream_guids(rig, recipes):
     assert rig.run("check", rig.vault).returncode == 0
 
 
-def test_an_archive_whose_chunk0_does_not_parse_is_left_alone(rig, recipes):
-    odd = backup(rig, recipes, "2026-01-01T00:00:00Z")
-    backup(rig, recipes, "2026-01-02T00:00:00Z")
+@pytest.mark.parametrize("where", ["tank", "other"])
+def test_prune_refuses_when_a_vault_archive_cannot_say_its_base(rig, recipes, where):
+    """An incremental whose chunk.0 does not parse (in the prefix pruned or
+    another): its base is unknown and its fragments may still be recovered by
+    hand, so nothing is deleted until it is removed."""
+    full = backup(rig, recipes, "2026-01-01T00:00:00Z", "-p", "tank")
+    backup(rig, recipes, "2026-01-03T00:00:00Z", "-p", "tank")
+    incr = backup(rig, recipes, "2026-01-02T00:00:00Z", "-p", where, "--parent", full)
     rig.run("freeze", "--once", check=True)
-    mark = archive_dir(rig, odd) / "chunk.0"
+    mark = archive_dir(rig, incr, where) / "chunk.0"
     mark.write_bytes(b"not a mark")
-    proc = rig.run("prune", rig.vault, "--keep-last", "1", check=True)
-    assert odd not in plan_lines(proc) and mark.exists()
-    assert b"left alone" in proc.stderr
+    for dry in ([], ["-n"]):
+        proc = rig.run("prune", f"{rig.vault}/tank", "--keep-last", "1", *dry)
+        assert proc.returncode == 9, proc.stderr
+        bid = f"{rig.vault}/{where}/{incr}"
+        (line,) = proc.stderr.decode().splitlines()
+        assert line.startswith(f"cryophile: error: chunk.0 of {bid} in the vault: ")
+        assert f"`cryophile rm {bid}` removes the archive" in line
+        assert (archive_dir(rig, full, "tank") / "chunk.0").exists()      # its base stays
+    rig.run("rm", bid, check=True)                                       # as the error says
+    rig.run("prune", f"{rig.vault}/tank", "--keep-last", "1", check=True)
+    assert not (archive_dir(rig, full, "tank") / "chunk.0").exists()
 
 
 def test_the_parent_of_a_backup_being_written_is_held(rig, recipes):

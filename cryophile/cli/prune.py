@@ -97,12 +97,13 @@ def _items(ctx, store, vault: str, prefix: str):
     for archive in archives:
         failure = marks[archive.bid.key]
         if failure is not None:
-            if _under(archive.bid.prefix, prefix):
-                log.warning("%s is left alone: %s", archive.bid, failure)
-            else:       # not pruned, but whatever base it needs is not known
-                log.warning("%s: %s (an archive it needs would not be held)", archive.bid,
-                            failure)
-            continue
+            # the base it needs is not known, and its fragments may still be
+            # recovered by hand: nothing is deleted on a guess
+            bid = archive.bid
+            raise type(failure)(f"chunk.0 of {bid} in the vault: {failure.message}; prune "
+                                "cannot tell which archive it needs, so it deletes nothing "
+                                f"(`cryophile check {bid}` says more, `cryophile rm {bid}` "
+                                "removes the archive)") from None
         made = ulid_time(archive.bid.ulid)
         objects = tuple(retention.Stored(o.storage_class, o.size, o.modified or made)
                         for o in archive.objects.values())
