@@ -166,12 +166,17 @@ class Interrupted(Error):
     errno = _errno.EINTR
 
 
-def from_oserror(exc: OSError, what: str) -> Error:
-    """Turn an OSError on ``what`` (a path and a verb) into a named error."""
+SPOOL_FULL = ("free space there, or set spool_max (cryophile.toml(5)) below what its "
+              "filesystem holds, so that a backup waits for freeze instead of failing")
+
+
+def from_oserror(exc: OSError, what: str, full: str = "") -> Error:
+    """Turn an OSError on ``what`` (a path and a verb) into a named error;
+    ``full`` is what to do if the disk is full (e.g. ``SPOOL_FULL``)."""
     if exc.errno == _errno.EPIPE:
         return OutputClosedError(f"{what}: the reader went away (broken pipe)")
     if exc.errno in (_errno.ENOSPC, _errno.EDQUOT):
-        return DiskFullError(f"{what}: no space left on device")
+        return DiskFullError(f"{what}: no space left on device" + (f"; {full}" if full else ""))
     if exc.errno in (_errno.EACCES, _errno.EPERM, _errno.EROFS):
         return SpoolError(f"{what}: {exc.strerror} (check ownership and permissions)")
     return SpoolError(f"{what}: {exc.strerror or exc}")

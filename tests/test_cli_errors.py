@@ -288,7 +288,7 @@ def test_disk_full(rig, recipes, tmp_path):
         spool = small / "spool"
         proc = backup(rig, recipes["sq"].cert, "-C", "none", "-s", "256KiB",
                       data=os.urandom(10 << 20), pre=["-S", str(spool)])
-        failed(proc, DISK_FULL, "no space left")
+        failed(proc, DISK_FULL, "no space left", "set spool_max")
         assert list(spool.rglob("chunk.*")) == []
         assert not list((spool / "backup").iterdir())
         # the next freeze leaves nothing behind in freeze/ either

@@ -51,7 +51,7 @@ class Splitter:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         except OSError as exc:
-            raise errors.from_oserror(exc, f"cannot write {path}") from None
+            raise errors.from_oserror(exc, f"cannot write {path}", errors.SPOOL_FULL) from None
         self.file = os.fdopen(fd, "wb", buffering=0)
         self.hash = hashlib.sha256()
         self.used = 0
@@ -71,7 +71,8 @@ class Splitter:
         try:
             self.file.write(part)
         except OSError as exc:
-            raise errors.from_oserror(exc, f"cannot write to the spool {self.work_dir}") from None
+            raise errors.from_oserror(exc, f"cannot write to the spool {self.work_dir}",
+                                      errors.SPOOL_FULL) from None
         self.hash.update(part)
         self.used += len(part)
         self.total += len(part)
@@ -98,7 +99,8 @@ class Splitter:
                     file.close()
                     publish(self.work_dir, self.queue_dir, f"chunk.{n}")
             except OSError as exc:
-                self.sync_error = errors.from_oserror(exc, f"cannot queue fragment {n}")
+                self.sync_error = errors.from_oserror(exc, f"cannot queue fragment {n}",
+                                                      errors.SPOOL_FULL)
             except BaseException as exc:
                 self.sync_error = exc
             finally:

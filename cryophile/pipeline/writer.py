@@ -304,7 +304,8 @@ class ArchiveWriter:
             self._fsync_parents()
             publish(self.work_dir, self.queue_dir, "chunk.0")
         except OSError as exc:
-            raise errors.from_oserror(exc, "cannot write chunk.0 to the spool") from None
+            raise errors.from_oserror(exc, "cannot write chunk.0 to the spool",
+                                      errors.SPOOL_FULL) from None
         self.finish()
         log.debug("sealed %s: %d bytes in %d fragments", self.bid, self.plain_size, len(fragments))
 
