@@ -1,6 +1,7 @@
 """Small filesystem helpers shared by the spool and the local vault."""
 
 import os
+import shutil
 import tempfile
 
 
@@ -33,3 +34,13 @@ def replace_file(path: str, data: bytes, mode: int = 0o600) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def remove_tree(path: str) -> None:
+    """Remove a directory tree; one that is gone already (or goes meanwhile)
+    is no failure, anything else left behind raises the first OSError."""
+    def failed(function, name, info):
+        exc = info[1]
+        if not isinstance(exc, FileNotFoundError):
+            raise OSError(exc.errno, exc.strerror, name) from exc    # the whole path
+    shutil.rmtree(path, onerror=failed)

@@ -17,9 +17,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import shutil
 
-from . import catalog, check, errors
+from . import catalog, check, errors, fsutil
 from .ids import BackupId
 from .markcache import MarkCache
 from .spool import ABANDONED, ArchiveFreezeLock, BackupLock, Spool
@@ -108,7 +107,12 @@ def _remove(spool: Spool, store, bid: BackupId) -> Removed:
     for queue in ("freeze", "thaw", "restore"):
         if os.path.isdir(spool.dir(queue, bid)):
             done.spool = True
-            shutil.rmtree(spool.dir(queue, bid), ignore_errors=True)
+            try:
+                fsutil.remove_tree(spool.dir(queue, bid))
+            except OSError as exc:        # said, not reported as removed
+                raise errors.from_oserror(
+                    exc, f"{bid} is not fully removed (cryophile rm finishes it once "
+                    f"fixed): cannot remove {exc.filename}") from None
             spool.prune(queue, bid)
     if not keys and not done.spool:
         raise errors.NotFoundError(f"archive {bid} not found (nothing of it in the vault "

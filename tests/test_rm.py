@@ -234,3 +234,23 @@ def writing_child(rig, recipes, parent: str | None = None, *, head: bytes | None
             proc.stdout.close()
             proc.stderr.close()
     return run()
+
+
+def test_rm_that_cannot_clear_the_spool_says_so_and_a_second_run_finishes(rig, recipes):
+    """Spool leftovers that cannot be removed are an error naming them, not a
+    'removed' with the fragments still taking space."""
+    import subprocess
+    ulid = backup(rig, recipes, os.urandom(20_000))
+    stuck = rig.spool / "freeze" / rig.vault / ulid / "chunk.1"
+    subprocess.run(["chattr", "+i", str(stuck)], check=True)    # even root cannot unlink it
+    try:
+        proc = rig.run("rm", f"{rig.vault}/{ulid}")
+        assert proc.returncode == 11, proc.stderr
+        (line,) = proc.stderr.decode().splitlines()
+        assert "not fully removed" in line and str(stuck) in line, line
+    finally:
+        subprocess.run(["chattr", "-i", str(stuck)], check=True)
+    rig.run("rm", f"{rig.vault}/{ulid}", check=True)
+    assert not stuck.parent.exists()
+    rig.run("freeze", "--once", check=True)
+    assert not archive_dir(rig, ulid).exists()
