@@ -66,7 +66,7 @@ class Backpressure:
             if stop is None:
                 time.sleep(POLL)
             elif stop.wait(POLL):
-                raise errors.Interrupted("backup aborted while waiting for spool room")
+                raise errors.Interrupted("backup stopped while waiting for spool room (spool_max)")
             self.waited += POLL
 
     def _make_room(self, queued: int) -> bool:
