@@ -419,6 +419,9 @@ class ReadAhead:
                     self.next += 1
                     continue
                 self.decoding = block
+            if self.frozen and self.plain.pos != block * BLOCK:
+                # a fragment is missing: a skip forward would read through it
+                self.plain.close_stream()       # (the index is used instead)
             data = self.plain.read(block * BLOCK, BLOCK)
             with self.lock:
                 self.frozen.discard(block)
@@ -439,6 +442,9 @@ class ReadAhead:
             return                  # steered (or closed) while the thread found it missing
         with trio.CancelScope() as scope:
             self.thawing = (scope, block)
+            # a read parked while the thread ran into the missing fragment took
+            # the block for coming soon: steered now, it is served first
+            self._steer()
             try:
                 await self.thaws.wait(self.fragments, n)
                 with self.lock:

@@ -147,7 +147,7 @@ async def test_a_close_held_at_spool_max_fails_on_a_signal(tmp_path, fskeys, nur
 # --- reads beside a thaw -----------------------------------------------------------------
 
 SIZE = 12 * MiB + 777
-HANG = 120
+HANG = 60
 MISSING = 4             # the fragment taken away (fragments are 1 MiB: blocks 2-3 need it)
 
 
