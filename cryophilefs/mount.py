@@ -378,7 +378,9 @@ async def unmount_on_signal(signals, checked: trio.Event, ended: trio.Event,
                             stop_waits=lambda: None) -> None:
     """A signal unmounts.  One that comes while the start-up stat is still on
     its way waits for it (our own loop answers it), so that a mount that was up
-    ends as unmounted, exit 0, not as refused."""
+    ends as unmounted, exit 0, not as refused.  The FUSE loop ends only once
+    every request in progress is answered: ``stop_waits`` fails those that
+    wait for a thaw or for spool room, which may never come."""
     async for signum in signals:
         log.info("%s: unmounting", signal.Signals(signum).name)
         with trio.move_on_after(STARTUP_CHECK_WAIT):

@@ -132,8 +132,8 @@ class Incoming:
         self.idle = False               # the feeder sleeps on ``cond``
         self.stopping = False           # the feeder ends once the queue is empty
         self.waiter: tuple[int, trio.Event] | None = None   # trio waits: inflight <= n
-        self.thread_started = False     # the feeder thread began (or never will:)
-        self.feeder_gone = threading.Event()    # it ended, or never will run
+        self.thread_started = False     # the feeder thread began, or its task ended first
+        self.feeder_gone = threading.Event()    # that thread ended, or will never run
         self.token = trio.lowlevel.current_trio_token()
         self.error: BaseException | None = None
         self.fed = trio.Event()
