@@ -173,9 +173,9 @@ async def frozen_fragment(root, ops, data: bytes):
 
 async def thaw_waiting(ahead: reader.ReadAhead) -> None:
     """Until the read-ahead's task waits for the thaw it requested."""
-    while ahead.thawing is None or not restorequeue.requests(ahead.fragments.spool,
-                                                             ahead.archive.bid):
+    while not restorequeue.requests(ahead.fragments.spool, ahead.archive.bid):
         await trio.testing.wait_all_tasks_blocked(0.01)
+    await trio.testing.wait_all_tasks_blocked(0.01)
 
 
 @pytest.mark.timeout(900)
@@ -252,13 +252,13 @@ async def test_a_release_ends_its_thaw_wait_and_not_the_others(tmp_path, fskeys,
         answer.append(await ops.read(two.fh, 3 * MiB - 10, 20))
     with trio.fail_after(120):                  # a hang guard, not a speed check
         async with trio.open_nursery() as readers:
-            readers.start_soon(second)          # waits for the thaw
             await ops.read(one.fh, 0, 1)
-            await thaw_waiting(first)           # so does the first file's read-ahead
+            await thaw_waiting(first)           # the first file's read-ahead waits
+            readers.start_soon(second)          # so does the second file's read
+            await trio.testing.wait_all_tasks_blocked(0.01)
             await ops.release(one.fh)
             while not ended:                    # its task ends, the thaw still on
                 await trio.testing.wait_all_tasks_blocked(0.01)
-            assert first.thawing is None
             assert restorequeue.requests(ops.spool, node.archive.bid), "the thaw was withdrawn"
             assert not answer
             thawed()
