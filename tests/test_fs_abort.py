@@ -106,10 +106,10 @@ def test_an_abort_ends_every_thread_of_a_backup_held_at_spool_max(
                     else:
                         tasks.cancel_scope.cancel()
                 await trio.to_thread.run_sync(ops.abort_writers)
-            assert incoming.feeder_gone.is_set()
             if incoming.writer is not None:
-                assert not backup_threads(incoming.writer)
+                assert not backup_threads(incoming.writer), "a thread outlived the abort"
             assert_abandoned(root, incoming.bid)
+            assert incoming.feeder_gone.is_set()
             nursery.cancel_scope.cancel()
     trio.run(run)
 
