@@ -317,6 +317,14 @@ def _waiting_on_fuse(pid: int) -> bool:
     return st in "SD" and ("fuse" in where or "request_wait_answer" in where)
 
 
+def _written(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/io") as f:
+            return int(dict(line.split(": ") for line in f.read().splitlines())["wchar"])
+    except FileNotFoundError:
+        return 0
+
+
 @needs_fuse
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
@@ -342,8 +350,10 @@ def test_a_signal_unmounts_while_a_write_waits_for_spool_room(tmp_path, fskeys, 
              "except OSError as exc:\n"
              "    sys.exit(f'write: {exc.errno}')\n",
              str(rig.incoming / "stuck")], stderr=subprocess.PIPE)
-        wait_until(lambda: _waiting_on_fuse(writing.pid) and Spool(str(rig.spool))
-                   .unfrozen_bytes() >= 3 * MiB, timeout=120)
+        # held: the spool at spool_max, and more written than the queue holds
+        wait_until(lambda: _written(writing.pid) >= (writer.DEPTH + 8) * MiB
+                   and _waiting_on_fuse(writing.pid)
+                   and Spool(str(rig.spool)).unfrozen_bytes() >= 3 * MiB, timeout=120)
         proc.send_signal(signum)
         out, _ = proc.communicate(timeout=120)
         text = out.decode()
