@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from typing import Callable
 
@@ -47,8 +48,9 @@ class Backpressure:
         self.waited = 0.0
         self.inline_rounds = 0
 
-    def wait(self) -> None:
-        """Called before a new fragment is started."""
+    def wait(self, stop: threading.Event | None = None) -> None:
+        """Called before a new fragment is started; ``stop`` (the backup is
+        aborted) ends the wait with Interrupted."""
         if self.bound is None:
             self.bound = default_bound(self.spool)
         told = False
@@ -61,7 +63,10 @@ class Backpressure:
                 log.info("spool holds %s not yet frozen (spool_max %s): waiting for "
                          "freeze to make room", _size(queued), _size(self.bound))
                 told = True
-            time.sleep(POLL)
+            if stop is None:
+                time.sleep(POLL)
+            elif stop.wait(POLL):
+                raise errors.Interrupted("backup stopped while waiting for spool room (spool_max)")
             self.waited += POLL
 
     def _make_room(self, queued: int) -> bool:

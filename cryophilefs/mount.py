@@ -289,11 +289,13 @@ async def serve(settings: Settings, opts: Options, mountpoint: str, mounted) -> 
                     nursery.start_soon(supervise, "freeze", settings.freezer.run)
                     if settings.thawer is not None:
                         nursery.start_soon(supervise, "thaw", settings.thawer.run)
-                    nursery.start_soon(unmount_on_signal, received, checked, ended)
+                    nursery.start_soon(unmount_on_signal, received, checked, ended,
+                                       ops.stop_waits)
                     await pyfuse3.main()
                 finally:
                     ended.set()
-                    await trio.to_thread.run_sync(ops.abort_writers)
+                    with trio.CancelScope(shield=True):     # even after a failure
+                        await trio.to_thread.run_sync(ops.abort_writers)
                     pyfuse3.close(unmount=True)
                     nursery.cancel_scope.cancel()
     except RuntimeError as exc:
@@ -373,15 +375,19 @@ def terminate(ended: trio.Event) -> None:
         pyfuse3.terminate()
 
 
-async def unmount_on_signal(signals, checked: trio.Event, ended: trio.Event) -> None:
+async def unmount_on_signal(signals, checked: trio.Event, ended: trio.Event,
+                            stop_waits=lambda: None) -> None:
     """A signal unmounts.  One that comes while the start-up stat is still on
     its way waits for it (our own loop answers it), so that a mount that was up
-    ends as unmounted, exit 0, not as refused."""
+    ends as unmounted, exit 0, not as refused.  The FUSE loop ends only once
+    every request in progress is answered: ``stop_waits`` fails those that
+    wait for a thaw or for spool room, which may never come."""
     async for signum in signals:
         log.info("%s: unmounting", signal.Signals(signum).name)
         with trio.move_on_after(STARTUP_CHECK_WAIT):
             await checked.wait()
         terminate(ended)
+        stop_waits()
         return
 
 

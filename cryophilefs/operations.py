@@ -12,6 +12,7 @@ import errno
 import logging
 import os
 import stat
+import threading
 from typing import Callable
 
 import pyfuse3
@@ -355,14 +356,14 @@ class Operations(pyfuse3.Operations):
         log.debug("backup %s started for %s", bid, node.path())
         return fh
 
-    async def _writer(self, bid: BackupId, name: str) -> Callable[[], HeldWriter]:
+    async def _writer(self, bid: BackupId, name: str) -> Callable[[threading.Event], HeldWriter]:
         """How to start the backup (at its first write); recipients are checked now."""
         vault = self.config.vault(bid.vault)
         recipients = await self._recipients(vault)
         self._announce(bid.vault)
-        return lambda: HeldWriter(
+        return lambda stop: HeldWriter(
             self.spool, bid, recipients, vault.compression, vault.fragment_size, name=name,
-            before_fragment=self.backpressure.wait)
+            before_fragment=lambda: self.backpressure.wait(stop), stop=stop)
 
     def _announce(self, uuid: str) -> None:
         """Say once where a vault's archives go, loudly if nothing configured it."""
@@ -634,6 +635,15 @@ class Operations(pyfuse3.Operations):
         raise pyfuse3.FUSEError(errno.ENOTSUP)
 
     # --- the end -------------------------------------------------------------------
+
+    def stop_waits(self) -> None:
+        """A signal unmounts: the requests that wait on something with no end in
+        sight (a thaw, spool room behind an unreachable vault) fail now, so that
+        the FUSE loop, which ends only once every request is answered, ends."""
+        self.thaws.stop()
+        for handle in list(self.handles.values()):
+            if isinstance(handle, WriteHandle):
+                handle.incoming.interrupt()
 
     def abort_writers(self) -> None:
         """At unmount: backups still open are dropped (their data is incomplete),

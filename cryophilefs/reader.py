@@ -85,6 +85,14 @@ class Thaws:
         self.policy = policy        # thawpolicy.ReadPolicy: guards, partial thaws
         self.reported: set[BackupId] = set()
         self.readers: dict[BackupId, restorequeue.Reader] = {}
+        self.waits: set[trio.CancelScope] = set()     # the waits in progress (stop ends them)
+        self.stopping = False
+
+    def stop(self) -> None:
+        """The mount ends: every thaw wait fails now (the thaws themselves go on)."""
+        self.stopping = True
+        for scope in self.waits:
+            scope.cancel()
 
     async def request(self, archive: Archive, first: int = 1, pid: int = 0,
                       whole: bool = False, approve: bool = False) -> None:
@@ -124,12 +132,26 @@ class Thaws:
         return found[min(found)]
 
     async def wait(self, fragments: Fragments, n: int) -> None:
+        """Until fragment ``n`` is here; a thaw failure raises.  Cancelling the
+        wait leaves the thaw requested (another open file may wait for it)."""
+        with trio.CancelScope() as scope:
+            self.waits.add(scope)
+            try:
+                if not self.stopping:
+                    return await self._wait(fragments, n)
+            finally:
+                self.waits.discard(scope)
+        raise errors.Interrupted(f"{fragments.bid}: the mount is ending; the read waited "
+                                 f"for chunk.{n} to be thawed (the thaw goes on)")
+
+    async def _wait(self, fragments: Fragments, n: int) -> None:
         since = time.monotonic()
         bid = fragments.bid
         pid = getattr(fragments, "pid", 0)
         failure = await trio.to_thread.run_sync(restorequeue.failure, self.spool, bid, n)
         if failure is None:
-            await self.request(fragments.archive, n, pid)
+            with trio.CancelScope(shield=True):     # charged to the budget, then requested
+                await self.request(fragments.archive, n, pid)
             log.info("thawing %s from chunk.%d on; reads wait for it", bid, n)
         while True:
             if failure is None:
@@ -141,7 +163,8 @@ class Thaws:
             if found:
                 return
             if failure is None and not asked:      # taken away by another's cleanup
-                await self.request(fragments.archive, n, pid)
+                with trio.CancelScope(shield=True):
+                    await self.request(fragments.archive, n, pid)
             await trio.sleep(WAIT_POLL)
 
     def _look(self, fragments: Fragments, n: int) -> tuple[bool, errors.Error | None, bool]:
@@ -230,6 +253,11 @@ class ReadAhead:
         # that moment, as a new Event per wake would, without making one
         self.changed = trio.lowlevel.ParkingLot()
         self.closed = False
+        # the task's wait for a thaw (its scope, the block): a steer elsewhere or
+        # the close ends it, so that a read of a block that is here, or the
+        # task's end, does not wait for a thaw nobody waits for any more
+        self.thawing: tuple[trio.CancelScope, int] | None = None
+        self.frozen: set[int] = set()     # blocks last found to need a fragment not here
 
     # --- the reader's side --------------------------------------------------
 
@@ -279,10 +307,15 @@ class ReadAhead:
             pending = [b for b in self.waiting if b not in self.cache and b not in self.failed]
             if not pending:
                 return
-            low = min(pending)
-            if self.stalled or not self.next <= low < self.next + AHEAD:
+            # blocks that can be read come first: a read of one never waits
+            # behind another read's thaw (nor does the read-ahead's thaw hold it)
+            ready = [b for b in pending if b not in self.frozen]
+            low = min(ready or pending)
+            thawing_other = self.thawing is not None and self.thawing[1] != low
+            if self.stalled or thawing_other or not self.next <= low < self.next + AHEAD:
                 self.generation += 1
                 self.next, self.horizon, self.stalled = low, low + 1 + AHEAD, False
+                self._stop_thaw_wait()
                 self._wake()
             elif self.horizon <= low + AHEAD:
                 # coming soon only if the thread goes that far: a steer to a lower
@@ -308,8 +341,13 @@ class ReadAhead:
     def _wake(self) -> None:
         self.changed.unpark_all()
 
+    def _stop_thaw_wait(self) -> None:
+        if self.thawing is not None:
+            self.thawing[0].cancel()
+
     def close(self) -> None:
         self.closed = True
+        self._stop_thaw_wait()
         self.plain.close_stream()         # its decryption thread ends too
         with self.lock:
             self.cache.clear()
@@ -348,6 +386,8 @@ class ReadAhead:
         except NeedFragment as need:
             block = self.decoding
             self.plain.close_stream()         # restart decryption there after the thaw
+            with self.lock:
+                self.frozen.add(block)
             if self.thaws.policy is not None and not self.waiting.get(block):
                 self.stalled = True           # read-ahead thaws nothing: a read will
                 self._wake()
@@ -379,8 +419,12 @@ class ReadAhead:
                     self.next += 1
                     continue
                 self.decoding = block
+            if self.frozen and self.plain.pos != block * BLOCK:
+                # a fragment is missing: a skip forward would read through it
+                self.plain.close_stream()       # (the index is used instead)
             data = self.plain.read(block * BLOCK, BLOCK)
             with self.lock:
+                self.frozen.discard(block)
                 if generation != self.generation:
                     return
                 self.cache[block] = data
@@ -394,10 +438,21 @@ class ReadAhead:
                     return
 
     async def _thaw(self, generation: int, block: int, n: int) -> None:
-        try:
-            await self.thaws.wait(self.fragments, n)
-        except Exception as exc:
-            self._fail(generation, block, exc)
+        if self.closed or generation != self.generation:
+            return                  # steered (or closed) while the thread found it missing
+        with trio.CancelScope() as scope:
+            self.thawing = (scope, block)
+            # a read parked while the thread ran into the missing fragment took
+            # the block for coming soon: steered now, it is served first
+            self._steer()
+            try:
+                await self.thaws.wait(self.fragments, n)
+                with self.lock:
+                    self.frozen.discard(block)
+            except Exception as exc:
+                self._fail(generation, block, exc)
+            finally:
+                self.thawing = None
 
     def _fail(self, generation: int, block: int, exc: BaseException) -> None:
         if generation == self.generation:

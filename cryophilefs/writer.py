@@ -80,6 +80,18 @@ class HeldWriter(ArchiveWriter):
 
     held = True
 
+    def __init__(self, *args, **kwargs):
+        try:
+            super().__init__(*args, **kwargs)
+        except BaseException:
+            # stopped while waiting for spool room for its first fragment (or
+            # failed there): the lock and directories it made go with it
+            lock = getattr(self, "lock", None)
+            if lock is not None and lock.fd is not None:
+                self.spool.abandon(self.bid)
+                lock.release()
+            raise
+
     def finish(self) -> None:
         if not self.held:
             super().finish()
@@ -102,9 +114,11 @@ class HeldWriter(ArchiveWriter):
 
 
 class Incoming:
-    def __init__(self, bid: BackupId, name: str, make_writer: Callable[[], HeldWriter]):
+    def __init__(self, bid: BackupId, name: str,
+                 make_writer: Callable[[threading.Event], HeldWriter]):
         self.bid, self.name = bid, name
-        self.make_writer = make_writer      # blocking; called at the first write
+        self.make_writer = make_writer      # blocking; called at the first write, with:
+        self.stopped = threading.Event()    # set: the writer's waits for spool room end
         self.writer: HeldWriter | None = None       # and None again once released
         self.state = WRITING
         self.offset = 0
@@ -118,6 +132,8 @@ class Incoming:
         self.idle = False               # the feeder sleeps on ``cond``
         self.stopping = False           # the feeder ends once the queue is empty
         self.waiter: tuple[int, trio.Event] | None = None   # trio waits: inflight <= n
+        self.thread_started = False     # the feeder thread began, or its task ended first
+        self.feeder_gone = threading.Event()    # that thread ended, or will never run
         self.token = trio.lowlevel.current_trio_token()
         self.error: BaseException | None = None
         self.fed = trio.Event()
@@ -152,6 +168,10 @@ class Incoming:
             self.error = self.error or exc
         finally:
             self._stop()                # cancelled (unmount): the thread ends too
+            with self.cond:
+                if not self.thread_started:     # cancelled before it began: it never will
+                    self.thread_started = True
+                    self.feeder_gone.set()
             self.fed.set()
             with self.cond:             # whatever is left will never be written
                 if self.waiter is not None:
@@ -162,6 +182,16 @@ class Incoming:
         """The feeder thread: queued bytes into the ArchiveWriter, in order; a
         failure is kept in ``error`` for the next write or the close, and
         what follows it is dropped."""
+        with self.cond:
+            if self.thread_started:     # its task was cancelled before the thread began
+                return
+            self.thread_started = True
+        try:
+            self._feed_all()
+        finally:
+            self.feeder_gone.set()
+
+    def _feed_all(self) -> None:
         while True:
             with self.cond:
                 while not self.queue and not self.stopping:
@@ -267,7 +297,7 @@ class Incoming:
     async def _start_writer(self) -> None:
         """The spool sees a backup only once it has data (``touch`` leaves nothing)."""
         try:
-            self.writer = await trio.to_thread.run_sync(self.make_writer)
+            self.writer = await trio.to_thread.run_sync(self.make_writer, self.stopped)
         except OSError as exc:
             self._fail(errors.from_oserror(exc, f"backup {self.bid}"))
         except Exception as exc:
@@ -383,9 +413,24 @@ class Incoming:
             return True
         return False
 
+    def interrupt(self) -> None:
+        """The mount ends: a wait for spool room ends now (the backup then
+        fails, unless it is sealed already).  Any thread."""
+        self.stopped.set()
+
     def abort_at_unmount(self) -> str:
-        """Blocking: the mount ends with this file still open."""
+        """Blocking: the mount ends with this file still open.  The feeder
+        thread ends first (it may be inside a write, or held with the whole
+        pipeline at spool_max: ``stopped`` ends that wait), so that nothing
+        writes into the backup's spool files once it is abandoned."""
+        if self.state not in (SEALED, WITHDRAWN):
+            self.error = self.error or errors.Interrupted("the mount ended while the "
+                                                          "backup was being written")
+            if self.writer is not None:         # the feeder's write in progress stops
+                self.writer.error = self.writer.error or self.error
+        self.interrupt()
         self._stop()
+        self.feeder_gone.wait()     # every wait of the feeder ends on the above
         if self.state == SEALED:
             self.writer.let_go()
             return "kept"

@@ -81,7 +81,7 @@ def hold_fragments(ops):
     entered, go = threading.Event(), threading.Event()
     first = True
 
-    def wait():
+    def wait(stop=None):
         nonlocal first
         if first:
             first = False
@@ -145,7 +145,7 @@ async def test_a_failure_behind_the_feeder_is_an_errno_and_a_log_line(tmp_path, 
     ops = make_ops(tmp_path, fskeys, nursery)
     calls = 0
 
-    def full():
+    def full(stop=None):
         nonlocal calls
         calls += 1
         if calls > 2:

@@ -8,6 +8,7 @@ import os
 import signal
 import stat
 import subprocess
+import threading
 import sys
 
 from .. import config, errors, ids, keys
@@ -90,10 +91,12 @@ def run(args) -> int:
     ctx.spool.clean_dead_backups()
     source = source or Producer(args.producer)
     pressure = Backpressure(ctx.spool, ctx.config.spool_max, freeze_inline=_InlineFreeze(ctx))
+    stop = threading.Event()        # the writer's abort ends a wait for spool room
     try:
         writer = ArchiveWriter(ctx.spool, bid, recipients, compression, fragment_size,
                                name=args.name, created=ids.ulid_time(ulid),
-                               before_fragment=pressure.wait, parent=parent)
+                               before_fragment=lambda: pressure.wait(stop), parent=parent,
+                               stop=stop)
         try:
             _copy(source, writer)
             if isinstance(source, Producer):

@@ -55,8 +55,11 @@ class ArchiveWriter:
                  compression: str = "lz4", fragment_size: int = 64 << 20,
                  name: str | None = None, created: datetime.datetime | None = None,
                  before_fragment: Callable[[], None] = lambda: None,
-                 parent: str | None = None):
+                 parent: str | None = None, stop: threading.Event | None = None):
         self.spool, self.bid, self.name, self.parent = spool, bid, name, parent
+        # set by abort: a ``before_fragment`` given the same event (a wait for
+        # spool room) ends at once instead of holding the abort up
+        self.stopped = stop or threading.Event()
         buffers.reuse_buffers()     # each read and each frame is a fresh ~1 MiB buffer
         self.watcher = streams.Watcher()
         self.stream: streams.Stream | None = None     # what the input was, once closed
@@ -199,12 +202,16 @@ class ArchiveWriter:
         if self.closed or self.aborted:
             return
         self.aborted = True
+        self.stopped.set()
         self.error = self.error or errors.Interrupted("backup aborted")
         _drain(self.frames)               # only this thread puts: room is left
         self.frames.put(_DONE)
         self.pool.shutdown(wait=False, cancel_futures=True)
-        self.worker.join(timeout=10)
-        self.writer.join(timeout=10)
+        # every wait of these threads ends now (the stop, the error, _DONE): no
+        # time limit, since a thread left running could write into the spool
+        # after it was abandoned
+        self.worker.join()
+        self.writer.join()
         self.enc.stop()
         self.split.abort()
         self.spool.abandon(self.bid)
