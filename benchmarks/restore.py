@@ -33,6 +33,7 @@ import argparse
 import glob
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -215,6 +216,19 @@ def measure(case: Case, repeat: int, genv: dict, mount: bool, rclone,
     if res["mount"]:
         line("mount cat", case.size, res["mount"], res["vault"], "restore (vault)")
         line("mount cat again", case.size, res["again"], res["vault"], "restore (vault)")
+        pairs(case.size, res["mount"], res["vault"])
+
+
+def pairs(size: int, mount: list[Result], vault: list[Result]) -> None:
+    """Round by round (each mount's `cat` against the restore just before it):
+    the median ratio and the median of the mount's extra CPU-seconds per GiB,
+    steadier than the best of each side when the load changes between rounds."""
+    gib = size / GIB
+    ratios = sorted(v.seconds / m.seconds for m, v in zip(mount, vault))
+    extra = sorted((m.cpu - v.cpu) / gib for m, v in zip(mount, vault))
+    print(f"  {'mount cat, by round':<22} ratio median {statistics.median(ratios):.2f}x "
+          f"({ratios[0]:.2f}-{ratios[-1]:.2f}), mount CPU-s/GiB minus restore's: median "
+          f"{statistics.median(extra):+.2f} ({extra[0]:+.2f} to {extra[-1]:+.2f})", flush=True)
 
 
 def main() -> None:

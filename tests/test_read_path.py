@@ -13,6 +13,7 @@ import random
 import tempfile
 import threading
 from pathlib import Path
+from unittest import mock
 
 import lz4.frame
 import pytest
@@ -1038,3 +1039,40 @@ def test_a_damaged_lz4_frame_over_chunks_never_gives_wrong_bytes(lz4_decoder, da
         assert bit < 8
         return
     assert got == data
+
+
+def _split_outcome(chunks, codec):
+    """What _split makes of ``chunks``: each frame's bytes, stated size and
+    checksum flag, then the error it ends with (its class and message), if any."""
+    out = []
+    try:
+        for frame, size, summed in compress._split(chunks, codec):
+            pieces = frame if isinstance(frame, list) else [frame]
+            out.append((b"".join(bytes(p) for p in pieces), size, summed))
+    except errors.IntegrityError as exc:
+        out.append((type(exc), str(exc)))
+    return out
+
+
+@settings(max_examples=150, deadline=None, database=None)
+@given(data=st.binary(max_size=3000) | st.builds(mixed, st.integers(0, 400_000)),
+       frame_size=st.integers(1, 300_000), cuts=st.lists(st.integers(1, 300_000), max_size=12),
+       flips=st.lists(st.tuples(st.integers(0, 1 << 30), st.integers(0, 7)), max_size=2),
+       nosize=st.booleans(), truncate=st.integers(0, 3))
+def test_zstd_frames_found_whole_as_the_scanner_finds_them(data, frame_size, cuts, flips,
+                                                            nosize, truncate):
+    """A zstd frame lying within one chunk is found by one loop over its block
+    headers instead of the scanner: the same frames, sizes and checksum flags,
+    and the same error at the same point, whatever the bytes (bits flipped
+    anywhere, a stream cut short) and the chunking."""
+    c = (zstandard.ZstdCompressor(write_content_size=False, write_checksum=True).compress
+         if nosize else compress.compressor("zstd"))
+    stream = bytearray(b"".join(c(data[i:i + frame_size])
+                                for i in range(0, len(data), frame_size)) or c(b""))
+    for flip, bit in flips:
+        stream[flip % len(stream)] ^= 1 << bit
+    stream = bytes(stream[:len(stream) - truncate])
+    chunks = cut(stream, cuts)
+    fast = _split_outcome(chunks, "zstd")
+    with mock.patch.object(compress, "_zstd_whole", lambda view: None):
+        assert fast == _split_outcome(chunks, "zstd")
