@@ -7,6 +7,7 @@ import io
 import tarfile
 import uuid
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -193,3 +194,42 @@ def test_snapshot_name_from_a_manifest():
     assert snapshot_name({"kind": "zfs", "toname": "tank/fs@s3"}) == "tank/fs@s3"
     assert snapshot_name({"kind": "btrfs", "path": "snap"}) == "snap"
     assert snapshot_name({"kind": "tar"}) is None and snapshot_name(None) is None
+
+
+def rewrite_header(raw: bytes, at: int, field: slice, value: bytes) -> bytes:
+    """``raw`` with the tar header at ``at`` given ``value`` in ``field`` and a
+    checksum that matches: a header tar itself could have written."""
+    h = bytearray(raw[at:at + 512])
+    h[field] = value
+    h[148:156] = b" " * 8
+    h[148:156] = b"%06o\0 " % sum(h)
+    return raw[:at] + bytes(h) + raw[at + 512:]
+
+
+def headers_of(raw: bytes) -> list[int]:
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tf:
+        return [m.offset for m in tf.getmembers()] + [m.offset_data - 512 for m in tf]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("size", [b"-0001130\0\0\0\0", b"-1\0\0\0\0\0\0\0\0\0\0",
+                                  b"  -777     ", b"-00000001274"])
+def test_a_tar_size_with_a_sign_is_a_bad_header_not_a_hang(size):
+    """int() takes a sign: a negative size once walked the stream backwards to
+    the same header, for ever (a hung backup, or a hung write to the mount)."""
+    raw, _ = _two_files()
+    bad = rewrite_header(raw, headers_of(raw)[-1], slice(124, 124 + len(size)), size)
+    for sizes in ((), (1024, 512), (1100,)):
+        got = watch(bad, sizes)
+        assert (got.kind, got.complete) == ("tar", False)
+        assert "bad size field" in got.reason
+
+
+def _two_files() -> tuple[bytes, int]:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
+        for name, data in (("a", b"abc"), ("b", b"x" * 700)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue(), tf.offset

@@ -63,9 +63,10 @@ def number(field) -> int | None:
         return int.from_bytes(bytes([field[0] & 0x7F]) + field[1:], "big")
     text = field.replace(b"\0", b" ")
     try:
-        return int(text, 8)                             # int() skips the blanks
+        value = int(text, 8)                            # int() skips the blanks
     except ValueError:
         return None if text.strip() else 0              # all blank: 0
+    return value if value >= 0 else None     # int() takes a sign: no tar writes one
 
 
 def blocks(size: int) -> int:
