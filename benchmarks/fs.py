@@ -2,8 +2,11 @@
 
     .venv/bin/python benchmarks/fs.py [--size-gib 1] [--big-gib 4]
 
-write: `dd if=DATA of=MOUNT/incoming/VAULT/bench bs=1M` vs `cryophile backup -i DATA`
-       of the same data with the same vault settings, interleaved, on real data (a
+write: `dd if=DATA of=MOUNT/incoming/VAULT/bench bs=1M` vs cryophile backup of the
+       same data with the same vault settings, two ways: `cryophile backup -i DATA`
+       (backup reads the file itself: no producer) and `dd if=DATA bs=1M |
+       cryophile backup` (a producer pipe, as in use and as dd into the mount;
+       the producer's CPU counted); interleaved, on real data (a
        whole tar of /usr) and random data; once with the mount's freeze running (as
        in use; each written archive is frozen before the next timed run), once with
        it held back (the vault cannot be reached): the write path alone; and, with
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -99,11 +103,14 @@ def write_series(args, root: Path, cert: Path, key: Path, freeze: bool) -> int:
     n = 0
     try:
         for kind, data in (("real", mixed_data(size)), ("random", random_data(size))):
-            ours, base, fs_cpu, peer = [], [], [], []
+            ours, base, piped, fs_cpu, peer = [], [], [], [], []
+            backup = CRYOPHILE + ["-S", str(cli_spool), "-c", str(config), "backup", "-v", VAULT]
             for _ in range(args.repeat):          # interleaved, the best of each
                 shutil.rmtree(cli_spool, ignore_errors=True)
-                base.append(measure(CRYOPHILE + ["-S", str(cli_spool), "-c", str(config),
-                                                 "backup", "-v", VAULT, "-i", str(data)]))
+                base.append(measure(backup + ["-i", str(data)]))
+                shutil.rmtree(cli_spool, ignore_errors=True)
+                piped.append(measure(f"set -o pipefail; dd if={data} bs=1M status=none | "
+                                     + " ".join(map(shlex.quote, backup)), shell=True))
                 n += 1
                 before = cpu_of(fs.proc.pid)
                 ours.append(measure(f"dd if={data} of={fs.mnt}/incoming/{VAULT}/bench{n} "
@@ -116,17 +123,19 @@ def write_series(args, root: Path, cert: Path, key: Path, freeze: bool) -> int:
                     peer.append(measure(f"dd if={data} of={rclone.mnt}/bench bs=1M status=none",
                                         shell=True))
                     os.remove(rclone.mnt / "bench")
-            b = best(base)
+            b, p = best(base), best(piped)
             i = ours.index(best(ours))
             print(f"write  {kind:6} {what}  mount (dd bs=1M) {rate(size, ours[i].seconds)} "
                   f"(mount {per_gib(size, fs_cpu[i])}, dd {per_gib(size, ours[i].cpu)}, "
                   f"{fs_cpu[i] / ours[i].seconds / 2 * 100:.0f} % of its 2-core ceiling)   "
-                  f"cryophile backup {rate(size, b.seconds)} ({per_gib(size, b.cpu)})   "
-                  f"{ratio(b.seconds, ours[i].seconds)}   [{load()}]", flush=True)
+                  f"backup -i {rate(size, b.seconds)} ({per_gib(size, b.cpu)}) "
+                  f"{ratio(b.seconds, ours[i].seconds)}   "
+                  f"dd | backup {rate(size, p.seconds)} ({per_gib(size, p.cpu)} with dd) "
+                  f"{ratio(p.seconds, ours[i].seconds)}   [{load()}]", flush=True)
             if peer:
-                p = best(peer)
-                print(f"write  {kind:6} rclone mount (crypt, dd bs=1M) {rate(size, p.seconds)}   "
-                      f"{ratio(p.seconds, ours[i].seconds)}", flush=True)
+                r = best(peer)
+                print(f"write  {kind:6} rclone mount (crypt, dd bs=1M) {rate(size, r.seconds)}   "
+                      f"{ratio(r.seconds, ours[i].seconds)}", flush=True)
         return fs.peak_rss_kib()
     finally:
         fs.close()

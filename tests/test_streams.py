@@ -7,10 +7,12 @@ import io
 import tarfile
 import uuid
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cryophile.streams import Stream, Watcher, recognise, tar
+from cryophile.streams.records import Walker
 from cryophile.streams.zfs import nvlist_strings
 from tests.streamgen import (btrfs_streams, tar_streams, xdr_nvlist, zfs_begin, zfs_end,
                              zfs_streams, zfs_substream)
@@ -193,3 +195,124 @@ def test_snapshot_name_from_a_manifest():
     assert snapshot_name({"kind": "zfs", "toname": "tank/fs@s3"}) == "tank/fs@s3"
     assert snapshot_name({"kind": "btrfs", "path": "snap"}) == "snap"
     assert snapshot_name({"kind": "tar"}) is None and snapshot_name(None) is None
+
+
+def rewrite_header(raw: bytes, at: int, field: slice, value: bytes) -> bytes:
+    """``raw`` with the tar header at ``at`` given ``value`` in ``field`` and a
+    checksum that matches: a header tar itself could have written."""
+    h = bytearray(raw[at:at + 512])
+    h[field] = value
+    h[148:156] = b" " * 8
+    h[148:156] = b"%06o\0 " % sum(h)
+    return raw[:at] + bytes(h) + raw[at + 512:]
+
+
+def headers_of(raw: bytes) -> list[int]:
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tf:
+        return [m.offset for m in tf.getmembers()] + [m.offset_data - 512 for m in tf]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("size", [b"-0001130\0\0\0\0", b"-1\0\0\0\0\0\0\0\0\0\0",
+                                  b"  -777     ", b"-00000001274"])
+def test_a_tar_size_with_a_sign_is_a_bad_header_not_a_hang(size):
+    """int() takes a sign: a negative size once walked the stream backwards to
+    the same header, for ever (a hung backup, or a hung write to the mount)."""
+    raw, _ = _two_files()
+    bad = rewrite_header(raw, headers_of(raw)[-1], slice(124, 124 + len(size)), size)
+    for sizes in ((), (1024, 512), (1100,)):
+        got = watch(bad, sizes)
+        assert (got.kind, got.complete) == ("tar", False)
+        assert "bad size field" in got.reason
+
+
+def _two_files() -> tuple[bytes, int]:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
+        for name, data in (("a", b"abc"), ("b", b"x" * 700)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue(), tf.offset
+
+
+class GenericTar(tar.TarStream):
+    """Every header through ``TarStream.header`` (no inline reading)."""
+
+    feed = Walker.feed
+
+
+def walk(cls, data: bytes, sizes) -> tuple:
+    w = cls()
+    view, pos = memoryview(data), 0
+    for n in sizes:
+        w.feed(view[pos:pos + n])
+        pos += n
+    w.feed(view[pos:])
+    return w.verdict(), w.offset, w.skip, bytes(w.partial), w.ended, w.zeros, w.pax_size
+
+
+@SETTINGS
+@pytest.mark.timeout(300)
+@given(tar_streams(), cuts, st.data())
+def test_tar_headers_read_inline_are_judged_as_header_judges_them(stream, sizes, data):
+    """The inline reading of usual headers changes nothing: the same verdict,
+    reason and position as ``header`` alone, for whole streams, cuts, any
+    changed byte, and fields rewritten with a good checksum (signs, blanks,
+    kinds, sizes, bytes above 127)."""
+    raw, end = stream
+    at = data.draw(st.sampled_from(headers_of(raw)))
+    change = data.draw(st.sampled_from(["none", "cut", "byte", "field"]))
+    if change == "cut":
+        raw = raw[:data.draw(st.integers(0, len(raw)))]
+    elif change == "byte":
+        i = at + data.draw(st.integers(0, 511))
+        raw = raw[:i] + bytes([data.draw(st.integers(0, 255))]) + raw[i + 1:]
+    elif change == "field":
+        field = data.draw(st.sampled_from([slice(124, 136), slice(156, 157), slice(0, 8),
+                                           slice(482, 483), slice(257, 265)]))
+        width = field.stop - field.start
+        value = data.draw(st.one_of(
+            st.binary(min_size=width, max_size=width),
+            st.sampled_from([b"-", b"+", b" ", b"\0", b"7", b"0", b"x", b"g", b"S", b"5",
+                             b"\x80", b"\xff"]).map(lambda b: (b * width)[:width]),
+            st.integers(-8 ** max(width - 2, 0), 8 ** (width - 1) - 1).map(
+                lambda v: (b"%0*o" % (width - 1, v))[:width - 1] + b"\0")))
+        raw = rewrite_header(raw, at, field, value)
+    assert walk(tar.TarStream, raw, sizes) == walk(GenericTar, raw, sizes)
+
+
+def _long_names() -> bytes:
+    """GNU long names (L headers) and pax (x headers, with a size), bodies of 0–700 bytes."""
+    out = b""
+    for fmt in (tarfile.GNU_FORMAT, tarfile.PAX_FORMAT):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=fmt) as tf:
+            for i, size in enumerate((0, 5, 700)):
+                info = tarfile.TarInfo(f"{i}-" + "n" * 120)
+                info.size = size
+                if fmt == tarfile.PAX_FORMAT:
+                    info.pax_headers = {"size": str(size)}    # pax's size is the one read
+                tf.addfile(info, io.BytesIO(b"d" * size))
+        out += buf.getvalue()
+    return out
+
+
+FIELD_VALUES = [
+    (slice(124, 136), v) for v in (b"-0000001130\0", b"-1\0" + bytes(9), b" " * 12, bytes(12),
+                                   b"00000000000\0", b"77777777777\0", b"\x80" + bytes(10) + b"\1",
+                                   b"0000000001x\0", b"+0000001130\0")
+] + [(slice(156, 157), bytes([k])) for k in b"0125xgSLK7\0\x80"] + [
+    (slice(0, 8), b"\xc3\xa9\xc3\xa9abcd")]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("field,value", FIELD_VALUES)
+def test_every_header_of_known_streams_is_judged_inline_as_header_judges_it(field, value):
+    raw = _two_files()[0] + _long_names()
+    for at in range(0, len(raw), 512):
+        for extended in (b"\0", b"\1"):        # old GNU sparse: extension headers follow
+            changed = rewrite_header(rewrite_header(raw, at, slice(482, 483), extended),
+                                     at, field, value)
+            for sizes in ((), (700,), (512, 1), (4096, 1000)):
+                assert walk(tar.TarStream, changed, sizes) == walk(GenericTar, changed, sizes)
