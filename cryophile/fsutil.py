@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import sys
 import tempfile
 
 
@@ -38,9 +39,16 @@ def replace_file(path: str, data: bytes, mode: int = 0o600) -> None:
 
 def remove_tree(path: str) -> None:
     """Remove a directory tree; one that is gone already (or goes meanwhile)
-    is no failure, anything else left behind raises the first OSError."""
-    def failed(function, name, info):
-        exc = info[1]
+    is no failure, anything else left behind raises the first OSError, with
+    its whole path."""
+    failures: list[OSError] = []
+
+    def failed(function, name, exc):
         if not isinstance(exc, FileNotFoundError):
-            raise OSError(exc.errno, exc.strerror, name) from exc    # the whole path
-    shutil.rmtree(path, onerror=failed)
+            failures.append(OSError(exc.errno, exc.strerror, name))
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=failed)
+    else:           # onerror is deprecated from 3.12 on
+        shutil.rmtree(path, onerror=lambda function, name, info: failed(function, name, info[1]))
+    if failures:
+        raise failures[0]

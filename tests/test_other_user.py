@@ -13,12 +13,11 @@ import time
 import pytest
 
 import cryophile
+from tests.otheruser import NOBODY, unreachable
 
 VAULT = "0b8c3a7e-5a1d-4f7e-9a53-3f1c2d4e5f60"
 THEIRS = "11111111-2222-4333-8444-555555555555"
-NOBODY = 65534
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
-                                reason="needs root and setpriv to run as another user")
+pytestmark = pytest.mark.skipif(bool(unreachable()), reason=unreachable() or "-")
 
 
 class Other:

@@ -14,6 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cryophile import health
+from tests.otheruser import unreachable
 from cryophile.spool import Spool, flock_held
 from tests.clirig import make_rig
 from tests.fsrig import wait_until
@@ -319,7 +320,7 @@ def test_lock_pids_tells_btrfs_subvolumes_apart(tmp_path):
 LOCK_PIDS = "import sys; from cryophile import health; print(health.lock_pids(sys.argv[1]))"
 
 
-@root_with("setpriv")
+@pytest.mark.skipif(bool(unreachable()), reason=unreachable() or "-")
 @pytest.mark.timeout(120)
 def test_lock_pids_names_another_users_holder_where_inodes_are_unique():
     # status run by a monitoring user cannot read the daemon's open files;
@@ -406,7 +407,7 @@ def test_a_spool_that_does_not_exist_is_said_so(tmp_path):
     assert "does not exist" not in proc.stdout.decode()
 
 
-@root_with("setpriv")
+@pytest.mark.skipif(bool(unreachable()), reason=unreachable() or "-")
 @pytest.mark.timeout(120)
 def test_status_of_a_spool_it_cannot_read_is_an_error_not_an_empty_queue():
     # a monitoring user without access to a vault's queue must not be told
