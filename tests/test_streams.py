@@ -22,15 +22,19 @@ SETTINGS = settings(max_examples=150, deadline=None,
 cuts = st.lists(st.integers(1, 1 << 14), max_size=30)
 
 
-def watch(data: bytes, sizes=()) -> Stream:
-    """Feed ``data`` in buffers of the given sizes (then the rest), as memoryviews."""
-    w = Watcher()
+def feed_in(w, data: bytes, sizes=()):
+    """Feed ``data`` to ``w`` in buffers of the given sizes (then the rest), as
+    memoryviews; ``w`` back."""
     view, pos = memoryview(data), 0
     for n in sizes:
         w.feed(view[pos:pos + n])
         pos += n
     w.feed(view[pos:])
-    return w.finish()
+    return w
+
+
+def watch(data: bytes, sizes=()) -> Stream:
+    return feed_in(Watcher(), data, sizes).finish()
 
 
 @SETTINGS
@@ -243,12 +247,7 @@ class GenericTar(tar.TarStream):
 
 
 def walk(cls, data: bytes, sizes) -> tuple:
-    w = cls()
-    view, pos = memoryview(data), 0
-    for n in sizes:
-        w.feed(view[pos:pos + n])
-        pos += n
-    w.feed(view[pos:])
+    w = feed_in(cls(), data, sizes)
     return w.verdict(), w.offset, w.skip, bytes(w.partial), w.ended, w.zeros, w.pax_size
 
 
