@@ -5,10 +5,7 @@ file in its directory, renamed), so the collector never reads half of it."""
 
 from __future__ import annotations
 
-import os
-import tempfile
-
-from . import errors
+from . import errors, fsutil
 
 # name -> (type, help)
 METRICS = {
@@ -80,28 +77,7 @@ def render(status: dict) -> str:
 
 def write(path: str, text: str) -> None:
     """Replace ``path`` with ``text`` atomically, readable by the collector (0644)."""
-    directory = os.path.dirname(os.path.abspath(path))
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
+        fsutil.replace_file(path, text.encode(), 0o644)
     except OSError as exc:
         raise errors.from_oserror(exc, f"cannot write {path}") from None
-    try:
-        with os.fdopen(fd, "w") as f:
-            os.fchmod(f.fileno(), 0o644)
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, path)
-    except OSError as exc:
-        _unlink(tmp)
-        raise errors.from_oserror(exc, f"cannot write {path}") from None
-    except BaseException:
-        _unlink(tmp)
-        raise
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
